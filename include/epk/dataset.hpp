@@ -1,0 +1,30 @@
+// epk/dataset.hpp — labelled data sets: the embedded ones and CSV files.
+//
+// A data set is N rows of D features (binary64) and an integer class label
+// in [0, classes).  CSV rule: comma-separated numbers, one row per line, the
+// last column the label (a non-negative integer); a first line that does not
+// parse as numbers (sklearn's "150,4,setosa,..." header) is skipped; every
+// row has the same number of columns; no NaN/inf; blank lines only at the end.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace epk {
+
+struct dataset {
+    std::string name;
+    std::size_t rows = 0, features = 0, classes = 0;
+    std::vector<double> x;              // rows * features, row-major
+    std::vector<std::int64_t> labels;   // rows
+};
+
+// Embedded: "digits" (1797 x 64, pixels scaled by 1/16 so they lie in [0, 1])
+// and "iris" (150 x 4, raw centimetres).  Throws input_error for another name.
+dataset embedded_dataset(const std::string& name);
+dataset parse_csv_dataset(const std::string& text, const std::string& name);
+dataset read_csv_dataset(const std::filesystem::path& file);
+
+}  // namespace epk

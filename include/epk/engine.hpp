@@ -1,0 +1,64 @@
+// epk/engine.hpp — precision-agnostic entry points used by the CLI.
+//
+// Each function runs its computation in the scalar type named by a
+// `precision`; the heavy template code is instantiated once per scalar in
+// its own translation unit (src/engine_<type>.cpp).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "epk/trace.hpp"
+
+namespace epk {
+
+struct precision {
+    enum class kind { float32, float64, long_double, float128, mpfr };
+    kind k = kind::float64;
+    long bits = 53;  // significand bits (mpfr: as requested)
+
+    std::string name() const;  // "float", "double", "long-double", "float128", "mpfr:256"
+};
+
+// "float" | "double" | "long-double" | "float128" | "mpfr:BITS" (2 ≤ BITS ≤ 100000).
+// Throws input_error("--precision", rule) otherwise.
+precision parse_precision(const std::string& text);
+
+// A matrix of results: binary64 values and, for every entry, the decimal
+// string with all the digits of the working precision.
+struct real_table {
+    std::size_t rows = 0, cols = 0;
+    std::vector<double> values;
+    std::vector<std::string> decimal;
+};
+
+using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
+
+// Replays S steps of SGD from the trace's initial parameters (init_params.npy
+// or params.npy row 0) in precision p.  Returns the same trace with
+// params.npy = the replayed path (each row rounded to binary64) and no
+// init_params.  `losses` receives L_s(w[s]) for s = 0..S−1.
+trace replay_trace(const trace& t, const precision& p, std::vector<double>* losses = nullptr,
+                   const progress_fn& progress = {});
+
+struct evaluation {
+    std::string precision_name;
+    std::string unit_roundoff;   // decimal
+    double unit_roundoff_value = 0;
+    std::size_t steps = 0;
+    bool recorded_path = false;  // params.npy present (else replayed from init_params)
+    std::string test_points;     // "x_test" or "x_train[0:M]"
+    real_table outputs_initial;  // f(x; w[0])
+    real_table outputs_final;    // f(x; w[S])
+    std::vector<double> losses;  // L_s(w[s]), s = 0..S−1 (replayed runs only)
+    std::vector<double> final_parameters;  // w[S] rounded to binary64
+};
+
+// Network outputs at the test points (x_test, else the first ≤ 10 training
+// points) before and after training, in precision p.  A trace with only
+// init_params is replayed; a recorded path's last row is used as is.
+evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn& progress = {});
+
+}  // namespace epk

@@ -1,0 +1,279 @@
+// epk/network.hpp — a torch-style Sequential MLP and its derivatives,
+// written layer by layer so the whole of backprop fits on a page.
+//
+// Parameters w ∈ R^P are laid out as torch.nn.utils.parameters_to_vector:
+// for each linear layer, W [out, in] row-major, then b [out].
+//
+// For a batch X [B × D] the forward pass keeps every intermediate value
+// H_k [B × width_k] (H_0 = X, H_L = outputs F).  Then
+//   reverse mode (VJP)  : given U [B × C], returns Σ_i J(x_i; w)ᵀ u_i ∈ R^P
+//   forward mode (JVP)  : given v ∈ R^P, returns J(x_i; w) v for each i
+//   jacobian            : J(x; w) ∈ R^{C × P} for one input (C reverse sweeps
+//                         done together, one adjoint row per output).
+// Every sum runs in a fixed, documented order (index ascending), the same
+// in every scalar type; nothing is fused.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "epk/matrix.hpp"
+#include "epk/model_spec.hpp"
+#include "epk/scalar.hpp"
+
+namespace epk {
+
+// One elementwise activation with its constants carried into the working
+// precision once.
+template <Real T>
+struct activation {
+    layer_kind kind;
+    T slope;           // leaky_relu negative slope (the manifest's binary64 value, exactly)
+    T inv_sqrt2;       // 1/√2, working precision
+    T inv_sqrt_2pi;    // 1/√(2π), working precision
+
+    explicit activation(const layer_spec& l)
+        : kind(l.kind), slope(T(l.negative_slope)), inv_sqrt2(T(1) / rm::sqrt(T(2))),
+          inv_sqrt_2pi(T(1) / rm::sqrt(T(2) * scalar_traits<T>::pi())) {}
+
+    static T sigmoid(const T& z) {
+        // σ(z) = 1/(1+e^{−z}), evaluated without overflow on either side.
+        if (z >= T(0)) return T(1) / (T(1) + rm::exp(T(-z)));
+        T e = rm::exp(z);
+        return e / (T(1) + e);
+    }
+    // Φ(z) = erfc(−z/√2)/2: no cancellation for z ≪ 0.
+    T normal_cdf(const T& z) const { return rm::erfc(T(-z * inv_sqrt2)) / T(2); }
+
+    T value(const T& z) const {
+        switch (kind) {
+            case layer_kind::relu: return z > T(0) ? z : T(0);
+            case layer_kind::leaky_relu: return z > T(0) ? z : T(slope * z);
+            case layer_kind::tanh: return rm::tanh(z);
+            case layer_kind::sigmoid: return sigmoid(z);
+            // softplus(z) = log(1+e^z) = max(z,0) + log1p(e^{−|z|})
+            case layer_kind::softplus: return rm::max(z, T(0)) + rm::log1p(rm::exp(T(-rm::abs(z))));
+            case layer_kind::gelu: return z * normal_cdf(z);
+            default: return z;
+        }
+    }
+    // σ'(z); at a kink the left-hand derivative, as PyTorch (ReLU'(0) = 0).
+    T derivative(const T& z) const {
+        switch (kind) {
+            // d relu(z) = [z > 0] dz
+            case layer_kind::relu: return z > T(0) ? T(1) : T(0);
+            // d leaky(z) = ([z > 0] + slope [z ≤ 0]) dz
+            case layer_kind::leaky_relu: return z > T(0) ? T(1) : slope;
+            // d tanh(z) = (1 − tanh²z) dz
+            case layer_kind::tanh: { T t = rm::tanh(z); return T(1) - t * t; }
+            // d σ(z) = σ(z)(1 − σ(z)) dz
+            case layer_kind::sigmoid: { T s = sigmoid(z); return s * (T(1) - s); }
+            // d softplus(z) = σ(z) dz
+            case layer_kind::softplus: return sigmoid(z);
+            // d gelu(z) = (Φ(z) + z φ(z)) dz,  φ(z) = e^{−z²/2}/√(2π)
+            case layer_kind::gelu: return normal_cdf(z) + z * (rm::exp(T(-(z * z) / T(2))) * inv_sqrt_2pi);
+            // d z = dz
+            default: return T(1);
+        }
+    }
+};
+
+// Offsets of each linear layer's W and b inside w.
+struct linear_offsets {
+    std::size_t layer;     // index into model_spec::layers
+    std::size_t in, out;
+    std::size_t weight;    // offset of W[0][0]
+    std::size_t bias;      // offset of b[0] (== weight + in*out); meaningless if !has_bias
+    bool has_bias;
+};
+std::vector<linear_offsets> parameter_offsets(const model_spec& m);
+
+template <Real T>
+struct forward_pass {
+    std::vector<matrix<T>> values;  // values[k] = input of layer k; values.back() = outputs [B × C]
+    const matrix<T>& outputs() const { return values.back(); }
+};
+
+// Checks |w| == P and X.cols == input_dim; usage_error otherwise.
+void check_network_shapes(const model_spec& m, std::size_t w_size, std::size_t x_cols);
+
+template <Real T>
+forward_pass<T> forward(const model_spec& m, std::span<const T> w, const matrix<T>& x) {
+    check_network_shapes(m, w.size(), x.cols);
+    const auto offsets = parameter_offsets(m);
+    forward_pass<T> fp;
+    fp.values.reserve(m.layers.size() + 1);
+    fp.values.push_back(x);
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const matrix<T>& h = fp.values.back();
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[li++];
+            matrix<T> z(h.rows, o.out);
+            for (std::size_t i = 0; i < h.rows; ++i)
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    // z = Σ_j W[r][j] h[j] (j ascending), then + b[r]
+                    const T* wr = w.data() + o.weight + r * o.in;
+                    T acc = wr[0] * h(i, 0);
+                    for (std::size_t j = 1; j < o.in; ++j) acc += wr[j] * h(i, j);
+                    if (o.has_bias) acc += w[o.bias + r];
+                    z(i, r) = acc;
+                }
+            fp.values.push_back(std::move(z));
+        } else {
+            const activation<T> act(l);
+            matrix<T> a(h.rows, h.cols);
+            for (std::size_t e = 0; e < h.data.size(); ++e) a.data[e] = act.value(h.data[e]);
+            fp.values.push_back(std::move(a));
+        }
+    }
+    return fp;
+}
+
+template <Real T>
+matrix<T> outputs(const model_spec& m, std::span<const T> w, const matrix<T>& x) {
+    return forward(m, w, x).values.back();
+}
+
+// Reverse mode: g += Σ_i J(x_i; w)ᵀ u_i for the batch of `fp`; u is [B × C].
+// Returns the adjoint of the inputs [B × D] as well (for tests).
+template <Real T>
+matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const forward_pass<T>& fp,
+                              const matrix<T>& u, std::span<T> g) {
+    const auto offsets = parameter_offsets(m);
+    if (g.size() != w.size()) throw usage_error("backward: gradient size != P");
+    if (u.rows != fp.outputs().rows || u.cols != fp.outputs().cols) throw usage_error("backward: adjoint shape != outputs");
+    if (u.rows == 0) throw usage_error("backward: empty batch");
+    matrix<T> adj = u;  // adjoint of values[k+1]
+    std::size_t li = offsets.size();
+    for (std::size_t k = m.layers.size(); k-- > 0;) {
+        const matrix<T>& h = fp.values[k];
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[--li];
+            // ∂W[r][j] += Σ_i adj[i][r] h[i][j]   (i ascending)
+            for (std::size_t r = 0; r < o.out; ++r)
+                for (std::size_t j = 0; j < o.in; ++j) {
+                    T acc = adj(0, r) * h(0, j);
+                    for (std::size_t i = 1; i < h.rows; ++i) acc += adj(i, r) * h(i, j);
+                    g[o.weight + r * o.in + j] += acc;
+                }
+            // ∂b[r] += Σ_i adj[i][r]
+            if (o.has_bias)
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    T acc = adj(0, r);
+                    for (std::size_t i = 1; i < h.rows; ++i) acc += adj(i, r);
+                    g[o.bias + r] += acc;
+                }
+            // adjoint of h: adj_h[i][j] = Σ_r W[r][j] adj[i][r]   (r ascending)
+            matrix<T> prev(h.rows, o.in);
+            for (std::size_t i = 0; i < h.rows; ++i)
+                for (std::size_t j = 0; j < o.in; ++j) {
+                    T acc = w[o.weight + j] * adj(i, 0);
+                    for (std::size_t r = 1; r < o.out; ++r) acc += w[o.weight + r * o.in + j] * adj(i, r);
+                    prev(i, j) = acc;
+                }
+            adj = std::move(prev);
+        } else {
+            const activation<T> act(l);
+            // adj_h = σ'(h) ⊙ adj
+            for (std::size_t e = 0; e < adj.data.size(); ++e) adj.data[e] = act.derivative(h.data[e]) * adj.data[e];
+        }
+    }
+    return adj;
+}
+
+// Σ_i J(x_i; w)ᵀ u_i  (∈ R^P).
+template <Real T>
+std::vector<T> vjp(const model_spec& m, std::span<const T> w, const matrix<T>& x, const matrix<T>& u) {
+    const forward_pass<T> fp = forward(m, w, x);
+    std::vector<T> g(w.size(), T(0));
+    backward_accumulate<T>(m, w, fp, u, g);
+    return g;
+}
+
+// Forward mode: row i of the result is J(x_i; w) v  (∈ R^C).
+template <Real T>
+matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std::span<const T> v) {
+    check_network_shapes(m, w.size(), x.cols);
+    if (v.size() != w.size()) throw usage_error("jvp: tangent size != P");
+    const auto offsets = parameter_offsets(m);
+    matrix<T> h = x;
+    matrix<T> dh(x.rows, x.cols);  // tangent of h (inputs are constants)
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[li++];
+            matrix<T> z(h.rows, o.out), dz(h.rows, o.out);
+            for (std::size_t i = 0; i < h.rows; ++i)
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    const T* wr = w.data() + o.weight + r * o.in;
+                    const T* vr = v.data() + o.weight + r * o.in;
+                    T acc = wr[0] * h(i, 0);
+                    for (std::size_t j = 1; j < o.in; ++j) acc += wr[j] * h(i, j);
+                    if (o.has_bias) acc += w[o.bias + r];
+                    z(i, r) = acc;
+                    // dz = Σ_j W[r][j] dh[j] + Σ_j V[r][j] h[j] + vb[r]
+                    T dacc = wr[0] * dh(i, 0);
+                    for (std::size_t j = 1; j < o.in; ++j) dacc += wr[j] * dh(i, j);
+                    for (std::size_t j = 0; j < o.in; ++j) dacc += vr[j] * h(i, j);
+                    if (o.has_bias) dacc += v[o.bias + r];
+                    dz(i, r) = dacc;
+                }
+            h = std::move(z);
+            dh = std::move(dz);
+        } else {
+            const activation<T> act(l);
+            for (std::size_t e = 0; e < h.data.size(); ++e) {
+                dh.data[e] = act.derivative(h.data[e]) * dh.data[e];
+                h.data[e] = act.value(h.data[e]);
+            }
+        }
+    }
+    return dh;
+}
+
+// J(x; w) ∈ R^{C × P} for one input row x (1 × D).
+template <Real T>
+matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    if (x1.rows != 1) throw usage_error("jacobian: expects one input row");
+    const forward_pass<T> fp = forward(m, w, x1);
+    const std::size_t c = m.output_dim();
+    const auto offsets = parameter_offsets(m);
+    matrix<T> jac(c, w.size());
+    // adj[c][·]: adjoint of the current layer's output for output c.
+    matrix<T> adj(c, c);
+    for (std::size_t q = 0; q < c; ++q) adj(q, q) = T(1);
+    std::size_t li = offsets.size();
+    for (std::size_t k = m.layers.size(); k-- > 0;) {
+        const matrix<T>& h = fp.values[k];
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[--li];
+            for (std::size_t q = 0; q < c; ++q) {
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    for (std::size_t j = 0; j < o.in; ++j) jac(q, o.weight + r * o.in + j) = adj(q, r) * h(0, j);
+                    if (o.has_bias) jac(q, o.bias + r) = adj(q, r);
+                }
+            }
+            matrix<T> prev(c, o.in);
+            for (std::size_t q = 0; q < c; ++q)
+                for (std::size_t j = 0; j < o.in; ++j) {
+                    T acc = w[o.weight + j] * adj(q, 0);
+                    for (std::size_t r = 1; r < o.out; ++r) acc += w[o.weight + r * o.in + j] * adj(q, r);
+                    prev(q, j) = acc;
+                }
+            adj = std::move(prev);
+        } else {
+            const activation<T> act(l);
+            for (std::size_t q = 0; q < c; ++q)
+                for (std::size_t j = 0; j < adj.cols; ++j) adj(q, j) = act.derivative(h(0, j)) * adj(q, j);
+        }
+    }
+    return jac;
+}
+
+}  // namespace epk

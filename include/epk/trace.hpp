@@ -1,0 +1,54 @@
+// epk/trace.hpp — training traces, spec/trace-format.md (version 1).
+//
+// Contract of read_trace: either returns a trace every field of which obeys
+// the spec (shapes agree with the manifest, indices in range, no NaN/inf in
+// real arrays, labels in [0, C), exactly the optimizer fields version 1
+// knows), or throws input_error whose file() is the offending file's path
+// (e.g. "run/x_train.npy" or "run/manifest.json") and whose rule() says which
+// rule of the spec it breaks.
+//
+// Contract of write_trace: writes into a staging directory beside `dir` and
+// renames it into place, so a failure leaves nothing behind.  `dir` must not
+// exist or be an empty directory.  Output bytes are a pure function of the
+// trace (write -> read -> write is byte-identical).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "epk/model_spec.hpp"
+#include "epk/npy.hpp"
+
+namespace epk {
+
+struct trace {
+    model_spec model;
+    loss_spec loss;
+    sgd_spec optimizer;  // optimizer.steps is S
+
+    npy_array x_train;                      // [N, D]
+    npy_array y_train;                      // [N] i8 (cross_entropy) or [N, C] / [N] real (mse)
+    std::optional<npy_array> params;        // [S+1, P]
+    std::optional<npy_array> init_params;   // [P]
+    std::optional<npy_array> batches;       // [S, B] i8
+    std::optional<npy_array> learning_rates;// [S] f8
+    std::optional<npy_array> x_test;        // [M, D]
+
+    std::size_t n_train() const { return x_train.shape.at(0); }
+    std::size_t steps() const { return optimizer.steps; }
+    double learning_rate(std::size_t s) const;  // learning_rates[s] or the manifest's constant
+};
+
+// Manifest <-> JSON text.  parse_manifest fills model/loss/optimizer of `out`.
+void parse_manifest(const std::string& text, const std::string& name, trace& out);
+std::string manifest_text(const trace& t);  // deterministic, ends with '\n'
+
+// Check a fully populated trace against every rule of the spec.  `dir_name`
+// prefixes the file names in error messages.  read_trace calls it.
+void validate_trace(const trace& t, const std::string& dir_name);
+
+trace read_trace(const std::filesystem::path& dir);
+void write_trace(const std::filesystem::path& dir, const trace& t);
+
+}  // namespace epk

@@ -1,0 +1,89 @@
+// epk/training.hpp — plain SGD in any precision.
+//
+//   w[s+1] = w[s] − η_s ∇_w L_s(w[s]),   L_s = loss over the batch B_s
+//
+// computed as: G = ρ ∂ℓ/∂f (loss.hpp), g = Σ_i J(x_i)ᵀ G_i (reverse mode,
+// network.hpp), then w[p] − η_s·g[p] for each p: one product, one
+// subtraction, in the working precision.  η_s is the binary64 value from the
+// trace, carried into T exactly (rounded only when T is narrower than double).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "epk/loss.hpp"
+#include "epk/network.hpp"
+
+namespace epk {
+
+template <Real T>
+struct training_problem {
+    model_spec model;
+    loss_spec loss;
+    matrix<T> x;   // [N × D]
+    targets<T> y;  // labels [N] or values [N × C]
+};
+
+// Which rows and which rate at each step.  `batches` empty = full batch.
+struct sgd_schedule {
+    std::size_t steps = 0;
+    std::size_t n_train = 0;
+    std::vector<std::vector<std::size_t>> batches;  // steps rows (or empty)
+    std::vector<double> learning_rates;             // steps entries
+
+    std::vector<std::size_t> batch(std::size_t s) const;
+    void validate() const;  // usage_error on an impossible schedule
+};
+
+// PyTorch's default nn.Linear initialisation, seeded: W and b uniform on
+// ±1/√fan_in.  Values are drawn in binary64 from mt19937_64 (u = (r >> 11)·2⁻⁵³,
+// value = bound·(2u − 1)) and rounded to binary32, so the same network is
+// representable exactly in every precision epk runs in.
+std::vector<double> torch_default_init(const model_spec& m, std::uint64_t seed);
+
+// Seeded minibatches in epochs: each epoch a Fisher–Yates shuffle of 0..N−1
+// (mt19937_64, unbiased bounded draws) cut into ⌊N/B⌋ batches of B (the
+// remainder dropped, as DataLoader(drop_last=True)).
+std::vector<std::vector<std::size_t>> make_minibatches(std::size_t n, std::size_t batch_size, std::size_t steps,
+                                                       std::uint64_t seed);
+
+// ∇_w L over `batch`, and L itself (through `loss_out` when non-null).
+template <Real T>
+std::vector<T> loss_gradient(const training_problem<T>& pr, std::span<const T> w, std::span<const std::size_t> batch,
+                             T* loss_out = nullptr) {
+    const matrix<T> xb = gather_rows(pr.x, batch);
+    const forward_pass<T> fp = forward(pr.model, w, xb);
+    if (loss_out != nullptr) *loss_out = loss_value(pr.loss, fp.outputs(), pr.y, batch);
+    const matrix<T> g_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+    std::vector<T> g(w.size(), T(0));
+    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    return g;
+}
+
+// One SGD step in place: w[p] ← w[p] − η·g[p].  Returns L_s(w[s]).
+template <Real T>
+T sgd_step(const training_problem<T>& pr, std::vector<T>& w, std::span<const std::size_t> batch, const T& eta) {
+    T loss;
+    const std::vector<T> g = loss_gradient<T>(pr, w, batch, &loss);
+    for (std::size_t p = 0; p < w.size(); ++p) w[p] = w[p] - eta * g[p];
+    return loss;
+}
+
+// Runs the schedule from w0.  After each step calls on_step(s, w[s+1], L_s(w[s])).
+// Memory does not grow with the number of steps.
+template <Real T>
+std::vector<T> train_sgd(const training_problem<T>& pr, std::vector<T> w, const sgd_schedule& sch,
+                         const std::function<void(std::size_t, const std::vector<T>&, const T&)>& on_step = {}) {
+    sch.validate();
+    if (sch.n_train != pr.x.rows) throw usage_error("train_sgd: schedule is for a different training set");
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        const std::vector<std::size_t> b = sch.batch(s);
+        const T loss = sgd_step<T>(pr, w, b, T(sch.learning_rates[s]));
+        if (on_step) on_step(s, w, loss);
+    }
+    return w;
+}
+
+}  // namespace epk

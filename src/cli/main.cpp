@@ -1,0 +1,398 @@
+// epk — command-line tool.  Exit status: 0 success, 1 a check failed,
+// 2 bad input (one line on stderr naming the file or option and the rule;
+// nothing written), 3 internal error.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+
+#include "args.hpp"
+#include "epk/dataset.hpp"
+#include "epk/engine.hpp"
+#include "epk/error.hpp"
+#include "epk/trace.hpp"
+#include "epk/training.hpp"
+
+namespace fs = std::filesystem;
+using epk::cli::args;
+using epk::cli::parse_args;
+
+namespace {
+
+constexpr const char* version_text = "epk 0.1.0";
+
+constexpr const char* help_text = R"(epk — the exact path kernel, verified in any precision
+
+usage: epk COMMAND [OPTIONS]
+
+commands
+  demo                       train an MLP on the embedded digits in double and in
+                             mpfr:256 and compare the two runs
+  train --out DIR [OPTIONS]  train a network with SGD and write a trace (spec: docs/trace-format.md)
+      --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
+      --n-train N            training rows (default: min(500, rows - n-test))
+      --n-test M             held-out rows written as x_test.npy (default: min(100, rows/5))
+      --hidden LIST          hidden widths, e.g. 32,16 (default 32; empty = no hidden layer)
+      --activation NAME      relu leaky_relu tanh sigmoid softplus gelu identity (default tanh)
+      --negative-slope A     leaky_relu slope (default 0.01)
+      --no-bias              linear layers without bias
+      --loss NAME            cross_entropy (default) | mse (one-hot targets)
+      --reduction NAME       mean (default) | sum
+      --steps S              SGD steps (default 100)
+      --lr ETA               learning rate (default 0.1)
+      --batch-size B         minibatch size, 0 = full batch (default 0)
+      --seed K               seeds the row split, the initialisation and the batches (default 0)
+      --init-only            write init_params.npy only (a trace to be replayed) instead of params.npy
+      --precision P          working precision of the training (default double)
+  replay TRACE --out DIR     replay the trace's SGD from its initial parameters and write the
+                             replayed path as params.npy  [--precision P]
+  predict TRACE              network outputs at the test points before and after training
+                             [--precision P] [--json]
+  help, --help               this text
+  version, --version         the version
+
+precision P: float | double | long-double | float128 | mpfr:BITS (2 <= BITS <= 100000)
+exit status: 0 success, 1 a check failed, 2 bad input (nothing written), 3 internal error
+)";
+
+// Progress on stderr: a rewritten line on a terminal, a few lines otherwise.
+epk::progress_fn make_progress(const std::string& label) {
+    const bool tty = isatty(STDERR_FILENO) != 0;
+    return [label, tty, last = std::size_t{0}](std::size_t done, std::size_t total) mutable {
+        if (total == 0) return;
+        const std::size_t pct = done * 100 / total;
+        if (tty) {
+            std::fprintf(stderr, "\r  %s: step %zu/%zu", label.c_str(), done, total);
+            if (done == total) std::fprintf(stderr, "\n");
+        } else if (pct / 25 != last / 25 || done == total) {
+            std::fprintf(stderr, "  %s: step %zu/%zu\n", label.c_str(), done, total);
+        }
+        std::fflush(stderr);
+        last = pct;
+    };
+}
+
+std::string shape_string(const epk::model_spec& m) {
+    std::string s = std::to_string(m.input_dim);
+    std::string act;
+    for (const auto& l : m.layers) {
+        if (l.kind == epk::layer_kind::linear) s += "-" + std::to_string(l.out_features);
+        else if (act.empty()) act = std::string(epk::to_string(l.kind));
+    }
+    return s + (act.empty() ? "" : " " + act);
+}
+
+std::size_t argmax_row(const epk::real_table& t, std::size_t r) {
+    std::size_t best = 0;
+    for (std::size_t c = 1; c < t.cols; ++c)
+        if (t.values[r * t.cols + c] > t.values[r * t.cols + best]) best = c;
+    return best;
+}
+
+// ---------------------------------------------------------------- train
+
+struct built_run {
+    epk::trace trace;               // with init_params (not yet trained)
+    std::vector<std::int64_t> test_labels;
+};
+
+built_run build_training_trace(const args& a) {
+    const std::string data = a.get("data", "digits");
+    epk::dataset d = (data == "digits" || data == "iris") ? epk::embedded_dataset(data)
+                                                          : epk::read_csv_dataset(fs::path(data));
+    const std::uint64_t seed = a.get_count("seed", 0, 0, UINT64_MAX);
+    const std::size_t n_test = a.get_count("n-test", std::min<std::size_t>(100, d.rows / 5), 0, d.rows - 1);
+    const std::size_t n_train =
+        a.get_count("n-train", std::min<std::size_t>(500, d.rows - n_test), 1, d.rows - n_test);
+    const auto hidden = a.get_count_list("hidden", {32}, 1, 1u << 16);
+    const std::string act_name = a.get("activation", "tanh");
+    const auto act = epk::parse_layer_kind(act_name);
+    if (!act || *act == epk::layer_kind::linear)
+        throw epk::input_error("--activation", "unknown activation '" + act_name +
+                                                   "' (known: relu leaky_relu tanh sigmoid softplus gelu identity)");
+    const double slope = a.get_real("negative-slope", 0.01);
+    const std::string loss_name = a.get("loss", "cross_entropy");
+    const auto loss = epk::parse_loss_kind(loss_name);
+    if (!loss) throw epk::input_error("--loss", "unknown loss '" + loss_name + "' (known: cross_entropy, mse)");
+    const std::string red_name = a.get("reduction", "mean");
+    const auto red = epk::parse_reduction_kind(red_name);
+    if (!red) throw epk::input_error("--reduction", "unknown reduction '" + red_name + "' (known: mean, sum)");
+    const std::size_t steps = a.get_count("steps", 100, 0, 10'000'000);
+    const double lr = a.get_real("lr", 0.1);
+    const std::size_t batch = a.get_count("batch-size", 0, 0, n_train);
+    if (d.classes < 2 && *loss == epk::loss_kind::cross_entropy)
+        throw epk::input_error(data, "cross_entropy needs at least two classes");
+
+    // Rows: a seeded Fisher–Yates shuffle, then n_train for training, n_test held out.
+    std::vector<std::size_t> order(d.rows);
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::mt19937_64 rng(seed ^ 0x5eed5a1175ULL);
+    for (std::size_t i = d.rows; i-- > 1;) std::swap(order[i], order[std::uniform_int_distribution<std::size_t>(0, i)(rng)]);
+
+    built_run run;
+    epk::trace& t = run.trace;
+    std::vector<std::size_t> hidden_sz(hidden.begin(), hidden.end());
+    t.model = epk::make_mlp(d.features, hidden_sz, d.classes, *act, slope, !a.flags.count("no-bias"));
+    t.loss = {*loss, *red};
+    t.optimizer = {lr, steps};
+    auto rows_of = [&](std::size_t from, std::size_t count) {
+        std::vector<double> v;
+        for (std::size_t k = from; k < from + count; ++k)
+            for (std::size_t j = 0; j < d.features; ++j) v.push_back(d.x[order[k] * d.features + j]);
+        return v;
+    };
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {n_train, d.features}, rows_of(0, n_train));
+    std::vector<std::int64_t> labels;
+    for (std::size_t k = 0; k < n_train; ++k) labels.push_back(d.labels[order[k]]);
+    if (*loss == epk::loss_kind::cross_entropy) {
+        t.y_train = epk::make_int_array({n_train}, labels);
+    } else {
+        std::vector<double> onehot(n_train * d.classes, 0.0);
+        for (std::size_t k = 0; k < n_train; ++k) onehot[k * d.classes + static_cast<std::size_t>(labels[k])] = 1.0;
+        t.y_train = epk::make_real_array(epk::npy_dtype::f8, {n_train, d.classes}, std::move(onehot));
+    }
+    if (n_test > 0) {
+        t.x_test = epk::make_real_array(epk::npy_dtype::f8, {n_test, d.features}, rows_of(n_train, n_test));
+        for (std::size_t k = n_train; k < n_train + n_test; ++k) run.test_labels.push_back(d.labels[order[k]]);
+    }
+    if (batch > 0 && batch < n_train) {
+        const auto b = epk::make_minibatches(n_train, batch, steps, seed ^ 0xba7c4e5ULL);
+        std::vector<std::int64_t> flat;
+        for (const auto& row : b)
+            for (std::size_t i : row) flat.push_back(static_cast<std::int64_t>(i));
+        t.batches = epk::make_int_array({steps, batch}, std::move(flat));
+    }
+    t.init_params = epk::make_real_array(epk::npy_dtype::f8, {t.model.parameter_count()},
+                                         epk::torch_default_init(t.model, seed));
+    return run;
+}
+
+std::string accuracy_text(const epk::real_table& out, const std::vector<std::int64_t>& labels) {
+    std::size_t hit = 0;
+    for (std::size_t r = 0; r < out.rows; ++r) hit += static_cast<std::int64_t>(argmax_row(out, r)) == labels[r];
+    return std::to_string(hit) + "/" + std::to_string(out.rows);
+}
+
+int cmd_train(int argc, char** argv) {
+    const args a = parse_args(argc, argv,
+                              {"out", "data", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
+                               "reduction", "steps", "lr", "batch-size", "seed", "precision"},
+                              {"no-bias", "init-only"}, 0, 0);
+    if (!a.has("out")) throw epk::input_error("epk train", "--out DIR is required");
+    const fs::path out = a.get("out", "");
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    built_run run = build_training_trace(a);
+    epk::validate_trace(run.trace, out.string());
+    if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+        throw epk::input_error(out.string(), "output directory exists and is not empty");
+
+    const epk::evaluation ev = epk::evaluate_trace(run.trace, p, make_progress("training in " + p.name()));
+    epk::trace written = run.trace;
+    if (!a.flags.count("init-only")) written = epk::replay_trace(run.trace, p);
+    epk::write_trace(out, written);
+
+    const epk::trace& t = run.trace;
+    std::cout << "trained " << shape_string(t.model) << " (P = " << t.model.parameter_count() << ") with "
+              << epk::to_string(t.loss.kind) << "/" << epk::to_string(t.loss.reduction) << ", " << t.steps()
+              << " steps of SGD (lr " << t.optimizer.learning_rate << ", "
+              << (t.batches ? "batch " + std::to_string(t.batches->shape[1]) : std::string("full batch")) << ") in "
+              << p.name() << "\n";
+    if (!ev.losses.empty())
+        std::cout << "  training loss " << ev.losses.front() << " -> " << ev.losses.back() << " (last step)\n";
+    if (t.x_test && !run.test_labels.empty())
+        std::cout << "  held-out accuracy " << accuracy_text(ev.outputs_final, run.test_labels) << "\n";
+    std::cout << "wrote " << out.string() << " ("
+              << (a.flags.count("init-only") ? "init_params.npy" : "params.npy [" + std::to_string(t.steps() + 1) +
+                                                                       ", " +
+                                                                       std::to_string(t.model.parameter_count()) + "]")
+              << ")\n";
+    return 0;
+}
+
+// ---------------------------------------------------------------- replay
+
+int cmd_replay(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"out", "precision"}, {}, 1, 1);
+    if (!a.has("out")) throw epk::input_error("epk replay", "--out DIR is required");
+    const fs::path out = a.get("out", "");
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+        throw epk::input_error(out.string(), "output directory exists and is not empty");
+    const epk::trace r = epk::replay_trace(t, p, nullptr, make_progress("replaying in " + p.name()));
+    if (t.params) {
+        double worst = 0;
+        for (std::size_t k = 0; k < t.params->real.size(); ++k)
+            worst = std::max(worst, std::abs(t.params->real[k] - r.params->real[k]));
+        std::cout << "max |replayed - recorded| over all " << t.steps() + 1 << " rows: " << worst << "\n";
+    }
+    epk::write_trace(out, r);
+    std::cout << "wrote " << out.string() << " (replayed in " << p.name() << ")\n";
+    return 0;
+}
+
+// ---------------------------------------------------------------- predict
+
+nlohmann::json table_json(const epk::real_table& t) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (std::size_t r = 0; r < t.rows; ++r)
+        rows.push_back(std::vector<double>(t.values.begin() + static_cast<std::ptrdiff_t>(r * t.cols),
+                                           t.values.begin() + static_cast<std::ptrdiff_t>((r + 1) * t.cols)));
+    return rows;
+}
+nlohmann::json table_decimal_json(const epk::real_table& t) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (std::size_t r = 0; r < t.rows; ++r)
+        rows.push_back(std::vector<std::string>(t.decimal.begin() + static_cast<std::ptrdiff_t>(r * t.cols),
+                                                t.decimal.begin() + static_cast<std::ptrdiff_t>((r + 1) * t.cols)));
+    return rows;
+}
+
+int cmd_predict(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    const epk::evaluation ev = epk::evaluate_trace(t, p, a.flags.count("json") ? epk::progress_fn{} : make_progress("replaying in " + p.name()));
+    if (a.flags.count("json")) {
+        nlohmann::json j;
+        j["precision"] = ev.precision_name;
+        j["unit_roundoff"] = ev.unit_roundoff_value;
+        j["unit_roundoff_decimal"] = ev.unit_roundoff;
+        j["steps"] = ev.steps;
+        j["path"] = ev.recorded_path ? "recorded" : "replayed";
+        j["test_points"] = ev.test_points;
+        j["outputs_initial"] = table_json(ev.outputs_initial);
+        j["outputs_final"] = table_json(ev.outputs_final);
+        if (p.bits > 53) {
+            j["outputs_initial_decimal"] = table_decimal_json(ev.outputs_initial);
+            j["outputs_final_decimal"] = table_decimal_json(ev.outputs_final);
+        }
+        if (!ev.losses.empty()) j["losses"] = ev.losses;
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << ev.steps << " steps, "
+              << (ev.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << "\n"
+              << "precision " << ev.precision_name << " (u = " << ev.unit_roundoff_value << "), test points "
+              << ev.test_points << "\n\n";
+    std::printf("%6s  %9s  %s\n", "point", "argmax", "f(x; w[S])");
+    for (std::size_t r = 0; r < ev.outputs_final.rows; ++r) {
+        std::printf("%6zu  %9zu ", r, argmax_row(ev.outputs_final, r));
+        for (std::size_t c = 0; c < ev.outputs_final.cols; ++c)
+            std::printf(" %+.6e", ev.outputs_final.values[r * ev.outputs_final.cols + c]);
+        std::printf("\n");
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- demo
+
+int cmd_demo(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"precision"}, {}, 0, 0);
+    const epk::precision hi = epk::parse_precision(a.get("precision", "mpfr:256"));
+    const epk::precision lo = epk::parse_precision("double");
+    // The demo's run: digits, 64-32-10 tanh, 200 training digits, 60 full-batch steps.
+    const char* demo_argv[] = {"epk", "train", "--n-train", "200", "--n-test", "100", "--hidden", "32",
+                               "--activation", "tanh", "--steps", "60", "--lr", "0.5", "--seed", "1", "--out", "-"};
+    const args da = parse_args(static_cast<int>(std::size(demo_argv)), const_cast<char**>(demo_argv),
+                               {"out", "n-train", "n-test", "hidden", "activation", "steps", "lr", "seed"}, {}, 0, 0);
+    const built_run run = build_training_trace(da);
+    const epk::trace& t = run.trace;
+    std::cout << "epk demo: the same SGD run on the embedded 8x8 digits, in " << lo.name() << " and in " << hi.name()
+              << "\n  model " << shape_string(t.model) << " (P = " << t.model.parameter_count()
+              << "), cross_entropy/mean, " << t.n_train() << " training digits, full batch, " << t.steps()
+              << " steps, lr " << t.optimizer.learning_rate << "; " << run.test_labels.size()
+              << " held-out digits\n\n";
+    const auto t0 = std::chrono::steady_clock::now();
+    const epk::evaluation d = epk::evaluate_trace(t, lo, make_progress("training in " + lo.name()));
+    const auto t1 = std::chrono::steady_clock::now();
+    const epk::evaluation m = epk::evaluate_trace(t, hi, make_progress("training in " + hi.name()));
+    const auto t2 = std::chrono::steady_clock::now();
+    auto secs = [](auto x, auto y) { return std::chrono::duration<double>(y - x).count(); };
+
+    std::printf("%-12s %12s %12s %12s %10s %9s\n", "precision", "loss(w0)", "loss(w[S-1])", "u", "accuracy", "seconds");
+    for (const auto* e : {&d, &m})
+        std::printf("%-12s %12.6f %12.6f %12.3e %10s %9.2f\n", e->precision_name.c_str(), e->losses.front(),
+                    e->losses.back(), e->unit_roundoff_value, accuracy_text(e->outputs_final, run.test_labels).c_str(),
+                    e == &d ? secs(t0, t1) : secs(t1, t2));
+
+    // How far the double run is from the (much more precise) reference run.
+    double dw = 0, wscale = 0, dout = 0, oscale = 0;
+    for (std::size_t k = 0; k < d.final_parameters.size(); ++k) {
+        dw = std::max(dw, std::abs(d.final_parameters[k] - m.final_parameters[k]));
+        wscale = std::max(wscale, std::abs(m.final_parameters[k]));
+    }
+    std::size_t worst = 0;
+    for (std::size_t k = 0; k < d.outputs_final.values.size(); ++k) {
+        const double diff = std::abs(d.outputs_final.values[k] - m.outputs_final.values[k]);
+        if (diff > dout) { dout = diff; worst = k; }
+        oscale = std::max(oscale, std::abs(m.outputs_final.values[k]));
+    }
+    const double u = d.unit_roundoff_value;
+    std::printf("\ndouble vs %s after %zu steps:\n", hi.name().c_str(), t.steps());
+    std::printf("  max |w_double - w_ref|           = %.3e  (%.1f u x max|w| = %.3f)\n", dw, dw / (u * wscale), wscale);
+    std::printf("  max |f_double(x) - f_ref(x)|     = %.3e  (%.1f u x max|f| = %.3f), at test digit %zu\n", dout,
+                dout / (u * oscale), oscale, worst / d.outputs_final.cols);
+
+    std::printf("\nfirst held-out digits (outputs of the predicted class):\n");
+    std::printf("%5s %6s %6s  %-24s %-44s %10s\n", "digit", "label", "pred", "f(x) in double", ("f(x) in " + hi.name()).c_str(), "|diff|/(u|f|)");
+    for (std::size_t r = 0; r < std::min<std::size_t>(8, d.outputs_final.rows); ++r) {
+        const std::size_t c = argmax_row(m.outputs_final, r), k = r * d.outputs_final.cols + c;
+        const std::string ref = m.outputs_final.decimal[k].substr(0, 44);
+        std::printf("%5zu %6lld %6zu  %-24.17g %-44s %10.1f\n", r, static_cast<long long>(run.test_labels[r]), c,
+                    d.outputs_final.values[k], ref.c_str(),
+                    std::abs(d.outputs_final.values[k] - m.outputs_final.values[k]) / (u * std::abs(m.outputs_final.values[k])));
+    }
+    std::printf("\n(the exact path kernel itself arrives with `epk verify` / `epk kernel`; see README)\n");
+    return 0;
+}
+
+int run(int argc, char** argv) {
+    const std::string cmd = argc > 1 ? argv[1] : "";
+    if (cmd.empty() || cmd == "help" || cmd == "--help" || cmd == "-h") {
+        std::cout << help_text;
+        return cmd.empty() ? 2 : 0;
+    }
+    if (cmd == "version" || cmd == "--version") {
+        std::cout << version_text << "\n";
+        return 0;
+    }
+    if (cmd == "train") return cmd_train(argc, argv);
+    if (cmd == "replay") return cmd_replay(argc, argv);
+    if (cmd == "predict") return cmd_predict(argc, argv);
+    if (cmd == "demo") return cmd_demo(argc, argv);
+    throw epk::input_error("epk", "unknown command '" + cmd + "' (see epk help)");
+}
+
+std::string one_line(std::string s) {
+    std::replace(s.begin(), s.end(), '\n', ' ');
+    return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const epk::input_error& e) {
+        std::cerr << "epk: error: " << one_line(e.what()) << "\n";
+        return 2;
+    } catch (const epk::usage_error& e) {
+        std::cerr << "epk: error: " << one_line(e.what()) << "\n";
+        return 2;
+    } catch (const std::bad_alloc&) {
+        std::cerr << "epk: error: out of memory\n";
+        return 3;
+    } catch (const std::exception& e) {
+        std::cerr << "epk: internal error: " << one_line(e.what()) << "\n";
+        return 3;
+    }
+}

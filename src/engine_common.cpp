@@ -1,0 +1,95 @@
+// Precision parsing and dispatch to the per-scalar instantiations.
+#include <charconv>
+
+#include "epk/engine.hpp"
+#include "epk/error.hpp"
+#include "epk/mpfr_real.hpp"
+
+namespace epk::detail {
+#define EPK_DECLARE_ENGINE(NAME)                                                                \
+    trace replay_trace_##NAME(const trace& t, std::vector<double>* l, const progress_fn& p);   \
+    evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p);
+EPK_DECLARE_ENGINE(float)
+EPK_DECLARE_ENGINE(double)
+EPK_DECLARE_ENGINE(long_double)
+EPK_DECLARE_ENGINE(float128)
+EPK_DECLARE_ENGINE(mpfr)
+#undef EPK_DECLARE_ENGINE
+}  // namespace epk::detail
+
+namespace epk {
+
+std::string precision::name() const {
+    switch (k) {
+        case kind::float32: return "float";
+        case kind::float64: return "double";
+        case kind::long_double: return "long-double";
+        case kind::float128: return "float128";
+        case kind::mpfr: return "mpfr:" + std::to_string(bits);
+    }
+    return "?";
+}
+
+precision parse_precision(const std::string& text) {
+    if (text == "float") return {precision::kind::float32, 24};
+    if (text == "double") return {precision::kind::float64, 53};
+    if (text == "long-double") return {precision::kind::long_double, 64};
+    if (text == "float128") return {precision::kind::float128, 113};
+    if (text.rfind("mpfr:", 0) == 0) {
+        const std::string digits = text.substr(5);
+        long bits = 0;
+        const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), bits);
+        if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size())
+            throw input_error("--precision", "'" + text + "': mpfr:BITS needs an integer number of bits");
+        if (bits < mpfr_real::min_bits || bits > mpfr_real::max_bits)
+            throw input_error("--precision", "'" + text + "': mpfr bits must be between 2 and 100000");
+        return {precision::kind::mpfr, bits};
+    }
+    throw input_error("--precision", "unknown precision '" + text +
+                                         "' (known: float, double, long-double, float128, mpfr:BITS)");
+}
+
+namespace {
+// Calls f_float, f_double, ... through one switch; sets the MPFR working
+// precision for the duration of the call.
+template <class Fn>
+auto dispatch(const precision& p, Fn&& fn) {
+    switch (p.k) {
+        case precision::kind::float32: return fn(0);
+        case precision::kind::float64: return fn(1);
+        case precision::kind::long_double: return fn(2);
+        case precision::kind::float128: return fn(3);
+        case precision::kind::mpfr: {
+            mpfr_precision_scope scope(p.bits);
+            return fn(4);
+        }
+    }
+    throw usage_error("unknown precision kind");
+}
+}  // namespace
+
+trace replay_trace(const trace& t, const precision& p, std::vector<double>* losses, const progress_fn& progress) {
+    return dispatch(p, [&](int which) {
+        switch (which) {
+            case 0: return detail::replay_trace_float(t, losses, progress);
+            case 1: return detail::replay_trace_double(t, losses, progress);
+            case 2: return detail::replay_trace_long_double(t, losses, progress);
+            case 3: return detail::replay_trace_float128(t, losses, progress);
+            default: return detail::replay_trace_mpfr(t, losses, progress);
+        }
+    });
+}
+
+evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn& progress) {
+    return dispatch(p, [&](int which) {
+        switch (which) {
+            case 0: return detail::evaluate_trace_float(t, progress);
+            case 1: return detail::evaluate_trace_double(t, progress);
+            case 2: return detail::evaluate_trace_long_double(t, progress);
+            case 3: return detail::evaluate_trace_float128(t, progress);
+            default: return detail::evaluate_trace_mpfr(t, progress);
+        }
+    });
+}
+
+}  // namespace epk

@@ -1,0 +1,139 @@
+// Template bodies behind engine.hpp; included only by src/engine_<type>.cpp,
+// each of which instantiates them for one scalar type.
+#pragma once
+
+#include <algorithm>
+
+#include "epk/engine.hpp"
+#include "epk/training.hpp"
+
+namespace epk::detail {
+
+template <Real T>
+matrix<T> to_matrix(const npy_array& a) {
+    const std::size_t rows = a.shape.empty() ? 1 : a.shape[0];
+    const std::size_t cols = a.shape.size() >= 2 ? a.shape[1] : 1;
+    matrix<T> m(rows, cols);
+    for (std::size_t i = 0; i < a.real.size(); ++i) m.data[i] = T(a.real[i]);
+    return m;
+}
+
+template <Real T>
+std::vector<T> row_of(const npy_array& a, std::size_t r) {
+    const std::size_t p = a.shape.back();
+    std::vector<T> w(p);
+    for (std::size_t k = 0; k < p; ++k) w[k] = T(a.real[r * p + k]);
+    return w;
+}
+
+template <Real T>
+training_problem<T> make_problem(const trace& t) {
+    training_problem<T> pr{t.model, t.loss, to_matrix<T>(t.x_train), {}};
+    if (t.loss.kind == loss_kind::cross_entropy) pr.y.labels = t.y_train.integer;
+    else {
+        pr.y.values = to_matrix<T>(t.y_train);
+        pr.y.values.cols = t.model.output_dim();
+        pr.y.values.rows = t.n_train();
+    }
+    return pr;
+}
+
+inline sgd_schedule make_schedule(const trace& t) {
+    sgd_schedule s;
+    s.steps = t.steps();
+    s.n_train = t.n_train();
+    for (std::size_t k = 0; k < s.steps; ++k) s.learning_rates.push_back(t.learning_rate(k));
+    if (t.batches) {
+        const std::size_t b = t.batches->shape[1];
+        for (std::size_t k = 0; k < s.steps; ++k) {
+            std::vector<std::size_t> row(b);
+            for (std::size_t j = 0; j < b; ++j) row[j] = static_cast<std::size_t>(t.batches->integer[k * b + j]);
+            s.batches.push_back(std::move(row));
+        }
+    }
+    return s;
+}
+
+template <Real T>
+std::vector<T> initial_parameters(const trace& t) {
+    return t.init_params ? row_of<T>(*t.init_params, 0) : row_of<T>(*t.params, 0);
+}
+
+template <Real T>
+trace replay_trace_t(const trace& t, std::vector<double>* losses, const progress_fn& progress) {
+    const training_problem<T> pr = make_problem<T>(t);
+    const sgd_schedule sch = make_schedule(t);
+    std::vector<T> w = initial_parameters<T>(t);
+    const std::size_t p = w.size();
+    std::vector<double> rows;
+    rows.reserve((sch.steps + 1) * p);
+    for (const T& v : w) rows.push_back(scalar_traits<T>::to_double(v));
+    if (losses) losses->clear();
+    train_sgd<T>(pr, w, sch, [&](std::size_t s, const std::vector<T>& ws, const T& loss) {
+        for (const T& v : ws) rows.push_back(scalar_traits<T>::to_double(v));
+        if (losses) losses->push_back(scalar_traits<T>::to_double(loss));
+        if (progress) progress(s + 1, sch.steps);
+    });
+    trace out = t;
+    out.init_params.reset();
+    out.params = make_real_array(npy_dtype::f8, {sch.steps + 1, p}, std::move(rows));
+    return out;
+}
+
+template <Real T>
+real_table make_table(const matrix<T>& m) {
+    real_table t{m.rows, m.cols, {}, {}};
+    for (const T& v : m.data) {
+        t.values.push_back(scalar_traits<T>::to_double(v));
+        t.decimal.push_back(scalar_traits<T>::to_string(v));
+    }
+    return t;
+}
+
+template <Real T>
+evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
+    evaluation ev;
+    ev.precision_name = scalar_traits<T>::name();
+    ev.unit_roundoff = scalar_traits<T>::to_string(scalar_traits<T>::unit_roundoff());
+    ev.unit_roundoff_value = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
+    ev.steps = t.steps();
+    ev.recorded_path = t.params.has_value();
+    matrix<T> xt;
+    if (t.x_test) {
+        xt = to_matrix<T>(*t.x_test);
+        ev.test_points = "x_test";
+    } else {
+        const std::size_t m = std::min<std::size_t>(10, t.n_train());
+        std::vector<std::size_t> idx(m);
+        for (std::size_t i = 0; i < m; ++i) idx[i] = i;
+        xt = gather_rows(to_matrix<T>(t.x_train), idx);
+        ev.test_points = "x_train[0:" + std::to_string(m) + "]";
+    }
+    const std::vector<T> w0 = initial_parameters<T>(t);
+    ev.outputs_initial = make_table(outputs<T>(t.model, w0, xt));
+    std::vector<T> wf;
+    if (t.params) {
+        wf = row_of<T>(*t.params, t.steps());
+    } else {
+        const training_problem<T> pr = make_problem<T>(t);
+        const sgd_schedule sch = make_schedule(t);
+        wf = train_sgd<T>(pr, w0, sch, [&](std::size_t s, const std::vector<T>&, const T& loss) {
+            ev.losses.push_back(scalar_traits<T>::to_double(loss));
+            if (progress) progress(s + 1, sch.steps);
+        });
+    }
+    ev.outputs_final = make_table(outputs<T>(t.model, wf, xt));
+    for (const T& v : wf) ev.final_parameters.push_back(scalar_traits<T>::to_double(v));
+    return ev;
+}
+
+}  // namespace epk::detail
+
+// Instantiates the engine for one scalar type T under the suffix NAME.
+#define EPK_INSTANTIATE_ENGINE(T, NAME)                                                                        \
+    namespace epk::detail {                                                                                    \
+    trace replay_trace_##NAME(const trace& t, std::vector<double>* l, const progress_fn& p) {                 \
+        return replay_trace_t<T>(t, l, p);                                                                     \
+    }                                                                                                          \
+    evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p) { return evaluate_trace_t<T>(t, p); } \
+    }

@@ -1,0 +1,30 @@
+#include "epk/network.hpp"
+
+#include <string>
+
+namespace epk {
+
+std::vector<linear_offsets> parameter_offsets(const model_spec& m) {
+    std::vector<linear_offsets> out;
+    std::size_t in = m.input_dim, at = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind != layer_kind::linear) continue;
+        linear_offsets o{k, in, l.out_features, at, at + in * l.out_features, l.bias};
+        at += in * l.out_features + (l.bias ? l.out_features : 0);
+        in = l.out_features;
+        out.push_back(o);
+    }
+    return out;
+}
+
+void check_network_shapes(const model_spec& m, std::size_t w_size, std::size_t x_cols) {
+    if (w_size != m.parameter_count())
+        throw usage_error("network: parameter vector has " + std::to_string(w_size) + " entries, model needs " +
+                          std::to_string(m.parameter_count()));
+    if (x_cols != m.input_dim)
+        throw usage_error("network: inputs have " + std::to_string(x_cols) + " columns, model needs " +
+                          std::to_string(m.input_dim));
+}
+
+}  // namespace epk

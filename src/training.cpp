@@ -1,0 +1,82 @@
+#include "epk/training.hpp"
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+
+namespace epk {
+
+std::vector<std::size_t> sgd_schedule::batch(std::size_t s) const {
+    if (!batches.empty()) return batches.at(s);
+    std::vector<std::size_t> all(n_train);
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    return all;
+}
+
+void sgd_schedule::validate() const {
+    if (n_train == 0) throw usage_error("schedule: empty training set");
+    if (learning_rates.size() != steps) throw usage_error("schedule: need one learning rate per step");
+    if (!batches.empty() && batches.size() != steps) throw usage_error("schedule: need one batch per step");
+    for (const auto& b : batches) {
+        if (b.empty()) throw usage_error("schedule: empty batch");
+        for (std::size_t i : b)
+            if (i >= n_train) throw usage_error("schedule: batch index out of range");
+    }
+    for (double r : learning_rates)
+        if (!std::isfinite(r)) throw usage_error("schedule: learning rate is not finite");
+}
+
+namespace {
+double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+// Uniform integer in [0, n) without modulo bias (rejection on the top range).
+std::size_t bounded(std::mt19937_64& rng, std::size_t n) {
+    const std::uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    std::uint64_t r;
+    do r = rng();
+    while (r >= limit);
+    return static_cast<std::size_t>(r % n);
+}
+}  // namespace
+
+std::vector<double> torch_default_init(const model_spec& m, std::uint64_t seed) {
+    m.validate();
+    std::mt19937_64 rng(seed);
+    std::vector<double> w;
+    w.reserve(m.parameter_count());
+    std::size_t in = m.input_dim;
+    for (const auto& l : m.layers) {
+        if (l.kind != layer_kind::linear) continue;
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+        const std::size_t count = l.out_features * in + (l.bias ? l.out_features : 0);
+        for (std::size_t k = 0; k < count; ++k)
+            w.push_back(static_cast<double>(static_cast<float>(bound * (2.0 * uniform01(rng) - 1.0))));
+        in = l.out_features;
+    }
+    return w;
+}
+
+std::vector<std::vector<std::size_t>> make_minibatches(std::size_t n, std::size_t batch_size, std::size_t steps,
+                                                       std::uint64_t seed) {
+    if (batch_size == 0 || batch_size > n)
+        throw usage_error("batch size must be in [1, N] (N = " + std::to_string(n) + ")");
+    std::mt19937_64 rng(seed);
+    std::vector<std::vector<std::size_t>> out;
+    out.reserve(steps);
+    std::vector<std::size_t> perm(n);
+    std::size_t next = n;  // position in the current epoch's permutation
+    while (out.size() < steps) {
+        if (next + batch_size > n) {
+            std::iota(perm.begin(), perm.end(), std::size_t{0});
+            for (std::size_t i = n; i-- > 1;) std::swap(perm[i], perm[bounded(rng, i + 1)]);
+            next = 0;
+        }
+        out.emplace_back(perm.begin() + static_cast<std::ptrdiff_t>(next),
+                         perm.begin() + static_cast<std::ptrdiff_t>(next + batch_size));
+        next += batch_size;
+    }
+    return out;
+}
+
+}  // namespace epk
