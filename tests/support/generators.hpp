@@ -100,3 +100,27 @@ inline double min_kink_distance(const model_spec& m, std::span<const double> w, 
 }
 
 }  // namespace epk::testing
+
+namespace epk::testing {
+// x exactly as an MPFR number at the current working precision (which must
+// hold T's significand): binary types are peeled into a sum of doubles.
+template <Real T>
+mpfr_real exact_mpfr(const T& x) {
+    if constexpr (std::is_same_v<T, mpfr_real>) {
+        mpfr_real r{mpfr_real::uninitialized_tag{}};
+        mpfr_set(r.get(), x.get(), MPFR_RNDN);
+        return r;
+    } else if constexpr (std::is_same_v<T, long double>) {
+        return mpfr_real(x);
+    } else {
+        mpfr_real sum(0);
+        T rest = x;
+        for (int k = 0; k < 12 && !(rest == T(0)); ++k) {
+            const double part = static_cast<double>(rest);
+            sum += mpfr_real(part);
+            rest = rest - T(part);
+        }
+        return sum;
+    }
+}
+}  // namespace epk::testing

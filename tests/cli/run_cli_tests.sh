@@ -1,0 +1,425 @@
+#!/usr/bin/env bash
+# Command-line tests of epk: exit statuses, messages, files written (and not).
+#
+#   bash run_cli_tests.sh /path/to/epk [/path/to/tests/cli]
+#
+# Prints one line per check ("ok - NAME" / "FAIL - NAME: DETAIL") and ends with
+# "N passed, M failed"; exits 0 only when M = 0.  Needs bash and coreutils,
+# sed, grep, awk, printf, od, dd only.  Broken traces are made from good ones
+# that epk itself writes, by same-length edits of the .npy headers, by poking
+# bytes into the data, or by writing small .npy files from scratch.
+#
+# Exit statuses (epk help): 0 success, 1 a check failed, 2 bad input (one line
+# on stderr naming the file or option and the rule broken; nothing written),
+# 3 internal error.  Trace format: docs/trace-format.md.
+set -u
+export LC_ALL=C
+
+EPK=${1:?usage: run_cli_tests.sh /path/to/epk [tests/cli dir]}
+case $EPK in /*) ;; *) EPK=$PWD/$EPK ;; esac
+if [ ! -x "$EPK" ]; then
+    echo "FAIL - setup: $EPK is not an executable"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/epk-cli.XXXXXX") || exit 1
+trap 'rm -rf "$W"' EXIT
+cd "$W" || exit 1
+
+PASS=0
+FAIL=0
+ok()   { echo "ok - $1"; PASS=$((PASS + 1)); }
+fail() { echo "FAIL - $1: $2"; FAIL=$((FAIL + 1)); }
+
+# run CMD...: runs it with stdout -> $W/out, stderr -> $W/err; sets RC.
+run() { "$@" >"$W/out" 2>"$W/err"; RC=$?; }
+# ERRL: the lines of stderr (an unterminated last line counts); builtins only
+load_err() { ERRL=(); mapfile -t ERRL <"$W/err"; }
+# stderr on one line (lines joined by " | "), for failure details
+err1() { load_err; local IFS="|"; local s="${ERRL[*]-}"; s=${s//|/ | }; printf "%s" "${s:0:400}"; }
+
+# snapshot DIR: names, sizes and checksums of everything under DIR
+snapshot() { (cd "$1" 2>/dev/null && find . -type f -exec cksum {} + | sort); }
+
+# expect_fail NAME NEEDLE RULE_ERE [--absent PATH]... [--unchanged DIR]... -- CMD...
+#   CMD must exit with status 2, print exactly one line on stderr containing
+#   NEEDLE (a fixed string: the file or option name) and, if RULE_ERE is not
+#   empty, matching RULE_ERE (case-insensitive extended regex naming the rule);
+#   each --absent PATH must not exist afterwards, each --unchanged DIR must be
+#   byte-identical before and after.
+expect_fail() {
+    local name=$1 needle=$2 rule=$3
+    shift 3
+    local absent=() unchanged=() snaps=() d i
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        case $1 in
+            --absent) absent+=("$2"); shift 2 ;;
+            --unchanged) unchanged+=("$2"); shift 2 ;;
+            *) fail "$name" "test bug: bad expect_fail argument '$1'"; return ;;
+        esac
+    done
+    shift
+    for d in ${unchanged[@]+"${unchanged[@]}"}; do snaps+=("$(snapshot "$d")"); done
+    run "$@"
+    local problems=()
+    [ "$RC" -eq 2 ] || problems+=("exit status $RC, expected 2")
+    load_err
+    local text="${ERRL[*]-}"
+    [ ${#ERRL[@]} -eq 1 ] || problems+=("${#ERRL[@]} lines on stderr, expected 1")
+    [[ $text == *"$needle"* ]] || problems+=("stderr does not name '$needle'")
+    if [ -n "$rule" ]; then
+        shopt -s nocasematch
+        [[ $text =~ $rule ]] || problems+=("stderr does not state the rule (/$rule/)")
+        shopt -u nocasematch
+    fi
+    for d in ${absent[@]+"${absent[@]}"}; do
+        if [ -e "$d" ]; then problems+=("$d was created"); rm -rf "$d"; fi
+    done
+    i=0
+    for d in ${unchanged[@]+"${unchanged[@]}"}; do
+        [ "${snaps[$i]}" = "$(snapshot "$d")" ] || problems+=("$d was modified")
+        i=$((i + 1))
+    done
+    if [ ${#problems[@]} -eq 0 ]; then
+        ok "$name"
+    else
+        local msg; msg=$(printf "%s; " "${problems[@]}")
+        fail "$name" "${msg%; } -- stderr: $(err1)"
+    fi
+}
+
+# expect_ok NAME CMD...: exit status 0
+expect_ok() {
+    local name=$1; shift
+    run "$@"
+    if [ "$RC" -eq 0 ]; then ok "$name"; else fail "$name" "exit status $RC -- stderr: $(err1)"; fi
+}
+
+# ---- .npy helpers --------------------------------------------------------
+
+# npy_header DESCR SHAPE: a v1.0 header (magic, version, length, dict, padding, \n)
+npy_header() {
+    local dict="{'descr': '$1', 'fortran_order': False, 'shape': $2, }" len
+    local n=$((${#dict} + 1))
+    local pad=$(((64 - (10 + n) % 64) % 64))
+    local hl=$((n + pad))
+    printf -v len '\\%03o\\%03o' $((hl % 256)) $((hl / 256))
+    printf "\\223NUMPY\\001\\000$len"
+    printf '%s%*s\n' "$dict" "$pad" ''
+}
+# i8 VALUES...: little-endian int64s
+i8() {
+    local v k s="" o
+    for v in "$@"; do
+        for k in 0 1 2 3 4 5 6 7; do printf -v o '\\%03o' $(((v >> (8 * k)) & 255)); s+=$o; done
+    done
+    printf "$s"
+}
+# data_offset FILE: offset of the first data byte (v1.0: 10 + u16; v2/v3: 12 + u32)
+data_offset() {
+    local major; major=$(od -An -tu1 -j6 -N1 "$1" | tr -d ' ')
+    if [ "$major" = 1 ]; then
+        echo $((10 + $(od -An -tu2 -j8 -N2 "$1" | tr -d ' ')))
+    else
+        echo $((12 + $(od -An -tu4 -j8 -N4 "$1" | tr -d ' ')))
+    fi
+}
+# poke FILE OFFSET PRINTF_BYTES: overwrite bytes in place
+poke() { printf "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none; }
+F8_NAN='\000\000\000\000\000\000\370\177'   # 0x7ff8000000000000
+F8_PINF='\000\000\000\000\000\000\360\177'  # 0x7ff0000000000000
+# header_edit FILE SED_EXPR: same-length edit of the header line; returns 1 if
+# the edit changed nothing or changed the file's length
+header_edit() {
+    local before after
+    before=$(wc -c <"$1")
+    cp "$1" "$1.orig"
+    sed -i "1$2" "$1"
+    after=$(wc -c <"$1")
+    if cmp -s "$1" "$1.orig" || [ "$before" != "$after" ]; then rm -f "$1.orig"; return 1; fi
+    rm -f "$1.orig"
+}
+
+# ---- good paths ------------------------------------------------------------
+
+SMALL=(--n-train 40 --n-test 10 --hidden 8 --steps 5)
+P=610   # 64*8 + 8 + 8*10 + 10
+
+# has_files NAME DIR PRESENT... [-- ABSENT...]
+has_files() {
+    local name=$1 dir=$2 f missing=() extra=() absent_mode=0
+    shift 2
+    for f in "$@"; do
+        if [ "$f" = -- ]; then absent_mode=1; continue; fi
+        if [ $absent_mode = 0 ]; then [ -f "$dir/$f" ] || missing+=("$f")
+        else [ -e "$dir/$f" ] && extra+=("$f"); fi
+    done
+    if [ ${#missing[@]} -eq 0 ] && [ ${#extra[@]} -eq 0 ]; then ok "$name"
+    else fail "$name" "missing: ${missing[*]-} unexpected: ${extra[*]-}"; fi
+}
+# header_has NAME FILE TEXT: the .npy header line contains TEXT
+header_has() {
+    if head -n 1 "$2" 2>/dev/null | grep -qF -- "$3"; then ok "$1"
+    else fail "$1" "header of $2 lacks $3: $(head -n 1 "$2" 2>/dev/null | tr -cd '[:print:]')"; fi
+}
+# json_keys NAME: $W/out is JSON with the prediction keys
+json_keys() {
+    local k missing=()
+    for k in outputs_final outputs_initial precision; do
+        grep -q "\"$k\"[[:space:]]*:" "$W/out" || missing+=("$k")
+    done
+    if [ ${#missing[@]} -eq 0 ] && [ "$(head -c 1 "$W/out")" = "{" ]; then ok "$1"
+    else fail "$1" "missing keys: ${missing[*]-} (first line: $(head -n 1 "$W/out"))"; fi
+}
+
+NPY_ALL=(manifest.json x_train.npy y_train.npy x_test.npy)
+train_case() {  # train_case TAG EXPECTED_FILES... -- ABSENT_FILES... ;; options come from TOPTS
+    local tag=$1; shift
+    expect_ok "train $tag: exit 0" "$EPK" train --out "$W/$tag" "${SMALL[@]}" ${TOPTS[@]+"${TOPTS[@]}"}
+    has_files "train $tag: files" "$W/$tag" "$@"
+    run "$EPK" predict "$W/$tag" --json
+    if [ "$RC" -eq 0 ]; then ok "predict --json of $tag: exit 0"; json_keys "predict --json of $tag: keys"
+    else fail "predict --json of $tag: exit 0" "exit status $RC -- stderr: $(err1)"; fi
+}
+
+TOPTS=();                       train_case full "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
+TOPTS=(--batch-size 8);         train_case batch "${NPY_ALL[@]}" params.npy batches.npy -- init_params.npy
+TOPTS=(--loss mse);             train_case mse "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
+TOPTS=(--init-only);            train_case init "${NPY_ALL[@]}" init_params.npy -- params.npy batches.npy
+TOPTS=(--init-only --batch-size 8); train_case initbatch "${NPY_ALL[@]}" init_params.npy batches.npy -- params.npy
+TOPTS=(--precision mpfr:128);   train_case mpfr128 "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
+TOPTS=(--precision float);      train_case float "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
+
+header_has "train: x_train.npy shape [40, 64]" full/x_train.npy "'shape': (40, 64)"
+header_has "train: y_train.npy shape [40] (cross_entropy)" full/y_train.npy "'shape': (40,)"
+header_has "train: y_train.npy dtype <i8 (cross_entropy)" full/y_train.npy "'<i8'"
+header_has "train: y_train.npy shape [40, 10] (mse)" mse/y_train.npy "'shape': (40, 10)"
+header_has "train: x_test.npy shape [10, 64]" full/x_test.npy "'shape': (10, 64)"
+header_has "train: params.npy shape [S+1, P]" full/params.npy "'shape': (6, $P)"
+header_has "train: init_params.npy shape [P]" init/init_params.npy "'shape': ($P,)"
+header_has "train: batches.npy shape [S, B]" batch/batches.npy "'shape': (5, 8)"
+header_has "train: batches.npy dtype <i8" batch/batches.npy "'<i8'"
+if grep -q '"epk-trace"' full/manifest.json && grep -q '"steps"[[:space:]]*:[[:space:]]*5' full/manifest.json; then
+    ok "train: manifest.json names the format and the steps"
+else fail "train: manifest.json names the format and the steps" "$(tr -d '\n' <full/manifest.json | cut -c 1-200)"; fi
+
+run "$EPK" predict full --json --precision mpfr:128
+if [ "$RC" -eq 0 ] && grep -q '"precision"[[:space:]]*:[[:space:]]*"mpfr:128"' "$W/out"; then ok "predict --precision mpfr:128 --json"
+else fail "predict --precision mpfr:128 --json" "exit $RC, $(grep precision "$W/out" | head -n 1) $(err1)"; fi
+expect_ok "predict (text) of full-batch trace" "$EPK" predict full
+expect_ok "predict of init-only trace (replays itself)" "$EPK" predict init --precision float
+
+# replay
+expect_ok "replay init-only trace: exit 0" "$EPK" replay init --out "$W/rep1"
+has_files "replay: writes params.npy and the trace" rep1 "${NPY_ALL[@]}" params.npy
+header_has "replay: params.npy shape [S+1, P]" rep1/params.npy "'shape': (6, $P)"
+expect_ok "replay of replayed trace: exit 0" "$EPK" replay rep1 --out "$W/rep2"
+if cmp -s rep1/params.npy rep2/params.npy; then ok "replay of replayed trace: params.npy byte-identical"
+else fail "replay of replayed trace: params.npy byte-identical" "$(cmp rep1/params.npy rep2/params.npy 2>&1)"; fi
+if cmp -s rep1/params.npy full/params.npy; then ok "replay in double reproduces train's params.npy byte for byte"
+else fail "replay in double reproduces train's params.npy byte for byte" "$(cmp rep1/params.npy full/params.npy 2>&1)"; fi
+expect_ok "replay init-only minibatch trace: exit 0" "$EPK" replay initbatch --out "$W/rep3"
+if cmp -s rep3/params.npy batch/params.npy && cmp -s rep3/batches.npy batch/batches.npy; then
+    ok "replay of minibatch trace reproduces train's params.npy and batches.npy"
+else fail "replay of minibatch trace reproduces train's params.npy and batches.npy" "$(cmp rep3/params.npy batch/params.npy 2>&1)"; fi
+expect_ok "replay --precision mpfr:128" "$EPK" replay init --out "$W/rep4" --precision mpfr:128
+
+# A manifest as Python's json.dump writes it (one line), and .npy v2.0/v3.0 headers
+MANIFEST='{"format": "epk-trace", "version": 1, "model": {"input_dim": 64, "layers": [{"type": "linear", "out_features": 8, "bias": true}, {"type": "tanh"}, {"type": "linear", "out_features": 10, "bias": true}]}, "loss": {"type": "cross_entropy", "reduction": "mean"}, "optimizer": {"type": "sgd", "learning_rate": 0.1, "steps": 5}}'
+cp -r full py
+printf '%s' "$MANIFEST" >py/manifest.json
+run "$EPK" predict full --json; cp "$W/out" "$W/pred_full.json"
+run "$EPK" predict py --json
+if [ "$RC" -eq 0 ] && cmp -s "$W/out" "$W/pred_full.json"; then ok "predict accepts a json.dump-style manifest (same outputs)"
+else fail "predict accepts a json.dump-style manifest (same outputs)" "exit $RC -- $(err1)"; fi
+for v in 2 3; do
+    cp -r full "v$v"
+    off=$(data_offset full/x_train.npy)
+    dict="{'descr': '<f8', 'fortran_order': False, 'shape': (40, 64), }"
+    n=$((${#dict} + 1)); pad=$(((64 - (12 + n) % 64) % 64)); hl=$((n + pad))
+    { printf "\\223NUMPY\\00$v\\000\\$(printf %03o $((hl % 256)))\\$(printf %03o $((hl / 256)))\\000\\000"
+      printf '%s%*s\n' "$dict" "$pad" ''; tail -c +$((off + 1)) full/x_train.npy; } >"v$v/x_train.npy"
+    run "$EPK" predict "v$v" --json
+    if [ "$RC" -eq 0 ] && cmp -s "$W/out" "$W/pred_full.json"; then ok "predict accepts .npy version $v.0"
+    else fail "predict accepts .npy version $v.0" "exit $RC -- $(err1)"; fi
+done
+
+# Output directory that exists and is not empty: exit 2, contents untouched
+mkdir -p busy && echo keep >busy/keep.txt
+expect_fail "train --out non-empty dir" busy "exist|empty" --unchanged busy -- "$EPK" train --out "$W/busy" "${SMALL[@]}"
+expect_fail "replay --out non-empty dir" busy "exist|empty" --unchanged busy -- "$EPK" replay init --out "$W/busy"
+: >plainfile
+expect_fail "train --out an existing regular file" plainfile "" -- "$EPK" train --out "$W/plainfile" "${SMALL[@]}"
+# A parent directory that does not exist is bad input: one line, nothing written
+expect_fail "train --out DIR whose parent does not exist" no-parent "" --absent no-parent \
+    -- "$EPK" train --out "$W/no-parent/sub" "${SMALL[@]}"
+expect_fail "replay --out DIR whose parent does not exist" no-parent "" --absent no-parent \
+    -- "$EPK" replay init --out "$W/no-parent/sub"
+
+# ---- bad traces --------------------------------------------------------------
+
+# mk BASE NAME: a fresh copy of trace BASE at $W/bad/NAME; prints the path
+mkdir bad
+mk() { rm -rf "bad/$2"; cp -r "$1" "bad/$2"; echo "$W/bad/$2"; }
+
+# bad_trace NAME DIR NEEDLE RULE [replay]: predict (and replay) reject DIR
+bad_trace() {
+    local name=$1 dir=$2 needle=$3 rule=$4
+    expect_fail "predict: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir"
+    expect_fail "predict --json: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir" --json
+    if [ "${5-}" = replay ]; then
+        expect_fail "replay: $name" "$needle" "$rule" --absent "$W/newdir" --unchanged "$dir" \
+            -- "$EPK" replay "$dir" --out "$W/newdir"
+    fi
+}
+setup_fail() { fail "$1" "test setup failed"; }
+
+D=$(mk full trunc); head -c 1000 full/x_train.npy >"$D/x_train.npy"
+bad_trace "truncated x_train.npy" "$D" x_train.npy "trunc|short|promise|exceed" replay
+
+D=$(mk full magic); poke "$D/x_train.npy" 1 'X'
+bad_trace "wrong magic in x_train.npy" "$D" x_train.npy "magic|not a .npy" replay
+
+D=$(mk full trailing); printf 'garbage' >>"$D/params.npy"
+bad_trace "trailing bytes after params.npy data" "$D" params.npy "trailing|extra|size" replay
+
+D=$(mk full rows)
+if header_edit "$D/x_train.npy" "s/(40, 64)/(90, 64)/"; then
+    bad_trace "x_train.npy header claims more rows than present" "$D" x_train.npy "trunc|short|promise|exceed|size" replay
+else setup_fail "x_train.npy header claims more rows"; fi
+
+D=$(mk full f2)
+if header_edit "$D/x_train.npy" "s/'<f8'/'<f2'/"; then
+    bad_trace "x_train.npy dtype <f2" "$D" x_train.npy "dtype" replay
+else setup_fail "x_train.npy dtype <f2"; fi
+
+D=$(mk full bigendian)
+if header_edit "$D/params.npy" "s/'<f8'/'>f8'/"; then
+    bad_trace "params.npy dtype >f8 (big-endian)" "$D" params.npy "dtype|endian"
+else setup_fail "params.npy dtype >f8"; fi
+
+D=$(mk full fortran)   # "False," -> "True, ": same length, header stays consistent
+if header_edit "$D/x_train.npy" "s/'fortran_order': False,/'fortran_order': True, /"; then
+    bad_trace "x_train.npy fortran_order True" "$D" x_train.npy "fortran" replay
+else setup_fail "x_train.npy fortran_order True"; fi
+
+D=$(mk full fortran2)  # the same, written from scratch (a 2x2 <f8 array)
+{ npy_header '<f8' '(2, 2)' | sed "1s/'fortran_order': False,/'fortran_order': True, /"; head -c 32 /dev/zero; } >"$D/x_test.npy"
+bad_trace "x_test.npy fortran_order True (written from scratch)" "$D" x_test.npy "fortran"
+
+D=$(mk full nan); poke "$D/params.npy" $(($(data_offset full/params.npy) + 8 * 7)) "$F8_NAN"
+bad_trace "NaN in params.npy" "$D" params.npy "nan" replay
+
+D=$(mk init nan_init); poke "$D/init_params.npy" $(($(data_offset init/init_params.npy) + 8 * 9)) "$F8_NAN"
+bad_trace "NaN in init_params.npy" "$D" init_params.npy "nan" replay
+
+D=$(mk full inf); poke "$D/x_train.npy" $(($(data_offset full/x_train.npy) + 8 * 3)) "$F8_PINF"
+bad_trace "+inf in x_train.npy" "$D" x_train.npy "inf" replay
+
+D=$(mk batch bidx); { npy_header '<i8' '(5, 8)'; i8 $(seq 0 38) 40; } >"$D/batches.npy"
+bad_trace "batches.npy index out of range (N)" "$D" batches.npy "range" replay
+D=$(mk batch bneg); { npy_header '<i8' '(5, 8)'; i8 -1 $(seq 1 39); } >"$D/batches.npy"
+bad_trace "batches.npy index out of range (-1)" "$D" batches.npy "range"
+D=$(mk batch brep); { npy_header '<i8' '(5, 8)'; i8 $(seq 0 38) 32; } >"$D/batches.npy"
+bad_trace "batches.npy row repeats an index" "$D" batches.npy "repeat|duplicate" replay
+D=$(mk batch bshape); { npy_header '<i8' '(4, 8)'; i8 $(seq 0 31); } >"$D/batches.npy"
+bad_trace "batches.npy rows disagree with steps" "$D" batches.npy "disagree|steps|shape"
+D=$(mk initbatch bgood); { npy_header '<i8' '(5, 8)'; i8 $(seq 0 39); } >"$D/batches.npy"
+expect_ok "control: a valid hand-written batches.npy is accepted by replay" "$EPK" replay "$D" --out "$W/bgood_out"
+
+D=$(mk full label); poke "$D/y_train.npy" $(($(data_offset full/y_train.npy) + 8 * 3)) '\012\000\000\000\000\000\000\000'
+bad_trace "label out of range (C) in y_train.npy" "$D" y_train.npy "range" replay
+D=$(mk full labelneg); poke "$D/y_train.npy" $(($(data_offset full/y_train.npy))) '\377\377\377\377\377\377\377\377'
+bad_trace "label out of range (-1) in y_train.npy" "$D" y_train.npy "range"
+
+# manifest cases: edits of the json.dump-style manifest
+bad_manifest() {  # bad_manifest NAME SED_EXPR RULE [BASE] [replay]
+    local D; D=$(mk "${4:-full}" "m$MCOUNT"); MCOUNT=$((MCOUNT + 1))
+    printf '%s' "$MANIFEST" | sed "$2" >"$D/manifest.json"
+    if [ "$(printf '%s' "$MANIFEST")" = "$(cat "$D/manifest.json")" ]; then setup_fail "$1"; return; fi
+    bad_trace "$1" "$D" manifest.json "$3" "${5-}"
+}
+MCOUNT=0
+bad_manifest "manifest: unknown layer type" 's/"tanh"/"swish"/' "swish|layer" full replay
+bad_manifest "manifest: unknown loss" 's/"cross_entropy"/"hinge"/' "hinge|loss"
+bad_manifest "manifest: unknown loss reduction" 's/"mean"/"avg"/' "avg|reduction"
+bad_manifest "manifest: optimizer 'adam'" 's/"sgd"/"adam"/' "adam" full replay
+bad_manifest "manifest: optimizer field 'momentum'" 's/"type": "sgd",/"type": "sgd", "momentum": 0.9,/' "momentum" init replay
+bad_manifest "manifest: version 2" 's/"version": 1/"version": 2/' "version"
+bad_manifest "manifest: format not epk-trace" 's/"epk-trace"/"epk-trace2"/' "format"
+bad_manifest "manifest: invalid JSON" 's/"version": 1,/"version": 1/' "json" full replay
+bad_manifest "manifest: out_features 0" 's/"out_features": 8/"out_features": 0/' "out_features"
+# (input_dim and steps disagreeing with the arrays: the arrays are the ones named)
+D=$(mk full dim); printf '%s' "$MANIFEST" | sed 's/"input_dim": 64/"input_dim": 63/' >"$D/manifest.json"
+bad_trace "manifest input_dim disagrees with x_train.npy" "$D" x_train.npy "input_dim|disagree|shape" replay
+D=$(mk full steps); printf '%s' "$MANIFEST" | sed 's/"steps": 5/"steps": 6/' >"$D/manifest.json"
+bad_trace "manifest steps disagree with params.npy rows" "$D" params.npy "steps|disagree|shape" replay
+
+# learning_rates.npy (<f8, [S]) and shape/dtype disagreements between files
+LR5='\232\231\231\231\231\231\271\077'   # 0.1 as <f8
+D=$(mk init lrlen); { npy_header '<f8' '(4,)'; printf "$LR5$LR5$LR5$LR5"; } >"$D/learning_rates.npy"
+bad_trace "learning_rates.npy length disagrees with steps" "$D" learning_rates.npy "steps|disagree|shape" replay
+D=$(mk init lrnan); { npy_header '<f8' '(5,)'; printf "$LR5$LR5$F8_NAN$LR5$LR5"; } >"$D/learning_rates.npy"
+bad_trace "NaN in learning_rates.npy" "$D" learning_rates.npy "nan" replay
+D=$(mk init lrf4); { npy_header '<f4' '(5,)'; head -c 20 /dev/zero; } >"$D/learning_rates.npy"
+bad_trace "learning_rates.npy dtype <f4" "$D" learning_rates.npy "dtype"
+D=$(mk init lrgood); { npy_header '<f8' '(5,)'; printf "$LR5$LR5$LR5$LR5$LR5"; } >"$D/learning_rates.npy"
+expect_ok "control: a valid hand-written learning_rates.npy is accepted by replay" "$EPK" replay "$D" --out "$W/lrgood_out"
+D=$(mk full xtestdim); { npy_header '<f8' '(2, 63)'; head -c 1008 /dev/zero; } >"$D/x_test.npy"
+bad_trace "x_test.npy columns disagree with input_dim" "$D" x_test.npy "input_dim|disagree|shape"
+D=$(mk full xtestdtype); { npy_header '<f4' '(2, 64)'; head -c 512 /dev/zero; } >"$D/x_test.npy"
+bad_trace "x_test.npy dtype differs from x_train.npy" "$D" x_test.npy "dtype"
+D=$(mk full ylen); { npy_header '<i8' '(39,)'; head -c 312 /dev/zero; } >"$D/y_train.npy"
+bad_trace "y_train.npy length disagrees with x_train.npy" "$D" y_train.npy "disagree|shape"
+D=$(mk full yfloat); { npy_header '<f8' '(40,)'; head -c 320 /dev/zero; } >"$D/y_train.npy"
+bad_trace "y_train.npy float labels with cross_entropy" "$D" y_train.npy "dtype"
+D=$(mk full xint)
+if header_edit "$D/x_train.npy" "s/'<f8'/'<i8'/"; then
+    bad_trace "x_train.npy dtype <i8" "$D" x_train.npy "dtype"
+else setup_fail "x_train.npy dtype <i8"; fi
+D=$(mk full hlen); poke "$D/x_train.npy" 8 '\074'   # header length 60: cuts the dict
+bad_trace "x_train.npy header length field too short" "$D" x_train.npy "header|malformed"
+D=$(mk full emptyman); : >"$D/manifest.json"
+bad_trace "empty manifest.json" "$D" manifest.json "json"
+
+D=$(mk full noxtrain); rm "$D/x_train.npy"
+bad_trace "missing x_train.npy" "$D" x_train.npy "missing|exist|required" replay
+D=$(mk full nomanifest); rm "$D/manifest.json"
+bad_trace "missing manifest.json" "$D" manifest.json "missing|exist|required"
+D=$(mk full noparams); rm "$D/params.npy"
+bad_trace "neither params.npy nor init_params.npy" "$D" params.npy "missing|required"
+
+expect_fail "predict: trace path does not exist" no-such-trace "" -- "$EPK" predict "$W/no-such-trace"
+expect_fail "replay: trace path does not exist" no-such-trace "" --absent "$W/newdir" \
+    -- "$EPK" replay "$W/no-such-trace" --out "$W/newdir"
+
+# ---- bad command lines ---------------------------------------------------------
+
+expect_fail "unknown command" frobnicate "unknown|command" -- "$EPK" frobnicate
+expect_fail "predict: unknown option" --frobnicate "unknown|option" -- "$EPK" predict full --frobnicate
+expect_fail "train: unknown option" --frobnicate "unknown|option" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" "${SMALL[@]}" --frobnicate
+expect_fail "replay: unknown option" --frobnicate "unknown|option" --absent "$W/newdir" \
+    -- "$EPK" replay init --out "$W/newdir" --frobnicate
+expect_fail "train: --out without a value" --out "" -- "$EPK" train --out
+expect_fail "replay: missing --out" --out "" -- "$EPK" replay init
+for p in mpfr:1 quad mpfr:100001 mpfr:; do
+    expect_fail "predict --precision $p" --precision "" -- "$EPK" predict full --precision "$p"
+    expect_fail "train --precision $p" --precision "" --absent "$W/newdir" \
+        -- "$EPK" train --out "$W/newdir" "${SMALL[@]}" --precision "$p"
+done
+expect_fail "replay --precision quad" --precision "" --absent "$W/newdir" \
+    -- "$EPK" replay init --out "$W/newdir" --precision quad
+expect_fail "train --steps -3" --steps "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --steps -3
+expect_fail "train --steps 3x" --steps "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --steps 3x
+expect_fail "train --lr nan" --lr "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --lr nan
+expect_fail "train --lr inf" --lr "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --lr inf
+expect_fail "train --batch-size larger than n-train" --batch-size "" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" "${SMALL[@]}" --batch-size 41
+expect_fail "train --loss hinge" --loss "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --loss hinge
+expect_fail "train --data missing.csv" missing.csv "" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data "$W/missing.csv"
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
