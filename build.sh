@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# build.sh — install what is missing (Debian 12, apt-get), configure, build, run.
+#   ./build.sh demo    build the tool and run `epk demo`
+#   ./build.sh test    build everything and run the whole test suite (ctest)
+# Run as root (or with sudo available) on a fresh machine; later runs reuse build/.
+set -euo pipefail
+cd "$(dirname "$0")"
+mode="${1:-demo}"
+case "$mode" in demo|test) ;; *) echo "usage: ./build.sh demo|test" >&2; exit 2 ;; esac
+
+packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohmann-json3-dev
+          libgtest-dev librapidcheck-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "build.sh: installing ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+jobs="$(nproc 2>/dev/null || echo 2)"
+if [ "$mode" = demo ]; then
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=OFF
+  cmake --build build -j"$jobs" --target epk
+  ./build/epk demo
+else
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON
+  cmake --build build -j"$jobs"
+  ctest --test-dir build --output-on-failure -j"$jobs"
+fi
