@@ -440,7 +440,7 @@ TEST_F(TraceDir, NeitherParamsNorInitParams) {
     fs::remove(file("params.npy"));
     EXPECT_NO_THROW(epk::read_trace(dir_));
     fs::remove(file("init_params.npy"));
-    expect_rejected("init_params.npy", "a trace needs params.npy or init_params.npy");
+    expect_rejected("params.npy", "a trace needs params.npy or init_params.npy");
 }
 
 TEST_F(TraceDir, InitParamsDisagreeWithParams) {
@@ -535,6 +535,23 @@ TEST(Trace, WriteIntoNonEmptyDirectoryWritesNothing) {
     EXPECT_THROW(epk::write_trace(tmp.path() / "plain", sample_trace()), epk::input_error);
     EXPECT_THROW(epk::write_trace(tmp.path() / "missing" / "out", sample_trace()), epk::input_error);
     EXPECT_EQ(listing(tmp.path()), (std::set<std::string>{"out", "plain"}));
+
+    // The same checks, made up front.
+    EXPECT_THROW(epk::check_trace_output_dir(out), epk::input_error);
+    EXPECT_THROW(epk::check_trace_output_dir(tmp.path() / "plain"), epk::input_error);
+    try {
+        epk::check_trace_output_dir(tmp.path() / "missing" / "out");
+        ADD_FAILURE();
+    } catch (const epk::input_error& e) {
+        EXPECT_EQ(e.file(), (tmp.path() / "missing" / "out").string());
+        EXPECT_NE(e.rule().find("parent directory"), std::string::npos);
+    }
+    EXPECT_NO_THROW(epk::check_trace_output_dir(tmp.path() / "new"));
+    fs::create_directory(tmp.path() / "new");
+    EXPECT_NO_THROW(epk::check_trace_output_dir(tmp.path() / "new"));
+    epk::write_trace(tmp.path() / "new/", sample_trace());  // a trailing separator is fine
+    EXPECT_EQ(listing(tmp.path()), (std::set<std::string>{"new", "out", "plain"}));
+    EXPECT_NO_THROW(epk::read_trace(tmp.path() / "new"));
 }
 
 TEST(Trace, WriteOfAnInvalidTraceWritesNothing) {

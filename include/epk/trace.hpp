@@ -51,4 +51,9 @@ void validate_trace(const trace& t, const std::string& dir_name);
 trace read_trace(const std::filesystem::path& dir);
 void write_trace(const std::filesystem::path& dir, const trace& t);
 
+// The output-directory checks write_trace makes first (dir absent or an empty
+// directory, its parent an existing directory), as input_error(dir, rule);
+// lets a caller refuse before doing expensive work.
+void check_trace_output_dir(const std::filesystem::path& dir);
+
 }  // namespace epk

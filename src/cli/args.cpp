@@ -35,7 +35,7 @@ double args::get_real(const std::string& name, double fallback) const {
     double v = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
     if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v))
-        throw input_error("--" + name, "'" + text + "' is not a finite number");
+        throw input_error("--" + name, "'" + text + "' is not a finite decimal number");
     return v;
 }
 

@@ -191,8 +191,7 @@ int cmd_train(int argc, char** argv) {
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     built_run run = build_training_trace(a);
     epk::validate_trace(run.trace, out.string());
-    if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
-        throw epk::input_error(out.string(), "output directory exists and is not empty");
+    epk::check_trace_output_dir(out);
 
     const epk::evaluation ev = epk::evaluate_trace(run.trace, p, make_progress("training in " + p.name()));
     epk::trace written = run.trace;
@@ -225,8 +224,7 @@ int cmd_replay(int argc, char** argv) {
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const epk::trace t = epk::read_trace(a.positional[0]);
-    if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
-        throw epk::input_error(out.string(), "output directory exists and is not empty");
+    epk::check_trace_output_dir(out);
     const epk::trace r = epk::replay_trace(t, p, nullptr, make_progress("replaying in " + p.name()));
     if (t.params) {
         double worst = 0;
@@ -369,7 +367,7 @@ int run(int argc, char** argv) {
     if (cmd == "replay") return cmd_replay(argc, argv);
     if (cmd == "predict") return cmd_predict(argc, argv);
     if (cmd == "demo") return cmd_demo(argc, argv);
-    throw epk::input_error("epk", "unknown command '" + cmd + "' (see epk help)");
+    throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 
 std::string one_line(std::string s) {

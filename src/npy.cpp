@@ -1,0 +1,382 @@
+// src/npy.cpp — NumPy .npy reading and writing (see epk/npy.hpp).
+//
+// Contract: parse_npy accepts exactly format versions 1.0/2.0/3.0 with a
+// header dict {'descr', 'fortran_order', 'shape'} (any key order, Python
+// literal syntax), dtypes <f4/<f8/<i8, C order, and a data section whose
+// length equals prod(shape) * itemsize to the byte.  The shape is checked
+// for overflow and against the bytes present before anything is allocated.
+// Values are decoded little-endian explicitly, independent of the host.
+// serialize_npy writes version 1.0 byte-for-byte as numpy >= 1.23 np.save
+// does (header padded with spaces to a multiple of 64, ending in '\n').
+#include "epk/npy.hpp"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <string_view>
+#include <system_error>
+
+#include "epk/error.hpp"
+
+namespace epk {
+
+namespace {
+
+constexpr unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+constexpr std::uintmax_t max_npy_file_bytes = std::uintmax_t{2} << 30;  // 2 GiB
+
+std::size_t itemsize(npy_dtype d) { return d == npy_dtype::f4 ? 4 : 8; }
+
+std::string shape_text(const std::vector<std::size_t>& shape) {
+    std::string s = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) s += ", ";
+        s += std::to_string(shape[i]);
+    }
+    if (shape.size() == 1) s += ",";
+    return s + ")";
+}
+
+// Product of the shape, or nullopt on size_t overflow.
+std::optional<std::size_t> checked_product(const std::vector<std::size_t>& shape) {
+    std::size_t n = 1;
+    for (std::size_t d : shape)
+        if (__builtin_mul_overflow(n, d, &n)) return std::nullopt;
+    return n;
+}
+
+std::uint64_t load_le(const unsigned char* p, std::size_t width) {
+    std::uint64_t v = 0;
+    for (std::size_t i = 0; i < width; ++i) v |= std::uint64_t{p[i]} << (8 * i);
+    return v;
+}
+
+void store_le(std::vector<unsigned char>& out, std::uint64_t v, std::size_t width) {
+    for (std::size_t i = 0; i < width; ++i) out.push_back(static_cast<unsigned char>(v >> (8 * i)));
+}
+
+// A strict parser for the header dict numpy writes: a Python dict literal
+// with string keys; values are a string, a bool, or a tuple of integers.
+class header_parser {
+public:
+    header_parser(std::string_view text, const std::string& name) : s_(text), name_(name) {}
+
+    struct result {
+        std::string descr;
+        bool fortran_order = false;
+        std::vector<std::size_t> shape;
+    };
+
+    result parse() {
+        result r;
+        bool have_descr = false, have_fortran = false, have_shape = false;
+        skip_ws();
+        expect('{', "expected '{' at the start of the header dict");
+        skip_ws();
+        while (!at('}')) {
+            std::string key = parse_string("a dict key");
+            skip_ws();
+            expect(':', "expected ':' after key '" + key + "'");
+            skip_ws();
+            if (key == "descr") {
+                if (have_descr) fail("duplicate key 'descr'");
+                have_descr = true;
+                r.descr = parse_string("the 'descr' value");
+            } else if (key == "fortran_order") {
+                if (have_fortran) fail("duplicate key 'fortran_order'");
+                have_fortran = true;
+                r.fortran_order = parse_bool();
+            } else if (key == "shape") {
+                if (have_shape) fail("duplicate key 'shape'");
+                have_shape = true;
+                r.shape = parse_shape();
+            } else {
+                fail("unexpected key '" + key + "' (allowed: descr, fortran_order, shape)");
+            }
+            skip_ws();
+            if (at(',')) {
+                ++i_;
+                skip_ws();
+            } else if (!at('}')) {
+                fail("expected ',' or '}' after the value of '" + key + "'");
+            }
+        }
+        ++i_;  // '}'
+        skip_ws();
+        if (i_ != s_.size()) fail("unexpected text after the header dict");
+        if (!have_descr) fail("missing key 'descr'");
+        if (!have_fortran) fail("missing key 'fortran_order'");
+        if (!have_shape) fail("missing key 'shape'");
+        return r;
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& what) const {
+        throw input_error(name_, "malformed .npy header: " + what);
+    }
+    bool at(char c) const { return i_ < s_.size() && s_[i_] == c; }
+    void expect(char c, const std::string& what) {
+        if (!at(c)) fail(what);
+        ++i_;
+    }
+    void skip_ws() {
+        while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+    }
+    std::string parse_string(const std::string& what) {
+        if (!at('\'') && !at('"')) fail("expected a quoted string as " + what);
+        const char q = s_[i_++];
+        std::string out;
+        while (i_ < s_.size() && s_[i_] != q) {
+            const char c = s_[i_];
+            if (c == '\\' || c == '\n' || static_cast<unsigned char>(c) < 0x20 ||
+                static_cast<unsigned char>(c) >= 0x7f)
+                fail("unsupported character in a string");
+            out += c;
+            ++i_;
+        }
+        if (i_ >= s_.size()) fail("unterminated string");
+        ++i_;
+        return out;
+    }
+    bool parse_bool() {
+        if (s_.substr(i_, 4) == "True") {
+            i_ += 4;
+            return true;
+        }
+        if (s_.substr(i_, 5) == "False") {
+            i_ += 5;
+            return false;
+        }
+        fail("'fortran_order' must be True or False");
+    }
+    std::size_t parse_dim() {
+        const std::size_t start = i_;
+        std::size_t v = 0;
+        while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') {
+            const std::size_t digit = static_cast<std::size_t>(s_[i_] - '0');
+            if (__builtin_mul_overflow(v, std::size_t{10}, &v) || __builtin_add_overflow(v, digit, &v))
+                throw input_error(name_, "shape dimension too large (overflows 64 bits)");
+            ++i_;
+        }
+        if (i_ == start) fail("expected a non-negative integer in 'shape'");
+        if (i_ - start > 1 && s_[start] == '0') fail("leading zero in a 'shape' dimension");
+        return v;
+    }
+    std::vector<std::size_t> parse_shape() {
+        expect('(', "'shape' must be a tuple");
+        std::vector<std::size_t> shape;
+        skip_ws();
+        if (at(')')) {
+            ++i_;
+            return shape;
+        }
+        bool trailing_comma = false;
+        while (true) {
+            shape.push_back(parse_dim());
+            skip_ws();
+            trailing_comma = false;
+            if (at(',')) {
+                ++i_;
+                trailing_comma = true;
+                skip_ws();
+            }
+            if (at(')')) break;
+            if (!trailing_comma) fail("expected ',' or ')' in 'shape'");
+        }
+        ++i_;  // ')'
+        if (shape.size() == 1 && !trailing_comma) fail("'shape' (n) is not a tuple; a 1-d shape is written (n,)");
+        return shape;
+    }
+
+    std::string_view s_;
+    const std::string& name_;
+    std::size_t i_ = 0;
+};
+
+}  // namespace
+
+std::string_view to_string(npy_dtype d) {
+    switch (d) {
+        case npy_dtype::f4: return "<f4";
+        case npy_dtype::f8: return "<f8";
+        case npy_dtype::i8: return "<i8";
+    }
+    return "?";
+}
+
+std::size_t npy_array::size() const {
+    std::size_t n = 1;
+    for (std::size_t d : shape) n *= d;
+    return n;
+}
+
+npy_array make_real_array(npy_dtype dtype, std::vector<std::size_t> shape, std::vector<double> values) {
+    if (dtype == npy_dtype::i8) throw usage_error("make_real_array: dtype <i8 is not real");
+    const auto n = checked_product(shape);
+    if (!n || *n != values.size()) throw usage_error("make_real_array: shape does not match the number of values");
+    if (dtype == npy_dtype::f4)
+        for (double v : values)
+            if (!std::isnan(v) && static_cast<double>(static_cast<float>(v)) != v)
+                throw usage_error("make_real_array: value not representable as <f4");
+    npy_array a;
+    a.dtype = dtype;
+    a.shape = std::move(shape);
+    a.real = std::move(values);
+    return a;
+}
+
+npy_array make_int_array(std::vector<std::size_t> shape, std::vector<std::int64_t> values) {
+    const auto n = checked_product(shape);
+    if (!n || *n != values.size()) throw usage_error("make_int_array: shape does not match the number of values");
+    npy_array a;
+    a.dtype = npy_dtype::i8;
+    a.shape = std::move(shape);
+    a.integer = std::move(values);
+    return a;
+}
+
+npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& name) {
+    if (bytes.size() < 8 || std::memcmp(bytes.data(), npy_magic, 6) != 0)
+        throw input_error(name, "not a .npy file (bad magic)");
+    const unsigned major = bytes[6], minor = bytes[7];
+    if (minor != 0 || major < 1 || major > 3)
+        throw input_error(name, "unsupported .npy format version " + std::to_string(major) + "." +
+                                    std::to_string(minor) + " (allowed: 1.0, 2.0, 3.0)");
+    const std::size_t len_bytes = major == 1 ? 2 : 4;
+    if (bytes.size() < 8 + len_bytes) throw input_error(name, "truncated: file ends inside the header length");
+    const std::size_t header_len = static_cast<std::size_t>(load_le(bytes.data() + 8, len_bytes));
+    const std::size_t header_start = 8 + len_bytes;
+    if (header_len > bytes.size() - header_start)
+        throw input_error(name, "truncated: header length " + std::to_string(header_len) + " exceeds the file");
+    const std::string_view header(reinterpret_cast<const char*>(bytes.data() + header_start), header_len);
+
+    const auto h = header_parser(header, name).parse();
+
+    npy_dtype dtype;
+    if (h.descr == "<f4")
+        dtype = npy_dtype::f4;
+    else if (h.descr == "<f8")
+        dtype = npy_dtype::f8;
+    else if (h.descr == "<i8")
+        dtype = npy_dtype::i8;
+    else
+        throw input_error(name, "unsupported dtype '" + h.descr + "' (allowed: <f4, <f8, <i8)");
+    if (h.fortran_order) throw input_error(name, "fortran_order True is not allowed");
+
+    const auto count = checked_product(h.shape);
+    std::size_t data_bytes = 0;
+    if (!count || __builtin_mul_overflow(*count, itemsize(dtype), &data_bytes))
+        throw input_error(name, "shape " + shape_text(h.shape) + " overflows: too many elements");
+    const std::size_t data_start = header_start + header_len;
+    const std::size_t have = bytes.size() - data_start;
+    if (have < data_bytes)
+        throw input_error(name, "truncated: header promises " + std::to_string(data_bytes) +
+                                    " bytes of data, file has " + std::to_string(have));
+    if (have > data_bytes)
+        throw input_error(name, "trailing bytes after data: header promises " + std::to_string(data_bytes) +
+                                    " bytes of data, file has " + std::to_string(have));
+
+    npy_array a;
+    a.dtype = dtype;
+    a.shape = h.shape;
+    const unsigned char* p = bytes.data() + data_start;
+    const std::size_t w = itemsize(dtype);
+    if (dtype == npy_dtype::i8) {
+        a.integer.resize(*count);
+        for (std::size_t i = 0; i < *count; ++i)
+            a.integer[i] = std::bit_cast<std::int64_t>(load_le(p + i * w, w));
+    } else {
+        a.real.resize(*count);
+        for (std::size_t i = 0; i < *count; ++i) {
+            const std::uint64_t bits = load_le(p + i * w, w);
+            a.real[i] = dtype == npy_dtype::f8
+                            ? std::bit_cast<double>(bits)
+                            : static_cast<double>(std::bit_cast<float>(static_cast<std::uint32_t>(bits)));
+        }
+    }
+    return a;
+}
+
+npy_array read_npy(const std::filesystem::path& file) {
+    const std::string name = file.string();
+    std::error_code ec;
+    const auto st = std::filesystem::status(file, ec);
+    if (ec || !std::filesystem::exists(st)) throw input_error(name, "cannot open file (does not exist)");
+    if (!std::filesystem::is_regular_file(st)) throw input_error(name, "cannot open file (not a regular file)");
+    const auto size = std::filesystem::file_size(file, ec);
+    if (ec) throw input_error(name, "cannot determine the file size");
+    if (size > max_npy_file_bytes) throw input_error(name, "file is larger than 2 GiB");
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw input_error(name, "cannot open file");
+    std::vector<unsigned char> bytes(static_cast<std::size_t>(size));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    bytes.resize(static_cast<std::size_t>(in.gcount()));  // the file may have shrunk meanwhile
+    if (in.bad()) throw input_error(name, "read error");
+    return parse_npy(bytes, name);
+}
+
+std::vector<unsigned char> serialize_npy(const npy_array& a) {
+    const auto count = checked_product(a.shape);
+    if (!count) throw usage_error("serialize_npy: shape overflows");
+    if (a.is_real() ? a.real.size() != *count : a.integer.size() != *count)
+        throw usage_error("serialize_npy: payload size does not match the shape");
+
+    // numpy's _write_array_header: sorted keys, repr values, then spare room
+    // for growing axis 0 (21 digits), then _wrap_header's alignment padding.
+    std::string header = "{'descr': '" + std::string(to_string(a.dtype)) +
+                         "', 'fortran_order': False, 'shape': " + shape_text(a.shape) + ", }";
+    if (!a.shape.empty()) {
+        const std::size_t digits = std::to_string(a.shape[0]).size();
+        if (digits < 21) header.append(21 - digits, ' ');
+    }
+    std::size_t hlen = header.size() + 1;  // + '\n'
+    unsigned major = 1;
+    std::size_t prefix = 10;
+    std::size_t padlen = 64 - (prefix + hlen) % 64;
+    if (hlen + padlen > 0xffff) {  // numpy falls back to 2.0 only when 1.0 cannot hold the header
+        major = 2;
+        prefix = 12;
+        padlen = 64 - (prefix + hlen) % 64;
+    }
+    header.append(padlen, ' ');
+    header += '\n';
+
+    std::vector<unsigned char> out(prefix + header.size());
+    std::memcpy(out.data(), npy_magic, 6);
+    out[6] = static_cast<unsigned char>(major);
+    out[7] = 0;
+    for (std::size_t i = 0; i < prefix - 8; ++i) out[8 + i] = static_cast<unsigned char>(header.size() >> (8 * i));
+    std::memcpy(out.data() + prefix, header.data(), header.size());
+    out.reserve(out.size() + *count * itemsize(a.dtype));
+    switch (a.dtype) {
+        case npy_dtype::i8:
+            for (std::int64_t v : a.integer) store_le(out, std::bit_cast<std::uint64_t>(v), 8);
+            break;
+        case npy_dtype::f8:
+            for (double v : a.real) store_le(out, std::bit_cast<std::uint64_t>(v), 8);
+            break;
+        case npy_dtype::f4:
+            for (double v : a.real) {
+                const float f = static_cast<float>(v);
+                if (!std::isnan(v) && static_cast<double>(f) != v)
+                    throw usage_error("serialize_npy: value not representable as <f4");
+                store_le(out, std::bit_cast<std::uint32_t>(f), 4);
+            }
+            break;
+    }
+    return out;
+}
+
+void write_npy(const std::filesystem::path& file, const npy_array& a) {
+    const auto bytes = serialize_npy(a);
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    if (!out) throw input_error(file.string(), "cannot write");
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) throw input_error(file.string(), "cannot write");
+}
+
+}  // namespace epk
