@@ -7,6 +7,7 @@
 // as numbers is a header and is skipped.  Errors are input_error(name,
 // "line K: ...").  Sizes are capped: 256 MiB of text, labels <= 65535.
 #include "epk/dataset.hpp"
+#include "epk/file_io.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -128,21 +129,7 @@ dataset parse_csv_dataset(const std::string& text, const std::string& name) {
 }
 
 dataset read_csv_dataset(const std::filesystem::path& file) {
-    const std::string name = file.string();
-    std::error_code ec;
-    const auto st = std::filesystem::status(file, ec);
-    if (ec || !std::filesystem::exists(st)) throw input_error(name, "cannot open file (does not exist)");
-    if (!std::filesystem::is_regular_file(st)) throw input_error(name, "cannot open file (not a regular file)");
-    const auto size = std::filesystem::file_size(file, ec);
-    if (ec) throw input_error(name, "cannot determine the file size");
-    if (size > max_csv_bytes) throw input_error(name, "file is larger than 256 MiB");
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw input_error(name, "cannot open file");
-    std::string text(static_cast<std::size_t>(size), '\0');
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    text.resize(static_cast<std::size_t>(in.gcount()));
-    if (in.bad()) throw input_error(name, "read error");
-    return parse_csv_dataset(text, name);
+    return parse_csv_dataset(read_file_capped(file, max_csv_bytes), file.string());
 }
 
 dataset embedded_dataset(const std::string& name) {

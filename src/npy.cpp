@@ -9,6 +9,7 @@
 // serialize_npy writes version 1.0 byte-for-byte as numpy >= 1.23 np.save
 // does (header padded with spaces to a multiple of 64, ending in '\n').
 #include "epk/npy.hpp"
+#include "epk/file_io.hpp"
 
 #include <bit>
 #include <cmath>
@@ -30,15 +31,6 @@ constexpr std::uintmax_t max_npy_file_bytes = std::uintmax_t{2} << 30;  // 2 GiB
 
 std::size_t itemsize(npy_dtype d) { return d == npy_dtype::f4 ? 4 : 8; }
 
-std::string shape_text(const std::vector<std::size_t>& shape) {
-    std::string s = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (i) s += ", ";
-        s += std::to_string(shape[i]);
-    }
-    if (shape.size() == 1) s += ",";
-    return s + ")";
-}
 
 // Product of the shape, or nullopt on size_t overflow.
 std::optional<std::size_t> checked_product(const std::vector<std::size_t>& shape) {
@@ -301,21 +293,8 @@ npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& nam
 }
 
 npy_array read_npy(const std::filesystem::path& file) {
-    const std::string name = file.string();
-    std::error_code ec;
-    const auto st = std::filesystem::status(file, ec);
-    if (ec || !std::filesystem::exists(st)) throw input_error(name, "cannot open file (does not exist)");
-    if (!std::filesystem::is_regular_file(st)) throw input_error(name, "cannot open file (not a regular file)");
-    const auto size = std::filesystem::file_size(file, ec);
-    if (ec) throw input_error(name, "cannot determine the file size");
-    if (size > max_npy_file_bytes) throw input_error(name, "file is larger than 2 GiB");
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw input_error(name, "cannot open file");
-    std::vector<unsigned char> bytes(static_cast<std::size_t>(size));
-    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    bytes.resize(static_cast<std::size_t>(in.gcount()));  // the file may have shrunk meanwhile
-    if (in.bad()) throw input_error(name, "read error");
-    return parse_npy(bytes, name);
+    const std::string bytes = read_file_capped(file, max_npy_file_bytes);
+    return parse_npy({reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()}, file.string());
 }
 
 std::vector<unsigned char> serialize_npy(const npy_array& a) {

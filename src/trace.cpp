@@ -8,6 +8,7 @@
 // into place, so that a failure leaves nothing behind.  Only input_error and
 // usage_error escape (filesystem calls use error_code overloads).
 #include "epk/trace.hpp"
+#include "epk/file_io.hpp"
 
 #include <unistd.h>
 
@@ -39,15 +40,6 @@ std::string one_line(std::string s) {
     return s;
 }
 
-std::string shape_text(const std::vector<std::size_t>& shape) {
-    std::string s = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (i) s += ", ";
-        s += std::to_string(shape[i]);
-    }
-    if (shape.size() == 1) s += ",";
-    return s + ")";
-}
 
 // ---------------------------------------------------------------- manifest
 
@@ -481,18 +473,7 @@ trace read_trace(const fs::path& dir) {
     const fs::path manifest = dir / "manifest.json";
     {
         const std::string name = manifest.string();
-        const auto st = fs::status(manifest, ec);
-        if (ec || !fs::exists(st)) throw input_error(name, "missing required file");
-        if (!fs::is_regular_file(st)) throw input_error(name, "cannot open file (not a regular file)");
-        const auto size = fs::file_size(manifest, ec);
-        if (ec) throw input_error(name, "cannot determine the file size");
-        if (size > max_manifest_bytes) throw input_error(name, "file is larger than 16 MiB");
-        std::ifstream in(manifest, std::ios::binary);
-        if (!in) throw input_error(name, "cannot open file");
-        std::string text(static_cast<std::size_t>(size), '\0');
-        in.read(text.data(), static_cast<std::streamsize>(text.size()));
-        text.resize(static_cast<std::size_t>(in.gcount()));
-        if (in.bad()) throw input_error(name, "read error");
+        const std::string text = read_file_capped(manifest, max_manifest_bytes, "missing required file");
         parse_manifest(text, name, t);
     }
 

@@ -276,4 +276,13 @@ matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x
     return jac;
 }
 
+// J(x_i; w) for every row of a batch (one C × P matrix per row).
+template <Real T>
+std::vector<matrix<T>> jacobians(const model_spec& m, std::span<const T> w, const matrix<T>& x) {
+    std::vector<matrix<T>> out;
+    out.reserve(x.rows);
+    for (std::size_t i = 0; i < x.rows; ++i) out.push_back(jacobian<T>(m, w, gather_rows(x, std::vector<std::size_t>{i})));
+    return out;
+}
+
 }  // namespace epk

@@ -48,6 +48,7 @@ commands
       --reduction NAME       mean (default) | sum
       --steps S              SGD steps (default 100)
       --lr ETA               learning rate (default 0.1)
+      --lr-decay G           per-step rates eta*G^s, written as learning_rates.npy (default: constant)
       --batch-size B         minibatch size, 0 = full batch (default 0)
       --seed K               seeds the row split, the initialisation and the batches (default 0)
       --init-only            write init_params.npy only (a trace to be replayed) instead of params.npy
@@ -127,6 +128,7 @@ built_run build_training_trace(const args& a) {
     if (!red) throw epk::input_error("--reduction", "unknown reduction '" + red_name + "' (known: mean, sum)");
     const std::size_t steps = a.get_count("steps", 100, 0, 10'000'000);
     const double lr = a.get_real("lr", 0.1);
+    const double decay = a.get_real("lr-decay", 1.0);
     const std::size_t batch = a.get_count("batch-size", 0, 0, n_train);
     if (d.classes < 2 && *loss == epk::loss_kind::cross_entropy)
         throw epk::input_error(data, "cross_entropy needs at least two classes");
@@ -170,6 +172,11 @@ built_run build_training_trace(const args& a) {
             for (std::size_t i : row) flat.push_back(static_cast<std::int64_t>(i));
         t.batches = epk::make_int_array({steps, batch}, std::move(flat));
     }
+    if (a.has("lr-decay")) {
+        std::vector<double> rates(steps);
+        for (std::size_t s = 0; s < steps; ++s) rates[s] = lr * std::pow(decay, static_cast<double>(s));
+        t.learning_rates = epk::make_real_array(epk::npy_dtype::f8, {steps}, std::move(rates));
+    }
     t.init_params = epk::make_real_array(epk::npy_dtype::f8, {t.model.parameter_count()},
                                          epk::torch_default_init(t.model, seed));
     return run;
@@ -184,7 +191,7 @@ std::string accuracy_text(const epk::real_table& out, const std::vector<std::int
 int cmd_train(int argc, char** argv) {
     const args a = parse_args(argc, argv,
                               {"out", "data", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
-                               "reduction", "steps", "lr", "batch-size", "seed", "precision"},
+                               "reduction", "steps", "lr", "lr-decay", "batch-size", "seed", "precision"},
                               {"no-bias", "init-only"}, 0, 0);
     if (!a.has("out")) throw epk::input_error("epk train", "--out DIR is required");
     const fs::path out = a.get("out", "");

@@ -191,6 +191,7 @@ TOPTS=(--init-only);            train_case init "${NPY_ALL[@]}" init_params.npy 
 TOPTS=(--init-only --batch-size 8); train_case initbatch "${NPY_ALL[@]}" init_params.npy batches.npy -- params.npy
 TOPTS=(--precision mpfr:128);   train_case mpfr128 "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
 TOPTS=(--precision float);      train_case float "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
+TOPTS=(--lr-decay 0.9);         train_case decay "${NPY_ALL[@]}" params.npy learning_rates.npy -- init_params.npy batches.npy
 
 # Everything below up to "bad command lines" starts from the traces just written.
 BASES_OK=1
