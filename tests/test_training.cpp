@@ -9,6 +9,7 @@
 
 #include "epk/engine.hpp"
 #include "epk/rounding_bound.hpp"
+#include "support/generators.hpp"
 
 using namespace epk;
 
@@ -24,13 +25,6 @@ training_problem<double> small_problem(layer_kind act, loss_kind loss, std::uint
     return pr;
 }
 
-template <class U>
-training_problem<U> convert(const training_problem<double>& p) {
-    training_problem<U> q{p.model, p.loss, convert_matrix<U>(p.x), {}};
-    q.y.labels = p.y.labels;
-    q.y.values = convert_matrix<U>(p.y.values);
-    return q;
-}
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<mpfr_real>& b) {
     double m = 0;
@@ -93,7 +87,7 @@ TEST(Trajectory, DoubleAgreesWithMpfr256WithinAccumulatedStepBounds) {
             std::iota(batch.begin(), batch.end(), std::size_t{0});
             std::vector<double> wd = torch_default_init(pr.model, 9);
             mpfr_precision_scope scope(256);
-            const auto prR = convert<mpfr_real>(pr);
+            const auto prR = epk::testing::convert_problem<mpfr_real>(pr);
             std::vector<mpfr_real> wr(wd.begin(), wd.end());
             double bound = 0, worst_local_ratio = 0;
             for (std::size_t s = 0; s < steps; ++s) {
