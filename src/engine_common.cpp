@@ -8,7 +8,8 @@
 namespace epk::detail {
 #define EPK_DECLARE_ENGINE(NAME)                                                                \
     trace replay_trace_##NAME(const trace& t, std::vector<double>* l, const progress_fn& p);   \
-    evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p);
+    evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p);                   \
+    kernel_report compute_kernel_##NAME(const trace& t, const kernel_options& o, const progress_fn& p);
 EPK_DECLARE_ENGINE(float)
 EPK_DECLARE_ENGINE(double)
 EPK_DECLARE_ENGINE(long_double)
@@ -88,6 +89,18 @@ evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn&
             case 2: return detail::evaluate_trace_long_double(t, progress);
             case 3: return detail::evaluate_trace_float128(t, progress);
             default: return detail::evaluate_trace_mpfr(t, progress);
+        }
+    });
+}
+
+kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o, const progress_fn& progress) {
+    return dispatch(p, [&](int which) {
+        switch (which) {
+            case 0: return detail::compute_kernel_float(t, o, progress);
+            case 1: return detail::compute_kernel_double(t, o, progress);
+            case 2: return detail::compute_kernel_long_double(t, o, progress);
+            case 3: return detail::compute_kernel_float128(t, o, progress);
+            default: return detail::compute_kernel_mpfr(t, o, progress);
         }
     });
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "epk/engine.hpp"
+#include "epk/path_kernel.hpp"
 #include "epk/training.hpp"
 
 namespace epk::detail {
@@ -91,6 +92,19 @@ real_table make_table(const matrix<T>& m) {
 }
 
 template <Real T>
+matrix<T> test_inputs(const trace& t, std::string& name) {
+    if (t.x_test) {
+        name = "x_test";
+        return to_matrix<T>(*t.x_test);
+    }
+    const std::size_t m = std::min<std::size_t>(10, t.n_train());
+    std::vector<std::size_t> idx(m);
+    for (std::size_t i = 0; i < m; ++i) idx[i] = i;
+    name = "x_train[0:" + std::to_string(m) + "]";
+    return gather_rows(to_matrix<T>(t.x_train), idx);
+}
+
+template <Real T>
 evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
     evaluation ev;
     ev.precision_name = scalar_traits<T>::name();
@@ -98,17 +112,7 @@ evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
     ev.unit_roundoff_value = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
     ev.steps = t.steps();
     ev.recorded_path = t.params.has_value();
-    matrix<T> xt;
-    if (t.x_test) {
-        xt = to_matrix<T>(*t.x_test);
-        ev.test_points = "x_test";
-    } else {
-        const std::size_t m = std::min<std::size_t>(10, t.n_train());
-        std::vector<std::size_t> idx(m);
-        for (std::size_t i = 0; i < m; ++i) idx[i] = i;
-        xt = gather_rows(to_matrix<T>(t.x_train), idx);
-        ev.test_points = "x_train[0:" + std::to_string(m) + "]";
-    }
+    const matrix<T> xt = test_inputs<T>(t, ev.test_points);
     const std::vector<T> w0 = initial_parameters<T>(t);
     ev.outputs_initial = make_table(outputs<T>(t.model, w0, xt));
     std::vector<T> wf;
@@ -127,6 +131,69 @@ evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
     return ev;
 }
 
+template <Real T>
+kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const progress_fn& progress) {
+    const training_problem<T> pr = make_problem<T>(t);
+    path_kernel_request<T> rq;
+    rq.problem = &pr;
+    rq.schedule = make_schedule(t);
+    rq.w0 = initial_parameters<T>(t);
+    if (t.params) rq.recorded_row = [&t](std::size_t s) { return row_of<T>(*t.params, s); };
+    kernel_report rep;
+    rq.x_test = test_inputs<T>(t, rep.test_points);
+    rq.kernel_steps = o.kernel_steps;
+    rq.quadrature = o.quadrature;
+    const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
+
+    rep.precision_name = scalar_traits<T>::name();
+    const T u = scalar_traits<T>::unit_roundoff();
+    rep.unit_roundoff = scalar_traits<T>::to_string(u);
+    rep.unit_roundoff_value = scalar_traits<T>::to_double(u);
+    rep.steps = t.steps();
+    rep.n_train = t.n_train();
+    rep.classes = r.c;
+    rep.recorded_path = t.params.has_value();
+    rep.outputs_initial = make_table(r.bias);
+    rep.outputs_final = make_table(r.outputs_final);
+    rep.reconstruction = make_table(r.reconstruction);
+    rep.kernel_reconstruction = make_table(r.kernel_reconstruction);
+    rep.remainder_term = make_table(r.remainder_term);
+    matrix<T> residual(r.m, r.c);
+    for (std::size_t e = 0; e < residual.data.size(); ++e) residual.data[e] = r.outputs_final.data[e] - r.reconstruction.data[e];
+    rep.residual = make_table(residual);
+    rep.budget = reconstruction_budget(r, t.model).data;
+    for (const T& q : r.quadrature_bound.data) rep.quadrature_estimate.push_back(scalar_traits<T>::to_double(q));
+    rep.breakpoints = r.cuts;
+    rep.evaluations = r.evaluations;
+    rep.quadrature_converged = r.quadrature_converged;
+    rep.ok = true;
+    for (std::size_t e = 0; e < residual.data.size(); ++e) {
+        const double res = std::abs(rep.residual.values[e]);
+        if (!(res <= rep.budget[e])) rep.ok = false;  // NaN fails too
+        const double over = res / rep.budget[e];
+        if (res > rep.residual_max_abs || e == 0) {
+            rep.residual_max_abs = res;
+            rep.worst_point = e / r.c;
+            rep.worst_output = e % r.c;
+        }
+        if (over > rep.residual_max_over_budget) rep.residual_max_over_budget = over;
+    }
+    rep.residual_max_over_u = rep.residual_max_abs / rep.unit_roundoff_value;
+    rep.remainder_max_abs = scalar_traits<T>::to_double(r.remainder_max_abs);
+    rep.remainder_max_rel = scalar_traits<T>::to_double(r.remainder_max_rel);
+    rep.remainder_worst_step = r.remainder_worst_step;
+    rep.contributions.reserve(r.contributions.size());
+    for (const T& v : r.contributions) rep.contributions.push_back(scalar_traits<T>::to_double(v));
+    for (const auto& [s, k] : r.step_kernels) {
+        std::vector<double> kd;
+        kd.reserve(k.size());
+        for (const T& v : k) kd.push_back(scalar_traits<T>::to_double(v));
+        rep.step_kernels.emplace_back(s, std::move(kd));
+    }
+    for (const T& l : r.losses) rep.losses.push_back(scalar_traits<T>::to_double(l));
+    return rep;
+}
+
 }  // namespace epk::detail
 
 // Instantiates the engine for one scalar type T under the suffix NAME.
@@ -136,4 +203,7 @@ evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
         return replay_trace_t<T>(t, l, p);                                                                     \
     }                                                                                                          \
     evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p) { return evaluate_trace_t<T>(t, p); } \
+    kernel_report compute_kernel_##NAME(const trace& t, const kernel_options& o, const progress_fn& p) {        \
+        return compute_kernel_t<T>(t, o, p);                                                                   \
+    }                                                                                                          \
     }

@@ -48,4 +48,23 @@ mpfr_real mpfr_pi() {
     return r;
 }
 
+namespace {
+// One scratch product per thread, resized when the working precision changes.
+struct product_scratch {
+    mpfr_t v;
+    product_scratch() { mpfr_init2(v, mpfr_real::working_precision()); }
+    ~product_scratch() { mpfr_clear(v); }
+    product_scratch(const product_scratch&) = delete;
+    product_scratch& operator=(const product_scratch&) = delete;
+};
+}  // namespace
+
+void add_product(mpfr_real& acc, const mpfr_real& a, const mpfr_real& b) {
+    thread_local product_scratch s;
+    const mpfr_prec_t p = mpfr_real::working_precision();
+    if (mpfr_get_prec(s.v) != p) mpfr_set_prec(s.v, p);
+    mpfr_mul(s.v, a.get(), b.get(), MPFR_RNDN);
+    mpfr_add(acc.get(), acc.get(), s.v, MPFR_RNDN);
+}
+
 }  // namespace epk

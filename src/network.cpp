@@ -28,3 +28,26 @@ void check_network_shapes(const model_spec& m, std::size_t w_size, std::size_t x
 }
 
 }  // namespace epk
+
+#include "epk/segment.hpp"
+
+namespace epk {
+
+segment_structure analyse_segment_structure(const model_spec& m) {
+    segment_structure st;
+    st.first_smooth = m.layers.size();
+    for (std::size_t k = 0; k < m.layers.size(); ++k)
+        if (m.layers[k].kind != layer_kind::linear && !is_piecewise_linear(m.layers[k].kind)) {
+            st.first_smooth = k;
+            st.piecewise_linear = false;
+            break;
+        }
+    // J has degree ≤ L−1 on a piece; ⌊L/2⌋+1 nodes integrate degree 2⌊L/2⌋+1 ≥ L exactly.
+    st.exact_nodes = m.linear_layer_count() / 2 + 1;
+    double widths = 0;
+    for (const linear_offsets& o : parameter_offsets(m)) widths += static_cast<double>(o.in + o.out);
+    st.default_tolerance = 16 + widths;
+    return st;
+}
+
+}  // namespace epk

@@ -519,7 +519,7 @@ void write_trace(const fs::path& dir, const trace& t) {
     check_trace_output_dir(dir);
 
     // Everything is serialized before the first byte reaches the disk.
-    std::vector<std::pair<const char*, std::vector<unsigned char>>> files;
+    std::vector<std::pair<std::string, std::vector<unsigned char>>> files;
     files.emplace_back("x_train.npy", serialize_npy(t.x_train));
     files.emplace_back("y_train.npy", serialize_npy(t.y_train));
     if (t.params) files.emplace_back("params.npy", serialize_npy(*t.params));
@@ -528,7 +528,13 @@ void write_trace(const fs::path& dir, const trace& t) {
     if (t.learning_rates) files.emplace_back("learning_rates.npy", serialize_npy(*t.learning_rates));
     if (t.x_test) files.emplace_back("x_test.npy", serialize_npy(*t.x_test));
     const std::string manifest = manifest_text(t);
+    files.emplace_back("manifest.json", std::vector<unsigned char>(manifest.begin(), manifest.end()));
+    write_directory(dir, files);
+}
 
+void write_directory(const fs::path& dir, const std::vector<std::pair<std::string, std::vector<unsigned char>>>& files) {
+    const std::string dir_name = dir.string();
+    check_trace_output_dir(dir);
     std::error_code ec;
     const fs::path target = target_of(dir);
     const fs::path staging = parent_of(target) / (".epk-staging-" + target.filename().string() + "-" + unique_suffix());
@@ -537,9 +543,8 @@ void write_trace(const fs::path& dir, const trace& t) {
                                         (ec ? " (" + ec.message() + ")" : std::string(" (exists)")));
     try {
         for (const auto& [file, bytes] : files)
-            write_bytes(staging / file, file_in(dir_name, file), reinterpret_cast<const char*>(bytes.data()),
+            write_bytes(staging / file, file_in(dir_name, file.c_str()), reinterpret_cast<const char*>(bytes.data()),
                         bytes.size());
-        write_bytes(staging / "manifest.json", file_in(dir_name, "manifest.json"), manifest.data(), manifest.size());
         // rename(2) atomically replaces an empty directory and fails on a non-empty one.
         fs::rename(staging, target, ec);
         if (ec) throw input_error(dir_name, "cannot write: cannot move the staging directory into place (" +

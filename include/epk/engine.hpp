@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "epk/quadrature_options.hpp"
 #include "epk/trace.hpp"
 
 namespace epk {
@@ -60,5 +61,46 @@ struct evaluation {
 // points) before and after training, in precision p.  A trace with only
 // init_params is replayed; a recorded path's last row is used as is.
 evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn& progress = {});
+
+// ------------------------------------------------------------------ kernel
+
+struct kernel_options {
+    std::vector<std::size_t> kernel_steps;  // steps whose K_s is returned (ascending, < S)
+    quadrature_options quadrature;
+};
+
+// The exact path kernel of a trace at its test points (x_test, else the
+// first ≤ 10 training points), in precision p: path_kernel.hpp.  Values are
+// rounded to binary64 (tables also carry all the digits as decimals).
+struct kernel_report {
+    std::string precision_name;
+    std::string unit_roundoff;  // decimal
+    double unit_roundoff_value = 0;
+    std::size_t steps = 0, n_train = 0, classes = 0;
+    bool recorded_path = false;
+    std::string test_points;
+    real_table outputs_initial;        // b(x) = f(x; w[0])                M × C
+    real_table outputs_final;          // f(x; w[S])                       M × C
+    real_table reconstruction;         // b + Σ_s Σ_i K_s a_i + Σ_s Ī_s r_s M × C
+    real_table kernel_reconstruction;  // b + Σ_i c(x, x_i)                M × C
+    real_table remainder_term;         // Σ_s Ī_s r_s                      M × C
+    real_table residual;               // outputs_final − reconstruction   M × C
+    std::vector<double> budget;        // documented residual budget       M × C
+    std::vector<double> quadrature_estimate;  // Σ_s est_s·‖Δ_s‖₁          M × C
+    std::vector<std::size_t> breakpoints;     // per test point, all steps
+    std::vector<std::size_t> evaluations;     // Jacobians evaluated, per test point
+    bool quadrature_converged = true;
+    double residual_max_abs = 0, residual_max_over_u = 0, residual_max_over_budget = 0;
+    std::size_t worst_point = 0, worst_output = 0;
+    bool ok = false;                   // every |residual| ≤ budget
+    double remainder_max_abs = 0, remainder_max_rel = 0;
+    std::size_t remainder_worst_step = 0;
+    std::vector<double> contributions;  // c(x_m, x_i)  [M][N][C]
+    std::vector<std::pair<std::size_t, std::vector<double>>> step_kernels;  // (s, [M][N][C][C])
+    std::vector<double> losses;          // L_s(w[s])
+};
+
+kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o,
+                             const progress_fn& progress = {});
 
 }  // namespace epk

@@ -146,4 +146,12 @@ inline mpfr_real erfc(const mpfr_real& a) { return detail::unary<mpfr_erfc>(a); 
 inline bool isfinite(const mpfr_real& a) { return mpfr_number_p(a.get()) != 0; }
 mpfr_real mpfr_pi();  // π at the working precision
 
+// acc ← acc + a·b with the product rounded to the working precision first:
+// the same two roundings as `acc += a * b`, without allocating a temporary.
+void add_product(mpfr_real& acc, const mpfr_real& a, const mpfr_real& b);
+// m ← max(m, |x|) without a temporary.
+inline void max_abs_into(mpfr_real& m, const mpfr_real& x) {
+    if (mpfr_cmpabs(x.get(), m.get()) > 0) mpfr_abs(m.get(), x.get(), MPFR_RNDN);
+}
+
 }  // namespace epk

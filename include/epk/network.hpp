@@ -58,6 +58,15 @@ struct activation {
             default: return z;
         }
     }
+    // σ'(z) given y = σ(z) as the forward pass computed it: for tanh and
+    // sigmoid the same value as derivative(z) (the same σ(z), reused).
+    T derivative_given_value(const T& z, const T& y) const {
+        switch (kind) {
+            case layer_kind::tanh: return T(1) - y * y;
+            case layer_kind::sigmoid: return y * (T(1) - y);
+            default: return derivative(z);
+        }
+    }
     // σ'(z); at a kink the left-hand derivative, as PyTorch (ReLU'(0) = 0).
     T derivative(const T& z) const {
         switch (kind) {
@@ -117,7 +126,7 @@ forward_pass<T> forward(const model_spec& m, std::span<const T> w, const matrix<
                     // z = Σ_j W[r][j] h[j] (j ascending), then + b[r]
                     const T* wr = w.data() + o.weight + r * o.in;
                     T acc = wr[0] * h(i, 0);
-                    for (std::size_t j = 1; j < o.in; ++j) acc += wr[j] * h(i, j);
+                    for (std::size_t j = 1; j < o.in; ++j) add_product(acc, wr[j], h(i, j));
                     if (o.has_bias) acc += w[o.bias + r];
                     z(i, r) = acc;
                 }
@@ -157,7 +166,7 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
             for (std::size_t r = 0; r < o.out; ++r)
                 for (std::size_t j = 0; j < o.in; ++j) {
                     T acc = adj(0, r) * h(0, j);
-                    for (std::size_t i = 1; i < h.rows; ++i) acc += adj(i, r) * h(i, j);
+                    for (std::size_t i = 1; i < h.rows; ++i) add_product(acc, adj(i, r), h(i, j));
                     g[o.weight + r * o.in + j] += acc;
                 }
             // ∂b[r] += Σ_i adj[i][r]
@@ -172,14 +181,16 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
             for (std::size_t i = 0; i < h.rows; ++i)
                 for (std::size_t j = 0; j < o.in; ++j) {
                     T acc = w[o.weight + j] * adj(i, 0);
-                    for (std::size_t r = 1; r < o.out; ++r) acc += w[o.weight + r * o.in + j] * adj(i, r);
+                    for (std::size_t r = 1; r < o.out; ++r) add_product(acc, w[o.weight + r * o.in + j], adj(i, r));
                     prev(i, j) = acc;
                 }
             adj = std::move(prev);
         } else {
             const activation<T> act(l);
             // adj_h = σ'(h) ⊙ adj
-            for (std::size_t e = 0; e < adj.data.size(); ++e) adj.data[e] = act.derivative(h.data[e]) * adj.data[e];
+            const matrix<T>& y = fp.values[k + 1];
+            for (std::size_t e = 0; e < adj.data.size(); ++e)
+                adj.data[e] = act.derivative_given_value(h.data[e], y.data[e]) * adj.data[e];
         }
     }
     return adj;
@@ -213,13 +224,13 @@ matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std
                     const T* wr = w.data() + o.weight + r * o.in;
                     const T* vr = v.data() + o.weight + r * o.in;
                     T acc = wr[0] * h(i, 0);
-                    for (std::size_t j = 1; j < o.in; ++j) acc += wr[j] * h(i, j);
+                    for (std::size_t j = 1; j < o.in; ++j) add_product(acc, wr[j], h(i, j));
                     if (o.has_bias) acc += w[o.bias + r];
                     z(i, r) = acc;
                     // dz = Σ_j W[r][j] dh[j] + Σ_j V[r][j] h[j] + vb[r]
                     T dacc = wr[0] * dh(i, 0);
-                    for (std::size_t j = 1; j < o.in; ++j) dacc += wr[j] * dh(i, j);
-                    for (std::size_t j = 0; j < o.in; ++j) dacc += vr[j] * h(i, j);
+                    for (std::size_t j = 1; j < o.in; ++j) add_product(dacc, wr[j], dh(i, j));
+                    for (std::size_t j = 0; j < o.in; ++j) add_product(dacc, vr[j], h(i, j));
                     if (o.has_bias) dacc += v[o.bias + r];
                     dz(i, r) = dacc;
                 }
@@ -236,15 +247,26 @@ matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std
     return dh;
 }
 
-// J(x; w) ∈ R^{C × P} for one input row x (1 × D).
+// Per-layer factors of J(x; w) for one input: for linear layer l (in order),
+// input[l] = its input h (length in_l) and delta[l] = ∂f/∂z_l (C × out_l),
+// z_l its output.  Then ∂f_c/∂W_l[r][j] = delta[l](c, r)·input[l][j] and
+// ∂f_c/∂b_l[r] = delta[l](c, r): J is a sum of outer products (Kronecker).
 template <Real T>
-matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+struct layer_factors {
+    std::vector<std::vector<T>> input;
+    std::vector<matrix<T>> delta;
+};
+
+template <Real T>
+layer_factors<T> jacobian_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
     if (x1.rows != 1) throw usage_error("jacobian: expects one input row");
     const forward_pass<T> fp = forward(m, w, x1);
     const std::size_t c = m.output_dim();
     const auto offsets = parameter_offsets(m);
-    matrix<T> jac(c, w.size());
-    // adj[c][·]: adjoint of the current layer's output for output c.
+    layer_factors<T> lf;
+    lf.input.resize(offsets.size());
+    lf.delta.resize(offsets.size());
+    // adj(q, ·): adjoint of the current value for output q, starting from e_q.
     matrix<T> adj(c, c);
     for (std::size_t q = 0; q < c; ++q) adj(q, q) = T(1);
     std::size_t li = offsets.size();
@@ -253,27 +275,53 @@ matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x
         const layer_spec& l = m.layers[k];
         if (l.kind == layer_kind::linear) {
             const linear_offsets& o = offsets[--li];
-            for (std::size_t q = 0; q < c; ++q) {
-                for (std::size_t r = 0; r < o.out; ++r) {
-                    for (std::size_t j = 0; j < o.in; ++j) jac(q, o.weight + r * o.in + j) = adj(q, r) * h(0, j);
-                    if (o.has_bias) jac(q, o.bias + r) = adj(q, r);
-                }
-            }
+            lf.input[li].assign(h.data.begin(), h.data.end());
+            // adjoint of h: adj_h[q][j] = Σ_r W[r][j] adj[q][r]   (r ascending)
             matrix<T> prev(c, o.in);
             for (std::size_t q = 0; q < c; ++q)
                 for (std::size_t j = 0; j < o.in; ++j) {
                     T acc = w[o.weight + j] * adj(q, 0);
-                    for (std::size_t r = 1; r < o.out; ++r) acc += w[o.weight + r * o.in + j] * adj(q, r);
+                    for (std::size_t r = 1; r < o.out; ++r) add_product(acc, w[o.weight + r * o.in + j], adj(q, r));
                     prev(q, j) = acc;
                 }
+            lf.delta[li] = std::move(adj);
             adj = std::move(prev);
         } else {
             const activation<T> act(l);
-            for (std::size_t q = 0; q < c; ++q)
-                for (std::size_t j = 0; j < adj.cols; ++j) adj(q, j) = act.derivative(h(0, j)) * adj(q, j);
+            // adj_h = σ'(h) ⊙ adj
+            const matrix<T>& y = fp.values[k + 1];
+            for (std::size_t j = 0; j < adj.cols; ++j) {
+                const T d = act.derivative_given_value(h(0, j), y(0, j));
+                for (std::size_t q = 0; q < c; ++q) adj(q, j) = d * adj(q, j);
+            }
         }
     }
+    return lf;
+}
+
+// J(x; w) ∈ R^{C × P} for one input row x (1 × D): the outer products of
+// the layer factors written into torch's parameter order.
+template <Real T>
+matrix<T> jacobian_from_factors(const model_spec& m, const layer_factors<T>& lf, std::size_t p) {
+    const auto offsets = parameter_offsets(m);
+    const std::size_t c = m.output_dim();
+    matrix<T> jac(c, p);
+    for (std::size_t li = 0; li < offsets.size(); ++li) {
+        const linear_offsets& o = offsets[li];
+        for (std::size_t q = 0; q < c; ++q)
+            for (std::size_t r = 0; r < o.out; ++r) {
+                const T& d = lf.delta[li](q, r);
+                // ∂f_q/∂W[r][j] = δ_q[r] h[j];  ∂f_q/∂b[r] = δ_q[r]
+                for (std::size_t j = 0; j < o.in; ++j) jac(q, o.weight + r * o.in + j) = d * lf.input[li][j];
+                if (o.has_bias) jac(q, o.bias + r) = d;
+            }
+    }
     return jac;
+}
+
+template <Real T>
+matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    return jacobian_from_factors<T>(m, jacobian_factors<T>(m, w, x1), w.size());
 }
 
 // J(x_i; w) for every row of a batch (one C × P matrix per row).

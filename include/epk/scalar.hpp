@@ -103,6 +103,14 @@ struct scalar_traits<mpfr_real> {
     static mpfr_real pi() { return mpfr_pi(); }
 };
 
+// acc ← acc + a·b: two roundings (product, then sum), never fused.  The
+// mpfr_real overload (mpfr_real.hpp) does the same without a temporary.
+template <Real T>
+void add_product(T& acc, const T& a, const T& b) { acc += a * b; }
+// m ← max(m, |x|).
+template <Real T>
+void max_abs_into(T& m, const T& x) { if (m < x || m < -x) m = x < T(0) ? T(-x) : x; }
+
 // Elementary functions for every Real.  For the hardware types these are the
 // C library's (glibc: tanh, exp, log1p, erfc within a few ulp); for float128
 // libquadmath's; for bin50 Boost.Math's; for mpfr_real MPFR's (correctly rounded).

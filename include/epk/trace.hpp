@@ -16,6 +16,8 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "epk/model_spec.hpp"
 #include "epk/npy.hpp"
@@ -55,5 +57,11 @@ void write_trace(const std::filesystem::path& dir, const trace& t);
 // directory, its parent an existing directory), as input_error(dir, rule);
 // lets a caller refuse before doing expensive work.
 void check_trace_output_dir(const std::filesystem::path& dir);
+
+// Writes `files` (name, bytes) into a new directory `dir` the same way
+// write_trace does: staging directory beside it, then rename; nothing is
+// left behind on failure.  `dir` must not exist or be an empty directory.
+void write_directory(const std::filesystem::path& dir,
+                     const std::vector<std::pair<std::string, std::vector<unsigned char>>>& files);
 
 }  // namespace epk

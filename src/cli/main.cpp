@@ -2,6 +2,7 @@
 // 2 bad input (one line on stderr naming the file or option and the rule;
 // nothing written), 3 internal error.
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "epk/dataset.hpp"
 #include "epk/engine.hpp"
 #include "epk/error.hpp"
+#include "epk/npy.hpp"
 #include "epk/trace.hpp"
 #include "epk/training.hpp"
 
@@ -298,6 +300,180 @@ int cmd_predict(int argc, char** argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------- verify
+
+// "3", "0,5,9", "10-19", "all" → ascending unique steps < S.
+std::vector<std::size_t> parse_steps(const std::string& text, std::size_t steps) {
+    std::vector<std::size_t> out;
+    auto number = [&](const std::string& item) {
+        std::size_t v = 0;
+        const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+        if (item.empty() || ec != std::errc() || end != item.data() + item.size())
+            throw epk::input_error("--steps", "'" + text + "': expected a list like 0,5,10-12 or 'all'");
+        if (v >= steps)
+            throw epk::input_error("--steps", "step " + item + " is out of range (the trace has " + std::to_string(steps) +
+                                                  " steps, numbered from 0)");
+        return v;
+    };
+    if (text == "all") {
+        for (std::size_t s = 0; s < steps; ++s) out.push_back(s);
+        return out;
+    }
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        const auto dash = item.find('-');
+        if (dash == std::string::npos) {
+            out.push_back(number(item));
+        } else {
+            const std::size_t lo = number(item.substr(0, dash)), hi = number(item.substr(dash + 1));
+            if (hi < lo) throw epk::input_error("--steps", "'" + item + "': a range must be ascending");
+            for (std::size_t s = lo; s <= hi; ++s) out.push_back(s);
+        }
+    }
+    if (out.empty() || text.back() == ',') throw epk::input_error("--steps", "'" + text + "': empty list item");
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
+nlohmann::json vector_rows(const std::vector<double>& v, std::size_t cols) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (std::size_t r = 0; r * cols < v.size(); ++r)
+        rows.push_back(std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(r * cols),
+                                           v.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols)));
+    return rows;
+}
+
+double row_max(const std::vector<double>& v, std::size_t r, std::size_t cols, bool absolute = true) {
+    double m = 0;
+    for (std::size_t c = 0; c < cols; ++c) m = std::max(m, absolute ? std::abs(v[r * cols + c]) : v[r * cols + c]);
+    return m;
+}
+
+nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precision& p) {
+    nlohmann::json j;
+    j["precision"] = k.precision_name;
+    j["unit_roundoff"] = k.unit_roundoff_value;
+    j["unit_roundoff_decimal"] = k.unit_roundoff;
+    j["steps"] = k.steps;
+    j["path"] = k.recorded_path ? "recorded" : "replayed";
+    j["test_points"] = k.test_points;
+    j["outputs_initial"] = table_json(k.outputs_initial);
+    j["outputs_final"] = table_json(k.outputs_final);
+    j["reconstruction"] = table_json(k.reconstruction);
+    j["kernel_reconstruction"] = table_json(k.kernel_reconstruction);
+    j["remainder_term"] = table_json(k.remainder_term);
+    j["residual"] = table_json(k.residual);
+    j["budget"] = vector_rows(k.budget, k.classes);
+    j["quadrature_error_estimate"] = vector_rows(k.quadrature_estimate, k.classes);
+    j["quadrature_converged"] = k.quadrature_converged;
+    j["breakpoints"] = k.breakpoints;
+    j["jacobian_evaluations"] = k.evaluations;
+    j["residual_max_abs"] = k.residual_max_abs;
+    j["residual_max_over_u"] = k.residual_max_over_u;
+    j["residual_max_over_budget"] = k.residual_max_over_budget;
+    j["worst"] = {{"point", k.worst_point}, {"output", k.worst_output}};
+    j["remainder_max"] = k.remainder_max_abs;
+    j["remainder_max_relative"] = k.remainder_max_rel;
+    j["remainder_worst_step"] = k.remainder_worst_step;
+    j["losses"] = k.losses;
+    j["ok"] = k.ok;
+    if (p.bits > 53) {
+        j["outputs_initial_decimal"] = table_decimal_json(k.outputs_initial);
+        j["outputs_final_decimal"] = table_decimal_json(k.outputs_final);
+        j["reconstruction_decimal"] = table_decimal_json(k.reconstruction);
+        j["residual_decimal"] = table_decimal_json(k.residual);
+    }
+    return j;
+}
+
+void print_verify_table(const epk::kernel_report& k) {
+    const std::size_t C = k.classes;
+    std::printf("%5s %5s  %-24s %-24s %10s %8s %9s %10s %6s %7s\n", "point", "class", "f_c(x; w[S])", "reconstruction",
+                "max|res|", "/u", "/budget", "quad.est", "kinks", "J evals");
+    for (std::size_t r = 0; r < k.outputs_final.rows; ++r) {
+        const std::size_t c = argmax_row(k.outputs_final, r), e = r * C + c;
+        double res = 0, ratio = 0;
+        for (std::size_t d = 0; d < C; ++d) {
+            res = std::max(res, std::abs(k.residual.values[r * C + d]));
+            ratio = std::max(ratio, std::abs(k.residual.values[r * C + d]) / k.budget[r * C + d]);
+        }
+        std::printf("%5zu %5zu  %-24.17g %-24.17g %10.3e %8.1f %9.2e %10.2e %6zu %7zu\n", r, c, k.outputs_final.values[e],
+                    k.reconstruction.values[e], res, res / k.unit_roundoff_value, ratio,
+                    row_max(k.quadrature_estimate, r, C), k.breakpoints[r], k.evaluations[r]);
+    }
+}
+
+int cmd_verify(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    const bool json = a.flags.count("json") != 0;
+    const epk::kernel_report k =
+        epk::compute_kernel(t, p, {}, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    if (json) {
+        std::cout << kernel_report_json(k, p).dump(2) << "\n";
+        return k.ok ? 0 : 1;
+    }
+    std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << k.steps << " steps, "
+              << (k.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << "\n"
+              << "precision " << k.precision_name << " (u = " << k.unit_roundoff_value << "), test points "
+              << k.test_points << "\n"
+              << "step remainder r_s = dw - sum_i J_i^T a_i: max " << k.remainder_max_abs << " ("
+              << k.remainder_max_rel << " of the step, worst at step " << k.remainder_worst_step
+              << "); it is its own term of the reconstruction\n\n";
+    print_verify_table(k);
+    std::printf("\nmax |f(x; w[S]) - reconstruction| = %.3e = %.1f u (point %zu, output %zu); max residual/budget = %.3g\n",
+                k.residual_max_abs, k.residual_max_over_u, k.worst_point, k.worst_output, k.residual_max_over_budget);
+    if (!k.quadrature_converged) std::printf("note: some segment did not meet the quadrature tolerance (its estimate is in the budget)\n");
+    std::printf("%s\n", k.ok ? "OK: every residual is within its budget (proofs-notes/004)"
+                             : "FAILED: some residual exceeds its budget");
+    return k.ok ? 0 : 1;
+}
+
+// ---------------------------------------------------------------- kernel
+
+int cmd_kernel(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"out", "steps", "precision"}, {}, 1, 1);
+    if (!a.has("out")) throw epk::input_error("epk kernel", "--out DIR is required");
+    const fs::path out = a.get("out", "");
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    epk::kernel_options o;
+    if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
+    const std::size_t m = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
+    const std::size_t n = t.n_train(), c = t.model.output_dim();
+    // Refuse before any work if the output would be unreasonably large.
+    const double bytes = 8.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(c) *
+                         (1.0 + static_cast<double>(c) * static_cast<double>(o.kernel_steps.size()));
+    if (bytes > 4.0 * 1024 * 1024 * 1024)
+        throw epk::input_error("--steps", "the requested kernels would take " + std::to_string(bytes / (1 << 30)) +
+                                              " GiB (limit 4 GiB); list fewer steps");
+    epk::check_trace_output_dir(out);
+    const epk::kernel_report k = epk::compute_kernel(t, p, o, make_progress("exact path kernel in " + p.name()));
+
+    std::vector<std::pair<std::string, std::vector<unsigned char>>> files;
+    auto add = [&](const std::string& name, std::vector<std::size_t> shape, std::vector<double> v) {
+        files.emplace_back(name, epk::serialize_npy(epk::make_real_array(epk::npy_dtype::f8, std::move(shape), std::move(v))));
+    };
+    add("bias.npy", {m, c}, k.outputs_initial.values);
+    add("contributions.npy", {m, n, c}, k.contributions);
+    add("remainder.npy", {m, c}, k.remainder_term.values);
+    add("outputs_final.npy", {m, c}, k.outputs_final.values);
+    for (const auto& [s, kern] : k.step_kernels) add("kernel_step_" + std::to_string(s) + ".npy", {m, n, c, c}, kern);
+    epk::write_directory(out, files);
+    std::cout << "exact path kernel of " << a.positional[0] << " in " << k.precision_name << ": " << m
+              << " test points x " << n << " training points, " << k.steps << " steps\n"
+              << "  max |f(x; w[S]) - reconstruction| = " << k.residual_max_abs << " (" << k.residual_max_over_u
+              << " u), " << (k.ok ? "within" : "OUTSIDE") << " budget\n"
+              << "wrote " << out.string() << ": bias.npy [" << m << ", " << c << "], contributions.npy [" << m << ", "
+              << n << ", " << c << "], remainder.npy, outputs_final.npy";
+    for (const auto& sk : k.step_kernels) std::cout << ", kernel_step_" << sk.first << ".npy";
+    std::cout << "\n";
+    return k.ok ? 0 : 1;
+}
+
 // ---------------------------------------------------------------- demo
 
 int cmd_demo(int argc, char** argv) {
@@ -374,6 +550,8 @@ int run(int argc, char** argv) {
     if (cmd == "replay") return cmd_replay(argc, argv);
     if (cmd == "predict") return cmd_predict(argc, argv);
     if (cmd == "demo") return cmd_demo(argc, argv);
+    if (cmd == "verify") return cmd_verify(argc, argv);
+    if (cmd == "kernel") return cmd_kernel(argc, argv);
     throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 

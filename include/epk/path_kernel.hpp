@@ -1,0 +1,270 @@
+// epk/path_kernel.hpp — the exact path kernel of an SGD run, computed in one
+// pass over the steps (memory does not grow with S).
+//
+// For step s with batch B_s, rate η_s and path w[s] → w[s+1] (Δ_s = w[s+1] − w[s]):
+//
+//   a_{i,s}  = −η_s ρ ∂ℓ/∂f(x_i; w[s])                 coefficient (C)
+//   g_{i,s}  = J(x_i; w[s])ᵀ a_{i,s}                    training side (P)
+//   r_s      = Δ_s − Σ_{i∈B_s} g_{i,s}                  remainder of the step (P)
+//   Ī_s(x)   = ∫_0^1 J(x; w[s] + tΔ_s) dt               test side (C × P), segment.hpp
+//   K_s(x, x_i) = Ī_s(x) J(x_i; w[s])ᵀ                  per-step kernel (C × C)
+//
+// and, exactly (fundamental theorem of calculus along each segment),
+//
+//   f(x; w[S]) = f(x; w[0]) + Σ_s Σ_{i∈B_s} K_s(x, x_i) a_{i,s} + Σ_s Ī_s(x) r_s.
+//
+// r_s is the rounding of the update when the path is trained here, and
+// whatever the other trainer did differently for a recorded path; it is
+// carried as its own term and reported, never hidden.  proofs-notes/004.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "epk/segment.hpp"
+#include "epk/training.hpp"
+
+namespace epk {
+
+template <Real T>
+struct path_kernel_request {
+    const training_problem<T>* problem = nullptr;
+    sgd_schedule schedule;
+    std::vector<T> w0;
+    // Row s (1 ≤ s ≤ S) of a recorded path; empty: the path is trained here by SGD in T.
+    std::function<std::vector<T>(std::size_t)> recorded_row;
+    matrix<T> x_test;                       // M × D
+    std::vector<std::size_t> kernel_steps;  // steps whose K_s is stored (ascending, < S)
+    quadrature_options quadrature;
+};
+
+template <Real T>
+struct path_kernel_result {
+    std::size_t m = 0, n = 0, c = 0, p = 0, steps = 0;
+    matrix<T> bias;                   // f(x; w[0])                         M × C
+    matrix<T> outputs_final;          // f(x; w[S])                         M × C
+    matrix<T> reconstruction;         // bias + Σ_s (Σ_i K_s a_i + Ī_s r_s)  M × C
+    matrix<T> kernel_reconstruction;  // bias + Σ_i c(x, x_i)               M × C
+    matrix<T> remainder_term;         // Σ_s Ī_s r_s                        M × C
+    std::vector<T> contributions;     // c(x_m, x_i) = Σ_s K_s a_{i,s}      [M][N][C]
+    std::vector<std::pair<std::size_t, std::vector<T>>> step_kernels;  // (s, [M][N][C][C])
+    matrix<T> quadrature_bound;       // Σ_s est_s(x)·‖Δ_s‖₁                 M × C
+    matrix<double> path_magnitude;    // Σ_s Σ_p |Ī_s[c][p]·Δ_s[p]|           M × C
+    std::vector<std::size_t> cuts;         // per test point, summed over steps
+    std::vector<std::size_t> evaluations;  // Jacobians evaluated, per test point
+    std::size_t max_rule_nodes = 0;        // most nodes in one segment's accepted rules
+    bool quadrature_converged = true;
+    T remainder_max_abs = T(0);       // max_s ‖r_s‖_∞
+    T remainder_max_rel = T(0);       // max_s ‖r_s‖_∞ / ‖Δ_s‖_∞
+    std::size_t remainder_worst_step = 0;
+    std::vector<T> losses;            // L_s(w[s])
+};
+
+// f_c(x) − f_c(x') contracted: Σ_p a[c][p] v[p], p ascending.
+template <Real T>
+std::vector<T> contract_rows(const matrix<T>& a, std::span<const T> v) {
+    std::vector<T> out(a.rows, T(0));
+    for (std::size_t c = 0; c < a.rows; ++c) {
+        T acc(0);
+        for (std::size_t q = 0; q < a.cols; ++q) add_product(acc, a(c, q), v[q]);
+        out[c] = acc;
+    }
+    return out;
+}
+
+// K_s(x, x') by full Jacobians: Ī(x) J(x'; w)ᵀ (C × C), sums over p ascending.
+template <Real T>
+matrix<T> step_kernel_from_jacobians(const matrix<T>& integral, const matrix<T>& jac_train) {
+    matrix<T> k(integral.rows, jac_train.rows);
+    for (std::size_t c = 0; c < integral.rows; ++c)
+        for (std::size_t d = 0; d < jac_train.rows; ++d) {
+            T acc(0);
+            for (std::size_t q = 0; q < integral.cols; ++q) add_product(acc, integral(c, q), jac_train(d, q));
+            k(c, d) = acc;
+        }
+    return k;
+}
+
+// K_s(x, x') by per-layer factors, the second, independent path: on the
+// same nodes t_q and weights ω_q,
+//   K[c][d] = Σ_q ω_q Σ_l (δ_l(x, t_q)[c]·δ_l(x')[d]) · (h_l(x, t_q)·h_l(x') + [l has bias])
+// (network.hpp, layer_factors).  No C × P matrix is formed.
+template <Real T>
+matrix<T> step_kernel_from_factors(const model_spec& m, std::span<const T> w, std::span<const T> delta,
+                                   std::span<const T> nodes, std::span<const T> weights, const matrix<T>& x1,
+                                   const matrix<T>& x_train1) {
+    const std::size_t c = m.output_dim();
+    const auto offsets = parameter_offsets(m);
+    const layer_factors<T> train = jacobian_factors<T>(m, w, x_train1);
+    matrix<T> k(c, c);
+    for (std::size_t q = 0; q < nodes.size(); ++q) {
+        const layer_factors<T> test = jacobian_factors<T>(m, detail::point_on_segment<T>(w, delta, nodes[q]), x1);
+        for (std::size_t l = 0; l < offsets.size(); ++l) {
+            T hh(0);
+            for (std::size_t j = 0; j < offsets[l].in; ++j) add_product(hh, test.input[l][j], train.input[l][j]);
+            if (offsets[l].has_bias) hh += T(1);
+            for (std::size_t a = 0; a < c; ++a)
+                for (std::size_t b = 0; b < c; ++b) {
+                    T dd(0);
+                    for (std::size_t r = 0; r < offsets[l].out; ++r) add_product(dd, test.delta[l](a, r), train.delta[l](b, r));
+                    k(a, b) += weights[q] * (dd * hh);
+                }
+        }
+    }
+    return k;
+}
+
+template <Real T>
+path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
+                                          const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    if (rq.problem == nullptr) throw usage_error("compute_path_kernel: no problem");
+    const training_problem<T>& pr = *rq.problem;
+    const model_spec& model = pr.model;
+    const sgd_schedule& sch = rq.schedule;
+    sch.validate();
+    if (sch.n_train != pr.x.rows) throw usage_error("compute_path_kernel: schedule is for a different training set");
+    check_network_shapes(model, rq.w0.size(), rq.x_test.cols);
+    for (std::size_t k = 0; k < rq.kernel_steps.size(); ++k)
+        if (rq.kernel_steps[k] >= sch.steps || (k > 0 && rq.kernel_steps[k] <= rq.kernel_steps[k - 1]))
+            throw usage_error("compute_path_kernel: kernel steps must be ascending and < S");
+
+    const segment_structure st = analyse_segment_structure(model);
+    path_kernel_result<T> res;
+    res.m = rq.x_test.rows;
+    res.n = pr.x.rows;
+    res.c = model.output_dim();
+    res.p = rq.w0.size();
+    res.steps = sch.steps;
+    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
+    res.bias = outputs<T>(model, rq.w0, rq.x_test);
+    res.reconstruction = res.bias;
+    res.remainder_term = matrix<T>(M, C);
+    res.contributions.assign(M * N * C, T(0));
+    res.quadrature_bound = matrix<T>(M, C);
+    res.path_magnitude = matrix<double>(M, C);
+    res.cuts.assign(M, 0);
+    res.evaluations.assign(M, 0);
+    std::vector<matrix<T>> x_rows;
+    for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
+
+    std::vector<T> w = rq.w0;
+    std::size_t next_kernel = 0;
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        const std::vector<std::size_t> batch = sch.batch(s);
+        const T eta(sch.learning_rates[s]);
+        // Coefficients a_{i,s} = −η ρ ∂ℓ/∂f at w[s], and the training side g_{i,s}.
+        const matrix<T> xb = gather_rows(pr.x, batch);
+        const forward_pass<T> fp = forward(model, std::span<const T>(w), xb);
+        res.losses.push_back(loss_value(pr.loss, fp.outputs(), pr.y, batch));
+        const matrix<T> grad_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+        std::vector<std::vector<T>> g(batch.size());
+        std::vector<T> g_sum(P, T(0));
+        for (std::size_t k = 0; k < batch.size(); ++k) {
+            matrix<T> a(1, C);
+            for (std::size_t c = 0; c < C; ++c) a(0, c) = -(eta * grad_out(k, c));
+            g[k] = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
+            for (std::size_t q = 0; q < P; ++q) g_sum[q] += g[k][q];
+        }
+        // The path's next point: trained here exactly as train_sgd does, or recorded.
+        std::vector<T> w_next;
+        if (rq.recorded_row) {
+            w_next = rq.recorded_row(s + 1);
+            if (w_next.size() != P) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+        } else {
+            w_next = w;
+            sgd_step<T>(pr, w_next, batch, eta);
+        }
+        std::vector<T> delta(P), rem(P);
+        T delta_inf(0), rem_inf(0), delta_l1(0);
+        for (std::size_t q = 0; q < P; ++q) {
+            delta[q] = w_next[q] - w[q];
+            rem[q] = delta[q] - g_sum[q];
+            delta_inf = rm::max(delta_inf, rm::abs(delta[q]));
+            delta_l1 += rm::abs(delta[q]);
+            rem_inf = rm::max(rem_inf, rm::abs(rem[q]));
+        }
+        if (rem_inf > res.remainder_max_abs) {
+            res.remainder_max_abs = rem_inf;
+            res.remainder_worst_step = s;
+        }
+        if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
+
+        const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
+        std::vector<matrix<T>> jac_train;
+        std::vector<T> kernel;
+        if (store_kernel) {
+            for (std::size_t k = 0; k < batch.size(); ++k)
+                jac_train.push_back(jacobian<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1))));
+            kernel.assign(M * N * C * C, T(0));
+        }
+        for (std::size_t mm = 0; mm < M; ++mm) {
+            const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
+            res.cuts[mm] += seg.cuts;
+            res.evaluations[mm] += seg.evaluations;
+            res.max_rule_nodes = std::max(res.max_rule_nodes, seg.nodes.size());
+            res.quadrature_converged = res.quadrature_converged && seg.converged;
+            std::vector<T> step(C, T(0));
+            for (std::size_t k = 0; k < batch.size(); ++k) {
+                const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
+                T* out = &res.contributions[(mm * N + batch[k]) * C];
+                for (std::size_t c = 0; c < C; ++c) {
+                    out[c] += ck[c];
+                    step[c] += ck[c];
+                }
+                if (store_kernel) {
+                    const matrix<T> kk = step_kernel_from_jacobians<T>(seg.value, jac_train[k]);
+                    std::copy(kk.data.begin(), kk.data.end(), kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
+                }
+            }
+            const std::vector<T> rr = contract_rows<T>(seg.value, rem);
+            for (std::size_t c = 0; c < C; ++c) {
+                res.remainder_term(mm, c) += rr[c];
+                step[c] += rr[c];
+                res.reconstruction(mm, c) += step[c];
+                res.quadrature_bound(mm, c) += seg.error_estimate * delta_l1;
+                double mag = 0;
+                for (std::size_t q = 0; q < P; ++q)
+                    mag += std::abs(scalar_traits<T>::to_double(seg.value(c, q)) * scalar_traits<T>::to_double(delta[q]));
+                res.path_magnitude(mm, c) += mag;
+            }
+        }
+        if (store_kernel) {
+            res.step_kernels.emplace_back(s, std::move(kernel));
+            ++next_kernel;
+        }
+        w = std::move(w_next);
+        if (progress) progress(s + 1, sch.steps);
+    }
+    res.outputs_final = outputs<T>(model, w, rq.x_test);
+    res.kernel_reconstruction = res.bias;
+    for (std::size_t mm = 0; mm < M; ++mm)
+        for (std::size_t i = 0; i < N; ++i)
+            for (std::size_t c = 0; c < C; ++c) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
+    return res;
+}
+
+// The residual budget of proofs-notes/004 §5, per (test point, output):
+//   quadrature_bound + slack·γ·u·(|f(x; w[0])| + |f(x; w[S])| + path_magnitude),
+//   γ = P + S + n_nodes + Σ_l (in_l + out_l) + 10·(activation layers) + 8.
+template <Real T>
+matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model_spec& m) {
+    const double u = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
+    double gamma = static_cast<double>(r.p + r.steps + r.max_rule_nodes) + 8;
+    for (const linear_offsets& o : parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
+    for (const layer_spec& l : m.layers)
+        if (l.kind != layer_kind::linear) gamma += 10;
+    matrix<double> b(r.m, r.c);
+    for (std::size_t i = 0; i < r.m; ++i)
+        for (std::size_t c = 0; c < r.c; ++c) {
+            const double scale = std::abs(scalar_traits<T>::to_double(r.bias(i, c))) +
+                                 std::abs(scalar_traits<T>::to_double(r.outputs_final(i, c))) + r.path_magnitude(i, c);
+            b(i, c) = scalar_traits<T>::to_double(r.quadrature_bound(i, c)) + 1.05 * gamma * u * scale;
+        }
+    return b;
+}
+
+}  // namespace epk

@@ -1,0 +1,359 @@
+// epk/segment.hpp — the test side of the exact path kernel: the integral of
+// the Jacobian along one straight training step,
+//
+//     Ī(x) = ∫_0^1 J(x; w + tΔ) dt   ∈ R^{C × P},
+//
+// evaluated so that its quadrature error vanishes (piecewise-linear
+// networks) or is below the working precision's unit roundoff times the
+// integrand's scale (smooth networks).  proofs-notes/004.
+//
+// 1. Pieces.  Along the segment every value of a piecewise-linear network is
+//    a polynomial in t between activation-pattern changes.  `segment_cuts`
+//    finds those changes layer by layer: on a piece where the patterns of
+//    layers < k are fixed, the input of activation layer k is a vector of
+//    polynomials (its Taylor coefficients are propagated exactly through the
+//    network, `segment_polynomials`); their sign changes in the piece are
+//    its roots (quadrature.hpp), which cut it further for layer k+1.
+//    Activation layers after the first smooth one are not polynomial: their
+//    kinks are found by sampling and bisection (`kink_samples` per piece;
+//    not guaranteed, proofs-notes/004 §4).
+// 2. Rules.  Piecewise-linear networks: J is a polynomial of degree ≤ L−1 on
+//    each piece (L linear layers), so Gauss–Legendre with ⌊L/2⌋+1 nodes is
+//    exact; the rule with one more node is evaluated too and the difference
+//    reported as the estimate (rounding only).  Otherwise: Gauss–Legendre
+//    with n = first_nodes, 2n, 4n, ... ≤ max_nodes on each piece until
+//    max|I_2n − I_n| ≤ τ·u·(piece length)·max|J|, bisecting the piece when
+//    max_nodes is not enough.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "epk/network.hpp"
+#include "epk/quadrature.hpp"
+#include "epk/quadrature_options.hpp"
+
+namespace epk {
+
+
+// How the network's structure lets a segment be integrated.
+struct segment_structure {
+    bool piecewise_linear = true;   // every activation relu / leaky_relu / identity
+    std::size_t first_smooth = 0;   // index of the first smooth activation layer (layers.size() if none)
+    std::size_t exact_nodes = 1;    // ⌊L/2⌋+1: exact for degree ≤ L (J has degree ≤ L−1)
+    double default_tolerance = 16;  // τ = max(16, Σ widths): the integrand's rounding floor, proofs-notes/004 §5
+};
+segment_structure analyse_segment_structure(const model_spec& m);
+
+// The integral over [0, 1] and how it was obtained.
+template <Real T>
+struct segment_integral {
+    matrix<T> value;              // Ī, C × P
+    std::vector<T> nodes;         // t of the accepted rules, all pieces, ascending
+    std::vector<T> weights;       // their weights (sum 1)
+    T error_estimate = T(0);      // Σ over pieces of max-entry |I_fine − I_coarse|
+    T scale = T(0);               // max |J| entry over all evaluations
+    std::size_t cuts = 0;         // breakpoints found in (0, 1)
+    std::size_t evaluations = 0;  // Jacobians evaluated
+    bool converged = true;        // every piece met its tolerance
+};
+
+namespace detail {
+
+template <Real T>
+std::vector<T> point_on_segment(std::span<const T> w, std::span<const T> dw, const T& t) {
+    std::vector<T> out(w.size());
+    for (std::size_t p = 0; p < w.size(); ++p) out[p] = w[p] + t * dw[p];
+    return out;
+}
+
+// Slope of a piecewise-linear activation on the side where its input has the
+// sign of z (the convention of activation<T>::derivative at z = 0).
+template <Real T>
+T piecewise_slope(const activation<T>& act, const T& z) {
+    return act.derivative(z);
+}
+
+}  // namespace detail
+
+// Taylor coefficients in u of the value entering layer `upto`, on the piece
+// t = a + (b − a)u, u ∈ [0, 1], of the segment w + tΔ:  result[j][k] is the
+// coefficient of u^k of unit j.  `wa` = w + aΔ and `dw` = (b − a)Δ.  The
+// activation pattern of each piecewise-linear layer before `upto` is taken at
+// u = 1/2 (constant on the piece by construction).  Every layer before
+// `upto` must be linear or piecewise linear.
+template <Real T>
+std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<const T> wa, std::span<const T> dw,
+                                                std::span<const T> x, std::size_t upto) {
+    const auto offsets = parameter_offsets(m);
+    std::vector<std::vector<T>> h(x.size());
+    for (std::size_t j = 0; j < x.size(); ++j) h[j] = {x[j]};
+    std::size_t li = 0;
+    const T half = T(1) / T(2);
+    for (std::size_t k = 0; k < upto; ++k) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[li++];
+            const std::size_t deg = h.empty() ? 0 : h[0].size();  // degree + 1 of h
+            std::vector<std::vector<T>> z(o.out, std::vector<T>(deg + 1, T(0)));
+            for (std::size_t r = 0; r < o.out; ++r) {
+                const T* wr = wa.data() + o.weight + r * o.in;
+                const T* dr = dw.data() + o.weight + r * o.in;
+                // z(u) = (W_a + u δW) h(u) + b_a + u δb:
+                //   [u^k] z = Σ_j W_a[r][j] [u^k]h_j + Σ_j δW[r][j] [u^{k−1}]h_j (+ b_a at k=0, δb at k=1)
+                for (std::size_t kk = 0; kk <= deg; ++kk) {
+                    T acc(0);
+                    if (kk < deg)
+                        for (std::size_t j = 0; j < o.in; ++j) add_product(acc, wr[j], h[j][kk]);
+                    if (kk >= 1)
+                        for (std::size_t j = 0; j < o.in; ++j) add_product(acc, dr[j], h[j][kk - 1]);
+                    if (o.has_bias && kk == 0) acc += wa[o.bias + r];
+                    if (o.has_bias && kk == 1) acc += dw[o.bias + r];
+                    z[r][kk] = acc;
+                }
+            }
+            h = std::move(z);
+        } else {
+            if (!is_piecewise_linear(l.kind)) throw usage_error("segment_polynomials: smooth layer before 'upto'");
+            const activation<T> act(l);
+            // On the piece the unit is on one side of its kink: h = slope · z.
+            for (auto& unit : h) {
+                const T s = detail::piecewise_slope(act, horner<T>(unit, half));
+                for (T& c : unit) c = s * c;
+            }
+        }
+    }
+    return h;
+}
+
+namespace detail {
+
+// Cuts of [a, b] from piecewise-linear activation layers k ≥ from (before
+// the first smooth one), appended to `cuts`.
+template <Real T>
+void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
+                     std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts) {
+    std::size_t k = from;
+    while (k < st.first_smooth && (m.layers[k].kind == layer_kind::linear || m.layers[k].kind == layer_kind::identity)) ++k;
+    if (k >= st.first_smooth) return;
+    const T len = b - a;
+    const std::vector<T> wa = point_on_segment<T>(w, delta, a);
+    std::vector<T> dw(delta.size());
+    for (std::size_t p = 0; p < dw.size(); ++p) dw[p] = len * delta[p];
+    const auto polys = segment_polynomials<T>(m, wa, dw, x, k);
+    std::vector<T> us;
+    for (const auto& unit : polys)
+        for (T& r : roots_in_unit_interval<T>(unit)) us.push_back(std::move(r));
+    std::sort(us.begin(), us.end());
+    us.erase(std::unique(us.begin(), us.end()), us.end());
+    std::vector<T> ends{a};
+    for (const T& uu : us) {
+        const T t = a + len * uu;
+        if (ends.back() < t && t < b) ends.push_back(t);
+    }
+    ends.push_back(b);
+    for (std::size_t e = 1; e + 1 < ends.size(); ++e) cuts.push_back(ends[e]);
+    for (std::size_t e = 0; e + 1 < ends.size(); ++e)
+        polynomial_cuts<T>(m, st, w, delta, x, ends[e], ends[e + 1], k + 1, cuts);
+}
+
+// Pre-activation of unit j entering layer k at w + tΔ.
+template <Real T>
+T preactivation(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
+                const T& t, std::size_t k, std::size_t j) {
+    const std::vector<T> wt = point_on_segment<T>(w, delta, t);
+    return forward<T>(m, wt, x1).values[k](0, j);
+}
+
+// Kinks of piecewise-linear layers after the first smooth one, inside
+// [a, b]: sign changes between `samples`+1 equispaced points, each refined
+// by bisection to the working precision.
+template <Real T>
+void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
+                  const matrix<T>& x1, const T& a, const T& b, std::size_t samples, std::vector<T>& cuts) {
+    std::vector<std::size_t> layers;
+    for (std::size_t k = st.first_smooth + 1; k < m.layers.size(); ++k)
+        if (m.layers[k].kind == layer_kind::relu || m.layers[k].kind == layer_kind::leaky_relu) layers.push_back(k);
+    if (layers.empty() || samples == 0) return;
+    const T u = scalar_traits<T>::unit_roundoff();
+    std::vector<T> ts;
+    std::vector<forward_pass<T>> fps;
+    for (std::size_t q = 0; q <= samples; ++q) {
+        ts.push_back(a + (b - a) * (T(static_cast<double>(q)) / T(static_cast<double>(samples))));
+        fps.push_back(forward<T>(m, point_on_segment<T>(w, delta, ts.back()), x1));
+    }
+    for (std::size_t k : layers) {
+        const std::size_t width = fps[0].values[k].cols;
+        for (std::size_t j = 0; j < width; ++j)
+            for (std::size_t q = 0; q < samples; ++q) {
+                const T& zl = fps[q].values[k](0, j);
+                const T& zr = fps[q + 1].values[k](0, j);
+                if (!((zl > T(0) && zr <= T(0)) || (zl <= T(0) && zr > T(0)))) continue;
+                // Bisect on the sign of z (the side relu's derivative sees).
+                T lo = ts[q], hi = ts[q + 1];
+                const bool left_pos = zl > T(0);
+                for (int it = 0; it < 4 * scalar_traits<T>::mantissa_bits() + 64; ++it) {
+                    const T mid = (lo + hi) / T(2);
+                    if (!(lo < mid && mid < hi) || hi - lo <= T(2) * u * rm::abs(mid)) break;
+                    const bool pos = preactivation<T>(m, w, delta, x1, mid, k, j) > T(0);
+                    if (pos == left_pos) lo = mid; else hi = mid;
+                }
+                cuts.push_back((lo + hi) / T(2));
+            }
+    }
+}
+
+// acc += Σ_q ω_q J(x; w + t_q Δ) over the n-point rule on [a, b], J taken
+// in factored form (δ_l ⊗ h_l, network.hpp): acc[c][W_l r j] += (ω_q δ_l[c][r])·h_l[j].
+// scale ← max(scale, max |J| entry) = max_l max_c,r |δ_l| · max(max_j |h_l|, 1 if bias).
+template <Real T>
+void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1, const T& a,
+              const T& b, std::size_t n, matrix<T>& acc, T& scale, std::size_t& evaluations,
+              std::vector<T>* nodes, std::vector<T>* weights) {
+    const gauss_rule<T>& g = gauss_legendre<T>(n);
+    const auto offsets = parameter_offsets(m);
+    const T len = b - a;
+    for (std::size_t q = 0; q < n; ++q) {
+        const T t = a + len * g.nodes[q];
+        const T wq = len * g.weights[q];
+        const layer_factors<T> lf = jacobian_factors<T>(m, point_on_segment<T>(w, delta, t), x1);
+        ++evaluations;
+        for (std::size_t l = 0; l < offsets.size(); ++l) {
+            const linear_offsets& o = offsets[l];
+            const std::vector<T>& h = lf.input[l];
+            T hmax = o.has_bias ? T(1) : T(0), dmax(0);
+            for (const T& v : h) max_abs_into(hmax, v);
+            for (std::size_t c = 0; c < acc.rows; ++c)
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    const T& d = lf.delta[l](c, r);
+                    max_abs_into(dmax, d);
+                    const T coef = wq * d;
+                    T* row = &acc(c, o.weight + r * o.in);
+                    for (std::size_t j = 0; j < o.in; ++j) add_product(row[j], coef, h[j]);
+                    if (o.has_bias) acc(c, o.bias + r) += coef;
+                }
+            max_abs_into(scale, T(dmax * hmax));
+        }
+        if (nodes) { nodes->push_back(t); weights->push_back(wq); }
+    }
+}
+
+template <Real T>
+T max_abs_difference(const matrix<T>& a, const matrix<T>& b) {
+    T d(0);
+    for (std::size_t e = 0; e < a.data.size(); ++e) d = rm::max(d, rm::abs(T(a.data[e] - b.data[e])));
+    return d;
+}
+
+template <Real T>
+void add_into(matrix<T>& acc, const matrix<T>& x) {
+    for (std::size_t e = 0; e < acc.data.size(); ++e) acc.data[e] += x.data[e];
+}
+
+// Adaptive Gauss–Legendre on [a, b], added into `out`.
+template <Real T>
+void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
+                    const T& a, const T& b, const quadrature_options& qo, double tau, std::size_t depth,
+                    segment_integral<T>& out) {
+    const std::size_t c = out.value.rows, p = out.value.cols;
+    const T u = scalar_traits<T>::unit_roundoff();
+    T piece_scale(0);
+    std::size_t n = std::max<std::size_t>(1, qo.first_nodes);
+    matrix<T> coarse(c, p);
+    add_rule<T>(m, w, delta, x1, a, b, n, coarse, piece_scale, out.evaluations, nullptr, nullptr);
+    while (2 * n <= qo.max_nodes) {
+        n *= 2;
+        matrix<T> fine(c, p);
+        std::vector<T> nodes, weights;
+        add_rule<T>(m, w, delta, x1, a, b, n, fine, piece_scale, out.evaluations, &nodes, &weights);
+        const T est = max_abs_difference(fine, coarse);
+        const T tol = T(tau) * u * (b - a) * piece_scale;
+        if (est <= tol || depth >= qo.max_depth) {
+            if (!(est <= tol)) out.converged = false;
+            add_into(out.value, fine);
+            out.error_estimate += est;
+            out.scale = rm::max(out.scale, piece_scale);
+            out.nodes.insert(out.nodes.end(), nodes.begin(), nodes.end());
+            out.weights.insert(out.weights.end(), weights.begin(), weights.end());
+            return;
+        }
+        coarse = std::move(fine);
+    }
+    out.scale = rm::max(out.scale, piece_scale);
+    if (depth >= qo.max_depth) {  // no finer rule allowed: keep the last one, estimate = the whole scale
+        out.converged = false;
+        add_into(out.value, coarse);
+        out.error_estimate += (b - a) * piece_scale;
+        return;
+    }
+    const T mid = (a + b) / T(2);
+    adaptive_piece<T>(m, w, delta, x1, a, mid, qo, tau, depth + 1, out);
+    adaptive_piece<T>(m, w, delta, x1, mid, b, qo, tau, depth + 1, out);
+}
+
+}  // namespace detail
+
+// Breakpoints in (0, 1), ascending: where some activation pattern of x
+// changes along w + tΔ.
+template <Real T>
+std::vector<T> segment_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w,
+                            std::span<const T> delta, const matrix<T>& x1, std::size_t kink_samples) {
+    std::vector<T> cuts;
+    detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts);
+    if (st.first_smooth < m.layers.size()) {
+        std::vector<T> ends{T(0)};
+        std::vector<T> sorted = cuts;
+        std::sort(sorted.begin(), sorted.end());
+        ends.insert(ends.end(), sorted.begin(), sorted.end());
+        ends.push_back(T(1));
+        for (std::size_t e = 0; e + 1 < ends.size(); ++e)
+            detail::sampled_cuts<T>(m, st, w, delta, x1, ends[e], ends[e + 1], kink_samples, cuts);
+    }
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    std::vector<T> inside;
+    for (T& t : cuts)
+        if (T(0) < t && t < T(1)) inside.push_back(std::move(t));
+    return inside;
+}
+
+// Ī(x) = ∫_0^1 J(x; w + tΔ) dt, x one row.
+template <Real T>
+segment_integral<T> integrate_segment(const model_spec& m, const segment_structure& st, std::span<const T> w,
+                                      std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo) {
+    segment_integral<T> out;
+    out.value = matrix<T>(m.output_dim(), w.size());
+    if (qo.fixed_nodes > 0) {  // a plain rule on [0, 1], no pieces: what epk is compared against
+        detail::add_rule<T>(m, w, delta, x1, T(0), T(1), qo.fixed_nodes, out.value, out.scale, out.evaluations,
+                            &out.nodes, &out.weights);
+        return out;
+    }
+    const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples);
+    out.cuts = cuts.size();
+    std::vector<T> ends{T(0)};
+    ends.insert(ends.end(), cuts.begin(), cuts.end());
+    ends.push_back(T(1));
+    if (qo.first_nodes == 0 || qo.max_nodes < 2 * qo.first_nodes || qo.max_nodes > max_gauss_nodes)
+        throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
+    const double tau = qo.tolerance_factor > 0 ? qo.tolerance_factor : st.default_tolerance;
+    for (std::size_t e = 0; e + 1 < ends.size(); ++e) {
+        const T& a = ends[e];
+        const T& b = ends[e + 1];
+        if (st.piecewise_linear) {
+            // Exact rule and one more node; their difference is rounding only.
+            matrix<T> exact(out.value.rows, out.value.cols), check(out.value.rows, out.value.cols);
+            detail::add_rule<T>(m, w, delta, x1, a, b, st.exact_nodes, exact, out.scale, out.evaluations, nullptr, nullptr);
+            detail::add_rule<T>(m, w, delta, x1, a, b, st.exact_nodes + 1, check, out.scale, out.evaluations,
+                                &out.nodes, &out.weights);
+            out.error_estimate += detail::max_abs_difference(exact, check);
+            detail::add_into(out.value, check);
+        } else {
+            detail::adaptive_piece<T>(m, w, delta, x1, a, b, qo, tau, 0, out);
+        }
+    }
+    return out;
+}
+
+}  // namespace epk
