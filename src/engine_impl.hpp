@@ -143,6 +143,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.x_test = test_inputs<T>(t, rep.test_points);
     rq.kernel_steps = o.kernel_steps;
     rq.quadrature = o.quadrature;
+    rq.threads = o.threads;
     const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
 
     rep.precision_name = scalar_traits<T>::name();

@@ -67,6 +67,7 @@ evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn&
 struct kernel_options {
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is returned (ascending, < S)
     quadrature_options quadrature;
+    std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
 };
 
 // The exact path kernel of a trace at its test points (x_test, else the

@@ -20,7 +20,10 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <exception>
 #include <functional>
+#include <optional>
+#include <thread>
 #include <span>
 #include <utility>
 #include <vector>
@@ -40,6 +43,10 @@ struct path_kernel_request {
     matrix<T> x_test;                       // M × D
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is stored (ascending, < S)
     quadrature_options quadrature;
+    // Worker threads over the test points (0: hardware concurrency).  Each
+    // test point's arithmetic is the same whatever the count, so results are
+    // bit-for-bit identical to a single-threaded run.
+    std::size_t threads = 0;
 };
 
 template <Real T>
@@ -118,6 +125,38 @@ matrix<T> step_kernel_from_factors(const model_spec& m, std::span<const T> w, st
     return k;
 }
 
+namespace detail {
+// Runs fn(0..count−1) on up to `threads` threads (0: hardware concurrency),
+// point k on thread k mod threads; the first exception is rethrown.  For
+// mpfr_real the workers take the caller's working precision.
+template <Real T, class Fn>
+void for_each_point_t(std::size_t count, std::size_t threads, Fn& fn) {
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, count);
+    if (threads <= 1) {
+        for (std::size_t k = 0; k < count; ++k) fn(k);
+        return;
+    }
+    const long bits = scalar_traits<T>::mantissa_bits();
+    std::vector<std::exception_ptr> errors(threads);
+    auto work = [&](std::size_t tid) {
+        try {
+            std::optional<mpfr_precision_scope> scope;
+            if constexpr (std::is_same_v<T, mpfr_real>) scope.emplace(bits);
+            for (std::size_t k = tid; k < count; k += threads) fn(k);
+        } catch (...) {
+            errors[tid] = std::current_exception();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+}  // namespace detail
+
 template <Real T>
 path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
@@ -153,6 +192,8 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
 
     std::vector<T> w = rq.w0;
     std::size_t next_kernel = 0;
+    std::vector<std::size_t> rule_nodes(M, 0);
+    std::vector<char> converged(M, 1);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const std::vector<std::size_t> batch = sch.batch(s);
         const T eta(sch.learning_rates[s]);
@@ -201,12 +242,12 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                 jac_train.push_back(jacobian<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1))));
             kernel.assign(M * N * C * C, T(0));
         }
-        for (std::size_t mm = 0; mm < M; ++mm) {
+        auto process_point = [&](std::size_t mm) {
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
             res.cuts[mm] += seg.cuts;
             res.evaluations[mm] += seg.evaluations;
-            res.max_rule_nodes = std::max(res.max_rule_nodes, seg.nodes.size());
-            res.quadrature_converged = res.quadrature_converged && seg.converged;
+            rule_nodes[mm] = std::max(rule_nodes[mm], seg.nodes.size());
+            if (!seg.converged) converged[mm] = 0;
             std::vector<T> step(C, T(0));
             for (std::size_t k = 0; k < batch.size(); ++k) {
                 const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
@@ -231,13 +272,18 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                     mag += std::abs(scalar_traits<T>::to_double(seg.value(c, q)) * scalar_traits<T>::to_double(delta[q]));
                 res.path_magnitude(mm, c) += mag;
             }
-        }
+                };
+        detail::for_each_point_t<T>(M, rq.threads, process_point);
         if (store_kernel) {
             res.step_kernels.emplace_back(s, std::move(kernel));
             ++next_kernel;
         }
         w = std::move(w_next);
         if (progress) progress(s + 1, sch.steps);
+    }
+    for (std::size_t mm = 0; mm < M; ++mm) {
+        res.max_rule_nodes = std::max(res.max_rule_nodes, rule_nodes[mm]);
+        res.quadrature_converged = res.quadrature_converged && converged[mm] != 0;
     }
     res.outputs_final = outputs<T>(model, w, rq.x_test);
     res.kernel_reconstruction = res.bias;

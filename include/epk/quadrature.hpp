@@ -5,7 +5,7 @@
 // degree ≤ 2n−1 exactly (and no polynomial of degree 2n exactly).  Nodes are
 // the roots of P_n, found by Newton's method *in T* from Tricomi's initial
 // guess, so an MPFR rule at 512 bits is good to 512 bits, not to double's 53;
-// weights are 1/((1−x²) P_n'(x)²) on [0, 1].  Rules are cached per thread
+// weights are 1/((1−x²) P_n'(x)²) on [0, 1].  Rules are cached per process
 // and per precision.  proofs-notes/004 §2.
 //
 // Roots: `roots_in_unit_interval` returns every point of (0, 1) where the
@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstddef>
 #include <map>
+#include <mutex>
 #include <span>
 #include <utility>
 #include <vector>
@@ -86,16 +87,23 @@ gauss_rule<T> compute_gauss_legendre(std::size_t n) {
 inline constexpr std::size_t max_gauss_nodes = 100000;
 
 // The n-point Gauss–Legendre rule on [0, 1] in T (at the current MPFR
-// working precision for mpfr_real).  Cached per thread; the reference stays
-// valid for the thread's lifetime.
+// working precision for mpfr_real).  Cached for the process's lifetime;
+// thread-safe.
 template <Real T>
 const gauss_rule<T>& gauss_legendre(std::size_t n) {
     if (n == 0 || n > max_gauss_nodes) throw usage_error("gauss_legendre: number of nodes must be in 1..100000");
-    static thread_local std::map<std::pair<std::size_t, int>, gauss_rule<T>> cache;
+    // One cache per process; map nodes never move, so references stay valid.
+    static std::mutex mutex;
+    static std::map<std::pair<std::size_t, int>, gauss_rule<T>> cache;
     const std::pair<std::size_t, int> key{n, scalar_traits<T>::mantissa_bits()};
-    auto it = cache.find(key);
-    if (it == cache.end()) it = cache.emplace(key, detail::compute_gauss_legendre<T>(n)).first;
-    return it->second;
+    {
+        const std::lock_guard<std::mutex> lock(mutex);
+        auto it = cache.find(key);
+        if (it != cache.end()) return it->second;
+    }
+    gauss_rule<T> rule = detail::compute_gauss_legendre<T>(n);  // outside the lock: may take a while
+    const std::lock_guard<std::mutex> lock(mutex);
+    return cache.emplace(key, std::move(rule)).first->second;  // keeps the first if another thread won
 }
 
 // p(u) = Σ_k c[k] u^k by Horner, with p'(u).

@@ -36,8 +36,8 @@ constexpr const char* help_text = R"(epk — the exact path kernel, verified in 
 usage: epk COMMAND [OPTIONS]
 
 commands
-  demo                       train an MLP on the embedded digits in double and in
-                             mpfr:256 and compare the two runs
+  demo                       train an MLP on the embedded digits and write it exactly as a
+                             kernel machine, in double and in mpfr:256  [--precision P]
   train --out DIR [OPTIONS]  train a network with SGD and write a trace (spec: docs/trace-format.md)
       --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
       --n-train N            training rows (default: min(500, rows - n-test))
@@ -59,6 +59,13 @@ commands
                              replayed path as params.npy  [--precision P]
   predict TRACE              network outputs at the test points before and after training
                              [--precision P] [--json]
+  verify TRACE               the exact path kernel's reconstruction of f(x; w[S]) at the test
+                             points, its residual and budget; exit 1 if a residual exceeds
+                             its budget  [--precision P] [--json] [--threads N]
+  kernel TRACE --out DIR     write bias.npy [M,C], contributions.npy [M,N,C], remainder.npy,
+                             outputs_final.npy and kernel_step_<s>.npy [M,N,C,C] for the
+                             steps in --steps LIST (e.g. 0,5,10-12 or all)
+                             [--precision P] [--threads N]
   help, --help               this text
   version, --version         the version
 
@@ -406,12 +413,14 @@ void print_verify_table(const epk::kernel_report& k) {
 }
 
 int cmd_verify(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
+    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json"}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    epk::kernel_options o;
+    o.threads = a.get_count("threads", 0, 0, 1024);
     const epk::trace t = epk::read_trace(a.positional[0]);
     const bool json = a.flags.count("json") != 0;
     const epk::kernel_report k =
-        epk::compute_kernel(t, p, {}, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+        epk::compute_kernel(t, p, o, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
     if (json) {
         std::cout << kernel_report_json(k, p).dump(2) << "\n";
         return k.ok ? 0 : 1;
@@ -435,12 +444,13 @@ int cmd_verify(int argc, char** argv) {
 // ---------------------------------------------------------------- kernel
 
 int cmd_kernel(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"out", "steps", "precision"}, {}, 1, 1);
+    const args a = parse_args(argc, argv, {"out", "steps", "precision", "threads"}, {}, 1, 1);
     if (!a.has("out")) throw epk::input_error("epk kernel", "--out DIR is required");
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const epk::trace t = epk::read_trace(a.positional[0]);
     epk::kernel_options o;
+    o.threads = a.get_count("threads", 0, 0, 1024);
     if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
     const std::size_t m = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
     const std::size_t n = t.n_train(), c = t.model.output_dim();
@@ -480,60 +490,86 @@ int cmd_demo(int argc, char** argv) {
     const args a = parse_args(argc, argv, {"precision"}, {}, 0, 0);
     const epk::precision hi = epk::parse_precision(a.get("precision", "mpfr:256"));
     const epk::precision lo = epk::parse_precision("double");
-    // The demo's run: digits, 64-32-10 tanh, 200 training digits, 60 full-batch steps.
-    const char* demo_argv[] = {"epk", "train", "--n-train", "200", "--n-test", "100", "--hidden", "32",
-                               "--activation", "tanh", "--steps", "60", "--lr", "0.5", "--seed", "1", "--out", "-"};
+    // The demo's run: digits, 64-16-10 tanh, 200 training digits, 30 SGD steps of batch 20.
+    const char* demo_argv[] = {"epk", "train", "--n-train", "200", "--n-test", "100", "--hidden", "16",
+                               "--activation", "tanh", "--steps", "30", "--lr", "0.5", "--batch-size", "20",
+                               "--seed", "1", "--out", "-"};
     const args da = parse_args(static_cast<int>(std::size(demo_argv)), const_cast<char**>(demo_argv),
-                               {"out", "n-train", "n-test", "hidden", "activation", "steps", "lr", "seed"}, {}, 0, 0);
+                               {"out", "n-train", "n-test", "hidden", "activation", "steps", "lr", "batch-size", "seed"},
+                               {}, 0, 0);
     const built_run run = build_training_trace(da);
     const epk::trace& t = run.trace;
-    std::cout << "epk demo: the same SGD run on the embedded 8x8 digits, in " << lo.name() << " and in " << hi.name()
-              << "\n  model " << shape_string(t.model) << " (P = " << t.model.parameter_count()
-              << "), cross_entropy/mean, " << t.n_train() << " training digits, full batch, " << t.steps()
-              << " steps, lr " << t.optimizer.learning_rate << "; " << run.test_labels.size()
-              << " held-out digits\n\n";
-    const auto t0 = std::chrono::steady_clock::now();
-    const epk::evaluation d = epk::evaluate_trace(t, lo, make_progress("training in " + lo.name()));
-    const auto t1 = std::chrono::steady_clock::now();
-    const epk::evaluation m = epk::evaluate_trace(t, hi, make_progress("training in " + hi.name()));
-    const auto t2 = std::chrono::steady_clock::now();
+    const std::size_t shown = 4;  // held-out digits whose kernel expansion is computed
+    std::cout << "epk demo: an MLP trained by SGD on the embedded 8x8 digits, written exactly as a kernel machine\n"
+              << "  f(x; w[S]) = f(x; w[0]) + sum_s sum_i K_s(x, x_i) a_{i,s}   (exact path kernel)\n"
+              << "  model " << shape_string(t.model) << " (P = " << t.model.parameter_count()
+              << "), cross_entropy/mean, " << t.n_train() << " training digits, " << t.steps()
+              << " steps of batch " << t.batches->shape[1] << ", lr " << t.optimizer.learning_rate << "\n\n";
+
+    const epk::evaluation d = epk::evaluate_trace(t, lo);
+    std::cout << "training in double: loss " << d.losses.front() << " -> " << d.losses.back()
+              << ", held-out accuracy " << accuracy_text(d.outputs_final, run.test_labels) << "\n\n";
+
+    // The kernel at the first few held-out digits, in double and in `hi`.
+    epk::trace kt = t;
+    std::vector<double> rows(t.x_test->real.begin(),
+                             t.x_test->real.begin() + static_cast<std::ptrdiff_t>(shown * t.x_test->shape[1]));
+    kt.x_test = epk::make_real_array(epk::npy_dtype::f8, {shown, t.x_test->shape[1]}, std::move(rows));
     auto secs = [](auto x, auto y) { return std::chrono::duration<double>(y - x).count(); };
+    const auto t0 = std::chrono::steady_clock::now();
+    const epk::kernel_report kd = epk::compute_kernel(kt, lo, {}, make_progress("exact path kernel in " + lo.name()));
+    const auto t1 = std::chrono::steady_clock::now();
+    const epk::kernel_report kh = epk::compute_kernel(kt, hi, {}, make_progress("exact path kernel in " + hi.name()));
+    const auto t2 = std::chrono::steady_clock::now();
 
-    std::printf("%-12s %12s %12s %12s %10s %9s\n", "precision", "loss(w0)", "loss(w[S-1])", "u", "accuracy", "seconds");
-    for (const auto* e : {&d, &m})
-        std::printf("%-12s %12.6f %12.6f %12.3e %10s %9.2f\n", e->precision_name.c_str(), e->losses.front(),
-                    e->losses.back(), e->unit_roundoff_value, accuracy_text(e->outputs_final, run.test_labels).c_str(),
-                    e == &d ? secs(t0, t1) : secs(t1, t2));
+    std::printf("\nthe network's output for the predicted class c, and its kernel reconstruction\n");
+    std::printf("%-10s %5s %5s %4s  %-22s %-22s %10s %7s %8s\n", "precision", "digit", "label", "c", "f_c(x; w[S])",
+                "reconstruction", "max|res|", "res/u", "seconds");
+    for (const auto* k : {&kd, &kh}) {
+        for (std::size_t r = 0; r < shown; ++r) {
+            const std::size_t c = argmax_row(k->outputs_final, r), e = r * k->classes + c;
+            double res = 0;
+            for (std::size_t q = 0; q < k->classes; ++q) res = std::max(res, std::abs(k->residual.values[r * k->classes + q]));
+            std::printf("%-10s %5zu %5lld %4zu  %-22.16f %-22.16f %10.2e %7.1f %8s\n", r == 0 ? k->precision_name.c_str() : "",
+                        r, static_cast<long long>(run.test_labels[r]), c, k->outputs_final.values[e],
+                        k->reconstruction.values[e], res, res / k->unit_roundoff_value,
+                        r == 0 ? (std::to_string(secs(k == &kd ? t0 : t1, k == &kd ? t1 : t2)).substr(0, 5)).c_str() : "");
+        }
+    }
+    double dout = 0;
+    for (std::size_t e = 0; e < kd.outputs_final.values.size(); ++e)
+        dout = std::max(dout, std::abs(kd.outputs_final.values[e] - kh.outputs_final.values[e]));
+    std::printf("\n%s: max |f(x) - reconstruction| = %.2e (%.1f u); %s: %.2e (%.1f u); both %s\n",
+                kd.precision_name.c_str(), kd.residual_max_abs, kd.residual_max_over_u, kh.precision_name.c_str(),
+                kh.residual_max_abs, kh.residual_max_over_u,
+                kd.ok && kh.ok ? "within their budgets" : "NOT within their budgets");
+    std::printf("the double run itself differs from the %s run by %.2e in f (rounding along %zu steps)\n",
+                kh.precision_name.c_str(), dout, t.steps());
+    std::printf("f(x) in %s, all digits: %s\n", kh.precision_name.c_str(),
+                kh.outputs_final.decimal[argmax_row(kh.outputs_final, 0)].c_str());
 
-    // How far the double run is from the (much more precise) reference run.
-    double dw = 0, wscale = 0, dout = 0, oscale = 0;
-    for (std::size_t k = 0; k < d.final_parameters.size(); ++k) {
-        dw = std::max(dw, std::abs(d.final_parameters[k] - m.final_parameters[k]));
-        wscale = std::max(wscale, std::abs(m.final_parameters[k]));
+    // Which training digits made the prediction: c(x, x_i)_c = sum_s K_s(x, x_i) a_{i,s}, class c.
+    std::printf("\nthe training digits #i (label) that contribute most to each predicted class, c(x, x_i) in %s:\n",
+                kh.precision_name.c_str());
+    const std::size_t n = kh.n_train, C = kh.classes;
+    for (std::size_t r = 0; r < shown; ++r) {
+        const std::size_t c = argmax_row(kh.outputs_final, r);
+        std::vector<std::size_t> idx(n);
+        std::iota(idx.begin(), idx.end(), std::size_t{0});
+        auto contrib = [&](std::size_t i) { return kh.contributions[(r * n + i) * C + c]; };
+        std::stable_sort(idx.begin(), idx.end(), [&](std::size_t x, std::size_t y) { return contrib(x) > contrib(y); });
+        std::printf("  digit %zu (label %lld): f_%zu = %+.3f = bias %+.3f + %+.3f from %zu training digits; top:", r,
+                    static_cast<long long>(run.test_labels[r]), c, kh.outputs_final.values[r * C + c],
+                    kh.outputs_initial.values[r * C + c],
+                    kh.outputs_final.values[r * C + c] - kh.outputs_initial.values[r * C + c], n);
+        for (std::size_t k = 0; k < 3; ++k)
+            std::printf(" #%zu (%lld) %+.3f%s", idx[k], static_cast<long long>(t.y_train.integer[idx[k]]), contrib(idx[k]),
+                        k < 2 ? "," : "");
+        std::printf("; most against: #%zu (%lld) %+.3f\n", idx.back(),
+                    static_cast<long long>(t.y_train.integer[idx.back()]), contrib(idx.back()));
     }
-    std::size_t worst = 0;
-    for (std::size_t k = 0; k < d.outputs_final.values.size(); ++k) {
-        const double diff = std::abs(d.outputs_final.values[k] - m.outputs_final.values[k]);
-        if (diff > dout) { dout = diff; worst = k; }
-        oscale = std::max(oscale, std::abs(m.outputs_final.values[k]));
-    }
-    const double u = d.unit_roundoff_value;
-    std::printf("\ndouble vs %s after %zu steps:\n", hi.name().c_str(), t.steps());
-    std::printf("  max |w_double - w_ref|           = %.3e  (%.1f u x max|w| = %.3f)\n", dw, dw / (u * wscale), wscale);
-    std::printf("  max |f_double(x) - f_ref(x)|     = %.3e  (%.1f u x max|f| = %.3f), at test digit %zu\n", dout,
-                dout / (u * oscale), oscale, worst / d.outputs_final.cols);
-
-    std::printf("\nfirst held-out digits (outputs of the predicted class):\n");
-    std::printf("%5s %6s %6s  %-24s %-44s %10s\n", "digit", "label", "pred", "f(x) in double", ("f(x) in " + hi.name()).c_str(), "|diff|/(u|f|)");
-    for (std::size_t r = 0; r < std::min<std::size_t>(8, d.outputs_final.rows); ++r) {
-        const std::size_t c = argmax_row(m.outputs_final, r), k = r * d.outputs_final.cols + c;
-        const std::string ref = m.outputs_final.decimal[k].substr(0, 44);
-        std::printf("%5zu %6lld %6zu  %-24.17g %-44s %10.1f\n", r, static_cast<long long>(run.test_labels[r]), c,
-                    d.outputs_final.values[k], ref.c_str(),
-                    std::abs(d.outputs_final.values[k] - m.outputs_final.values[k]) / (u * std::abs(m.outputs_final.values[k])));
-    }
-    std::printf("\n(the exact path kernel itself arrives with `epk verify` / `epk kernel`; see README)\n");
-    return 0;
+    std::printf("\nnext: epk verify / epk kernel on your own trace (README), proofs-notes/004 for the guarantees\n");
+    return kd.ok && kh.ok ? 0 : 1;
 }
 
 int run(int argc, char** argv) {
