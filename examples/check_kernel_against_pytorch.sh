@@ -71,7 +71,7 @@ if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$work"' EXIT; else echo "traces k
 configs=(
     "tanh_full_ce_mean|params|0,14,29|--activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 30 --lr 0.5 --n-train 48 --n-test 4 --seed 1"
     "tanh_full_ce_mean|init|0,14,29|--activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 30 --lr 0.5 --n-train 48 --n-test 4 --seed 1"
-    "sigmoid_mb_mse_sum_perstep|init|0,15,29|--activation sigmoid --hidden 12 --loss mse --reduction sum --batch-size 8 --per-step-lr --steps 30 --lr 0.1 --n-train 32 --n-test 4 --seed 2"
+    "sigmoid_mb_mse_sum_perstep|init|0,15,29|--activation sigmoid --hidden 12 --loss mse --reduction sum --batch-size 8 --per-step-lr --steps 30 --lr 0.03 --n-train 32 --n-test 4 --seed 2"
     "softplus_full_ce_sum|params|0,24|--activation softplus --hidden 16 --loss cross_entropy --reduction sum --steps 25 --lr 0.02 --n-train 40 --n-test 4 --input-dim 6 --seed 3"
     "gelu_mb_mse_mean_random|params|0,20,39|--activation gelu --hidden 16,16 --loss mse --reduction mean --mse-targets random --batch-size 16 --steps 40 --lr 0.5 --n-train 64 --n-test 4 --seed 4"
     "gelu_mb_mse_mean_random|init|0,20,39|--activation gelu --hidden 16,16 --loss mse --reduction mean --mse-targets random --batch-size 16 --steps 40 --lr 0.5 --n-train 64 --n-test 4 --seed 4"

@@ -127,19 +127,30 @@ class Model:
             return z
         raise ValueError(name)
 
-    def forward_rows(self, x, w, want_pre=False):
-        """Row b uses input x[b] [D] and parameters w[b] [P]. Returns f [B, C]
-        and, with want_pre, the concatenated pre-activations feeding kinked
-        activations [B, U]."""
-        h = x
-        pre = []
+    def unpack(self, w):
+        """Flat rows w [B, P] -> per linear layer (W [B, out, in], b [B, out] or None)."""
+        out = []
         for op in self.ops:
             if op[0] == "linear":
-                _, w_off, out, inp, b_off = op
-                W = w[:, w_off:w_off + out * inp].reshape(-1, out, inp)
+                _, w_off, o, i, b_off = op
+                out.append((w[:, w_off:w_off + o * i].reshape(-1, o, i),
+                            None if b_off is None else w[:, b_off:b_off + o]))
+        return out
+
+    def forward_layers(self, x, layers, want_pre=False):
+        """Row b uses input x[b] [D] and the b-th parameters of `layers`
+        (see unpack). Returns f [B, C] and, with want_pre, the concatenated
+        pre-activations feeding kinked activations [B, U]."""
+        h = x
+        pre = []
+        k = 0
+        for op in self.ops:
+            if op[0] == "linear":
+                W, b = layers[k]
+                k += 1
                 h = torch.einsum("boi,bi->bo", W, h)
-                if b_off is not None:
-                    h = h + w[:, b_off:b_off + out]
+                if b is not None:
+                    h = h + b
             else:
                 _, name, slope = op
                 if want_pre and name in KINK_ACTIVATIONS:
@@ -148,6 +159,10 @@ class Model:
         if want_pre:
             return h, (torch.cat(pre, dim=1) if pre else h.new_zeros((h.shape[0], 0)))
         return h
+
+    def forward_rows(self, x, w, want_pre=False):
+        """Row b uses input x[b] [D] and parameters w[b] [P]."""
+        return self.forward_layers(x, self.unpack(w), want_pre)
 
     def preacts_grid(self, x, w0, dw, ts):
         """Kinked pre-activations at points x [M, D] for parameters w0 + t dw,
@@ -172,14 +187,20 @@ class Model:
         return torch.cat(pre, dim=2)
 
     def jacobian_rows(self, x, w):
-        """J(x[b]; w[b]) for every row: [B, C, P] (one backward pass per output)."""
-        w = w.detach().clone().requires_grad_(True)
+        """J(x[b]; w[b]) for every row: [B, C, P] (one backward pass per output;
+        the leaves are the per-layer weight and bias rows, so the gradient of
+        row b's output lands in row b only)."""
+        layers = [(W.detach().clone().requires_grad_(True),
+                   None if b is None else b.detach().clone().requires_grad_(True))
+                  for W, b in self.unpack(w.detach())]
+        leaves = [t for W, b in layers for t in ((W,) if b is None else (W, b))]
+        B = x.shape[0]
         with torch.enable_grad():
-            f = self.forward_rows(x, w)
+            f = self.forward_layers(x, layers)
             rows = []
             for c in range(self.C):
-                (g,) = torch.autograd.grad(f[:, c].sum(), w, retain_graph=c + 1 < self.C)
-                rows.append(g)
+                grads = torch.autograd.grad(f[:, c].sum(), leaves, retain_graph=c + 1 < self.C)
+                rows.append(torch.cat([g.reshape(B, -1) for g in grads], dim=1))  # parameters_to_vector order
         return torch.stack(rows, dim=1)
 
 

@@ -205,20 +205,33 @@ std::vector<T> vjp(const model_spec& m, std::span<const T> w, const matrix<T>& x
     return g;
 }
 
-// Forward mode: row i of the result is J(x_i; w) v  (∈ R^C).
+// Forward mode with every intermediate: values[k] as forward() and
+// tangents[k] = their derivative along v in parameter space (d/dε of the
+// values at w + εv); tangents[0] = 0 (inputs are constants).
 template <Real T>
-matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std::span<const T> v) {
+struct tangent_pass {
+    std::vector<matrix<T>> values, tangents;
+};
+
+template <Real T>
+tangent_pass<T> forward_with_tangent(const model_spec& m, std::span<const T> w, const matrix<T>& x,
+                                     std::span<const T> v) {
     check_network_shapes(m, w.size(), x.cols);
     if (v.size() != w.size()) throw usage_error("jvp: tangent size != P");
     const auto offsets = parameter_offsets(m);
-    matrix<T> h = x;
-    matrix<T> dh(x.rows, x.cols);  // tangent of h (inputs are constants)
+    tangent_pass<T> tp;
+    tp.values.push_back(x);
+    tp.tangents.emplace_back(x.rows, x.cols);
     std::size_t li = 0;
     for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const matrix<T>& h = tp.values.back();
+        const matrix<T>& dh = tp.tangents.back();
         const layer_spec& l = m.layers[k];
+        matrix<T> z, dz;
         if (l.kind == layer_kind::linear) {
             const linear_offsets& o = offsets[li++];
-            matrix<T> z(h.rows, o.out), dz(h.rows, o.out);
+            z = matrix<T>(h.rows, o.out);
+            dz = matrix<T>(h.rows, o.out);
             for (std::size_t i = 0; i < h.rows; ++i)
                 for (std::size_t r = 0; r < o.out; ++r) {
                     const T* wr = w.data() + o.weight + r * o.in;
@@ -234,17 +247,26 @@ matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std
                     if (o.has_bias) dacc += v[o.bias + r];
                     dz(i, r) = dacc;
                 }
-            h = std::move(z);
-            dh = std::move(dz);
         } else {
             const activation<T> act(l);
+            z = matrix<T>(h.rows, h.cols);
+            dz = matrix<T>(h.rows, h.cols);
             for (std::size_t e = 0; e < h.data.size(); ++e) {
-                dh.data[e] = act.derivative(h.data[e]) * dh.data[e];
-                h.data[e] = act.value(h.data[e]);
+                // d σ(z) = σ'(z) dz
+                z.data[e] = act.value(h.data[e]);
+                dz.data[e] = act.derivative(h.data[e]) * dh.data[e];
             }
         }
+        tp.values.push_back(std::move(z));
+        tp.tangents.push_back(std::move(dz));
     }
-    return dh;
+    return tp;
+}
+
+// Forward mode: row i of the result is J(x_i; w) v  (∈ R^C).
+template <Real T>
+matrix<T> jvp(const model_spec& m, std::span<const T> w, const matrix<T>& x, std::span<const T> v) {
+    return forward_with_tangent<T>(m, w, x, v).tangents.back();
 }
 
 // Per-layer factors of J(x; w) for one input: for linear layer l (in order),

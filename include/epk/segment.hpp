@@ -14,16 +14,20 @@
 //    polynomials (its Taylor coefficients are propagated exactly through the
 //    network, `segment_polynomials`); their sign changes in the piece are
 //    its roots (quadrature.hpp), which cut it further for layer k+1.
-//    Activation layers after the first smooth one are not polynomial: their
-//    kinks are found by sampling and bisection (`kink_samples` per piece;
-//    not guaranteed, proofs-notes/004 §4).
+//    From the first smooth layer on, values are not polynomial: zero
+//    crossings of those layers' pre-activations are found by sampling with
+//    slopes and bisection (`kink_samples` per piece; a heuristic,
+//    proofs-notes/004 §4).  A relu crossing is a cut; a smooth activation's
+//    crossing gets graded cuts t* ± 2^i/|φ′(t*)| so that a bend squeezed by a
+//    large step is resolved by the pieces, not missed by the rules.
 // 2. Rules.  Piecewise-linear networks: J is a polynomial of degree ≤ L−1 on
 //    each piece (L linear layers), so Gauss–Legendre with ⌊L/2⌋+1 nodes is
 //    exact; the rule with one more node is evaluated too and the difference
-//    reported as the estimate (rounding only).  Otherwise: Gauss–Legendre
-//    with n = first_nodes, 2n, 4n, ... ≤ max_nodes on each piece until
-//    max|I_2n − I_n| ≤ τ·u·(piece length)·max|J|, bisecting the piece when
-//    max_nodes is not enough.
+//    reported as the estimate (rounding only).  Otherwise: adaptive
+//    Gauss–Legendre on each piece (sizes predicted from the measured
+//    geometric convergence) until the difference of two successive rules is
+//    ≤ τ·u·(piece length)·max|J|, bisecting the piece when max_nodes is not
+//    enough.
 #pragma once
 
 #include <algorithm>
@@ -171,41 +175,90 @@ T preactivation(const model_spec& m, std::span<const T> w, std::span<const T> de
     return forward<T>(m, wt, x1).values[k](0, j);
 }
 
-// Kinks of piecewise-linear layers after the first smooth one, inside
-// [a, b]: sign changes between `samples`+1 equispaced points, each refined
-// by bisection to the working precision.
+// Zero crossings of the pre-activations of activation layers from the first
+// smooth one on, inside [a, b].  These φ(t) are not polynomials.  φ and φ′
+// (forward mode along Δ) are sampled at `samples`+1 equispaced points; a
+// subinterval [t0, t1] is halved (to depth 40, at most 64·samples times) while some unit could reach
+// zero in it given its end slopes, min(|φ(t0)|, |φ(t1)|) ≤ (t1 − t0)·max|φ′|;
+// every sign change is bisected to the working precision.  This finds every
+// crossing unless φ′ varies faster inside an interval than its end values
+// suggest (proofs-notes/004 §4: a heuristic, not a guarantee).
+//
+// A relu / leaky_relu crossing is a kink: a cut.  A smooth activation bends
+// within |z| ≲ 1 of its crossing, which a large step squeezes into a t-width
+// of about 1/|φ′(t*)|: the crossing and the graded points t* ± 2^i/|φ′(t*)|
+// (i = 0, 1, ...) inside [a, b] become cuts, so that no Gauss rule has to
+// resolve a feature much narrower than its piece.
 template <Real T>
-void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
-                  const matrix<T>& x1, const T& a, const T& b, std::size_t samples, std::vector<T>& cuts) {
-    std::vector<std::size_t> layers;
-    for (std::size_t k = st.first_smooth + 1; k < m.layers.size(); ++k)
-        if (m.layers[k].kind == layer_kind::relu || m.layers[k].kind == layer_kind::leaky_relu) layers.push_back(k);
-    if (layers.empty() || samples == 0) return;
+struct crossing {
+    T t;
+    std::size_t layer, unit;
+};
+
+template <Real T>
+void refine_crossings(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
+                      const std::vector<std::size_t>& layers, const T& t0, const tangent_pass<T>& p0, const T& t1,
+                      const tangent_pass<T>& p1, int depth, std::size_t& budget, std::vector<crossing<T>>& found) {
     const T u = scalar_traits<T>::unit_roundoff();
-    std::vector<T> ts;
-    std::vector<forward_pass<T>> fps;
-    for (std::size_t q = 0; q <= samples; ++q) {
-        ts.push_back(a + (b - a) * (T(static_cast<double>(q)) / T(static_cast<double>(samples))));
-        fps.push_back(forward<T>(m, point_on_segment<T>(w, delta, ts.back()), x1));
-    }
-    for (std::size_t k : layers) {
-        const std::size_t width = fps[0].values[k].cols;
-        for (std::size_t j = 0; j < width; ++j)
-            for (std::size_t q = 0; q < samples; ++q) {
-                const T& zl = fps[q].values[k](0, j);
-                const T& zr = fps[q + 1].values[k](0, j);
-                if (!((zl > T(0) && zr <= T(0)) || (zl <= T(0) && zr > T(0)))) continue;
-                // Bisect on the sign of z (the side relu's derivative sees).
-                T lo = ts[q], hi = ts[q + 1];
-                const bool left_pos = zl > T(0);
+    bool suspicious = false;
+    for (std::size_t k : layers)
+        for (std::size_t j = 0; j < p0.values[k].cols; ++j) {
+            const T& z0 = p0.values[k](0, j);
+            const T& z1 = p1.values[k](0, j);
+            const bool pos0 = z0 > T(0), pos1 = z1 > T(0);
+            if (pos0 != pos1) {
+                // One sign change: bisect on the side relu's derivative sees.
+                T lo = t0, hi = t1;
                 for (int it = 0; it < 4 * scalar_traits<T>::mantissa_bits() + 64; ++it) {
                     const T mid = (lo + hi) / T(2);
                     if (!(lo < mid && mid < hi) || hi - lo <= T(2) * u * rm::abs(mid)) break;
                     const bool pos = preactivation<T>(m, w, delta, x1, mid, k, j) > T(0);
-                    if (pos == left_pos) lo = mid; else hi = mid;
+                    if (pos == pos0) lo = mid; else hi = mid;
                 }
-                cuts.push_back((lo + hi) / T(2));
+                found.push_back({(lo + hi) / T(2), k, j});
+                continue;
             }
+            const T reach = (t1 - t0) * rm::max(rm::abs(p0.tangents[k](0, j)), rm::abs(p1.tangents[k](0, j)));
+            if (rm::min(rm::abs(z0), rm::abs(z1)) < reach) suspicious = true;  // (a unit ≡ 0 is never suspicious)
+        }
+    if (!suspicious || depth >= 40 || budget == 0) return;
+    --budget;
+    const T mid = (t0 + t1) / T(2);
+    if (!(t0 < mid && mid < t1)) return;
+    const tangent_pass<T> pm = forward_with_tangent<T>(m, point_on_segment<T>(w, delta, mid), x1, delta);
+    refine_crossings<T>(m, w, delta, x1, layers, t0, p0, mid, pm, depth + 1, budget, found);
+    refine_crossings<T>(m, w, delta, x1, layers, mid, pm, t1, p1, depth + 1, budget, found);
+}
+
+template <Real T>
+void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
+                  const matrix<T>& x1, const T& a, const T& b, std::size_t samples, std::vector<T>& cuts) {
+    std::vector<std::size_t> layers;
+    for (std::size_t k = st.first_smooth; k < m.layers.size(); ++k)
+        if (m.layers[k].kind != layer_kind::linear && m.layers[k].kind != layer_kind::identity) layers.push_back(k);
+    if (layers.empty()) return;
+    samples = std::max<std::size_t>(samples, 1);
+    std::vector<T> ts;
+    std::vector<tangent_pass<T>> passes;
+    for (std::size_t q = 0; q <= samples; ++q) {
+        ts.push_back(q == samples ? b : a + (b - a) * (T(static_cast<double>(q)) / T(static_cast<double>(samples))));
+        passes.push_back(forward_with_tangent<T>(m, point_on_segment<T>(w, delta, ts.back()), x1, delta));
+    }
+    std::vector<crossing<T>> found;
+    std::size_t budget = 64 * samples;  // refinements per piece: a near-touch costs ~40, a pathological φ no more than this
+    for (std::size_t q = 0; q < samples; ++q)
+        refine_crossings<T>(m, w, delta, x1, layers, ts[q], passes[q], ts[q + 1], passes[q + 1], 0, budget, found);
+    for (const crossing<T>& c : found) {
+        cuts.push_back(c.t);
+        if (is_piecewise_linear(m.layers[c.layer].kind)) continue;
+        const tangent_pass<T> pc = forward_with_tangent<T>(m, point_on_segment<T>(w, delta, c.t), x1, delta);
+        const T slope = rm::abs(pc.tangents[c.layer](0, c.unit));
+        if (!(slope * (b - a) > T(4))) continue;  // the bend is not narrow on this piece
+        T step = T(1) / slope;
+        for (int i = 0; i < 200 && (c.t - step > a || c.t + step < b); ++i, step = step * T(2)) {
+            if (c.t - step > a) cuts.push_back(c.t - step);
+            if (c.t + step < b) cuts.push_back(c.t + step);
+        }
     }
 }
 
@@ -294,7 +347,7 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
     std::size_t n_previous = 0;
     T est_previous(0);
     T last_est = len * piece_scale;
-    while (n_fine <= qo.max_nodes) {
+    while (n_fine <= qo.max_nodes && out.evaluations + n_fine <= qo.max_evaluations) {
         matrix<T> fine(c, p);
         std::vector<T> nodes, weights;
         add_rule<T>(m, w, delta, x1, a, b, n_fine, fine, piece_scale, out.evaluations, &nodes, &weights);
@@ -330,7 +383,8 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
         n_fine = next;
     }
     out.scale = rm::max(out.scale, piece_scale);
-    if (depth >= qo.max_depth) {  // no finer rule allowed: keep the last one with the last estimate
+    if (depth >= qo.max_depth || out.evaluations >= qo.max_evaluations) {
+        // No finer rule allowed: keep the last one, with the last estimate.
         out.converged = false;
         add_into(out.value, coarse);
         out.error_estimate += rm::max(last_est, T(len * piece_scale * u));
@@ -350,7 +404,7 @@ std::vector<T> segment_cuts(const model_spec& m, const segment_structure& st, st
                             std::span<const T> delta, const matrix<T>& x1, std::size_t kink_samples) {
     std::vector<T> cuts;
     detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts);
-    if (st.first_smooth < m.layers.size()) {
+    if (st.first_smooth < m.layers.size() && kink_samples > 0) {
         std::vector<T> ends{T(0)};
         std::vector<T> sorted = cuts;
         std::sort(sorted.begin(), sorted.end());

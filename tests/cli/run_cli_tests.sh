@@ -275,6 +275,9 @@ bad_trace() {
     local name=$1 dir=$2 needle=$3 rule=$4
     expect_fail "predict: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir"
     expect_fail "predict --json: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir" --json
+    expect_fail "verify: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" verify "$dir" --json
+    expect_fail "kernel: $name" "$needle" "$rule" --absent "$W/newdir" --unchanged "$dir" \
+        -- "$EPK" kernel "$dir" --out "$W/newdir"
     if [ "${5-}" = replay ]; then
         expect_fail "replay: $name" "$needle" "$rule" --absent "$W/newdir" --unchanged "$dir" \
             -- "$EPK" replay "$dir" --out "$W/newdir"
@@ -402,6 +405,57 @@ fi  # ---- end trace checks (BASES_OK)
 expect_fail "predict: trace path does not exist" no-such-trace "" -- "$EPK" predict "$W/no-such-trace"
 expect_fail "replay: trace path does not exist" no-such-trace "" --absent "$W/newdir" \
     -- "$EPK" replay "$W/no-such-trace" --out "$W/newdir"
+
+# ---- verify and kernel ------------------------------------------------------------
+# verify_keys NAME: $W/out is verify's JSON with the documented keys and "ok": true
+verify_keys() {
+    local k missing=()
+    for k in precision unit_roundoff steps outputs_initial outputs_final reconstruction residual_max_abs \
+             residual_max_over_u ok budget breakpoints quadrature_error_estimate remainder_max; do
+        grep -q "\"$k\"[[:space:]]*:" "$W/out" || missing+=("$k")
+    done
+    if [ ${#missing[@]} -eq 0 ] && grep -q '"ok"[[:space:]]*:[[:space:]]*true' "$W/out"; then ok "$1"
+    else fail "$1" "missing keys: ${missing[*]-}; $(grep '"ok"' "$W/out")"; fi
+}
+if [ $BASES_OK = 1 ]; then
+for t in full batch mse init initbatch float decay; do
+    run "$EPK" verify "$t" --json
+    if [ "$RC" -eq 0 ]; then verify_keys "verify --json of $t: exit 0, keys, ok"
+    else fail "verify --json of $t: exit 0" "exit $RC -- $(err1) $(grep -E '"ok"|residual_max_abs' "$W/out" | tr -d '\n')"; fi
+done
+run "$EPK" verify batch --json --precision mpfr:128
+if [ "$RC" -eq 0 ] && grep -q '"reconstruction_decimal"' "$W/out" && grep -q '"precision"[[:space:]]*:[[:space:]]*"mpfr:128"' "$W/out"; then
+    ok "verify --precision mpfr:128: decimals of every digit"
+else fail "verify --precision mpfr:128: decimals of every digit" "exit $RC -- $(err1)"; fi
+run "$EPK" verify full
+if [ "$RC" -eq 0 ] && grep -q "^OK" "$W/out" && grep -q "reconstruction" "$W/out"; then ok "verify (text): table and OK line"
+else fail "verify (text): table and OK line" "exit $RC -- $(head -c 300 "$W/out")"; fi
+expect_ok "train a ReLU run with big steps" "$EPK" train --out "$W/relu" --n-train 40 --n-test 10 --steps 5 --activation relu --hidden 8,8 --lr 2
+expect_ok "verify of the ReLU run (breakpoints, exact rule)" "$EPK" verify "$W/relu" --precision long-double
+run "$EPK" verify "$W/relu" --json
+if grep -q '"breakpoints"' "$W/out" && ! tr -d ' \n' <"$W/out" | grep -q '"breakpoints":\[0\(,0\)*\]'; then ok "verify: the ReLU run crosses kinks"
+else fail "verify: the ReLU run crosses kinks" "$(grep -A3 breakpoints "$W/out" | tr -d '\n')"; fi
+
+expect_ok "kernel --steps 0,2-3" "$EPK" kernel full --out "$W/k1" --steps 0,2-3
+has_files "kernel: files" "$W/k1" bias.npy contributions.npy remainder.npy outputs_final.npy kernel_step_0.npy \
+    kernel_step_2.npy kernel_step_3.npy -- kernel_step_1.npy kernel_step_4.npy manifest.json
+header_has "kernel: bias.npy [M, C]" k1/bias.npy "'shape': (10, 10)"
+header_has "kernel: contributions.npy [M, N, C]" k1/contributions.npy "'shape': (10, 40, 10)"
+header_has "kernel: kernel_step_2.npy [M, N, C, C]" k1/kernel_step_2.npy "'shape': (10, 40, 10, 10)"
+header_has "kernel: float64" k1/contributions.npy "'<f8'"
+expect_ok "kernel without --steps (no per-step kernels)" "$EPK" kernel batch --out "$W/k2" --precision float128
+has_files "kernel without --steps: files" "$W/k2" bias.npy contributions.npy remainder.npy outputs_final.npy -- kernel_step_0.npy
+for bad in 5 3-1 x 1,,2 "" 0- all,1 -1; do
+    expect_fail "kernel --steps '$bad'" --steps "" --absent "$W/newdir" -- "$EPK" kernel full --out "$W/newdir" --steps "$bad"
+done
+mkdir -p "$W/nonempty" && echo keep >"$W/nonempty/file"
+expect_fail "kernel --out a non-empty directory" nonempty "not empty" --unchanged "$W/nonempty" \
+    -- "$EPK" kernel full --out "$W/nonempty"
+expect_fail "kernel: missing --out" --out "" -- "$EPK" kernel full
+expect_fail "verify: --threads abc" --threads "" -- "$EPK" verify full --threads abc
+expect_fail "verify: two traces" "" "" -- "$EPK" verify full batch
+expect_fail "verify: trace path does not exist" no-such-trace "" -- "$EPK" verify "$W/no-such-trace"
+fi
 
 # ---- bad command lines ---------------------------------------------------------
 

@@ -1,0 +1,147 @@
+// Random SGD runs for the exact-path-kernel properties, and the checks
+// shared by the per-precision test files (proofs-notes/004).
+#pragma once
+
+#include <rapidcheck.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "epk/path_kernel.hpp"
+#include "support/generators.hpp"
+
+namespace epk::testing {
+
+struct kernel_case {
+    random_problem rp;
+    sgd_schedule schedule;
+    matrix<double> x_test;
+
+    std::string describe() const {
+        std::ostringstream os;
+        os << rp.describe() << " | S=" << schedule.steps << " lr=";
+        for (double l : schedule.learning_rates) os << l << ",";
+        os << " M=" << x_test.rows;
+        return os.str();
+    }
+};
+
+// piecewise_linear: only relu / leaky_relu / identity between the linear layers.
+// Learning rates up to 8: steps that cross many kinks.
+inline kernel_case gen_kernel_case(bool piecewise_linear, std::size_t max_layers = 3, std::size_t max_width = 8) {
+    kernel_case kc;
+    kc.rp = gen_problem(max_layers, max_width);
+    model_spec& m = kc.rp.problem.model;
+    if (piecewise_linear) {
+        for (auto& l : m.layers)
+            if (l.kind != layer_kind::linear)
+                l.kind = *rc::gen::element(layer_kind::relu, layer_kind::relu, layer_kind::leaky_relu, layer_kind::identity);
+        kc.rp.w = torch_default_init(m, kc.rp.seed);
+    }
+    const std::size_t n = kc.rp.problem.x.rows;
+    kc.schedule.steps = *rc::gen::inRange<std::size_t>(1, 5);
+    kc.schedule.n_train = n;
+    const bool minibatch = *rc::gen::arbitrary<bool>();
+    for (std::size_t s = 0; s < kc.schedule.steps; ++s) {
+        kc.schedule.learning_rates.push_back(*rc::gen::element(0.01, 0.1, 0.5, 2.0, 8.0));
+        if (minibatch) {
+            const auto b = *rc::gen::inRange<std::size_t>(1, n + 1);
+            std::vector<std::size_t> row;
+            for (std::size_t k = 0; k < b; ++k) row.push_back(*rc::gen::inRange<std::size_t>(0, n));
+            kc.schedule.batches.push_back(row);
+        }
+    }
+    if (minibatch) {  // every row the same size (the trace format's rule)
+        const std::size_t b = kc.schedule.batches[0].size();
+        for (auto& row : kc.schedule.batches) row.resize(b, row.empty() ? 0 : row[0]);
+    }
+    const auto mt = *rc::gen::inRange<std::size_t>(1, 4);
+    kc.x_test = matrix<double>(mt, m.input_dim);
+    for (double& v : kc.x_test.data) v = *rc::gen::inRange(-128, 129) / 64.0;
+    return kc;
+}
+
+// False for runs that diverge (weights beyond 1e3 or a non-finite loss in a
+// double replay): their kernels are legitimate but say little, and MPFR,
+// which does not overflow, would spend minutes on them.
+inline bool tame_run(const kernel_case& kc) {
+    bool ok = true;
+    train_sgd<double>(kc.rp.problem, kc.rp.w, kc.schedule, [&](std::size_t, const std::vector<double>& w, const double& loss) {
+        if (!std::isfinite(loss)) ok = false;
+        for (double v : w)
+            if (!(std::abs(v) < 1e3)) ok = false;
+    });
+    return ok;
+}
+
+template <Real T>
+path_kernel_result<T> run_kernel(const kernel_case& kc, std::size_t threads = 1,
+                                 std::vector<std::size_t> kernel_steps = {}, const quadrature_options& qo = {}) {
+    const training_problem<T> pr = convert_problem<T>(kc.rp.problem);
+    path_kernel_request<T> rq;
+    rq.problem = &pr;
+    rq.schedule = kc.schedule;
+    rq.w0 = convert_vector<T>(kc.rp.w);
+    rq.x_test = convert_matrix<T>(kc.x_test);
+    rq.kernel_steps = std::move(kernel_steps);
+    rq.quadrature = qo;
+    rq.threads = threads;
+    return compute_path_kernel<T>(rq);
+}
+
+template <Real T>
+bool all_finite(const path_kernel_result<T>& r) {
+    for (const T& v : r.outputs_final.data)
+        if (!rm::isfinite(v) || std::abs(scalar_traits<T>::to_double(v)) > 1e30) return false;
+    for (const T& v : r.reconstruction.data)
+        if (!rm::isfinite(v)) return false;
+    return true;
+}
+
+// Largest residual / budget and residual / (u·scale) seen so far, per label.
+struct observed_ratio {
+    std::mutex m;
+    double over_budget = 0, over_u_scale = 0;
+    std::string worst;
+    void record(double b, double us, const std::string& what) {
+        const std::lock_guard<std::mutex> lock(m);
+        if (b > over_budget) worst = what;
+        over_budget = std::max(over_budget, b);
+        over_u_scale = std::max(over_u_scale, us);
+    }
+    void print(const char* label) {
+        std::printf("[%s] worst residual/budget %.3g, worst residual/(u*scale) %.3g%s%s\n", label, over_budget,
+                    over_u_scale, worst.empty() ? "" : " at ", worst.c_str());
+    }
+};
+
+// The residual property: |f(x; w[S]) − reconstruction| ≤ reconstruction_budget
+// (proofs-notes/004 §5) at every test point and output.
+template <Real T>
+void check_residual_within_budget(const kernel_case& kc, observed_ratio& seen) {
+    RC_PRE(tame_run(kc));
+    const path_kernel_result<T> r = run_kernel<T>(kc);
+    RC_PRE(all_finite(r));  // diverged runs (lr 8 on mse-sum) say nothing about the kernel
+    const matrix<double> budget = reconstruction_budget(r, kc.rp.problem.model);
+    const double u = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
+    for (std::size_t e = 0; e < budget.data.size(); ++e) {
+        const double res = std::abs(scalar_traits<T>::to_double(T(r.outputs_final.data[e] - r.reconstruction.data[e])));
+        const double scale = std::abs(scalar_traits<T>::to_double(r.bias.data[e])) +
+                             std::abs(scalar_traits<T>::to_double(r.outputs_final.data[e])) + r.path_magnitude.data[e];
+        seen.record(res / budget.data[e], res / (u * scale), kc.describe());
+        if (!(res <= budget.data[e]))
+            RC_LOG() << kc.describe() << "\n  entry " << e << ": residual " << res << " budget " << budget.data[e]
+                     << " quadrature bound " << scalar_traits<T>::to_double(r.quadrature_bound.data[e]) << " converged "
+                     << r.quadrature_converged << " cuts " << r.cuts[e / r.c] << " evaluations " << r.evaluations[e / r.c]
+                     << "\n";
+        RC_ASSERT(res <= budget.data[e]);
+    }
+}
+
+}  // namespace epk::testing
