@@ -11,7 +11,7 @@ struct quadrature_options {
     std::size_t max_nodes = 128;    // per piece before it is bisected
     std::size_t max_depth = 12;     // bisection depth limit
     double tolerance_factor = 0;    // τ; 0 = the default of analyse_segment_structure
-    std::size_t kink_samples = 32;  // per piece, activation layers from the first smooth one on
+    std::size_t kink_samples = 16;  // per piece, activation layers from the first smooth one on
     std::size_t max_evaluations = 100000;  // per segment: beyond it no piece is refined further
     std::size_t fixed_nodes = 0;    // > 0: one fixed n-point Gauss rule on [0,1], no pieces (for comparisons)
 };

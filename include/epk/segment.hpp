@@ -186,9 +186,10 @@ T preactivation(const model_spec& m, std::span<const T> w, std::span<const T> de
 //
 // A relu / leaky_relu crossing is a kink: a cut.  A smooth activation bends
 // within |z| ≲ 1 of its crossing, which a large step squeezes into a t-width
-// of about 1/|φ′(t*)|: the crossing and the graded points t* ± 2^i/|φ′(t*)|
-// (i = 0, 1, ...) inside [a, b] become cuts, so that no Gauss rule has to
-// resolve a feature much narrower than its piece.
+// of about 1/|φ′(t*)|: when that is under a quarter of the piece, the
+// crossing and the graded points t* ± 2^i/|φ′(t*)| (i = 0, 1, ...) inside
+// [a, b] become cuts, so that no Gauss rule has to resolve a feature much
+// narrower than its piece.
 template <Real T>
 struct crossing {
     T t;
@@ -249,11 +250,14 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
     for (std::size_t q = 0; q < samples; ++q)
         refine_crossings<T>(m, w, delta, x1, layers, ts[q], passes[q], ts[q + 1], passes[q + 1], 0, budget, found);
     for (const crossing<T>& c : found) {
-        cuts.push_back(c.t);
-        if (is_piecewise_linear(m.layers[c.layer].kind)) continue;
+        if (is_piecewise_linear(m.layers[c.layer].kind)) {
+            cuts.push_back(c.t);
+            continue;
+        }
         const tangent_pass<T> pc = forward_with_tangent<T>(m, point_on_segment<T>(w, delta, c.t), x1, delta);
         const T slope = rm::abs(pc.tangents[c.layer](0, c.unit));
-        if (!(slope * (b - a) > T(4))) continue;  // the bend is not narrow on this piece
+        if (!(slope * (b - a) > T(4))) continue;  // the bend is not narrow on this piece: the rule resolves it
+        cuts.push_back(c.t);
         T step = T(1) / slope;
         for (int i = 0; i < 200 && (c.t - step > a || c.t + step < b); ++i, step = step * T(2)) {
             if (c.t - step > a) cuts.push_back(c.t - step);

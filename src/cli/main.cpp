@@ -558,7 +558,7 @@ int cmd_demo(int argc, char** argv) {
         std::iota(idx.begin(), idx.end(), std::size_t{0});
         auto contrib = [&](std::size_t i) { return kh.contributions[(r * n + i) * C + c]; };
         std::stable_sort(idx.begin(), idx.end(), [&](std::size_t x, std::size_t y) { return contrib(x) > contrib(y); });
-        std::printf("  digit %zu (label %lld): f_%zu = %+.3f = bias %+.3f + %+.3f from %zu training digits; top:", r,
+        std::printf("  digit %zu (label %lld): f_%zu = %+.3f = bias %+.3f, plus %+.3f from %zu training digits; top:", r,
                     static_cast<long long>(run.test_labels[r]), c, kh.outputs_final.values[r * C + c],
                     kh.outputs_initial.values[r * C + c],
                     kh.outputs_final.values[r * C + c] - kh.outputs_initial.values[r * C + c], n);
