@@ -101,19 +101,9 @@ TEST(Breakpoints, OneHiddenLayerHasOneCutPerUnitThatChangesSign) {
 // A fixed ReLU run with big steps: a midpoint or fixed 8-node rule misses
 // by orders of magnitude more than the exact rule's rounding.
 TEST(PathKernelDouble, FixedRulesAcrossKinksMissExactDoesNot) {
-    epk::model_spec m = epk::make_mlp(4, {16, 16}, 3, layer_kind::relu);
-    kernel_case kc;
-    kc.rp.problem.model = m;
-    kc.rp.problem.loss = {epk::loss_kind::cross_entropy, epk::reduction_kind::mean};
-    kc.rp.problem.x = matrix<double>(12, 4);
-    std::mt19937_64 rng(11);
-    for (double& v : kc.rp.problem.x.data) v = static_cast<double>(static_cast<int>(rng() % 257) - 128) / 64.0;
-    for (int i = 0; i < 12; ++i) kc.rp.problem.y.labels.push_back(i % 3);
-    kc.rp.w = epk::torch_default_init(m, 5);
-    kc.schedule.steps = 10;
-    kc.schedule.n_train = 12;
-    kc.schedule.learning_rates.assign(10, 1.0);
-    kc.x_test = epk::gather_rows(kc.rp.problem.x, std::vector<std::size_t>{0, 1, 2, 3, 4});
+    const kernel_case kc = fixed_case(epk::make_mlp(4, {16, 16}, 3, layer_kind::relu),
+                                      {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 12, 5,
+                                      std::vector<double>(10, 1.0), 5);
     auto worst = [](const epk::path_kernel_result<double>& r) {
         double w = 0;
         for (std::size_t e = 0; e < r.reconstruction.data.size(); ++e)
@@ -216,20 +206,8 @@ TEST(RecordedPath, Float32RoundedPathIsExactOnceTheRemainderIsIncluded) {
 }
 
 TEST(Threads, ResultsAreBitIdenticalForAnyThreadCount) {
-    epk::model_spec m = epk::make_mlp(3, {6, 6}, 2, layer_kind::gelu);
-    kernel_case kc;
-    kc.rp.problem.model = m;
-    kc.rp.problem.loss = {epk::loss_kind::mse, epk::reduction_kind::sum};
-    kc.rp.problem.x = matrix<double>(5, 3);
-    std::mt19937_64 rng(2);
-    for (double& v : kc.rp.problem.x.data) v = static_cast<double>(static_cast<int>(rng() % 257) - 128) / 64.0;
-    kc.rp.problem.y.values = matrix<double>(5, 2);
-    for (double& v : kc.rp.problem.y.values.data) v = static_cast<double>(static_cast<int>(rng() % 65) - 32) / 32.0;
-    kc.rp.w = epk::torch_default_init(m, 9);
-    kc.schedule.steps = 3;
-    kc.schedule.n_train = 5;
-    kc.schedule.learning_rates = {0.1, 0.3, 0.05};
-    kc.x_test = kc.rp.problem.x;
+    const kernel_case kc = fixed_case(epk::make_mlp(3, {6, 6}, 2, layer_kind::gelu),
+                                      {epk::loss_kind::mse, epk::reduction_kind::sum}, 5, 9, {0.1, 0.3, 0.05}, 5);
     const auto a = run_kernel<double>(kc, 1, {1}), b = run_kernel<double>(kc, 3, {1});
     EXPECT_EQ(a.reconstruction.data, b.reconstruction.data);
     EXPECT_EQ(a.contributions, b.contributions);

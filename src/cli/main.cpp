@@ -270,6 +270,24 @@ nlohmann::json table_decimal_json(const epk::real_table& t) {
     return rows;
 }
 
+// The keys predict and verify share.
+void put_outputs_json(nlohmann::json& j, const std::string& precision_name, double u, const std::string& u_decimal,
+                      std::size_t steps, bool recorded, const std::string& test_points, const epk::real_table& initial,
+                      const epk::real_table& final_, bool decimals) {
+    j["precision"] = precision_name;
+    j["unit_roundoff"] = u;
+    j["unit_roundoff_decimal"] = u_decimal;
+    j["steps"] = steps;
+    j["path"] = recorded ? "recorded" : "replayed";
+    j["test_points"] = test_points;
+    j["outputs_initial"] = table_json(initial);
+    j["outputs_final"] = table_json(final_);
+    if (decimals) {
+        j["outputs_initial_decimal"] = table_decimal_json(initial);
+        j["outputs_final_decimal"] = table_decimal_json(final_);
+    }
+}
+
 int cmd_predict(int argc, char** argv) {
     const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
@@ -277,18 +295,8 @@ int cmd_predict(int argc, char** argv) {
     const epk::evaluation ev = epk::evaluate_trace(t, p, a.flags.count("json") ? epk::progress_fn{} : make_progress("replaying in " + p.name()));
     if (a.flags.count("json")) {
         nlohmann::json j;
-        j["precision"] = ev.precision_name;
-        j["unit_roundoff"] = ev.unit_roundoff_value;
-        j["unit_roundoff_decimal"] = ev.unit_roundoff;
-        j["steps"] = ev.steps;
-        j["path"] = ev.recorded_path ? "recorded" : "replayed";
-        j["test_points"] = ev.test_points;
-        j["outputs_initial"] = table_json(ev.outputs_initial);
-        j["outputs_final"] = table_json(ev.outputs_final);
-        if (p.bits > 53) {
-            j["outputs_initial_decimal"] = table_decimal_json(ev.outputs_initial);
-            j["outputs_final_decimal"] = table_decimal_json(ev.outputs_final);
-        }
+        put_outputs_json(j, ev.precision_name, ev.unit_roundoff_value, ev.unit_roundoff, ev.steps, ev.recorded_path,
+                         ev.test_points, ev.outputs_initial, ev.outputs_final, p.bits > 53);
         if (!ev.losses.empty()) j["losses"] = ev.losses;
         std::cout << j.dump(2) << "\n";
         return 0;
@@ -352,22 +360,17 @@ nlohmann::json vector_rows(const std::vector<double>& v, std::size_t cols) {
     return rows;
 }
 
-double row_max(const std::vector<double>& v, std::size_t r, std::size_t cols, bool absolute = true) {
+// max_c |v[r][c]|
+double row_max_abs(const std::vector<double>& v, std::size_t r, std::size_t cols) {
     double m = 0;
-    for (std::size_t c = 0; c < cols; ++c) m = std::max(m, absolute ? std::abs(v[r * cols + c]) : v[r * cols + c]);
+    for (std::size_t c = 0; c < cols; ++c) m = std::max(m, std::abs(v[r * cols + c]));
     return m;
 }
 
 nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precision& p) {
     nlohmann::json j;
-    j["precision"] = k.precision_name;
-    j["unit_roundoff"] = k.unit_roundoff_value;
-    j["unit_roundoff_decimal"] = k.unit_roundoff;
-    j["steps"] = k.steps;
-    j["path"] = k.recorded_path ? "recorded" : "replayed";
-    j["test_points"] = k.test_points;
-    j["outputs_initial"] = table_json(k.outputs_initial);
-    j["outputs_final"] = table_json(k.outputs_final);
+    put_outputs_json(j, k.precision_name, k.unit_roundoff_value, k.unit_roundoff, k.steps, k.recorded_path,
+                     k.test_points, k.outputs_initial, k.outputs_final, p.bits > 53);
     j["reconstruction"] = table_json(k.reconstruction);
     j["kernel_reconstruction"] = table_json(k.kernel_reconstruction);
     j["remainder_term"] = table_json(k.remainder_term);
@@ -387,8 +390,6 @@ nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precis
     j["losses"] = k.losses;
     j["ok"] = k.ok;
     if (p.bits > 53) {
-        j["outputs_initial_decimal"] = table_decimal_json(k.outputs_initial);
-        j["outputs_final_decimal"] = table_decimal_json(k.outputs_final);
         j["reconstruction_decimal"] = table_decimal_json(k.reconstruction);
         j["residual_decimal"] = table_decimal_json(k.residual);
     }
@@ -408,7 +409,7 @@ void print_verify_table(const epk::kernel_report& k) {
         }
         std::printf("%5zu %5zu  %-24.17g %-24.17g %10.3e %8.1f %9.2e %10.2e %6zu %7zu\n", r, c, k.outputs_final.values[e],
                     k.reconstruction.values[e], res, res / k.unit_roundoff_value, ratio,
-                    row_max(k.quadrature_estimate, r, C), k.breakpoints[r], k.evaluations[r]);
+                    row_max_abs(k.quadrature_estimate, r, C), k.breakpoints[r], k.evaluations[r]);
     }
 }
 

@@ -67,6 +67,35 @@ inline kernel_case gen_kernel_case(bool piecewise_linear, std::size_t max_layers
     return kc;
 }
 
+// A fixed (not random) run: inputs multiples of 1/64 in [−2, 2] from a
+// seeded mt19937_64, labels i mod C (cross_entropy) or targets multiples of
+// 1/32 in [−1, 1] (mse), full batch, the given rates; test points = the first
+// `m_test` training rows.
+inline kernel_case fixed_case(const model_spec& m, loss_spec loss, std::size_t n, std::uint64_t seed,
+                              std::vector<double> rates, std::size_t m_test) {
+    kernel_case kc;
+    kc.rp.problem.model = m;
+    kc.rp.problem.loss = loss;
+    kc.rp.problem.x = matrix<double>(n, m.input_dim);
+    std::mt19937_64 rng(seed);
+    for (double& v : kc.rp.problem.x.data) v = static_cast<double>(static_cast<int>(rng() % 257) - 128) / 64.0;
+    const std::size_t c = m.output_dim();
+    if (loss.kind == loss_kind::cross_entropy) {
+        for (std::size_t i = 0; i < n; ++i) kc.rp.problem.y.labels.push_back(static_cast<std::int64_t>(i % c));
+    } else {
+        kc.rp.problem.y.values = matrix<double>(n, c);
+        for (double& v : kc.rp.problem.y.values.data) v = static_cast<double>(static_cast<int>(rng() % 65) - 32) / 32.0;
+    }
+    kc.rp.w = torch_default_init(m, seed);
+    kc.schedule.steps = rates.size();
+    kc.schedule.n_train = n;
+    kc.schedule.learning_rates = std::move(rates);
+    std::vector<std::size_t> rows(std::min(m_test, n));
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+    kc.x_test = gather_rows(kc.rp.problem.x, rows);
+    return kc;
+}
+
 // False for runs that diverge (weights beyond 1e3 or a non-finite loss in a
 // double replay): their kernels are legitimate but say little, and MPFR,
 // which does not overflow, would spend minutes on them.
