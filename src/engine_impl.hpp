@@ -142,6 +142,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     kernel_report rep;
     rq.x_test = test_inputs<T>(t, rep.test_points);
     rq.kernel_steps = o.kernel_steps;
+    rq.store_coefficients = o.coefficients;
     rq.quadrature = o.quadrature;
     rq.threads = o.threads;
     const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
@@ -191,6 +192,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
         for (const T& v : k) kd.push_back(scalar_traits<T>::to_double(v));
         rep.step_kernels.emplace_back(s, std::move(kd));
     }
+    for (const T& v : r.coefficients) rep.coefficients.push_back(scalar_traits<T>::to_double(v));
     for (const T& l : r.losses) rep.losses.push_back(scalar_traits<T>::to_double(l));
     return rep;
 }

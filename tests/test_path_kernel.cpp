@@ -218,6 +218,35 @@ TEST(Threads, ResultsAreBitIdenticalForAnyThreadCount) {
     for (std::size_t e = 0; e < c.reconstruction.data.size(); ++e) EXPECT_TRUE(c.reconstruction.data[e] == d.reconstruction.data[e]);
 }
 
+// The objects agree with each other: Σ_s K_s(x, x_i) a_{i,s} (from the stored
+// per-step kernels and coefficients) is the contribution c(x, x_i), and
+// bias + Σ_i c + remainder is the reconstruction.
+TEST(KernelObjects, StepKernelsTimesCoefficientsAreTheContributions) {
+    const kernel_case kc = fixed_case(epk::make_mlp(3, {5, 4}, 3, layer_kind::leaky_relu),
+                                      {epk::loss_kind::cross_entropy, epk::reduction_kind::sum}, 6, 4,
+                                      {0.5, 1.5, 0.25, 2.0}, 3);
+    const auto r = run_kernel<double>(kc, 1, {0, 1, 2, 3}, {}, true);
+    const std::size_t M = r.m, N = r.n, C = r.c;
+    ASSERT_EQ(r.coefficients.size(), r.steps * N * C);
+    double worst = 0, scale = 0;
+    for (std::size_t m = 0; m < M; ++m)
+        for (std::size_t i = 0; i < N; ++i)
+            for (std::size_t c = 0; c < C; ++c) {
+                double sum = 0;
+                for (const auto& [s, k] : r.step_kernels)
+                    for (std::size_t d = 0; d < C; ++d) {
+                        const double term = k[((m * N + i) * C + c) * C + d] * r.coefficients[(s * N + i) * C + d];
+                        sum += term;
+                        scale += std::abs(term);
+                    }
+                worst = std::max(worst, std::abs(sum - r.contributions[(m * N + i) * C + c]));
+            }
+    EXPECT_LE(worst, 1e-13 * std::max(1.0, scale));
+    for (std::size_t m = 0; m < M; ++m)
+        for (std::size_t c = 0; c < C; ++c)
+            EXPECT_NEAR(r.kernel_reconstruction(m, c) + r.remainder_term(m, c), r.reconstruction(m, c), 1e-13);
+}
+
 TEST(Report, PrintObservedRatios) {
     seen_double_pl.print("double, piecewise linear");
     seen_double_any.print("double, any activation");

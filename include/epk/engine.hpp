@@ -66,6 +66,7 @@ evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn&
 
 struct kernel_options {
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is returned (ascending, < S)
+    bool coefficients = false;              // return a_{i,s} for every step
     quadrature_options quadrature;
     std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
 };
@@ -98,6 +99,7 @@ struct kernel_report {
     std::size_t remainder_worst_step = 0;
     std::vector<double> contributions;  // c(x_m, x_i)  [M][N][C]
     std::vector<std::pair<std::size_t, std::vector<double>>> step_kernels;  // (s, [M][N][C][C])
+    std::vector<double> coefficients;    // a_{i,s}, [S][N][C] (when requested)
     std::vector<double> losses;          // L_s(w[s])
 };
 

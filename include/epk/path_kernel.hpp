@@ -42,6 +42,7 @@ struct path_kernel_request {
     std::function<std::vector<T>(std::size_t)> recorded_row;
     matrix<T> x_test;                       // M × D
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is stored (ascending, < S)
+    bool store_coefficients = false;        // keep a_{i,s} for every step (memory S·N·C)
     quadrature_options quadrature;
     // Worker threads over the test points (0: hardware concurrency).  Each
     // test point's arithmetic is the same whatever the count, so results are
@@ -59,6 +60,7 @@ struct path_kernel_result {
     matrix<T> remainder_term;         // Σ_s Ī_s r_s                        M × C
     std::vector<T> contributions;     // c(x_m, x_i) = Σ_s K_s a_{i,s}      [M][N][C]
     std::vector<std::pair<std::size_t, std::vector<T>>> step_kernels;  // (s, [M][N][C][C])
+    std::vector<T> coefficients;      // a_{i,s} summed over i's occurrences in B_s, [S][N][C] (if requested)
     matrix<T> quadrature_bound;       // Σ_s est_s(x)·‖Δ_s‖₁                 M × C
     matrix<double> path_magnitude;    // Σ_s Σ_p |Ī_s[c][p]·Δ_s[p]|           M × C
     std::vector<std::size_t> cuts;         // per test point, summed over steps
@@ -185,6 +187,7 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
     res.contributions.assign(M * N * C, T(0));
     res.quadrature_bound = matrix<T>(M, C);
     res.path_magnitude = matrix<double>(M, C);
+    if (rq.store_coefficients) res.coefficients.assign(sch.steps * N * C, T(0));
     res.cuts.assign(M, 0);
     res.evaluations.assign(M, 0);
     std::vector<matrix<T>> x_rows;
@@ -207,6 +210,8 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
         for (std::size_t k = 0; k < batch.size(); ++k) {
             matrix<T> a(1, C);
             for (std::size_t c = 0; c < C; ++c) a(0, c) = -(eta * grad_out(k, c));
+            if (rq.store_coefficients)
+                for (std::size_t c = 0; c < C; ++c) res.coefficients[(s * N + batch[k]) * C + c] += a(0, c);
             g[k] = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
             for (std::size_t q = 0; q < P; ++q) g_sum[q] += g[k][q];
         }

@@ -60,7 +60,7 @@ gauss_rule<T> compute_gauss_legendre(std::size_t n) {
     for (std::size_t i = 0; i < (n + 1) / 2; ++i) {
         // Tricomi's guess for the i-th largest root, then Newton in T.
         T x(std::cos(pi * (static_cast<double>(i) + 0.75) / (static_cast<double>(n) + 0.5)));
-        T dp(1);
+        T dp(1), last_step(1);
         bool converged = false;
         for (int it = 0; it < 200; ++it) {
             auto [p, d] = legendre_with_derivative<T>(n, x);
@@ -68,7 +68,9 @@ gauss_rule<T> compute_gauss_legendre(std::size_t n) {
             x -= dx;
             dp = d;
             if (converged) break;  // one more step after |dx| ≤ 4u: quadratic convergence finishes it
-            if (rm::abs(dx) <= T(4) * u) converged = true;
+            // Converged, or at the rounding floor of P_n's evaluation (steps no longer shrink).
+            if (rm::abs(dx) <= T(4) * u || (it >= 3 && !(rm::abs(dx) < last_step))) converged = true;
+            last_step = rm::abs(dx);
         }
         dp = legendre_with_derivative<T>(n, x).second;
         // Weight on [−1, 1] is 2/((1−x²) P_n'(x)²); on [0, 1] half of it.

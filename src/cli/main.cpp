@@ -62,8 +62,9 @@ commands
   verify TRACE               the exact path kernel's reconstruction of f(x; w[S]) at the test
                              points, its residual and budget; exit 1 if a residual exceeds
                              its budget  [--precision P] [--json] [--threads N]
-  kernel TRACE --out DIR     write bias.npy [M,C], contributions.npy [M,N,C], remainder.npy,
-                             outputs_final.npy and kernel_step_<s>.npy [M,N,C,C] for the
+  kernel TRACE --out DIR     write bias.npy [M,C], contributions.npy [M,N,C], coefficients.npy
+                             [S,N,C], remainder.npy, outputs_final.npy and
+                             kernel_step_<s>.npy [M,N,C,C] for the
                              steps in --steps LIST (e.g. 0,5,10-12 or all)
                              [--precision P] [--threads N]
   help, --help               this text
@@ -452,12 +453,14 @@ int cmd_kernel(int argc, char** argv) {
     const epk::trace t = epk::read_trace(a.positional[0]);
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
+    o.coefficients = true;
     if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
     const std::size_t m = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
     const std::size_t n = t.n_train(), c = t.model.output_dim();
     // Refuse before any work if the output would be unreasonably large.
-    const double bytes = 8.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(c) *
-                         (1.0 + static_cast<double>(c) * static_cast<double>(o.kernel_steps.size()));
+    const double bytes = 8.0 * static_cast<double>(n) * static_cast<double>(c) *
+                         (static_cast<double>(m) * (1.0 + static_cast<double>(c) * static_cast<double>(o.kernel_steps.size())) +
+                          static_cast<double>(t.steps()));
     if (bytes > 4.0 * 1024 * 1024 * 1024)
         throw epk::input_error("--steps", "the requested kernels would take " + std::to_string(bytes / (1 << 30)) +
                                               " GiB (limit 4 GiB); list fewer steps");
@@ -472,6 +475,7 @@ int cmd_kernel(int argc, char** argv) {
     add("contributions.npy", {m, n, c}, k.contributions);
     add("remainder.npy", {m, c}, k.remainder_term.values);
     add("outputs_final.npy", {m, c}, k.outputs_final.values);
+    add("coefficients.npy", {t.steps(), n, c}, k.coefficients);
     for (const auto& [s, kern] : k.step_kernels) add("kernel_step_" + std::to_string(s) + ".npy", {m, n, c, c}, kern);
     epk::write_directory(out, files);
     std::cout << "exact path kernel of " << a.positional[0] << " in " << k.precision_name << ": " << m
@@ -479,7 +483,8 @@ int cmd_kernel(int argc, char** argv) {
               << "  max |f(x; w[S]) - reconstruction| = " << k.residual_max_abs << " (" << k.residual_max_over_u
               << " u), " << (k.ok ? "within" : "OUTSIDE") << " budget\n"
               << "wrote " << out.string() << ": bias.npy [" << m << ", " << c << "], contributions.npy [" << m << ", "
-              << n << ", " << c << "], remainder.npy, outputs_final.npy";
+              << n << ", " << c << "], coefficients.npy [" << t.steps() << ", " << n << ", " << c
+              << "], remainder.npy, outputs_final.npy";
     for (const auto& sk : k.step_kernels) std::cout << ", kernel_step_" << sk.first << ".npy";
     std::cout << "\n";
     return k.ok ? 0 : 1;

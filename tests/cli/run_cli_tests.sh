@@ -437,11 +437,12 @@ if grep -q '"breakpoints"' "$W/out" && ! tr -d ' \n' <"$W/out" | grep -q '"break
 else fail "verify: the ReLU run crosses kinks" "$(grep -A3 breakpoints "$W/out" | tr -d '\n')"; fi
 
 expect_ok "kernel --steps 0,2-3" "$EPK" kernel full --out "$W/k1" --steps 0,2-3
-has_files "kernel: files" "$W/k1" bias.npy contributions.npy remainder.npy outputs_final.npy kernel_step_0.npy \
+has_files "kernel: files" "$W/k1" bias.npy contributions.npy coefficients.npy remainder.npy outputs_final.npy kernel_step_0.npy \
     kernel_step_2.npy kernel_step_3.npy -- kernel_step_1.npy kernel_step_4.npy manifest.json
 header_has "kernel: bias.npy [M, C]" k1/bias.npy "'shape': (10, 10)"
 header_has "kernel: contributions.npy [M, N, C]" k1/contributions.npy "'shape': (10, 40, 10)"
 header_has "kernel: kernel_step_2.npy [M, N, C, C]" k1/kernel_step_2.npy "'shape': (10, 40, 10, 10)"
+header_has "kernel: coefficients.npy [S, N, C]" k1/coefficients.npy "'shape': (5, 40, 10)"
 header_has "kernel: float64" k1/contributions.npy "'<f8'"
 expect_ok "kernel without --steps (no per-step kernels)" "$EPK" kernel batch --out "$W/k2" --precision float128
 has_files "kernel without --steps: files" "$W/k2" bias.npy contributions.npy remainder.npy outputs_final.npy -- kernel_step_0.npy
