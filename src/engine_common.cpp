@@ -9,7 +9,8 @@ namespace epk::detail {
 #define EPK_DECLARE_ENGINE(NAME)                                                                \
     trace replay_trace_##NAME(const trace& t, std::vector<double>* l, const progress_fn& p);   \
     evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p);                   \
-    kernel_report compute_kernel_##NAME(const trace& t, const kernel_options& o, const progress_fn& p);
+    kernel_report compute_kernel_##NAME(const trace& t, const kernel_options& o, const progress_fn& p);         \
+    comparison compare_trace_##NAME(const trace& t, const std::vector<std::string>& m, const progress_fn& p);
 EPK_DECLARE_ENGINE(float)
 EPK_DECLARE_ENGINE(double)
 EPK_DECLARE_ENGINE(long_double)
@@ -101,6 +102,50 @@ kernel_report compute_kernel(const trace& t, const precision& p, const kernel_op
             case 2: return detail::compute_kernel_long_double(t, o, progress);
             case 3: return detail::compute_kernel_float128(t, o, progress);
             default: return detail::compute_kernel_mpfr(t, o, progress);
+        }
+    });
+}
+
+const std::vector<std::string>& default_methods() {
+    static const std::vector<std::string> m{"exact",    "tangent_per_step", "ntk_init", "linearized",
+                                            "midpoint", "trapezoid",        "gauss:2",  "gauss:8"};
+    return m;
+}
+
+std::vector<std::string> parse_methods(const std::string& list) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= list.size()) {
+        const std::size_t comma = list.find(',', start);
+        const std::string name = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        bool known = name == "exact" || name == "tangent_per_step" || name == "ntk_init" || name == "linearized" ||
+                     name == "midpoint" || name == "trapezoid";
+        if (name.rfind("gauss:", 0) == 0) {
+            const std::string digits = name.substr(6);
+            std::size_t n = 0;
+            const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+            known = !digits.empty() && ec == std::errc() && end == digits.data() + digits.size() && n >= 1 && n <= 1000;
+        }
+        if (!known)
+            throw input_error("--methods", "unknown method '" + name +
+                                               "' (known: exact, tangent_per_step, ntk_init, linearized, midpoint, "
+                                               "trapezoid, gauss:N with 1 <= N <= 1000)");
+        out.push_back(name);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+comparison compare_trace(const trace& t, const precision& p, const std::vector<std::string>& methods,
+                         const progress_fn& progress) {
+    return dispatch(p, [&](int which) {
+        switch (which) {
+            case 0: return detail::compare_trace_float(t, methods, progress);
+            case 1: return detail::compare_trace_double(t, methods, progress);
+            case 2: return detail::compare_trace_long_double(t, methods, progress);
+            case 3: return detail::compare_trace_float128(t, methods, progress);
+            default: return detail::compare_trace_mpfr(t, methods, progress);
         }
     });
 }

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 
 #include "epk/engine.hpp"
 #include "epk/path_kernel.hpp"
@@ -197,6 +199,117 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     return rep;
 }
 
+template <Real T>
+matrix<T> linearized_outputs(const trace& t, const training_problem<T>& pr, const sgd_schedule& sch,
+                             const std::vector<T>& w0, const matrix<T>& xt) {
+    // f_lin(x; w) = f(x; w_0) + J(x; w_0)(w − w_0); SGD on L(f_lin) over the same batches and rates.
+    (void)t;
+    const matrix<T> f0 = outputs<T>(pr.model, w0, pr.x);
+    std::vector<T> w = w0;
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        const std::vector<std::size_t> batch = sch.batch(s);
+        std::vector<T> v(w.size());
+        for (std::size_t q = 0; q < w.size(); ++q) v[q] = w[q] - w0[q];
+        const matrix<T> xb = gather_rows(pr.x, batch);
+        matrix<T> fb = jvp<T>(pr.model, w0, xb, v);
+        for (std::size_t k = 0; k < batch.size(); ++k)
+            for (std::size_t c = 0; c < fb.cols; ++c) fb(k, c) = f0(batch[k], c) + fb(k, c);
+        const matrix<T> g_out = output_gradient(pr.loss, fb, pr.y, batch);
+        const std::vector<T> g = vjp<T>(pr.model, w0, xb, g_out);
+        const T eta(sch.learning_rates[s]);
+        for (std::size_t q = 0; q < w.size(); ++q) w[q] = w[q] - eta * g[q];
+    }
+    std::vector<T> v(w.size());
+    for (std::size_t q = 0; q < w.size(); ++q) v[q] = w[q] - w0[q];
+    matrix<T> out = jvp<T>(pr.model, w0, xt, v);
+    const matrix<T> ft0 = outputs<T>(pr.model, w0, xt);
+    for (std::size_t e = 0; e < out.data.size(); ++e) out.data[e] = ft0.data[e] + out.data[e];
+    return out;
+}
+
+// b + J(x; w_0)·(Σ_s Σ_i J(x_i; w_0)ᵀ a_{i,s} + Σ_s r_s), a and r from the true path.
+template <Real T>
+matrix<T> ntk_init_outputs(const training_problem<T>& pr, const sgd_schedule& sch, const std::vector<T>& w0,
+                           const std::function<std::vector<T>(std::size_t)>& recorded, const matrix<T>& xt) {
+    const std::size_t P = w0.size();
+    std::vector<T> w = w0, total(P, T(0));
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        const std::vector<std::size_t> batch = sch.batch(s);
+        const T eta(sch.learning_rates[s]);
+        const matrix<T> xb = gather_rows(pr.x, batch);
+        const forward_pass<T> fp = forward(pr.model, std::span<const T>(w), xb);
+        matrix<T> a = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+        for (T& v : a.data) v = -(eta * v);
+        const std::vector<T> g_true = vjp<T>(pr.model, w, xb, a);  // Σ_i J(x_i; w_s)ᵀ a_i
+        const std::vector<T> g_init = vjp<T>(pr.model, w0, xb, a);  // Σ_i J(x_i; w_0)ᵀ a_i
+        std::vector<T> w_next;
+        if (recorded) w_next = recorded(s + 1);
+        else {
+            w_next = w;
+            sgd_step<T>(pr, w_next, batch, eta);
+        }
+        for (std::size_t q = 0; q < P; ++q) total[q] += g_init[q] + ((w_next[q] - w[q]) - g_true[q]);
+        w = std::move(w_next);
+    }
+    matrix<T> out = jvp<T>(pr.model, w0, xt, total);
+    const matrix<T> ft0 = outputs<T>(pr.model, w0, xt);
+    for (std::size_t e = 0; e < out.data.size(); ++e) out.data[e] = ft0.data[e] + out.data[e];
+    return out;
+}
+
+template <Real T>
+comparison compare_trace_t(const trace& t, const std::vector<std::string>& methods, const progress_fn& progress) {
+    const training_problem<T> pr = make_problem<T>(t);
+    comparison cmp;
+    const matrix<T> xt = test_inputs<T>(t, cmp.test_points);
+    cmp.precision_name = scalar_traits<T>::name();
+    cmp.unit_roundoff = scalar_traits<T>::to_string(scalar_traits<T>::unit_roundoff());
+    cmp.unit_roundoff_value = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
+    cmp.steps = t.steps();
+    cmp.recorded_path = t.params.has_value();
+    const sgd_schedule sch = make_schedule(t);
+    const std::vector<T> w0 = initial_parameters<T>(t);
+    std::function<std::vector<T>(std::size_t)> recorded;
+    if (t.params) recorded = [&t](std::size_t s) { return row_of<T>(*t.params, s); };
+    // f(x; w[S]) on the path.
+    std::vector<T> wf = w0;
+    if (t.params) wf = row_of<T>(*t.params, t.steps());
+    else wf = train_sgd<T>(pr, w0, sch);
+    const matrix<T> f_final = outputs<T>(t.model, wf, xt);
+    cmp.outputs_final = make_table(f_final);
+    std::size_t done = 0;
+    for (const std::string& name : methods) {
+        const auto start = std::chrono::steady_clock::now();
+        matrix<T> rec;
+        if (name == "linearized") {
+            rec = linearized_outputs<T>(t, pr, sch, w0, xt);
+        } else if (name == "ntk_init") {
+            rec = ntk_init_outputs<T>(pr, sch, w0, recorded, xt);
+        } else {
+            path_kernel_request<T> rq;
+            rq.problem = &pr;
+            rq.schedule = sch;
+            rq.w0 = w0;
+            rq.recorded_row = recorded;
+            rq.x_test = xt;
+            if (name == "tangent_per_step") rq.quadrature.endpoint_rule = quadrature_options::endpoints::left;
+            else if (name == "trapezoid") rq.quadrature.endpoint_rule = quadrature_options::endpoints::trapezoid;
+            else if (name == "midpoint") rq.quadrature.fixed_nodes = 1;
+            else if (name.rfind("gauss:", 0) == 0) rq.quadrature.fixed_nodes = std::stoul(name.substr(6));
+            rec = compute_path_kernel<T>(rq).reconstruction;
+        }
+        method_result mr;
+        mr.name = name;
+        mr.reconstruction = make_table(rec);
+        for (std::size_t e = 0; e < rec.data.size(); ++e)
+            mr.error_max_abs = std::max(mr.error_max_abs, std::abs(scalar_traits<T>::to_double(T(rec.data[e] - f_final.data[e]))));
+        mr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        cmp.methods.push_back(std::move(mr));
+        if (progress) progress(++done, methods.size());
+    }
+    return cmp;
+}
+
 }  // namespace epk::detail
 
 // Instantiates the engine for one scalar type T under the suffix NAME.
@@ -208,5 +321,8 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     evaluation evaluate_trace_##NAME(const trace& t, const progress_fn& p) { return evaluate_trace_t<T>(t, p); } \
     kernel_report compute_kernel_##NAME(const trace& t, const kernel_options& o, const progress_fn& p) {        \
         return compute_kernel_t<T>(t, o, p);                                                                   \
+    }                                                                                                          \
+    comparison compare_trace_##NAME(const trace& t, const std::vector<std::string>& m, const progress_fn& p) { \
+        return compare_trace_t<T>(t, m, p);                                                                    \
     }                                                                                                          \
     }

@@ -106,4 +106,38 @@ struct kernel_report {
 kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o,
                              const progress_fn& progress = {});
 
+// ------------------------------------------------------------------ compare
+
+// The exact kernel against the cheaper rules people use (design.md §1):
+//   exact             the exact path kernel (as verify)
+//   tangent_per_step  K_s ≈ J(x; w_s) J(x_i; w_s)ᵀ (the step's left end)
+//   ntk_init          K_s ≈ J(x; w_0) J(x_i; w_0)ᵀ, contracted with the true a_{i,s}
+//   linearized        the model linearised at w_0, trained by the same SGD on the same batches
+//   midpoint, trapezoid, gauss:N   fixed rules along each step, no breakpoints
+// Each method's test side also carries the step remainder r_s (zero in exact arithmetic).
+struct method_result {
+    std::string name;
+    real_table reconstruction;  // M × C
+    double error_max_abs = 0;   // max |reconstruction − f(x; w[S])|
+    double seconds = 0;
+};
+
+struct comparison {
+    std::string precision_name;
+    double unit_roundoff_value = 0;
+    std::string unit_roundoff;
+    std::size_t steps = 0;
+    bool recorded_path = false;
+    std::string test_points;
+    real_table outputs_final;
+    std::vector<method_result> methods;
+};
+
+// "exact,tangent_per_step,gauss:4" → names; input_error("--methods", rule) on an unknown one.
+std::vector<std::string> parse_methods(const std::string& list);
+const std::vector<std::string>& default_methods();
+
+comparison compare_trace(const trace& t, const precision& p, const std::vector<std::string>& methods,
+                         const progress_fn& progress = {});
+
 }  // namespace epk

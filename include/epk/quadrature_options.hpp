@@ -14,6 +14,9 @@ struct quadrature_options {
     std::size_t kink_samples = 16;  // per piece, activation layers from the first smooth one on
     std::size_t max_evaluations = 100000;  // per segment: beyond it no piece is refined further
     std::size_t fixed_nodes = 0;    // > 0: one fixed n-point Gauss rule on [0,1], no pieces (for comparisons)
+    // For comparisons: J at t = 0 only (the per-step tangent kernel), or the trapezoid rule on [0,1].
+    enum class endpoints { none, left, trapezoid };
+    endpoints endpoint_rule = endpoints::none;
 };
 
 }  // namespace epk

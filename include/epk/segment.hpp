@@ -270,15 +270,13 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
 // in factored form (δ_l ⊗ h_l, network.hpp): acc[c][W_l r j] += (ω_q δ_l[c][r])·h_l[j].
 // scale ← max(scale, max |J| entry) = max_l max_c,r |δ_l| · max(max_j |h_l|, 1 if bias).
 template <Real T>
-void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1, const T& a,
-              const T& b, std::size_t n, matrix<T>& acc, T& scale, std::size_t& evaluations,
-              std::vector<T>* nodes, std::vector<T>* weights) {
-    const gauss_rule<T>& g = gauss_legendre<T>(n);
+void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
+               std::span<const T> ts, std::span<const T> ws, matrix<T>& acc, T& scale, std::size_t& evaluations,
+               std::vector<T>* nodes, std::vector<T>* weights) {
     const auto offsets = parameter_offsets(m);
-    const T len = b - a;
-    for (std::size_t q = 0; q < n; ++q) {
-        const T t = a + len * g.nodes[q];
-        const T wq = len * g.weights[q];
+    for (std::size_t q = 0; q < ts.size(); ++q) {
+        const T& t = ts[q];
+        const T& wq = ws[q];
         const layer_factors<T> lf = jacobian_factors<T>(m, point_on_segment<T>(w, delta, t), x1);
         ++evaluations;
         for (std::size_t l = 0; l < offsets.size(); ++l) {
@@ -299,6 +297,21 @@ void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delt
         }
         if (nodes) { nodes->push_back(t); weights->push_back(wq); }
     }
+}
+
+// The n-point Gauss–Legendre rule on [a, b], added into acc (see add_nodes).
+template <Real T>
+void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1, const T& a,
+              const T& b, std::size_t n, matrix<T>& acc, T& scale, std::size_t& evaluations,
+              std::vector<T>* nodes, std::vector<T>* weights) {
+    const gauss_rule<T>& g = gauss_legendre<T>(n);
+    const T len = b - a;
+    std::vector<T> ts(n), ws(n);
+    for (std::size_t q = 0; q < n; ++q) {
+        ts[q] = a + len * g.nodes[q];
+        ws[q] = len * g.weights[q];
+    }
+    add_nodes<T>(m, w, delta, x1, ts, ws, acc, scale, evaluations, nodes, weights);
 }
 
 template <Real T>
@@ -434,6 +447,14 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
     if (qo.fixed_nodes > 0) {  // a plain rule on [0, 1], no pieces: what epk is compared against
         detail::add_rule<T>(m, w, delta, x1, T(0), T(1), qo.fixed_nodes, out.value, out.scale, out.evaluations,
                             &out.nodes, &out.weights);
+        return out;
+    }
+    if (qo.endpoint_rule != quadrature_options::endpoints::none) {
+        // left: J at the step's start (the per-step tangent kernel); trapezoid: (J(0) + J(1))/2.
+        const bool left = qo.endpoint_rule == quadrature_options::endpoints::left;
+        const std::vector<T> ts = left ? std::vector<T>{T(0)} : std::vector<T>{T(0), T(1)};
+        const std::vector<T> ws = left ? std::vector<T>{T(1)} : std::vector<T>{T(1) / T(2), T(1) / T(2)};
+        detail::add_nodes<T>(m, w, delta, x1, ts, ws, out.value, out.scale, out.evaluations, &out.nodes, &out.weights);
         return out;
     }
     const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples);

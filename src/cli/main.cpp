@@ -67,6 +67,11 @@ commands
                              kernel_step_<s>.npy [M,N,C,C] for the
                              steps in --steps LIST (e.g. 0,5,10-12 or all)
                              [--precision P] [--threads N]
+  compare TRACE              the exact kernel against the per-step tangent kernel, the NTK at
+                             initialisation, the linearised model and fixed rules along each
+                             step: each reconstruction's error  [--methods LIST] [--precision P]
+                             [--json]   (LIST of exact tangent_per_step ntk_init linearized
+                             midpoint trapezoid gauss:N)
   help, --help               this text
   version, --version         the version
 
@@ -490,6 +495,45 @@ int cmd_kernel(int argc, char** argv) {
     return k.ok ? 0 : 1;
 }
 
+// ---------------------------------------------------------------- compare
+
+int cmd_compare(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"precision", "methods"}, {"json"}, 1, 1);
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const std::vector<std::string> methods =
+        a.has("methods") ? epk::parse_methods(a.get("methods", "")) : epk::default_methods();
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    const bool json = a.flags.count("json") != 0;
+    const epk::comparison cmp = epk::compare_trace(t, p, methods, json ? epk::progress_fn{} : make_progress("methods"));
+    if (json) {
+        nlohmann::json j;
+        j["precision"] = cmp.precision_name;
+        j["unit_roundoff"] = cmp.unit_roundoff_value;
+        j["unit_roundoff_decimal"] = cmp.unit_roundoff;
+        j["steps"] = cmp.steps;
+        j["path"] = cmp.recorded_path ? "recorded" : "replayed";
+        j["test_points"] = cmp.test_points;
+        j["outputs_final"] = table_json(cmp.outputs_final);
+        nlohmann::json ms = nlohmann::json::object();
+        for (const auto& m : cmp.methods)
+            ms[m.name] = {{"reconstruction", table_json(m.reconstruction)}, {"error_max_abs", m.error_max_abs},
+                          {"seconds", m.seconds}};
+        j["methods"] = ms;
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+    double scale = 0;
+    for (double v : cmp.outputs_final.values) scale = std::max(scale, std::abs(v));
+    std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << cmp.steps << " steps, "
+              << (cmp.recorded_path ? "recorded path" : "replayed") << "; precision " << cmp.precision_name
+              << "; test points " << cmp.test_points << " (max |f(x; w[S])| = " << scale << ")\n\n";
+    std::printf("%-18s %14s %14s %9s\n", "method", "max|f - rec|", "relative", "seconds");
+    for (const auto& m : cmp.methods)
+        std::printf("%-18s %14.3e %14.3e %9.2f\n", m.name.c_str(), m.error_max_abs,
+                    scale > 0 ? m.error_max_abs / scale : 0.0, m.seconds);
+    return 0;
+}
+
 // ---------------------------------------------------------------- demo
 
 int cmd_demo(int argc, char** argv) {
@@ -594,6 +638,7 @@ int run(int argc, char** argv) {
     if (cmd == "demo") return cmd_demo(argc, argv);
     if (cmd == "verify") return cmd_verify(argc, argv);
     if (cmd == "kernel") return cmd_kernel(argc, argv);
+    if (cmd == "compare") return cmd_compare(argc, argv);
     throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 

@@ -276,6 +276,7 @@ bad_trace() {
     expect_fail "predict: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir"
     expect_fail "predict --json: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" predict "$dir" --json
     expect_fail "verify: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" verify "$dir" --json
+    expect_fail "compare: $name" "$needle" "$rule" --unchanged "$dir" -- "$EPK" compare "$dir" --json
     expect_fail "kernel: $name" "$needle" "$rule" --absent "$W/newdir" --unchanged "$dir" \
         -- "$EPK" kernel "$dir" --out "$W/newdir"
     if [ "${5-}" = replay ]; then
@@ -456,6 +457,13 @@ expect_fail "kernel: missing --out" --out "" -- "$EPK" kernel full
 expect_fail "verify: --threads abc" --threads "" -- "$EPK" verify full --threads abc
 expect_fail "verify: two traces" "" "" -- "$EPK" verify full batch
 expect_fail "verify: trace path does not exist" no-such-trace "" -- "$EPK" verify "$W/no-such-trace"
+run "$EPK" compare full --json
+if [ "$RC" -eq 0 ] && grep -q '"methods"' "$W/out" && grep -q '"tangent_per_step"' "$W/out" && grep -q '"ntk_init"' "$W/out" \
+    && grep -q '"error_max_abs"' "$W/out" && grep -q '"gauss:8"' "$W/out"; then ok "compare --json: methods with reconstruction and error"
+else fail "compare --json: methods with reconstruction and error" "exit $RC -- $(err1)"; fi
+expect_ok "compare (text), chosen methods, float128" "$EPK" compare batch --methods exact,midpoint,gauss:3 --precision float128
+expect_fail "compare: unknown method" --methods "unknown method" -- "$EPK" compare full --methods exact,simpson
+expect_fail "compare: gauss:0" --methods "" -- "$EPK" compare full --methods gauss:0
 fi
 
 # ---- bad command lines ---------------------------------------------------------
