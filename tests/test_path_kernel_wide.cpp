@@ -22,14 +22,16 @@ RC_GTEST_PROP(PathKernelMpfr128, AnyActivationResidualWithinBudget, ()) {
 }
 RC_GTEST_PROP(PathKernelMpfr512, AnyActivationResidualWithinBudget, ()) {
     epk::mpfr_precision_scope scope(512);
-    check_residual_within_budget<mpfr_real>(gen_kernel_case(*rc::gen::arbitrary<bool>(), 2, 5), seen_mpfr512);
+    // Steps up to lr 2 here (lr 8 in the other precisions): a 512-bit adaptive rule
+    // on a smooth net swept far past its bends needs minutes, not seconds.
+    check_residual_within_budget<mpfr_real>(gen_kernel_case(*rc::gen::arbitrary<bool>(), 2, 5, 2.0), seen_mpfr512);
 }
 
 // Precision ladder (MPFR's tgeneric idea): the whole pipeline — training,
 // breakpoints, quadrature, contractions — at p and at p + 64 bits; the
 // contributions and reconstructions agree to about p bits of their scale.
 RC_GTEST_PROP(PrecisionLadder, PAndPPlus64AgreeToAboutPBits, ()) {
-    const kernel_case kc = gen_kernel_case(*rc::gen::arbitrary<bool>(), 2, 5);
+    const kernel_case kc = gen_kernel_case(*rc::gen::arbitrary<bool>(), 2, 5, 2.0);
     const long p = *rc::gen::element(64L, 113L, 200L);
     RC_PRE(tame_run(kc));
     epk::path_kernel_result<mpfr_real> lo, hi;
@@ -42,8 +44,7 @@ RC_GTEST_PROP(PrecisionLadder, PAndPPlus64AgreeToAboutPBits, ()) {
     RC_PRE(all_finite(hi));
     double scale = 0;  // the terms' scale: |f| and the path magnitude
     for (std::size_t e = 0; e < hi.outputs_final.data.size(); ++e)
-        scale = std::max(scale, std::abs(hi.outputs_final.data[e].to_double()) + std::abs(hi.bias.data[e].to_double()) +
-                                    hi.path_magnitude.data[e]);
+        scale = std::max(scale, hi.forward_scale.data[e] + hi.path_magnitude.data[e]);
     double worst = 0;
     for (std::size_t e = 0; e < hi.contributions.size(); ++e)
         worst = std::max(worst, std::abs(mpfr_real(epk::testing::exact_mpfr(lo.contributions[e]) - hi.contributions[e]).to_double()));
@@ -73,10 +74,9 @@ RC_GTEST_PROP(TwoPaths, FactorsAndFullJacobiansAgreeMpfr128, ()) {
         const auto ji = epk::jacobian<mpfr_real>(m, w, xi);
         const auto kj = epk::step_kernel_from_jacobians<mpfr_real>(seg.value, ji);
         const auto kf = epk::step_kernel_from_factors<mpfr_real>(m, w, delta, seg.nodes, seg.weights, x1, xi);
+        const auto scale = two_path_scale<mpfr_real>(m, w, delta, seg.nodes, seg.weights, x1, xi);
         for (std::size_t e = 0; e < kj.data.size(); ++e) {
-            const std::size_t c = e / kj.cols, d = e % kj.cols;
-            double mag = 0;
-            for (std::size_t q = 0; q < w.size(); ++q) mag += std::abs(seg.value(c, q).to_double() * ji(d, q).to_double());
+            const double mag = scale.data[e];
             const double bound = 2.0 * static_cast<double>(w.size() + seg.nodes.size() + 64) * std::ldexp(1.0, -128) * mag;
             RC_ASSERT(std::abs(mpfr_real(kj.data[e] - kf.data[e]).to_double()) <= bound);
         }

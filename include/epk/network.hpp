@@ -14,6 +14,7 @@
 // in every scalar type; nothing is fused.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <span>
 #include <vector>
@@ -319,6 +320,71 @@ layer_factors<T> jacobian_factors(const model_spec& m, std::span<const T> w, con
         }
     }
     return lf;
+}
+
+// Rounding scales of the layer factors, in binary64 (proofs-notes/004 §5):
+// input[l] = M_h + |h| for layer l's input h, where M_h is its forward error
+// magnitude (M_z = |W|(M_h + |h|) + |b| at a linear layer, M_h = |σ′(z)| M_z +
+// |σ(z)| at an activation, M_x = 0),
+// delta[l] = |δ|-magnitude by a backward pass with |W| and |σ′|.  Every computed
+// J entry δ_l[c][r]·h_l[j] is within about γ·u·delta[l](c,r)·input[l][j] of the
+// exact one, cancellation or not.
+template <Real T>
+layer_factors<double> magnitude_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    const forward_pass<T> fp = forward(m, w, x1);
+    const std::size_t c = m.output_dim();
+    const auto offsets = parameter_offsets(m);
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    layer_factors<double> mf;
+    mf.input.resize(offsets.size());
+    mf.delta.resize(offsets.size());
+    std::vector<double> mh(x1.cols, 0.0);  // inputs are exact
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[li];
+            mf.input[li] = mh;  // the factor's magnitude: M_h + |h|
+            for (std::size_t j = 0; j < o.in; ++j) mf.input[li][j] += d(fp.values[k](0, j));
+            ++li;
+            std::vector<double> mz(o.out);
+            for (std::size_t r = 0; r < o.out; ++r) {
+                double acc = o.has_bias ? d(w[o.bias + r]) : 0.0;
+                for (std::size_t j = 0; j < o.in; ++j) acc += d(w[o.weight + r * o.in + j]) * (mh[j] + d(fp.values[k](0, j)));
+                mz[r] = acc;
+            }
+            mh = std::move(mz);
+        } else {
+            const activation<T> act(l);
+            for (std::size_t j = 0; j < mh.size(); ++j)
+                mh[j] = d(act.derivative(fp.values[k](0, j))) * mh[j] + d(fp.values[k + 1](0, j));
+        }
+    }
+    matrix<double> adj(c, c);
+    for (std::size_t q = 0; q < c; ++q) adj(q, q) = 1;
+    li = offsets.size();
+    for (std::size_t k = m.layers.size(); k-- > 0;) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[--li];
+            matrix<double> prev(c, o.in);
+            for (std::size_t q = 0; q < c; ++q)
+                for (std::size_t j = 0; j < o.in; ++j) {
+                    double acc = 0;
+                    for (std::size_t r = 0; r < o.out; ++r) acc += d(w[o.weight + r * o.in + j]) * adj(q, r);
+                    prev(q, j) = acc;
+                }
+            mf.delta[li] = std::move(adj);
+            adj = std::move(prev);
+        } else {
+            const activation<T> act(l);
+            for (std::size_t j = 0; j < adj.cols; ++j) {
+                const double s = d(act.derivative(fp.values[k](0, j)));
+                for (std::size_t q = 0; q < c; ++q) adj(q, j) *= s;
+            }
+        }
+    }
+    return mf;
 }
 
 // J(x; w) ∈ R^{C × P} for one input row x (1 × D): the outer products of

@@ -62,7 +62,8 @@ struct path_kernel_result {
     std::vector<std::pair<std::size_t, std::vector<T>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<T> coefficients;      // a_{i,s} summed over i's occurrences in B_s, [S][N][C] (if requested)
     matrix<T> quadrature_bound;       // Σ_s est_s(x)·‖Δ_s‖₁                 M × C
-    matrix<double> path_magnitude;    // Σ_s Σ_p |Ī_s[c][p]·Δ_s[p]|           M × C
+    matrix<double> forward_scale;     // forward_magnitude at w[0] plus at w[S]  M × C
+    matrix<double> path_magnitude;    // Σ_s ∫ Σ_p |J|_mag[c][p]·|Δ_s[p]| dt ≥ Σ_s Σ_p |Ī_s Δ_s|  M × C
     std::vector<std::size_t> cuts;         // per test point, summed over steps
     std::vector<std::size_t> evaluations;  // Jacobians evaluated, per test point
     std::size_t max_rule_nodes = 0;        // most nodes in one segment's accepted rules
@@ -125,6 +126,39 @@ matrix<T> step_kernel_from_factors(const model_spec& m, std::span<const T> w, st
         }
     }
     return k;
+}
+
+// The forward pass's rounding scale, per output (in binary64): with exact
+// inputs, M_z = |W| M_h + |W||h| + |b| at a linear layer and
+// M_h = |σ′(z)| M_z + |σ(z)| at an activation; the computed f differs from the
+// exact one by at most about γ·u·M_f (proofs-notes/004 §5).  M_f ≥ |f|, and
+// M_f ≫ |f| exactly when the output is a cancelling sum.
+template <Real T>
+std::vector<double> forward_magnitude(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    const auto offsets = parameter_offsets(m);
+    const forward_pass<T> fp = forward(m, w, x1);
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    std::vector<double> mh(x1.cols, 0.0);
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const matrix<T>& h = fp.values[k];
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offsets[li++];
+            std::vector<double> mz(o.out, 0.0);
+            for (std::size_t r = 0; r < o.out; ++r) {
+                double acc = o.has_bias ? d(w[o.bias + r]) : 0.0;
+                for (std::size_t j = 0; j < o.in; ++j) acc += d(w[o.weight + r * o.in + j]) * (mh[j] + d(h(0, j)));
+                mz[r] = acc;
+            }
+            mh = std::move(mz);
+        } else {
+            const activation<T> act(l);
+            for (std::size_t j = 0; j < mh.size(); ++j)
+                mh[j] = d(act.derivative(h(0, j))) * mh[j] + d(fp.values[k + 1](0, j));
+        }
+    }
+    return mh;
 }
 
 namespace detail {
@@ -272,10 +306,7 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                 step[c] += rr[c];
                 res.reconstruction(mm, c) += step[c];
                 res.quadrature_bound(mm, c) += seg.error_estimate * delta_l1;
-                double mag = 0;
-                for (std::size_t q = 0; q < P; ++q)
-                    mag += std::abs(scalar_traits<T>::to_double(seg.value(c, q)) * scalar_traits<T>::to_double(delta[q]));
-                res.path_magnitude(mm, c) += mag;
+                res.path_magnitude(mm, c) += seg.magnitude[c];
             }
                 };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
@@ -291,6 +322,12 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
         res.quadrature_converged = res.quadrature_converged && converged[mm] != 0;
     }
     res.outputs_final = outputs<T>(model, w, rq.x_test);
+    res.forward_scale = matrix<double>(M, C);
+    for (std::size_t mm = 0; mm < M; ++mm) {
+        const std::vector<double> m0 = forward_magnitude<T>(model, rq.w0, x_rows[mm]);
+        const std::vector<double> m1 = forward_magnitude<T>(model, w, x_rows[mm]);
+        for (std::size_t c = 0; c < C; ++c) res.forward_scale(mm, c) = m0[c] + m1[c];
+    }
     res.kernel_reconstruction = res.bias;
     for (std::size_t mm = 0; mm < M; ++mm)
         for (std::size_t i = 0; i < N; ++i)
@@ -299,7 +336,8 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
 }
 
 // The residual budget of proofs-notes/004 §5, per (test point, output):
-//   quadrature_bound + slack·γ·u·(|f(x; w[0])| + |f(x; w[S])| + path_magnitude),
+//   quadrature_bound + slack·γ·u·(forward_scale + path_magnitude),
+//   forward_scale = M_f(x; w[0]) + M_f(x; w[S]) (forward_magnitude, ≥ |f|),
 //   γ = P + S + n_nodes + Σ_l (in_l + out_l) + 10·(activation layers) + 8.
 template <Real T>
 matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model_spec& m) {
@@ -311,8 +349,7 @@ matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model
     matrix<double> b(r.m, r.c);
     for (std::size_t i = 0; i < r.m; ++i)
         for (std::size_t c = 0; c < r.c; ++c) {
-            const double scale = std::abs(scalar_traits<T>::to_double(r.bias(i, c))) +
-                                 std::abs(scalar_traits<T>::to_double(r.outputs_final(i, c))) + r.path_magnitude(i, c);
+            const double scale = r.forward_scale(i, c) + r.path_magnitude(i, c);
             b(i, c) = scalar_traits<T>::to_double(r.quadrature_bound(i, c)) + 1.05 * gamma * u * scale;
         }
     return b;

@@ -162,22 +162,51 @@ T bracketed_root(std::span<const T> c, T lo, T hi, int sign_lo) {
 // Every u ∈ (0, 1) at which p changes sign, ascending (each once).  Interior
 // critical points at which the computed p is exactly zero are included too:
 // an extra point only splits a piece, a missing one would not.
+//
+// With `uncertainty`, each root also gets a first-order bound on how far the
+// computed root may lie from the root of the exact polynomial, given that
+// every coefficient is known to γ_{2·deg}: δ = γ·Σ|c_k||r|^k / |p′(r)|
+// (∞ — capped at 1 — where p′(r) = 0: a touching double root).
+template <Real T>
+std::vector<T> roots_in_unit_interval(std::span<const T> coef, std::vector<T>* uncertainty);
+
 template <Real T>
 std::vector<T> roots_in_unit_interval(std::span<const T> coef) {
+    return roots_in_unit_interval<T>(coef, nullptr);
+}
+
+template <Real T>
+std::vector<T> roots_in_unit_interval(std::span<const T> coef, std::vector<T>* uncertainty) {
     std::size_t deg = coef.size();
     while (deg > 0 && coef[deg - 1] == T(0)) --deg;
     std::vector<T> roots;
     if (deg <= 1) return roots;  // constant (or zero)
     std::span<const T> c = coef.subspan(0, deg);
+    auto with_uncertainty = [&](std::vector<T> rs) {
+        if (uncertainty != nullptr) {
+            const T gamma = T(static_cast<double>(4 * deg)) * scalar_traits<T>::unit_roundoff();
+            for (const T& r : rs) {
+                T mag(0), pw(1);
+                for (std::size_t k = 0; k < deg; ++k) {
+                    mag += rm::abs(c[k]) * pw;
+                    pw = pw * rm::abs(r);
+                }
+                const T slope = rm::abs(horner_with_derivative<T>(c, r).second);
+                const T err = gamma * mag;
+                uncertainty->push_back(slope > err ? T(err / slope) : T(1));
+            }
+        }
+        return rs;
+    };
     if (deg == 2) {  // linear: u = −c0/c1
         const T r = -c[0] / c[1];
         if (T(0) < r && r < T(1)) roots.push_back(r);
-        return roots;
+        return with_uncertainty(std::move(roots));
     }
     std::vector<T> dc(deg - 1);
     for (std::size_t k = 1; k < deg; ++k) dc[k - 1] = T(static_cast<double>(k)) * c[k];
     std::vector<T> ends{T(0)};
-    for (T& r : roots_in_unit_interval<T>(dc)) ends.push_back(std::move(r));
+    for (T& r : roots_in_unit_interval<T>(std::span<const T>(dc), nullptr)) ends.push_back(std::move(r));
     ends.push_back(T(1));
     std::vector<T> vals;
     for (const T& e : ends) vals.push_back(horner<T>(c, e));
@@ -187,7 +216,7 @@ std::vector<T> roots_in_unit_interval(std::span<const T> coef) {
         if (vals[k] == T(0) || vals[k + 1] == T(0) || neg_l == neg_r) continue;
         roots.push_back(detail::bracketed_root<T>(c, ends[k], ends[k + 1], neg_l ? -1 : 1));
     }
-    return roots;
+    return with_uncertainty(std::move(roots));
 }
 
 }  // namespace epk

@@ -63,6 +63,9 @@ struct segment_integral {
     std::size_t cuts = 0;         // breakpoints found in (0, 1)
     std::size_t evaluations = 0;  // Jacobians evaluated
     bool converged = true;        // every piece met its tolerance
+    // Σ_q ω_q Σ_p |J|_mag(t_q)[c][p]·|Δ_p| (binary64, C entries): the rounding
+    // scale of Ī·Δ, cancellation included (network.hpp, magnitude_factors).
+    std::vector<double> magnitude;
 };
 
 namespace detail {
@@ -142,7 +145,8 @@ namespace detail {
 // the first smooth one), appended to `cuts`.
 template <Real T>
 void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
-                     std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts) {
+                     std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts,
+                     T& uncertainty) {
     std::size_t k = from;
     while (k < st.first_smooth && (m.layers[k].kind == layer_kind::linear || m.layers[k].kind == layer_kind::identity)) ++k;
     if (k >= st.first_smooth) return;
@@ -151,9 +155,10 @@ void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span
     std::vector<T> dw(delta.size());
     for (std::size_t p = 0; p < dw.size(); ++p) dw[p] = len * delta[p];
     const auto polys = segment_polynomials<T>(m, wa, dw, x, k);
-    std::vector<T> us;
+    std::vector<T> us, du;
     for (const auto& unit : polys)
-        for (T& r : roots_in_unit_interval<T>(unit)) us.push_back(std::move(r));
+        for (T& r : roots_in_unit_interval<T>(std::span<const T>(unit), &du)) us.push_back(std::move(r));
+    for (const T& d : du) uncertainty += len * d;  // Σ of the cuts' location bounds, in t
     std::sort(us.begin(), us.end());
     us.erase(std::unique(us.begin(), us.end()), us.end());
     std::vector<T> ends{a};
@@ -164,7 +169,7 @@ void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span
     ends.push_back(b);
     for (std::size_t e = 1; e + 1 < ends.size(); ++e) cuts.push_back(ends[e]);
     for (std::size_t e = 0; e + 1 < ends.size(); ++e)
-        polynomial_cuts<T>(m, st, w, delta, x, ends[e], ends[e + 1], k + 1, cuts);
+        polynomial_cuts<T>(m, st, w, delta, x, ends[e], ends[e + 1], k + 1, cuts, uncertainty);
 }
 
 // Pre-activation of unit j entering layer k at w + tΔ.
@@ -175,60 +180,60 @@ T preactivation(const model_spec& m, std::span<const T> w, std::span<const T> de
     return forward<T>(m, wt, x1).values[k](0, j);
 }
 
-// Zero crossings of the pre-activations of activation layers from the first
+// Level crossings of the pre-activations of activation layers from the first
 // smooth one on, inside [a, b].  These φ(t) are not polynomials.  φ and φ′
-// (forward mode along Δ) are sampled at `samples`+1 equispaced points; a
-// subinterval [t0, t1] is halved (to depth 40, at most 64·samples times) while some unit could reach
-// zero in it given its end slopes, min(|φ(t0)|, |φ(t1)|) ≤ (t1 − t0)·max|φ′|;
-// every sign change is bisected to the working precision.  This finds every
-// crossing unless φ′ varies faster inside an interval than its end values
-// suggest (proofs-notes/004 §4: a heuristic, not a guarantee).
-//
-// A relu / leaky_relu crossing is a kink: a cut.  A smooth activation bends
-// within |z| ≲ 1 of its crossing, which a large step squeezes into a t-width
-// of about 1/|φ′(t*)|: when that is under a quarter of the piece, the
-// crossing and the graded points t* ± 2^i/|φ′(t*)| (i = 0, 1, ...) inside
-// [a, b] become cuts, so that no Gauss rule has to resolve a feature much
-// narrower than its piece.
+// (forward mode along Δ) are sampled at `samples`+1 equispaced points; for
+// each target (unit, level ℓ) a sign change of φ − ℓ between samples is
+// bisected to the working precision, and a sample interval is halved (depth
+// ≤ 40, at most 64·samples halvings in all) while some target could be reached
+// in it given its end slopes, min(|φ(t0) − ℓ|, |φ(t1) − ℓ|) < (t1 − t0)·max|φ′|.
+// Targets: ℓ = 0 for relu / leaky_relu (kinks).  A smooth activation bends
+// within |z| ≲ 1; a large step can sweep its unit's z over a range ≫ 1, which
+// squeezes the bend into a sliver of the piece.  For such units (range of z
+// over the samples > 32) the targets are ℓ = 0, ±1, ±2, ±4, … up to the range:
+// the cuts grade the piece geometrically toward the bend, so every piece sees
+// z vary by at most about a factor of two and its rule converges fast.  This
+// finds every crossing unless φ′ varies faster inside an interval than its end
+// values suggest (proofs-notes/004 §4: a heuristic, not a guarantee).
 template <Real T>
-struct crossing {
-    T t;
+struct level_target {
     std::size_t layer, unit;
+    T level;
 };
 
 template <Real T>
 void refine_crossings(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
-                      const std::vector<std::size_t>& layers, const T& t0, const tangent_pass<T>& p0, const T& t1,
-                      const tangent_pass<T>& p1, int depth, std::size_t& budget, std::vector<crossing<T>>& found) {
+                      const std::vector<level_target<T>>& targets, const T& t0, const tangent_pass<T>& p0, const T& t1,
+                      const tangent_pass<T>& p1, int depth, std::size_t& budget, std::vector<T>& found) {
     const T u = scalar_traits<T>::unit_roundoff();
     bool suspicious = false;
-    for (std::size_t k : layers)
-        for (std::size_t j = 0; j < p0.values[k].cols; ++j) {
-            const T& z0 = p0.values[k](0, j);
-            const T& z1 = p1.values[k](0, j);
-            const bool pos0 = z0 > T(0), pos1 = z1 > T(0);
-            if (pos0 != pos1) {
-                // One sign change: bisect on the side relu's derivative sees.
-                T lo = t0, hi = t1;
-                for (int it = 0; it < 4 * scalar_traits<T>::mantissa_bits() + 64; ++it) {
-                    const T mid = (lo + hi) / T(2);
-                    if (!(lo < mid && mid < hi) || hi - lo <= T(2) * u * rm::abs(mid)) break;
-                    const bool pos = preactivation<T>(m, w, delta, x1, mid, k, j) > T(0);
-                    if (pos == pos0) lo = mid; else hi = mid;
-                }
-                found.push_back({(lo + hi) / T(2), k, j});
-                continue;
+    for (const level_target<T>& g : targets) {
+        const std::size_t k = g.layer, j = g.unit;
+        const T z0 = p0.values[k](0, j) - g.level;
+        const T z1 = p1.values[k](0, j) - g.level;
+        const bool pos0 = z0 > T(0), pos1 = z1 > T(0);
+        if (pos0 != pos1) {
+            // One sign change: bisect on the side relu's derivative sees.
+            T lo = t0, hi = t1;
+            for (int it = 0; it < 4 * scalar_traits<T>::mantissa_bits() + 64; ++it) {
+                const T mid = (lo + hi) / T(2);
+                if (!(lo < mid && mid < hi) || hi - lo <= T(2) * u * rm::abs(mid)) break;
+                const bool pos = preactivation<T>(m, w, delta, x1, mid, k, j) - g.level > T(0);
+                if (pos == pos0) lo = mid; else hi = mid;
             }
-            const T reach = (t1 - t0) * rm::max(rm::abs(p0.tangents[k](0, j)), rm::abs(p1.tangents[k](0, j)));
-            if (rm::min(rm::abs(z0), rm::abs(z1)) < reach) suspicious = true;  // (a unit ≡ 0 is never suspicious)
+            found.push_back((lo + hi) / T(2));
+            continue;
         }
+        const T reach = (t1 - t0) * rm::max(rm::abs(p0.tangents[k](0, j)), rm::abs(p1.tangents[k](0, j)));
+        if (rm::min(rm::abs(z0), rm::abs(z1)) < reach) suspicious = true;  // (a unit ≡ ℓ is never suspicious)
+    }
     if (!suspicious || depth >= 40 || budget == 0) return;
     --budget;
     const T mid = (t0 + t1) / T(2);
     if (!(t0 < mid && mid < t1)) return;
     const tangent_pass<T> pm = forward_with_tangent<T>(m, point_on_segment<T>(w, delta, mid), x1, delta);
-    refine_crossings<T>(m, w, delta, x1, layers, t0, p0, mid, pm, depth + 1, budget, found);
-    refine_crossings<T>(m, w, delta, x1, layers, mid, pm, t1, p1, depth + 1, budget, found);
+    refine_crossings<T>(m, w, delta, x1, targets, t0, p0, mid, pm, depth + 1, budget, found);
+    refine_crossings<T>(m, w, delta, x1, targets, mid, pm, t1, p1, depth + 1, budget, found);
 }
 
 template <Real T>
@@ -245,25 +250,31 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
         ts.push_back(q == samples ? b : a + (b - a) * (T(static_cast<double>(q)) / T(static_cast<double>(samples))));
         passes.push_back(forward_with_tangent<T>(m, point_on_segment<T>(w, delta, ts.back()), x1, delta));
     }
-    std::vector<crossing<T>> found;
-    std::size_t budget = 64 * samples;  // refinements per piece: a near-touch costs ~40, a pathological φ no more than this
+    std::vector<level_target<T>> targets;
+    for (std::size_t k : layers)
+        for (std::size_t j = 0; j < passes[0].values[k].cols; ++j) {
+            if (is_piecewise_linear(m.layers[k].kind)) {
+                targets.push_back({k, j, T(0)});
+                continue;
+            }
+            T lo = passes[0].values[k](0, j), hi = lo;
+            for (const auto& p : passes) {
+                lo = rm::min(lo, p.values[k](0, j));
+                hi = rm::max(hi, p.values[k](0, j));
+            }
+            if (!(hi - lo > T(32))) continue;  // the bend spans ≥ 1/32 of the piece: the adaptive rule resolves it
+            const T reach = rm::max(rm::abs(lo), rm::abs(hi));
+            if (lo < T(0) && T(0) < hi) targets.push_back({k, j, T(0)});
+            for (T level(1); level < reach && targets.size() < 100000; level = level * T(2)) {
+                if (lo < level && level < hi) targets.push_back({k, j, level});
+                if (lo < -level && -level < hi) targets.push_back({k, j, T(-level)});
+            }
+        }
+    std::vector<T> found;
+    std::size_t budget = 64 * samples;
     for (std::size_t q = 0; q < samples; ++q)
-        refine_crossings<T>(m, w, delta, x1, layers, ts[q], passes[q], ts[q + 1], passes[q + 1], 0, budget, found);
-    for (const crossing<T>& c : found) {
-        if (is_piecewise_linear(m.layers[c.layer].kind)) {
-            cuts.push_back(c.t);
-            continue;
-        }
-        const tangent_pass<T> pc = forward_with_tangent<T>(m, point_on_segment<T>(w, delta, c.t), x1, delta);
-        const T slope = rm::abs(pc.tangents[c.layer](0, c.unit));
-        if (!(slope * (b - a) > T(4))) continue;  // the bend is not narrow on this piece: the rule resolves it
-        cuts.push_back(c.t);
-        T step = T(1) / slope;
-        for (int i = 0; i < 200 && (c.t - step > a || c.t + step < b); ++i, step = step * T(2)) {
-            if (c.t - step > a) cuts.push_back(c.t - step);
-            if (c.t + step < b) cuts.push_back(c.t + step);
-        }
-    }
+        refine_crossings<T>(m, w, delta, x1, targets, ts[q], passes[q], ts[q + 1], passes[q + 1], 0, budget, found);
+    cuts.insert(cuts.end(), found.begin(), found.end());
 }
 
 // acc += Σ_q ω_q J(x; w + t_q Δ) over the n-point rule on [a, b], J taken
@@ -272,7 +283,7 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
 template <Real T>
 void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
                std::span<const T> ts, std::span<const T> ws, matrix<T>& acc, T& scale, std::size_t& evaluations,
-               std::vector<T>* nodes, std::vector<T>* weights) {
+               std::vector<T>* nodes, std::vector<T>* weights, std::vector<double>* magnitude = nullptr) {
     const auto offsets = parameter_offsets(m);
     for (std::size_t q = 0; q < ts.size(); ++q) {
         const T& t = ts[q];
@@ -296,6 +307,24 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
             max_abs_into(scale, T(dmax * hmax));
         }
         if (nodes) { nodes->push_back(t); weights->push_back(wq); }
+        if (magnitude != nullptr) {
+            // Σ_p |J|_mag[c][p]·|Δ_p| = Σ_l Σ_r δmag[c][r]·(Σ_j hmag_j |ΔW_rj| + |Δb_r|)
+            // Magnitudes need a digit or two: computed in binary64 from the rounded point.
+            const std::vector<T> wt = point_on_segment<T>(w, delta, t);
+            std::vector<double> wd64(wt.size());
+            for (std::size_t p = 0; p < wt.size(); ++p) wd64[p] = scalar_traits<T>::to_double(wt[p]);
+            const layer_factors<double> mf = magnitude_factors<double>(m, wd64, convert_matrix<double>(x1));
+            const double wd = std::abs(scalar_traits<T>::to_double(wq));
+            for (std::size_t l = 0; l < offsets.size(); ++l) {
+                const linear_offsets& o = offsets[l];
+                for (std::size_t r = 0; r < o.out; ++r) {
+                    double v = o.has_bias ? std::abs(scalar_traits<T>::to_double(delta[o.bias + r])) : 0.0;
+                    for (std::size_t j = 0; j < o.in; ++j)
+                        v += mf.input[l][j] * std::abs(scalar_traits<T>::to_double(delta[o.weight + r * o.in + j]));
+                    for (std::size_t c = 0; c < acc.rows; ++c) (*magnitude)[c] += wd * mf.delta[l](c, r) * v;
+                }
+            }
+        }
     }
 }
 
@@ -303,7 +332,7 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
 template <Real T>
 void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1, const T& a,
               const T& b, std::size_t n, matrix<T>& acc, T& scale, std::size_t& evaluations,
-              std::vector<T>* nodes, std::vector<T>* weights) {
+              std::vector<T>* nodes, std::vector<T>* weights, std::vector<double>* magnitude = nullptr) {
     const gauss_rule<T>& g = gauss_legendre<T>(n);
     const T len = b - a;
     std::vector<T> ts(n), ws(n);
@@ -311,7 +340,7 @@ void add_rule(const model_spec& m, std::span<const T> w, std::span<const T> delt
         ts[q] = a + len * g.nodes[q];
         ws[q] = len * g.weights[q];
     }
-    add_nodes<T>(m, w, delta, x1, ts, ws, acc, scale, evaluations, nodes, weights);
+    add_nodes<T>(m, w, delta, x1, ts, ws, acc, scale, evaluations, nodes, weights, magnitude);
 }
 
 template <Real T>
@@ -364,10 +393,12 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
     std::size_t n_previous = 0;
     T est_previous(0);
     T last_est = len * piece_scale;
+    std::vector<double> coarse_magnitude(c, 0.0);  // of the coarse rule once it was a fine one
     while (n_fine <= qo.max_nodes && out.evaluations + n_fine <= qo.max_evaluations) {
         matrix<T> fine(c, p);
         std::vector<T> nodes, weights;
-        add_rule<T>(m, w, delta, x1, a, b, n_fine, fine, piece_scale, out.evaluations, &nodes, &weights);
+        std::vector<double> magnitude(c, 0.0);
+        add_rule<T>(m, w, delta, x1, a, b, n_fine, fine, piece_scale, out.evaluations, &nodes, &weights, &magnitude);
         const T est = max_abs_difference(fine, coarse);  // ≈ error of the coarse rule
         last_est = est;
         const T tol = T(tau) * u * len * piece_scale;
@@ -377,6 +408,7 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
             out.scale = rm::max(out.scale, piece_scale);
             out.nodes.insert(out.nodes.end(), nodes.begin(), nodes.end());
             out.weights.insert(out.weights.end(), weights.begin(), weights.end());
+            for (std::size_t q = 0; q < c; ++q) out.magnitude[q] += magnitude[q];
             return;
         }
         // Predict the size that reaches tol/4: err(n) ≈ est·q^(n − n_coarse).
@@ -397,6 +429,7 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
         est_previous = est;
         n_coarse = n_fine;
         coarse = std::move(fine);
+        coarse_magnitude = std::move(magnitude);
         n_fine = next;
     }
     out.scale = rm::max(out.scale, piece_scale);
@@ -404,6 +437,7 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
         // No finer rule allowed: keep the last one, with the last estimate.
         out.converged = false;
         add_into(out.value, coarse);
+        for (std::size_t q = 0; q < c; ++q) out.magnitude[q] += coarse_magnitude[q];
         out.error_estimate += rm::max(last_est, T(len * piece_scale * u));
         return;
     }
@@ -416,11 +450,16 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
 
 // Breakpoints in (0, 1), ascending: where some activation pattern of x
 // changes along w + tΔ.
+// `uncertainty` (optional) receives Σ over polynomial cuts of the bound on
+// how far each may lie from the exact pattern change (quadrature.hpp).
 template <Real T>
 std::vector<T> segment_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w,
-                            std::span<const T> delta, const matrix<T>& x1, std::size_t kink_samples) {
+                            std::span<const T> delta, const matrix<T>& x1, std::size_t kink_samples,
+                            T* uncertainty = nullptr) {
     std::vector<T> cuts;
-    detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts);
+    T located(0);
+    detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts, located);
+    if (uncertainty != nullptr) *uncertainty = located;
     if (st.first_smooth < m.layers.size() && kink_samples > 0) {
         std::vector<T> ends{T(0)};
         std::vector<T> sorted = cuts;
@@ -444,9 +483,10 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
                                       std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo) {
     segment_integral<T> out;
     out.value = matrix<T>(m.output_dim(), w.size());
+    out.magnitude.assign(m.output_dim(), 0.0);
     if (qo.fixed_nodes > 0) {  // a plain rule on [0, 1], no pieces: what epk is compared against
         detail::add_rule<T>(m, w, delta, x1, T(0), T(1), qo.fixed_nodes, out.value, out.scale, out.evaluations,
-                            &out.nodes, &out.weights);
+                            &out.nodes, &out.weights, &out.magnitude);
         return out;
     }
     if (qo.endpoint_rule != quadrature_options::endpoints::none) {
@@ -454,10 +494,12 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
         const bool left = qo.endpoint_rule == quadrature_options::endpoints::left;
         const std::vector<T> ts = left ? std::vector<T>{T(0)} : std::vector<T>{T(0), T(1)};
         const std::vector<T> ws = left ? std::vector<T>{T(1)} : std::vector<T>{T(1) / T(2), T(1) / T(2)};
-        detail::add_nodes<T>(m, w, delta, x1, ts, ws, out.value, out.scale, out.evaluations, &out.nodes, &out.weights);
+        detail::add_nodes<T>(m, w, delta, x1, ts, ws, out.value, out.scale, out.evaluations, &out.nodes, &out.weights,
+                             &out.magnitude);
         return out;
     }
-    const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples);
+    T located(0);
+    const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples, &located);
     out.cuts = cuts.size();
     std::vector<T> ends{T(0)};
     ends.insert(ends.end(), cuts.begin(), cuts.end());
@@ -473,13 +515,15 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
             matrix<T> exact(out.value.rows, out.value.cols), check(out.value.rows, out.value.cols);
             detail::add_rule<T>(m, w, delta, x1, a, b, st.exact_nodes, exact, out.scale, out.evaluations, nullptr, nullptr);
             detail::add_rule<T>(m, w, delta, x1, a, b, st.exact_nodes + 1, check, out.scale, out.evaluations,
-                                &out.nodes, &out.weights);
+                                &out.nodes, &out.weights, &out.magnitude);
             out.error_estimate += detail::max_abs_difference(exact, check);
             detail::add_into(out.value, check);
         } else {
             detail::adaptive_piece<T>(m, w, delta, x1, a, b, qo, tau, 0, out);
         }
     }
+    // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
+    out.error_estimate += T(2) * located * out.scale;
     return out;
 }
 
