@@ -56,8 +56,9 @@ void check_exact_to_degree(std::size_t n_max, long bits) {
         // Degree 2n: the error ∫ − Q is the classical one, not zero.
         const double e2n = -monomial_error(g, 2 * n).to_double();
         const double expect = gauss_error_on_degree_2n(n).to_double();
-        if (expect > 1e3 * static_cast<double>(n) * u)
+        if (expect > 1e3 * static_cast<double>(n) * u) {
             EXPECT_NEAR(e2n, expect, 1e-6 * expect + 8.0 * static_cast<double>(n) * u) << "n=" << n;
+        }
     }
     std::printf("[gauss %s] worst error on degree <= 2n-1: %.2f u (n <= %zu)\n", scalar_traits<T>::name().c_str(), worst,
                 n_max);
@@ -104,7 +105,9 @@ TEST(GaussLegendre, NodesAscendingInsideAndSymmetric) {
         for (std::size_t q = 0; q < n; ++q) {
             EXPECT_GT(g.nodes[q], 0.0);
             EXPECT_LT(g.nodes[q], 1.0);
-            if (q > 0) EXPECT_LT(g.nodes[q - 1], g.nodes[q]);
+            if (q > 0) {
+                EXPECT_LT(g.nodes[q - 1], g.nodes[q]);
+            }
             EXPECT_GT(g.weights[q], 0.0);
             EXPECT_NEAR(g.nodes[q] + g.nodes[n - 1 - q], 1.0, 4e-16);
             sum += g.weights[q];
