@@ -200,10 +200,9 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
 }
 
 template <Real T>
-matrix<T> linearized_outputs(const trace& t, const training_problem<T>& pr, const sgd_schedule& sch,
-                             const std::vector<T>& w0, const matrix<T>& xt) {
+matrix<T> linearized_outputs(const training_problem<T>& pr, const sgd_schedule& sch, const std::vector<T>& w0,
+                             const matrix<T>& xt) {
     // f_lin(x; w) = f(x; w_0) + J(x; w_0)(w − w_0); SGD on L(f_lin) over the same batches and rates.
-    (void)t;
     const matrix<T> f0 = outputs<T>(pr.model, w0, pr.x);
     std::vector<T> w = w0;
     for (std::size_t s = 0; s < sch.steps; ++s) {
@@ -282,7 +281,7 @@ comparison compare_trace_t(const trace& t, const std::vector<std::string>& metho
         const auto start = std::chrono::steady_clock::now();
         matrix<T> rec;
         if (name == "linearized") {
-            rec = linearized_outputs<T>(t, pr, sch, w0, xt);
+            rec = linearized_outputs<T>(pr, sch, w0, xt);
         } else if (name == "ntk_init") {
             rec = ntk_init_outputs<T>(pr, sch, w0, recorded, xt);
         } else {

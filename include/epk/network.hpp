@@ -322,31 +322,26 @@ layer_factors<T> jacobian_factors(const model_spec& m, std::span<const T> w, con
     return lf;
 }
 
-// Rounding scales of the layer factors, in binary64 (proofs-notes/004 §5):
-// input[l] = M_h + |h| for layer l's input h, where M_h is its forward error
-// magnitude (M_z = |W|(M_h + |h|) + |b| at a linear layer, M_h = |σ′(z)| M_z +
-// |σ(z)| at an activation, M_x = 0),
-// delta[l] = |δ|-magnitude by a backward pass with |W| and |σ′|.  Every computed
-// J entry δ_l[c][r]·h_l[j] is within about γ·u·delta[l](c,r)·input[l][j] of the
-// exact one, cancellation or not.
+// The forward pass's error magnitudes, in binary64, from its computed values
+// (proofs-notes/004 §5): M_x = 0 (inputs are exact), M_z = |W|(M_h + |h|) + |b|
+// at a linear layer, M_h = |σ′(z)| M_z + |σ(z)| at an activation.  Returns M of
+// the outputs; `linear_inputs` (optional) receives M_h + |h| for each linear
+// layer's input h, the magnitude of that Jacobian factor.
 template <Real T>
-layer_factors<double> magnitude_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
-    const forward_pass<T> fp = forward(m, w, x1);
-    const std::size_t c = m.output_dim();
+std::vector<double> forward_error_magnitude(const model_spec& m, std::span<const T> w, const forward_pass<T>& fp,
+                                            std::vector<std::vector<double>>* linear_inputs = nullptr) {
     const auto offsets = parameter_offsets(m);
     auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
-    layer_factors<double> mf;
-    mf.input.resize(offsets.size());
-    mf.delta.resize(offsets.size());
-    std::vector<double> mh(x1.cols, 0.0);  // inputs are exact
+    std::vector<double> mh(fp.values[0].cols, 0.0);
     std::size_t li = 0;
     for (std::size_t k = 0; k < m.layers.size(); ++k) {
         const layer_spec& l = m.layers[k];
         if (l.kind == layer_kind::linear) {
-            const linear_offsets& o = offsets[li];
-            mf.input[li] = mh;  // the factor's magnitude: M_h + |h|
-            for (std::size_t j = 0; j < o.in; ++j) mf.input[li][j] += d(fp.values[k](0, j));
-            ++li;
+            const linear_offsets& o = offsets[li++];
+            if (linear_inputs != nullptr) {
+                linear_inputs->push_back(mh);
+                for (std::size_t j = 0; j < o.in; ++j) linear_inputs->back()[j] += d(fp.values[k](0, j));
+            }
             std::vector<double> mz(o.out);
             for (std::size_t r = 0; r < o.out; ++r) {
                 double acc = o.has_bias ? d(w[o.bias + r]) : 0.0;
@@ -360,9 +355,26 @@ layer_factors<double> magnitude_factors(const model_spec& m, std::span<const T> 
                 mh[j] = d(act.derivative(fp.values[k](0, j))) * mh[j] + d(fp.values[k + 1](0, j));
         }
     }
+    return mh;
+}
+
+// Rounding scales of the layer factors, in binary64 (proofs-notes/004 §5):
+// input[l] = M_h + |h| for layer l's input h (forward_error_magnitude),
+// delta[l] = |δ|-magnitude by a backward pass with |W| and |σ′|.  Every computed
+// J entry δ_l[c][r]·h_l[j] is within about γ·u·delta[l](c,r)·input[l][j] of the
+// exact one, cancellation or not.
+template <Real T>
+layer_factors<double> magnitude_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    const forward_pass<T> fp = forward(m, w, x1);
+    const std::size_t c = m.output_dim();
+    const auto offsets = parameter_offsets(m);
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    layer_factors<double> mf;
+    forward_error_magnitude<T>(m, w, fp, &mf.input);
+    mf.delta.resize(offsets.size());
+    std::size_t li = offsets.size();
     matrix<double> adj(c, c);
     for (std::size_t q = 0; q < c; ++q) adj(q, q) = 1;
-    li = offsets.size();
     for (std::size_t k = m.layers.size(); k-- > 0;) {
         const layer_spec& l = m.layers[k];
         if (l.kind == layer_kind::linear) {

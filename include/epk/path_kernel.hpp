@@ -135,30 +135,7 @@ matrix<T> step_kernel_from_factors(const model_spec& m, std::span<const T> w, st
 // M_f ≫ |f| exactly when the output is a cancelling sum.
 template <Real T>
 std::vector<double> forward_magnitude(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
-    const auto offsets = parameter_offsets(m);
-    const forward_pass<T> fp = forward(m, w, x1);
-    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
-    std::vector<double> mh(x1.cols, 0.0);
-    std::size_t li = 0;
-    for (std::size_t k = 0; k < m.layers.size(); ++k) {
-        const matrix<T>& h = fp.values[k];
-        const layer_spec& l = m.layers[k];
-        if (l.kind == layer_kind::linear) {
-            const linear_offsets& o = offsets[li++];
-            std::vector<double> mz(o.out, 0.0);
-            for (std::size_t r = 0; r < o.out; ++r) {
-                double acc = o.has_bias ? d(w[o.bias + r]) : 0.0;
-                for (std::size_t j = 0; j < o.in; ++j) acc += d(w[o.weight + r * o.in + j]) * (mh[j] + d(h(0, j)));
-                mz[r] = acc;
-            }
-            mh = std::move(mz);
-        } else {
-            const activation<T> act(l);
-            for (std::size_t j = 0; j < mh.size(); ++j)
-                mh[j] = d(act.derivative(h(0, j))) * mh[j] + d(fp.values[k + 1](0, j));
-        }
-    }
-    return mh;
+    return forward_error_magnitude<T>(m, w, forward(m, w, x1));
 }
 
 namespace detail {

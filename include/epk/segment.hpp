@@ -80,13 +80,6 @@ std::vector<T> point_on_segment(std::span<const T> w, std::span<const T> dw, con
     return out;
 }
 
-// Slope of a piecewise-linear activation on the side where its input has the
-// sign of z (the convention of activation<T>::derivative at z = 0).
-template <Real T>
-T piecewise_slope(const activation<T>& act, const T& z) {
-    return act.derivative(z);
-}
-
 }  // namespace detail
 
 // Taylor coefficients in u of the value entering layer `upto`, on the piece
@@ -131,7 +124,7 @@ std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<c
             const activation<T> act(l);
             // On the piece the unit is on one side of its kink: h = slope · z.
             for (auto& unit : h) {
-                const T s = detail::piecewise_slope(act, horner<T>(unit, half));
+                const T s = act.derivative(horner<T>(unit, half));  // relu′(0) = 0, as everywhere
                 for (T& c : unit) c = s * c;
             }
         }
@@ -288,7 +281,8 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
     for (std::size_t q = 0; q < ts.size(); ++q) {
         const T& t = ts[q];
         const T& wq = ws[q];
-        const layer_factors<T> lf = jacobian_factors<T>(m, point_on_segment<T>(w, delta, t), x1);
+        const std::vector<T> wt = point_on_segment<T>(w, delta, t);
+        const layer_factors<T> lf = jacobian_factors<T>(m, wt, x1);
         ++evaluations;
         for (std::size_t l = 0; l < offsets.size(); ++l) {
             const linear_offsets& o = offsets[l];
@@ -310,7 +304,6 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
         if (magnitude != nullptr) {
             // Σ_p |J|_mag[c][p]·|Δ_p| = Σ_l Σ_r δmag[c][r]·(Σ_j hmag_j |ΔW_rj| + |Δb_r|)
             // Magnitudes need a digit or two: computed in binary64 from the rounded point.
-            const std::vector<T> wt = point_on_segment<T>(w, delta, t);
             std::vector<double> wd64(wt.size());
             for (std::size_t p = 0; p < wt.size(); ++p) wd64[p] = scalar_traits<T>::to_double(wt[p]);
             const layer_factors<double> mf = magnitude_factors<double>(m, wd64, convert_matrix<double>(x1));
