@@ -24,31 +24,11 @@ set -u -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-cd "$root"
-EPK="${EPK:-./build/epk}"
-# The first python3 that can import torch (a pyenv/venv python3 on PATH may lack
-# Debian's python3-torch, which lives under /usr/bin/python3).
-if [[ -z "${PYTHON:-}" ]]; then
-    for candidate in python3 /usr/bin/python3; do
-        if "$candidate" -c 'import numpy, torch' >/dev/null 2>&1; then PYTHON="$candidate"; break; fi
-    done
-    PYTHON="${PYTHON:-python3}"
-fi
+work_prefix=epk-torch
+# shellcheck source=torch_env.sh
+source "$here/torch_env.sh"
 TOL="${TOL:-1e-12}"
 GEN="$here/pytorch_trace.py"
-
-if [[ ! -x "$EPK" ]]; then
-    echo "error: epk binary '$EPK' not found; build it with" >&2
-    echo "  cmake -S . -B build -DEPK_BUILD_TESTS=OFF && cmake --build build -j1 --target epk" >&2
-    exit 2
-fi
-if ! "$PYTHON" -c 'import numpy, torch' 2>/dev/null; then
-    echo "error: $PYTHON cannot import numpy and torch (apt-get install python3-torch python3-numpy)" >&2
-    exit 2
-fi
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/epk-torch.XXXXXX")"
-if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$work"' EXIT; else echo "traces kept in $work"; fi
 
 # name | pytorch_trace.py options
 configs=(
