@@ -120,16 +120,18 @@ std::vector<std::string> parse_methods(const std::string& list) {
         const std::string name = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         bool known = name == "exact" || name == "tangent_per_step" || name == "ntk_init" || name == "linearized" ||
                      name == "midpoint" || name == "trapezoid";
-        if (name.rfind("gauss:", 0) == 0) {
-            const std::string digits = name.substr(6);
+        const std::size_t colon = name.find(':');
+        const std::string family = name.substr(0, colon);
+        if (colon != std::string::npos && (family == "gauss" || family == "midpoint" || family == "trapezoid")) {
+            const std::string digits = name.substr(colon + 1);
             std::size_t n = 0;
             const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
             known = !digits.empty() && ec == std::errc() && end == digits.data() + digits.size() && n >= 1 && n <= 1000;
         }
         if (!known)
             throw input_error("--methods", "unknown method '" + name +
-                                               "' (known: exact, tangent_per_step, ntk_init, linearized, midpoint, "
-                                               "trapezoid, gauss:N with 1 <= N <= 1000)");
+                                               "' (known: exact, tangent_per_step, ntk_init, linearized, midpoint[:N], "
+                                               "trapezoid[:N], gauss:N with 1 <= N <= 1000)");
         out.push_back(name);
         if (comma == std::string::npos) break;
         start = comma + 1;

@@ -14,9 +14,12 @@ struct quadrature_options {
     std::size_t kink_samples = 16;  // per piece, activation layers from the first smooth one on
     std::size_t max_evaluations = 100000;  // per segment: beyond it no piece is refined further
     std::size_t fixed_nodes = 0;    // > 0: one fixed n-point Gauss rule on [0,1], no pieces (for comparisons)
-    // For comparisons: J at t = 0 only (the per-step tangent kernel), or the trapezoid rule on [0,1].
-    enum class endpoints { none, left, trapezoid };
-    endpoints endpoint_rule = endpoints::none;
+    // For comparisons, a plain composite rule on [0, 1] with `panels` equal panels:
+    // left = J at each panel's start (one panel: the per-step tangent kernel J(w_s)),
+    // midpoint = at each panel's middle, trapezoid = (J(start) + J(end))/2 per panel.
+    enum class simple_rule { none, left, midpoint, trapezoid };
+    simple_rule composite = simple_rule::none;
+    std::size_t panels = 1;
 };
 
 }  // namespace epk

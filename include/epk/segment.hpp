@@ -482,11 +482,31 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
                             &out.nodes, &out.weights, &out.magnitude);
         return out;
     }
-    if (qo.endpoint_rule != quadrature_options::endpoints::none) {
-        // left: J at the step's start (the per-step tangent kernel); trapezoid: (J(0) + J(1))/2.
-        const bool left = qo.endpoint_rule == quadrature_options::endpoints::left;
-        const std::vector<T> ts = left ? std::vector<T>{T(0)} : std::vector<T>{T(0), T(1)};
-        const std::vector<T> ws = left ? std::vector<T>{T(1)} : std::vector<T>{T(1) / T(2), T(1) / T(2)};
+    if (qo.composite != quadrature_options::simple_rule::none) {
+        // n equal panels of [0, 1]; left: J at each panel's start (n = 1: the per-step tangent
+        // kernel), midpoint: at its middle, trapezoid: (J(start) + J(end))/2 per panel.
+        using rule = quadrature_options::simple_rule;
+        const std::size_t n = qo.panels;
+        if (n == 0 || n > max_gauss_nodes) throw usage_error("quadrature_options: need 1 <= panels <= 100000");
+        std::vector<T> ts, ws;
+        const T h = T(1) / T(static_cast<double>(n));
+        for (std::size_t k = 0; k < n; ++k) {
+            const T start = T(static_cast<double>(k)) / T(static_cast<double>(n));
+            if (qo.composite == rule::left) {
+                ts.push_back(start);
+                ws.push_back(h);
+            } else if (qo.composite == rule::midpoint) {
+                ts.push_back(T(static_cast<double>(2 * k + 1)) / T(static_cast<double>(2 * n)));
+                ws.push_back(h);
+            } else {  // trapezoid: shared interior ends weigh h, the two outer ends h/2
+                ts.push_back(start);
+                ws.push_back(k == 0 ? h / T(2) : h);
+            }
+        }
+        if (qo.composite == rule::trapezoid) {
+            ts.push_back(T(1));
+            ws.push_back(h / T(2));
+        }
         detail::add_nodes<T>(m, w, delta, x1, ts, ws, out.value, out.scale, out.evaluations, &out.nodes, &out.weights,
                              &out.magnitude);
         return out;

@@ -20,6 +20,7 @@
 #include "epk/engine.hpp"
 #include "epk/error.hpp"
 #include "epk/npy.hpp"
+#include "epk/study.hpp"
 #include "epk/trace.hpp"
 #include "epk/training.hpp"
 
@@ -71,7 +72,12 @@ commands
                              initialisation, the linearised model and fixed rules along each
                              step: each reconstruction's error  [--methods LIST] [--precision P]
                              [--json]   (LIST of exact tangent_per_step ntk_init linearized
-                             midpoint trapezoid gauss:N)
+                             midpoint[:N] trapezoid[:N] gauss:N; N panels or nodes per step)
+  study [--out DIR]          sweep step size, nodes, steps, width, depth and precision; write
+                             runs.csv, orders.csv, report.md (fitted orders against theory)
+                             and one SVG plot per sweep to DIR (default epk-study)
+                             [--quick] [--sweeps LIST] [--data NAME|FILE.csv] [--threads N]
+                             (LIST of step_size nodes nodes_relu steps width depth precision drift)
   help, --help               this text
   version, --version         the version
 
@@ -534,6 +540,40 @@ int cmd_compare(int argc, char** argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------- study
+
+int cmd_study(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"out", "sweeps", "data", "threads"}, {"quick"}, 0, 0);
+    epk::study_options o;
+    o.quick = a.flags.count("quick") != 0;
+    o.data = a.get("data", "digits");
+    if (a.has("sweeps")) o.sweeps = epk::parse_sweeps(a.get("sweeps", ""));
+    o.threads = a.get_count("threads", 0, 0, 1024);
+    const fs::path out = a.get("out", "epk-study");
+    epk::check_trace_output_dir(out);  // before minutes of work
+    // The header goes out with the first progress line, once the data set has been read.
+    bool started = false;
+    const epk::study_result r = epk::run_study(o, [&](const std::string& line) {
+        if (!started)
+            std::fprintf(stderr, "epk study: %s sweeps on %s, writing %s\n", o.quick ? "quick" : "default", o.data.c_str(),
+                         out.string().c_str());
+        started = true;
+        std::fprintf(stderr, "  %s\n", line.c_str());
+        std::fflush(stderr);
+    });
+    epk::write_study(r, o, out);
+    std::printf("%-11s %-17s %-9s %10s %-10s %-16s %s\n", "sweep", "method", "law", "measured", "theory", "band", "within");
+    for (const epk::study_order& q : r.orders) {
+        char band[48];
+        std::snprintf(band, sizeof band, "[%.3g, %.3g]", q.low, q.high);
+        std::printf("%-11s %-17s %-9s %10.3g %-10s %-16s %s\n", q.sweep.c_str(), q.method.c_str(), q.law.c_str(),
+                    q.measured, q.theory_text.c_str(), band, q.within ? "yes" : "NO");
+    }
+    std::printf("\n%zu runs in %.1f s; wrote %s/{runs.csv, orders.csv, report.md, *.svg}\n", r.rows.size(), r.seconds,
+                out.string().c_str());
+    return 0;
+}
+
 // ---------------------------------------------------------------- demo
 
 int cmd_demo(int argc, char** argv) {
@@ -639,6 +679,7 @@ int run(int argc, char** argv) {
     if (cmd == "verify") return cmd_verify(argc, argv);
     if (cmd == "kernel") return cmd_kernel(argc, argv);
     if (cmd == "compare") return cmd_compare(argc, argv);
+    if (cmd == "study") return cmd_study(argc, argv);
     throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 

@@ -464,6 +464,18 @@ else fail "compare --json: methods with reconstruction and error" "exit $RC -- $
 expect_ok "compare (text), chosen methods, float128" "$EPK" compare batch --methods exact,midpoint,gauss:3 --precision float128
 expect_fail "compare: unknown method" --methods "unknown method" -- "$EPK" compare full --methods exact,simpson
 expect_fail "compare: gauss:0" --methods "" -- "$EPK" compare full --methods gauss:0
+expect_fail "compare: midpoint:x" --methods "" -- "$EPK" compare full --methods midpoint:x
+expect_ok "compare: composite midpoint and trapezoid" "$EPK" compare full --methods midpoint:4,trapezoid:3
+run "$EPK" study --quick --sweeps step_size,precision --out "$W/study"
+if [ "$RC" -eq 0 ] && [ -s "$W/study/runs.csv" ] && [ -s "$W/study/orders.csv" ] && [ -s "$W/study/report.md" ] \
+    && [ -s "$W/study/step_size.svg" ] && [ -s "$W/study/precision.svg" ] && [ ! -e "$W/study/nodes.svg" ] \
+    && grep -q "Fitted orders" "$W/study/report.md" && grep -q "^step_size,tangent_per_step,eta,power," "$W/study/orders.csv" \
+    && grep -q "\[1/" "$W/err"; then ok "study --quick: CSV, orders, report, one plot per sweep, progress"
+else fail "study --quick: CSV, orders, report, one plot per sweep, progress" "exit $RC -- $(err1)"; fi
+expect_fail "study: unknown sweep" --sweeps "unknown sweep" --absent "$W/newdir" -- "$EPK" study --sweeps step_size,bogus --out "$W/newdir"
+expect_fail "study: empty sweep list" --sweeps "" --absent "$W/newdir" -- "$EPK" study --sweeps "" --out "$W/newdir"
+expect_fail "study --out a non-empty directory" nonempty "not empty" --unchanged "$W/nonempty" -- "$EPK" study --quick --out "$W/nonempty"
+expect_fail "study: unknown data set" no-such.csv "" --absent "$W/newdir" -- "$EPK" study --quick --data "$W/no-such.csv" --out "$W/newdir"
 fi
 
 # ---- bad command lines ---------------------------------------------------------
