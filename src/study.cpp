@@ -503,6 +503,11 @@ std::string g17(double v) {
     std::snprintf(b, sizeof b, "%.17g", v);
     return b;
 }
+std::string g6(double v) {
+    char b[40];
+    std::snprintf(b, sizeof b, "%.6g", v);
+    return b;
+}
 std::string g3(double v) {
     if (!std::isfinite(v)) return "n/a";
     char b[40];
@@ -545,9 +550,16 @@ plot_spec plot_of(const plot_layout& lay, const std::vector<study_row>& rows) {
     for (const study_row& r : rows)
         if (r.sweep == lay.sweep && std::find(methods.begin(), methods.end(), r.method) == methods.end())
             methods.push_back(r.method);
+    const std::vector<study_order> orders = fit_orders(rows);
     for (const std::string& m : methods) {
         plot_series s;
         s.name = m;
+        for (const study_order& q : orders)
+            if (q.sweep == lay.sweep && q.method == m && std::isfinite(q.measured)) {
+                char b[48];
+                std::snprintf(b, sizeof b, q.law == "geometric" ? " (rate %.2g)" : " (order %.2f)", q.measured);
+                s.name += b;
+            }
         for (const auto& [value, error] : aggregate_runs(rows, lay.sweep, m)) {
             s.x.push_back(value);
             s.y.push_back(error);
@@ -564,6 +576,15 @@ plot_spec plot_of(const plot_layout& lay, const std::vector<study_row>& rows) {
         p.series.erase(std::remove_if(p.series.begin(), p.series.end(), [](const plot_series& s) { return s.name == "exact"; }),
                        p.series.end());
         if (exact > 0 && hi > 0) p.series.push_back({"exact (breakpoints)", {lo, hi}, {exact, exact}, true});
+    }
+    if (lay.sweep == "drift") {  // a line of slope 1 through the outputs' first point
+        const auto runs = aggregate_runs(rows, "drift", "outputs");
+        for (const auto& [value, error] : runs)
+            if (value > 0 && error > 0) {
+                const double last = runs.back().first;
+                p.series.push_back({"proportional to s", {value, last}, {error, error * last / value}, true});
+                break;
+            }
     }
     if (lay.sweep == "precision") {  // the reference line u·max|f|
         plot_series ref;
@@ -659,8 +680,8 @@ void write_study(const study_result& r, const study_options& o, const fs::path& 
     std::ostringstream ord;
     ord << "sweep,method,parameter,law,measured,theory,low,high,points,within\n";
     for (const study_order& q : r.orders)
-        ord << q.sweep << ',' << q.method << ',' << q.parameter << ',' << q.law << ',' << g17(q.measured) << ','
-            << g17(q.theory) << ',' << g17(q.low) << ',' << g17(q.high) << ',' << q.points << ','
+        ord << q.sweep << ',' << q.method << ',' << q.parameter << ',' << q.law << ',' << g6(q.measured) << ','
+            << csv_field(q.theory_text) << ',' << g6(q.low) << ',' << g6(q.high) << ',' << q.points << ','
             << (q.within ? "yes" : "no") << '\n';
     add("orders.csv", ord.str());
     add("report.md", report_text(r, o));
