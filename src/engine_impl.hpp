@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <numeric>
 #include <functional>
 
 #include "epk/engine.hpp"
@@ -186,6 +188,42 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rep.remainder_max_abs = scalar_traits<T>::to_double(r.remainder_max_abs);
     rep.remainder_max_rel = scalar_traits<T>::to_double(r.remainder_max_rel);
     rep.remainder_worst_step = r.remainder_worst_step;
+    if (t.params) {
+        const bool f4 = t.params->dtype == npy_dtype::f4;
+        rep.path_precision = f4 ? "float32" : "float64";
+        rep.recording_unit_roundoff = f4 ? 0x1p-24 : 0x1p-53;
+    } else {
+        rep.path_precision = rep.precision_name;
+        rep.recording_unit_roundoff = rep.unit_roundoff_value;
+    }
+    for (std::size_t s = 0; s < r.audit.size(); ++s) {
+        const auto& a = r.audit[s];
+        kernel_report::step_audit row;
+        row.step = s;
+        row.remainder_max_abs = a.remainder_max_abs;
+        row.remainder_norm2 = a.remainder_norm2;
+        row.relative = a.step_max_abs > 0 ? a.remainder_max_abs / a.step_max_abs : 0.0;
+        const double unit = rep.recording_unit_roundoff * a.weight_max_abs;
+        row.over_recording_u = unit > 0 ? a.remainder_max_abs / unit : (a.remainder_max_abs > 0 ? HUGE_VAL : 0.0);
+        row.contribution_max_abs = a.contribution_max_abs;
+        rep.remainder_max_over_recording_u = std::max(rep.remainder_max_over_recording_u, row.over_recording_u);
+        rep.audit.push_back(row);
+    }
+    {
+        std::vector<std::size_t> order(rep.audit.size());
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        const std::size_t k = std::min<std::size_t>(5, order.size());
+        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                          [&](std::size_t a, std::size_t b) {
+                              return rep.audit[a].over_recording_u > rep.audit[b].over_recording_u ||
+                                     (rep.audit[a].over_recording_u == rep.audit[b].over_recording_u && a < b);
+                          });
+        rep.worst_steps.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    for (std::size_t e = 0; e < r.outputs_final.data.size(); ++e)
+        rep.kernel_residual_max_abs = std::max(
+            rep.kernel_residual_max_abs,
+            std::abs(scalar_traits<T>::to_double(T(r.outputs_final.data[e] - r.kernel_reconstruction.data[e]))));
     rep.contributions.reserve(r.contributions.size());
     for (const T& v : r.contributions) rep.contributions.push_back(scalar_traits<T>::to_double(v));
     for (const auto& [s, k] : r.step_kernels) {

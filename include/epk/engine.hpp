@@ -97,6 +97,22 @@ struct kernel_report {
     bool ok = false;                   // every |residual| ≤ budget
     double remainder_max_abs = 0, remainder_max_rel = 0;
     std::size_t remainder_worst_step = 0;
+    // Recorded-path audit: per step, the remainder r_s = Δ_s − Σ_i J(x_i; w_s)ᵀ a_{i,s} between
+    // the path's step and the exact gradient step recomputed in this precision.
+    struct step_audit {
+        std::size_t step = 0;
+        double remainder_max_abs = 0;     // ‖r_s‖_∞
+        double remainder_norm2 = 0;       // ‖r_s‖_2
+        double relative = 0;              // ‖r_s‖_∞ / ‖Δ_s‖_∞
+        double over_recording_u = 0;      // ‖r_s‖_∞ / (u_rec · ‖w[s+1]‖_∞)
+        double contribution_max_abs = 0;  // max over test points and outputs of |Ī_s r_s|
+    };
+    std::vector<step_audit> audit;
+    std::string path_precision;            // "float32"/"float64" (recorded params.npy) or the working precision (replayed)
+    double recording_unit_roundoff = 0;    // u_rec: unit roundoff of path_precision
+    double remainder_max_over_recording_u = 0;
+    std::vector<std::size_t> worst_steps;  // up to 5 steps, largest over_recording_u first
+    double kernel_residual_max_abs = 0;    // max |f(x; w_S) − kernel_reconstruction|: without the remainder
     std::vector<double> contributions;  // c(x_m, x_i)  [M][N][C]
     std::vector<std::pair<std::size_t, std::vector<double>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<double> coefficients;    // a_{i,s}, [S][N][C] (when requested)

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -71,6 +72,12 @@ struct path_kernel_result {
     T remainder_max_abs = T(0);       // max_s ‖r_s‖_∞
     T remainder_max_rel = T(0);       // max_s ‖r_s‖_∞ / ‖Δ_s‖_∞
     std::size_t remainder_worst_step = 0;
+    // The recorded-path audit, one entry per step (binary64 summaries of T values):
+    // ‖r_s‖_∞, ‖r_s‖_2, ‖Δ_s‖_∞, ‖w[s+1]‖_∞ and max_{m,c} |Ī_s(x_m) r_s|_c.
+    struct step_audit {
+        double remainder_max_abs = 0, remainder_norm2 = 0, step_max_abs = 0, weight_max_abs = 0, contribution_max_abs = 0;
+    };
+    std::vector<step_audit> audit;
     std::vector<T> losses;            // L_s(w[s])
 };
 
@@ -249,6 +256,19 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
             res.remainder_worst_step = s;
         }
         if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
+        typename path_kernel_result<T>::step_audit au;
+        {
+            T rem_sq(0), w_inf(0);
+            for (std::size_t q = 0; q < P; ++q) {
+                add_product(rem_sq, rem[q], rem[q]);
+                max_abs_into(w_inf, w_next[q]);
+            }
+            au.remainder_max_abs = scalar_traits<T>::to_double(rem_inf);
+            au.remainder_norm2 = std::sqrt(scalar_traits<T>::to_double(rem_sq));
+            au.step_max_abs = scalar_traits<T>::to_double(delta_inf);
+            au.weight_max_abs = scalar_traits<T>::to_double(w_inf);
+        }
+        std::vector<double> point_contribution(M, 0.0);  // per test point: threads write their own slot
 
         const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
         std::vector<matrix<T>> jac_train;
@@ -279,6 +299,7 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
             }
             const std::vector<T> rr = contract_rows<T>(seg.value, rem);
             for (std::size_t c = 0; c < C; ++c) {
+                point_contribution[mm] = std::max(point_contribution[mm], std::abs(scalar_traits<T>::to_double(rr[c])));
                 res.remainder_term(mm, c) += rr[c];
                 step[c] += rr[c];
                 res.reconstruction(mm, c) += step[c];
@@ -287,6 +308,8 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
             }
                 };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
+        for (double v : point_contribution) au.contribution_max_abs = std::max(au.contribution_max_abs, v);
+        res.audit.push_back(au);
         if (store_kernel) {
             res.step_kernels.emplace_back(s, std::move(kernel));
             ++next_kernel;

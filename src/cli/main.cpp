@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "args.hpp"
+#include "epk/check.hpp"
 #include "epk/dataset.hpp"
 #include "epk/engine.hpp"
 #include "epk/error.hpp"
@@ -78,6 +79,15 @@ commands
                              and one SVG plot per sweep to DIR (default epk-study)
                              [--quick] [--sweeps LIST] [--data NAME|FILE.csv] [--threads N]
                              (LIST of step_size nodes nodes_relu steps width depth precision drift)
+  check TRACE --against FILE...
+                             another implementation's results (.npy files or directories in the
+                             shapes epk kernel writes: outputs_final/predictions, bias,
+                             reconstruction, contributions, coefficients, remainder,
+                             kernel_step_<s>) against epk's exact kernel: max absolute and
+                             relative error, worst entries; exit 0 within --tolerance T
+                             (default 1e-10, relative to max|epk's array|; the remainder to
+                             max|f(x; w[S])|), 1 outside, 2 bad input
+                             [--precision P] [--threads N] [--json]
   help, --help               this text
   version, --version         the version
 
@@ -379,6 +389,51 @@ double row_max_abs(const std::vector<double>& v, std::size_t r, std::size_t cols
     return m;
 }
 
+// The recorded-path audit is "at rounding level" when every step's remainder is within
+// this many units u_rec·‖w[s+1]‖_∞ (proofs-notes/004 §3).
+constexpr double audit_rounding_units = 32.0;
+
+nlohmann::json audit_json(const epk::kernel_report& k) {
+    nlohmann::json a;
+    a["path_precision"] = k.path_precision;
+    a["recording_unit_roundoff"] = k.recording_unit_roundoff;
+    a["remainder_max_over_recording_u"] = k.remainder_max_over_recording_u;
+    a["at_rounding_level"] = k.remainder_max_over_recording_u <= audit_rounding_units;
+    a["rounding_level_units"] = audit_rounding_units;
+    a["worst_steps"] = k.worst_steps;
+    a["residual_with_remainder_max_abs"] = k.residual_max_abs;
+    a["residual_without_remainder_max_abs"] = k.kernel_residual_max_abs;
+    nlohmann::json steps = nlohmann::json::array();
+    for (const auto& s : k.audit)
+        steps.push_back({{"step", s.step},
+                         {"remainder_max_abs", s.remainder_max_abs},
+                         {"remainder_norm2", s.remainder_norm2},
+                         {"relative_to_step", s.relative},
+                         {"over_recording_u", s.over_recording_u},
+                         {"contribution_max_abs", s.contribution_max_abs}});
+    a["steps"] = steps;
+    return a;
+}
+
+void print_audit(const epk::kernel_report& k) {
+    std::printf("recorded-path audit (%s path, u_rec = %.3g): step remainder r_s = dw_s - sum_i J_i^T a_i\n",
+                k.path_precision.c_str(), k.recording_unit_roundoff);
+    std::printf("  max |r_s| = %.3e (%.3g of the step) = %.2f u_rec*max|w[s+1]|: %s\n", k.remainder_max_abs,
+                k.remainder_max_rel, k.remainder_max_over_recording_u,
+                k.remainder_max_over_recording_u <= audit_rounding_units
+                    ? "at the rounding level of the recorded path"
+                    : "ABOVE the rounding level of the recorded path (the recorded steps are not plain SGD steps "
+                      "of this loss in this precision)");
+    std::printf("  %5s %12s %12s %12s %14s\n", "step", "max|r_s|", "|r_s|_2", "/u_rec|w|", "max|I_s r_s|");
+    for (std::size_t s : k.worst_steps) {
+        const auto& a = k.audit[s];
+        std::printf("  %5zu %12.3e %12.3e %12.2f %14.3e\n", s, a.remainder_max_abs, a.remainder_norm2, a.over_recording_u,
+                    a.contribution_max_abs);
+    }
+    std::printf("  reconstruction misses f(x; w[S]) by %.3e with the remainder term, %.3e without it\n\n",
+                k.residual_max_abs, k.kernel_residual_max_abs);
+}
+
 nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precision& p) {
     nlohmann::json j;
     put_outputs_json(j, k.precision_name, k.unit_roundoff_value, k.unit_roundoff, k.steps, k.recorded_path,
@@ -401,6 +456,7 @@ nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precis
     j["remainder_worst_step"] = k.remainder_worst_step;
     j["losses"] = k.losses;
     j["ok"] = k.ok;
+    j["audit"] = audit_json(k);
     if (p.bits > 53) {
         j["reconstruction_decimal"] = table_decimal_json(k.reconstruction);
         j["residual_decimal"] = table_decimal_json(k.residual);
@@ -441,10 +497,8 @@ int cmd_verify(int argc, char** argv) {
     std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << k.steps << " steps, "
               << (k.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << "\n"
               << "precision " << k.precision_name << " (u = " << k.unit_roundoff_value << "), test points "
-              << k.test_points << "\n"
-              << "step remainder r_s = dw - sum_i J_i^T a_i: max " << k.remainder_max_abs << " ("
-              << k.remainder_max_rel << " of the step, worst at step " << k.remainder_worst_step
-              << "); it is its own term of the reconstruction\n\n";
+              << k.test_points << "\n\n";
+    print_audit(k);
     print_verify_table(k);
     std::printf("\nmax |f(x; w[S]) - reconstruction| = %.3e = %.1f u (point %zu, output %zu); max residual/budget = %.3g\n",
                 k.residual_max_abs, k.residual_max_over_u, k.worst_point, k.worst_output, k.residual_max_over_budget);
@@ -538,6 +592,77 @@ int cmd_compare(int argc, char** argv) {
         std::printf("%-18s %14.3e %14.3e %9.2f\n", m.name.c_str(), m.error_max_abs,
                     scale > 0 ? m.error_max_abs / scale : 0.0, m.seconds);
     return 0;
+}
+
+// ---------------------------------------------------------------- check
+
+int cmd_check(int argc, char** argv) {
+    // --against takes every following argument up to the next option (and may be repeated).
+    std::vector<std::string> against;
+    std::vector<char*> rest{argv[0], argv[1]};
+    bool any_against = false;
+    for (int i = 2; i < argc; ++i) {
+        const std::string s = argv[i];
+        if (s == "--against") {
+            any_against = true;
+            while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) against.emplace_back(argv[++i]);
+        } else if (s.rfind("--against=", 0) == 0) {
+            any_against = true;
+            against.push_back(s.substr(10));
+        } else {
+            rest.push_back(argv[i]);
+        }
+    }
+    const args a = parse_args(static_cast<int>(rest.size()), rest.data(), {"precision", "tolerance", "threads"}, {"json"}, 1, 1);
+    if (!any_against || against.empty()) throw epk::input_error("--against", "give the .npy files or directories to check");
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const double tolerance = a.get_real("tolerance", 1e-10);
+    if (tolerance < 0) throw epk::input_error("--tolerance", "must be >= 0");
+    const std::size_t threads = a.get_count("threads", 0, 0, 1024);
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    const std::vector<epk::check_file> files = epk::load_check_files(against);
+    const bool json = a.flags.count("json") != 0;
+    const epk::check_report r =
+        epk::check_against(t, p, files, tolerance, threads, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    if (json) {
+        nlohmann::json j;
+        j["trace"] = a.positional[0];
+        j["precision"] = r.reference.precision_name;
+        j["tolerance"] = tolerance;
+        j["reference_ok"] = r.reference.ok;
+        j["reference_residual_max_abs"] = r.reference.residual_max_abs;
+        j["ok"] = r.ok;
+        nlohmann::json fs_json = nlohmann::json::array();
+        for (const auto& c : r.results) {
+            nlohmann::json worst = nlohmann::json::array();
+            for (const auto& w : c.worst) worst.push_back({{"index", w.index}, {"theirs", w.theirs}, {"epk", w.reference}});
+            fs_json.push_back({{"file", c.path}, {"quantity", c.quantity}, {"shape", c.shape},
+                               {"max_abs_error", c.max_abs_error}, {"reference_max_abs", c.reference_max_abs},
+                               {"max_relative_error", c.max_relative_error}, {"relative_to", c.relative_to}, {"within", c.within}, {"worst", worst}});
+        }
+        j["files"] = fs_json;
+        std::cout << j.dump(2) << "\n";
+        return r.ok ? 0 : 1;
+    }
+    std::cout << "epk check " << a.positional[0] << ": " << r.results.size() << " file(s) against the exact path kernel in "
+              << r.reference.precision_name << " (tolerance " << tolerance << ", relative to max|epk's array|; the remainder to max|f(x; w[S])|)\n"
+              << "reference: max |f(x; w[S]) - reconstruction| = " << r.reference.residual_max_abs << ", "
+              << (r.reference.ok ? "within its budget" : "OUTSIDE its budget (the reference itself is not verified)")
+              << "\n\n";
+    std::printf("%-34s %-16s %12s %12s %12s  %s\n", "file", "quantity", "max|diff|", "max|epk|", "relative", "");
+    for (const auto& c : r.results) {
+        std::printf("%-34s %-16s %12.3e %12.3e %12.3e  %s\n", c.path.c_str(), c.quantity.c_str(), c.max_abs_error,
+                    c.reference_max_abs, c.max_relative_error, c.within ? "ok" : "OUTSIDE");
+        if (!c.within)
+            for (const auto& w : c.worst) {
+                std::string idx;
+                for (std::size_t d = 0; d < w.index.size(); ++d) idx += (d ? "," : "") + std::to_string(w.index[d]);
+                std::printf("    [%s]  theirs %.17g  epk %.17g  diff %.3e\n", idx.c_str(), w.theirs, w.reference,
+                            std::abs(w.theirs - w.reference));
+            }
+    }
+    std::printf("%s\n", r.ok ? "OK: every array within tolerance" : "FAILED: some array is outside the tolerance");
+    return r.ok ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- study
@@ -680,6 +805,7 @@ int run(int argc, char** argv) {
     if (cmd == "kernel") return cmd_kernel(argc, argv);
     if (cmd == "compare") return cmd_compare(argc, argv);
     if (cmd == "study") return cmd_study(argc, argv);
+    if (cmd == "check") return cmd_check(argc, argv);
     throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 

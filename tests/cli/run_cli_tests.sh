@@ -472,6 +472,41 @@ if [ "$RC" -eq 0 ] && [ -s "$W/study/runs.csv" ] && [ -s "$W/study/orders.csv" ]
     && grep -q "Fitted orders" "$W/study/report.md" && grep -q "^step_size,tangent_per_step,eta,power," "$W/study/orders.csv" \
     && grep -q "\[1/" "$W/err"; then ok "study --quick: CSV, orders, report, one plot per sweep, progress"
 else fail "study --quick: CSV, orders, report, one plot per sweep, progress" "exit $RC -- $(err1)"; fi
+# ---- check: another implementation's arrays against epk's --------------------------
+expect_ok "check: epk's own kernel files (a directory) agree" "$EPK" check full --against "$W/k1"
+expect_ok "check: single files, repeated --against, --json" "$EPK" check full --against "$W/k1/bias.npy" --against "$W/k1/kernel_step_3.npy" --json
+if grep -q '"max_relative_error"' "$W/out" && grep -q '"quantity": "kernel_step_3"' "$W/out" && grep -q '"ok": true' "$W/out"; then
+    ok "check --json: per-file errors and ok"
+else fail "check --json: per-file errors and ok" "$(head -c 300 "$W/out")"; fi
+"$EPK" kernel full --out "$W/kf" --steps 0,2-3 --precision float >/dev/null 2>&1
+run "$EPK" check full --against "$W/kf"
+if [ "$RC" -eq 1 ] && grep -q "OUTSIDE" "$W/out" && grep -q "theirs" "$W/out"; then ok "check: float results against the double reference exit 1, worst entries shown"
+else fail "check: float results against the double reference exit 1, worst entries shown" "exit $RC -- $(head -c 300 "$W/out")"; fi
+expect_ok "check: the same float results within --tolerance 1e-4" "$EPK" check full --against "$W/kf" --tolerance 1e-4
+expect_fail "check: no --against" --against "" -- "$EPK" check full
+expect_fail "check: --against without files" --against "" -- "$EPK" check full --against --tolerance 1e-3
+mkdir -p "$W/chk_unknown" && cp "$W/k1/bias.npy" "$W/chk_unknown/bogus.npy"
+expect_fail "check: unknown file name" bogus.npy "unknown result file name" -- "$EPK" check full --against "$W/chk_unknown"
+mkdir -p "$W/chk_nan" && cp "$W/k1/outputs_final.npy" "$W/chk_nan/outputs_final.npy"
+poke "$W/chk_nan/outputs_final.npy" $(($(data_offset "$W/k1/outputs_final.npy") + 8 * 5)) "$F8_NAN"
+expect_fail "check: NaN in a result file" outputs_final.npy "NaN" -- "$EPK" check full --against "$W/chk_nan"
+"$EPK" train --out "$W/short" --n-train 40 --n-test 10 --hidden 8 --steps 3 >/dev/null 2>&1
+expect_fail "check: shape of another trace" coefficients.npy "shape" -- "$EPK" check "$W/short" --against "$W/k1/coefficients.npy"
+"$EPK" kernel full --out "$W/k5" --steps 4 >/dev/null 2>&1
+expect_fail "check: kernel step beyond the trace" kernel_step_4.npy "not a step" -- "$EPK" check "$W/short" --against "$W/k5/kernel_step_4.npy"
+mkdir -p "$W/chk_dup" && cp "$W/k1/outputs_final.npy" "$W/chk_dup/predictions.npy"
+expect_fail "check: predictions.npy and outputs_final.npy both" outputs_final.npy "same quantity" -- "$EPK" check full --against "$W/chk_dup" "$W/k1/outputs_final.npy"
+expect_fail "check: missing file" no-such.npy "does not exist" -- "$EPK" check full --against "$W/no-such.npy"
+expect_fail "check: --tolerance -1" --tolerance "" -- "$EPK" check full --against "$W/k1" --tolerance -1
+expect_fail "check: --tolerance nan" --tolerance "" -- "$EPK" check full --against "$W/k1" --tolerance nan
+
+# ---- verify: the recorded-path audit ---------------------------------------------
+run "$EPK" verify full --json
+if [ "$RC" -eq 0 ] && grep -q '"audit"' "$W/out" && grep -q '"at_rounding_level": true' "$W/out" \
+    && grep -q '"residual_without_remainder_max_abs"' "$W/out" && grep -q '"over_recording_u"' "$W/out"; then
+    ok "verify --json: the recorded-path audit"
+else fail "verify --json: the recorded-path audit" "exit $RC -- $(err1)"; fi
+
 expect_fail "study: unknown sweep" --sweeps "unknown sweep" --absent "$W/newdir" -- "$EPK" study --sweeps step_size,bogus --out "$W/newdir"
 expect_fail "study: empty sweep list" --sweeps "" --absent "$W/newdir" -- "$EPK" study --sweeps "" --out "$W/newdir"
 expect_fail "study --out a non-empty directory" nonempty "not empty" --unchanged "$W/nonempty" -- "$EPK" study --quick --out "$W/nonempty"

@@ -1,0 +1,207 @@
+// The recorded-path audit (kernel_report::audit, proofs-notes/004 §3) and
+// `epk check` (include/epk/check.hpp): float32-recorded paths audited at float32
+// rounding level and reconstructed exactly once the remainder is included; an
+// altered step found; other implementations' arrays compared entry by entry;
+// bad result files refused with the file named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <unistd.h>
+
+#include "epk/check.hpp"
+#include "epk/engine.hpp"
+#include "epk/error.hpp"
+#include "epk/training.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+epk::trace make_trace(epk::layer_kind act, std::size_t steps, double lr, std::uint64_t seed) {
+    epk::trace t;
+    t.model = epk::make_mlp(4, {8}, 3, act);
+    t.loss = {epk::loss_kind::cross_entropy, epk::reduction_kind::mean};
+    t.optimizer = {lr, steps};
+    std::mt19937_64 rng(seed);
+    auto draw = [&](std::size_t count) {
+        std::vector<double> v(count);
+        for (double& e : v) e = static_cast<double>(static_cast<int>(rng() % 257) - 128) / 64.0;
+        return v;
+    };
+    const std::size_t n = 12;
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {n, 4}, draw(n * 4));
+    std::vector<std::int64_t> labels(n);
+    for (auto& l : labels) l = static_cast<std::int64_t>(rng() % 3);
+    t.y_train = epk::make_int_array({n}, labels);
+    t.x_test = epk::make_real_array(epk::npy_dtype::f8, {3, 4}, draw(12));
+    t.init_params = epk::make_real_array(epk::npy_dtype::f8, {t.model.parameter_count()}, epk::torch_default_init(t.model, seed));
+    epk::validate_trace(t, "in-memory");
+    return t;
+}
+
+// The path trained in float32 and recorded as a float32 params.npy.
+epk::trace float32_recorded(const epk::trace& t) {
+    epk::trace r = epk::replay_trace(t, epk::parse_precision("float"));
+    r.params->dtype = epk::npy_dtype::f4;  // every value is a binary32 number
+    for (double v : r.params->real) EXPECT_EQ(static_cast<double>(static_cast<float>(v)), v);
+    return r;
+}
+
+TEST(Audit, Float32RecordedPathAtFloat32RoundingAndExactWithTheRemainder) {
+    const epk::layer_kind acts[] = {epk::layer_kind::tanh, epk::layer_kind::relu, epk::layer_kind::sigmoid};
+    double worst_units = 0;
+    for (std::uint64_t seed = 1; seed <= 12; ++seed) {
+        const epk::trace t = float32_recorded(make_trace(acts[seed % 3], 8, 0.5, seed));
+        for (const char* prec : {"double", "mpfr:128"}) {
+            const epk::kernel_report k = epk::compute_kernel(t, epk::parse_precision(prec), {});
+            ASSERT_EQ(k.path_precision, "float32");
+            EXPECT_EQ(k.recording_unit_roundoff, 0x1p-24);
+            ASSERT_EQ(k.audit.size(), 8u);
+            // Remainders: present (the float32 rounding of every step) and at its level.
+            EXPECT_GT(k.remainder_max_abs, 0.0);
+            EXPECT_LE(k.remainder_max_over_recording_u, 2.0) << "seed " << seed << " " << prec;
+            worst_units = std::max(worst_units, k.remainder_max_over_recording_u);
+            for (const auto& a : k.audit) {
+                EXPECT_LE(a.remainder_max_abs, a.remainder_norm2 * (1 + 1e-12));
+                EXPECT_LE(a.over_recording_u, k.remainder_max_over_recording_u);
+            }
+            // With the remainder the reconstruction is exact to the working precision; without it
+            // it misses by the float32 rounding of the path.
+            EXPECT_TRUE(k.ok) << "seed " << seed << " " << prec;
+            EXPECT_LE(k.residual_max_abs, 64 * k.unit_roundoff_value * 10);
+            EXPECT_GT(k.kernel_residual_max_abs, 1e-11) << "seed " << seed;
+            EXPECT_LT(k.kernel_residual_max_abs, 1e-4) << "seed " << seed;
+        }
+    }
+    std::printf("[audit] float32-recorded paths: remainder at most %.2f u32 * max|w|\n", worst_units);
+}
+
+TEST(Audit, AnAlteredStepIsFoundAndTheReconstructionStaysExact) {
+    epk::trace t = epk::replay_trace(make_trace(epk::layer_kind::tanh, 6, 0.5, 7), epk::parse_precision("double"));
+    const std::size_t P = t.model.parameter_count();
+    // Nudge w[3]: steps 2 and 3 are no longer gradient steps.
+    for (std::size_t q = 0; q < P; ++q) t.params->real[3 * P + q] *= 1 + 1e-6;
+    const epk::kernel_report k = epk::compute_kernel(t, epk::parse_precision("double"), {});
+    EXPECT_EQ(k.path_precision, "float64");
+    ASSERT_GE(k.worst_steps.size(), 2u);
+    EXPECT_EQ(std::min(k.worst_steps[0], k.worst_steps[1]), 2u);
+    EXPECT_EQ(std::max(k.worst_steps[0], k.worst_steps[1]), 3u);
+    EXPECT_GT(k.audit[2].over_recording_u, 1e6);
+    EXPECT_LT(k.audit[0].over_recording_u, 4.0);
+    EXPECT_GT(k.audit[2].contribution_max_abs, 1e-9);
+    EXPECT_TRUE(k.ok);  // the remainder is a term of the reconstruction
+    EXPECT_GT(k.kernel_residual_max_abs, 1e-9);
+}
+
+// epk's own arrays as another implementation would hand them over.
+std::vector<epk::check_file> files_from(const epk::kernel_report& k, std::size_t m, std::size_t n, std::size_t c,
+                                        std::size_t s) {
+    std::vector<epk::check_file> f;
+    auto add = [&](const std::string& q, std::vector<std::size_t> shape, const std::vector<double>& v, std::size_t step = 0) {
+        f.push_back({q + ".npy", q, step, epk::make_real_array(epk::npy_dtype::f8, std::move(shape), v)});
+    };
+    add("outputs_final", {m, c}, k.outputs_final.values);
+    add("bias", {m, c}, k.outputs_initial.values);
+    add("reconstruction", {m, c}, k.kernel_reconstruction.values);
+    add("remainder", {m, c}, k.remainder_term.values);
+    add("contributions", {m, n, c}, k.contributions);
+    add("coefficients", {s, n, c}, k.coefficients);
+    for (const auto& [step, kern] : k.step_kernels) add("kernel_step", {m, n, c, c}, kern, step);
+    return f;
+}
+
+TEST(Check, OwnArraysAgreeAPerturbedEntryIsFound) {
+    const epk::trace t = make_trace(epk::layer_kind::relu, 5, 1.0, 3);
+    epk::kernel_options o;
+    o.coefficients = true;
+    o.kernel_steps = {1, 4};
+    const epk::kernel_report k = epk::compute_kernel(t, epk::parse_precision("double"), o);
+    std::vector<epk::check_file> f = files_from(k, 3, 12, 3, 5);
+    const epk::check_report same = epk::check_against(t, epk::parse_precision("double"), f, 0.0);
+    EXPECT_TRUE(same.ok);
+    ASSERT_EQ(same.results.size(), f.size());
+    for (const auto& r : same.results) EXPECT_EQ(r.max_abs_error, 0.0) << r.quantity;
+
+    // One contribution off by 1e-7 relative: found, at its index.
+    epk::check_file& contrib = f[4];
+    const std::size_t flat = (2 * 12 + 7) * 3 + 1;  // [2, 7, 1]
+    contrib.data.real[flat] += 1e-7 * same.results[4].reference_max_abs;
+    const epk::check_report off = epk::check_against(t, epk::parse_precision("double"), f, 1e-10);
+    EXPECT_FALSE(off.ok);
+    const epk::check_result& r = off.results[4];
+    EXPECT_FALSE(r.within);
+    EXPECT_NEAR(r.max_relative_error, 1e-7, 1e-9);
+    ASSERT_FALSE(r.worst.empty());
+    EXPECT_EQ(r.worst[0].index, (std::vector<std::size_t>{2, 7, 1}));
+    for (std::size_t q = 0; q < off.results.size(); ++q)
+        if (q != 4) EXPECT_TRUE(off.results[q].within) << off.results[q].quantity;
+    EXPECT_TRUE(epk::check_against(t, epk::parse_precision("double"), f, 1e-6).ok);
+    // A higher-precision reference: double's arrays agree to rounding.
+    EXPECT_TRUE(epk::check_against(t, epk::parse_precision("mpfr:128"), files_from(k, 3, 12, 3, 5), 1e-13).ok);
+}
+
+TEST(Check, ShapesAndStepsMustMatchTheTrace) {
+    const epk::trace t = make_trace(epk::layer_kind::tanh, 4, 0.5, 5);
+    const epk::precision d = epk::parse_precision("double");
+    auto one = [](const std::string& q, std::vector<std::size_t> shape, std::size_t step = 0) {
+        std::size_t size = 1;
+        for (std::size_t e : shape) size *= e;
+        return std::vector<epk::check_file>{
+            {q + ".npy", q, step, epk::make_real_array(epk::npy_dtype::f8, std::move(shape), std::vector<double>(size, 0.0))}};
+    };
+    EXPECT_THROW(epk::check_against(t, d, one("contributions", {3, 11, 3}), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, d, one("outputs_final", {3, 3, 1}), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, d, one("kernel_step", {3, 12, 3, 3}, 4), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, d, one("bias", {3, 3}), -1.0), epk::input_error);
+    EXPECT_NO_THROW(epk::check_against(t, d, one("kernel_step", {3, 12, 3, 3}, 3), 1e-10));
+}
+
+TEST(Check, BadResultFilesAreRefusedNamingTheFile) {
+    const fs::path dir = fs::temp_directory_path() / ("epk-check-test-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto write = [&](const std::string& name, const epk::npy_array& a) {
+        epk::write_npy(dir / name, a);
+        return (dir / name).string();
+    };
+    auto message = [](const std::vector<std::string>& paths) {
+        try {
+            epk::load_check_files(paths);
+        } catch (const epk::input_error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    const std::string good = write("bias.npy", epk::make_real_array(epk::npy_dtype::f8, {2, 2}, {1, 2, 3, 4}));
+    EXPECT_EQ(epk::load_check_files({good}).size(), 1u);
+    const std::string unknown = write("bias2.npy", epk::make_real_array(epk::npy_dtype::f8, {2, 2}, {1, 2, 3, 4}));
+    EXPECT_NE(message({unknown}).find("bias2.npy: unknown result file name"), std::string::npos);
+    fs::remove(unknown);
+    const std::string nan = write("remainder.npy", epk::make_real_array(epk::npy_dtype::f8, {2}, {1, std::nan("")}));
+    EXPECT_NE(message({nan}).find("remainder.npy: NaN"), std::string::npos);
+    fs::remove(nan);
+    const std::string ints = write("coefficients.npy", epk::make_int_array({2}, {1, 2}));
+    EXPECT_NE(message({ints}).find("coefficients.npy: must be float32 or float64"), std::string::npos);
+    fs::remove(ints);
+    const std::string pred = write("predictions.npy", epk::make_real_array(epk::npy_dtype::f4, {1}, {1}));
+    const std::string outs = write("outputs_final.npy", epk::make_real_array(epk::npy_dtype::f4, {1}, {1}));
+    EXPECT_NE(message({dir.string()}).find("same quantity"), std::string::npos);
+    fs::remove(pred);
+    EXPECT_EQ(epk::load_check_files({dir.string()}).size(), 2u);  // bias.npy, outputs_final.npy
+    for (const char* name : {"kernel_step_.npy", "kernel_step_01.npy", "kernel_step_x.npy", "kernel_step_-1.npy"}) {
+        const std::string p = write(name, epk::make_real_array(epk::npy_dtype::f8, {1}, {1}));
+        EXPECT_NE(message({p}).find("unknown result file name"), std::string::npos) << name;
+        fs::remove(p);
+    }
+    EXPECT_NE(message({(dir / "missing.npy").string()}).find("missing.npy: cannot open"), std::string::npos);
+    EXPECT_NE(message({}).find("--against"), std::string::npos);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    EXPECT_NE(message({dir.string()}).find("no .npy file"), std::string::npos);
+    fs::remove_all(dir);
+    (void)outs;
+}
+
+}  // namespace
