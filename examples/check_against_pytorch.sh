@@ -23,12 +23,10 @@
 set -u -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 work_prefix=epk-torch
 # shellcheck source=torch_env.sh
 source "$here/torch_env.sh"
 TOL="${TOL:-1e-12}"
-GEN="$here/pytorch_trace.py"
 
 # name | pytorch_trace.py options
 configs=(

@@ -2,7 +2,8 @@
 # check_kernel_against_pytorch.sh — check epk's exact path kernel against an
 # independent float64 PyTorch computation (examples/independent_kernel.py).
 #
-# For every configuration below:
+# For every configuration of examples/pytorch_configs.sh (shared with
+# check_compare_against_pytorch.sh; an entry's kernel steps are LIST in 3.):
 #   1. examples/pytorch_trace.py trains a small torch.nn.Sequential with plain
 #      SGD (float64) and writes a trace plus reference_outputs.npy;
 #   2. `epk verify DIR --json` (double) and `epk verify DIR --json --precision
@@ -36,40 +37,16 @@
 set -u -o pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
 work_prefix=epk-kernel
 # shellcheck source=torch_env.sh
 source "$here/torch_env.sh"
+# shellcheck source=pytorch_configs.sh
+source "$here/pytorch_configs.sh"
 TOL_RES_DBL="${TOL_RES_DBL:-1e-13}"
 TOL_RES_MPFR="${TOL_RES_MPFR:-1e-70}"
 TOL_OUT="${TOL_OUT:-1e-12}"
 TOL_K="${TOL_K:-1e-10}"
-GEN="$here/pytorch_trace.py"
 INDEP="$here/independent_kernel.py"
-
-# name | record | kernel steps | pytorch_trace.py options   (N <= 64, D <= 8, widths <= 16, <= 40 steps)
-configs=(
-    "tanh_full_ce_mean|params|0,14,29|--activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 30 --lr 0.5 --n-train 48 --n-test 4 --seed 1"
-    "tanh_full_ce_mean|init|0,14,29|--activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 30 --lr 0.5 --n-train 48 --n-test 4 --seed 1"
-    "sigmoid_mb_mse_sum_perstep|init|0,15,29|--activation sigmoid --hidden 12 --loss mse --reduction sum --batch-size 8 --per-step-lr --steps 30 --lr 0.03 --n-train 32 --n-test 4 --seed 2"
-    "softplus_full_ce_sum|params|0,24|--activation softplus --hidden 16 --loss cross_entropy --reduction sum --steps 25 --lr 0.02 --n-train 40 --n-test 4 --input-dim 6 --seed 3"
-    "gelu_mb_mse_mean_random|params|0,20,39|--activation gelu --hidden 16,16 --loss mse --reduction mean --mse-targets random --batch-size 16 --steps 40 --lr 0.5 --n-train 64 --n-test 4 --seed 4"
-    "gelu_mb_mse_mean_random|init|0,20,39|--activation gelu --hidden 16,16 --loss mse --reduction mean --mse-targets random --batch-size 16 --steps 40 --lr 0.5 --n-train 64 --n-test 4 --seed 4"
-    "relu_full_ce_mean|params|0,20,39|--activation relu --hidden 16,16 --loss cross_entropy --reduction mean --steps 40 --lr 0.5 --n-train 64 --n-test 5 --seed 5"
-    "relu_mb_mse_sum|init|0,20,39|--activation relu --hidden 16 --loss mse --reduction sum --batch-size 8 --steps 40 --lr 0.01 --n-train 48 --n-test 4 --seed 6"
-    "deep_relu_full_lr1.5|params|0,3,20,39|--activation relu --hidden 16,16,16 --loss cross_entropy --reduction mean --steps 40 --lr 1.5 --n-train 64 --n-test 5 --input-dim 8"
-    "deep_relu_mb_lr1.5|params|0,3,20,39|--activation relu --hidden 16,16,16 --loss cross_entropy --reduction mean --batch-size 16 --steps 40 --lr 1.5 --n-train 64 --n-test 5 --input-dim 8"
-    "deep_relu_mb_lr1.5|init|0,3,20,39|--activation relu --hidden 16,16,16 --loss cross_entropy --reduction mean --batch-size 16 --steps 40 --lr 1.5 --n-train 64 --n-test 5 --input-dim 8"
-    "leaky_mb_ce_sum_perstep|params|0,15,29|--activation leaky_relu --negative-slope 0.1 --hidden 16,16 --loss cross_entropy --reduction sum --batch-size 10 --per-step-lr --steps 30 --lr 0.05 --n-train 40 --n-test 4 --seed 7"
-    "leaky_mb_ce_sum_perstep|init|0,15,29|--activation leaky_relu --negative-slope 0.1 --hidden 16,16 --loss cross_entropy --reduction sum --batch-size 10 --per-step-lr --steps 30 --lr 0.05 --n-train 40 --n-test 4 --seed 7"
-    "leaky_full_mse_mean_perstep|init|0,29|--activation leaky_relu --hidden 16,16 --loss mse --reduction mean --per-step-lr --steps 30 --lr 0.5 --n-train 32 --n-test 4 --seed 8"
-    "identity_full_mse_mean|params|0,19|--activation identity --hidden 8,8 --loss mse --reduction mean --steps 20 --lr 0.1 --n-train 32 --n-test 4 --seed 9"
-    "relu_nobias_no_x_test|params|0,19|--activation relu --hidden 12 --no-bias --loss cross_entropy --reduction mean --steps 20 --lr 0.2 --n-train 24 --n-test 0 --seed 10"
-    "float32_tanh_mb|params|0,19|--dtype float32 --activation tanh --hidden 16 --batch-size 8 --steps 20 --lr 0.1 --n-train 32 --n-test 4 --seed 11"
-)
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # Reads the epk and independent results of one configuration and prints a table
 # row; exits 1 if a check fails.
@@ -133,32 +110,19 @@ sys.exit(1 if fails else 0)
 EOF
 }
 
-fail=0
-t_all=$(now)
 echo "epk: $EPK   python: $PYTHON   tolerances: res_dbl $TOL_RES_DBL, res_mpfr $TOL_RES_MPFR, out $TOL_OUT, K/contrib/bias/rem $TOL_K (relative to max(1, max|indep|))"
 printf '%-28s %-6s %8s %8s %8s %8s %11s %8s %8s %8s %11s %8s  %5s %6s %5s %5s  %s\n' \
     "configuration" "record" "res_dbl" "res_mpfr" "out" "out_mp" "K(@step)" "contrib" "bias" "rem" \
     "kinks e/i" "ftc" "t_vd" "t_vmp" "t_k" "t_ind" "status"
 for entry in "${configs[@]}"; do
-    IFS='|' read -r name record steps opts <<<"$entry"
-    dir="$work/$name-$record"
-    # shellcheck disable=SC2086
-    if ! "$PYTHON" "$GEN" --out "$dir" --record "$record" $opts >"$dir.gen.log" 2>&1; then
-        printf '%-28s %-6s %s\n' "$name" "$record" "pytorch_trace.py FAILED:"; sed 's/^/    /' "$dir.gen.log"
-        fail=1; continue
-    fi
+    generate "$entry" || continue
     t0=$(now); "$EPK" verify "$dir" --json >"$dir.dbl.json" 2>"$dir.dbl.err"; rc_d=$?
     t1=$(now); "$EPK" verify "$dir" --json --precision mpfr:256 >"$dir.mp.json" 2>"$dir.mp.err"; rc_m=$?
     t2=$(now); "$EPK" kernel "$dir" --out "$dir.epk" --steps "$steps" >"$dir.kernel.log" 2>&1; rc_k=$?
     t3=$(now); "$PYTHON" "$INDEP" "$dir" --out "$dir.indep" --steps "$steps" >"$dir.indep.log" 2>&1; rc_i=$?
     t4=$(now)
-    for pair in "verify-double:$rc_d:$dir.dbl.err" "verify-mpfr:$rc_m:$dir.mp.err" "kernel:$rc_k:$dir.kernel.log" \
-                "independent:$rc_i:$dir.indep.log"; do
-        IFS=: read -r what rc log <<<"$pair"
-        if [[ "$rc" -ne 0 ]]; then
-            echo "  note: $name/$record: $what exited $rc"; tail -n 5 "$log" | sed 's/^/    /'
-        fi
-    done
+    note_exits "$name/$record" "verify-double:$rc_d:$dir.dbl.err" "verify-mpfr:$rc_m:$dir.mp.err" \
+        "kernel:$rc_k:$dir.kernel.log" "independent:$rc_i:$dir.indep.log"
     times="$(elapsed "$t0" "$t1"),$(elapsed "$t1" "$t2"),$(elapsed "$t2" "$t3"),$(elapsed "$t3" "$t4")"
     if ! compare "$name" "$record" "$dir.dbl.json" "$dir.mp.json" "$dir.epk" "$dir.indep" "$dir" "$steps" \
         "$TOL_RES_DBL" "$TOL_RES_MPFR" "$TOL_OUT" "$TOL_K" "$times"; then
@@ -170,9 +134,4 @@ echo "columns: res_* = epk verify residual_max_abs; out = max|epk outputs_final 
 echo "  informational); K, contrib, bias, rem = max|epk - independent|/max(1, max|independent|); kinks = breakpoints"
 echo "  epk/independent; ftc = independent self-check; t_vd, t_vmp, t_k, t_ind = seconds for epk verify (double),"
 echo "  epk verify (mpfr:256), epk kernel, independent_kernel.py"
-echo "total $(elapsed "$t_all" "$(now)") s"
-if [[ $fail -ne 0 ]]; then
-    echo "FAILED: at least one check failed (see the status column)"
-    exit 1
-fi
-echo "all configurations pass"
+finish

@@ -17,7 +17,8 @@ written by examples/pytorch_trace.py) it recomputes, in float64 with PyTorch:
 
 Test points are x_test.npy if present, else the first min(10, N) training rows.
 The path is params.npy (recorded) if present, else SGD replayed from
-init_params.npy in float64 torch.
+init_params.npy in float64 torch. Reading the trace, the model, the loss and the
+path are examples/epk_trace.py's (shared with examples/independent_compare.py).
 
 The integral over t:
   * relu / leaky_relu networks: the activation pattern (sign of every hidden
@@ -47,7 +48,8 @@ Outputs, in --out (created; existing files of the same names are replaced):
   kernel_step_<s>.npy [M,N,C,C], contributions.npy [M,N,C], bias.npy [M,C],
   remainder.npy [M,C], outputs_final.npy [M,C], summary.json.
 
-Requires Python 3, NumPy and PyTorch (Debian: /usr/bin/python3 with python3-torch).
+Requires Python 3, NumPy and PyTorch (Debian: /usr/bin/python3 with python3-torch),
+and examples/epk_trace.py beside this script.
 
 Example:
     /usr/bin/python3 examples/pytorch_trace.py --out /tmp/t --activation relu --hidden 16,16 --steps 20
@@ -62,107 +64,21 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-DT = torch.float64
-KINK_ACTIVATIONS = ("relu", "leaky_relu")
-SMOOTH_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from epk_trace import DT, KINK_ACTIVATIONS, Model, Trace  # noqa: E402  (examples/epk_trace.py)
 
 
 # ------------------------------------------------------------------ the model
 
-class Model:
-    """A functional version of the trace's torch.nn.Sequential.
-
-    Parameters are a flat vector in torch's parameters_to_vector order: for each
-    linear layer, its weight [out, in] row-major, then its bias.
-    """
+class KernelModel(Model):
+    """epk_trace.Model plus what the kernel integral needs: the kinked
+    pre-activations along a segment, and per-row Jacobians."""
 
     def __init__(self, manifest):
-        m = manifest["model"]
-        self.input_dim = int(m["input_dim"])
-        self.ops = []           # ("linear", w_off, out, in, b_off|None) or ("act", name, slope)
-        width, off = self.input_dim, 0
-        self.n_linear = 0
-        for layer in m["layers"]:
-            kind = layer["type"]
-            if kind == "linear":
-                out = int(layer["out_features"])
-                w_off = off
-                off += out * width
-                b_off = None
-                if layer.get("bias", True):
-                    b_off = off
-                    off += out
-                self.ops.append(("linear", w_off, out, width, b_off))
-                width = out
-                self.n_linear += 1
-            elif kind in KINK_ACTIVATIONS + SMOOTH_ACTIVATIONS + ("identity",):
-                self.ops.append(("act", kind, float(layer.get("negative_slope", 0.01))))
-            else:
-                raise ValueError("unsupported layer type " + kind)
-        self.P = off
-        self.C = width
-        acts = {op[1] for op in self.ops if op[0] == "act"}
-        self.has_kinks = bool(acts & set(KINK_ACTIVATIONS))
-        self.smooth = bool(acts & set(SMOOTH_ACTIVATIONS))
+        super().__init__(manifest)
         if self.has_kinks and self.smooth:
             raise ValueError("mixed kinked and smooth activations are not supported by this checker")
-
-    @staticmethod
-    def _act(name, slope, z):
-        if name == "relu":
-            return torch.relu(z)
-        if name == "leaky_relu":
-            return F.leaky_relu(z, negative_slope=slope)
-        if name == "tanh":
-            return torch.tanh(z)
-        if name == "sigmoid":
-            return torch.sigmoid(z)
-        if name == "softplus":
-            return torch.logaddexp(z, torch.zeros_like(z))  # log(1 + e^z), no threshold
-        if name == "gelu":
-            return F.gelu(z)  # exact erf form
-        if name == "identity":
-            return z
-        raise ValueError(name)
-
-    def unpack(self, w):
-        """Flat rows w [B, P] -> per linear layer (W [B, out, in], b [B, out] or None)."""
-        out = []
-        for op in self.ops:
-            if op[0] == "linear":
-                _, w_off, o, i, b_off = op
-                out.append((w[:, w_off:w_off + o * i].reshape(-1, o, i),
-                            None if b_off is None else w[:, b_off:b_off + o]))
-        return out
-
-    def forward_layers(self, x, layers, want_pre=False):
-        """Row b uses input x[b] [D] and the b-th parameters of `layers`
-        (see unpack). Returns f [B, C] and, with want_pre, the concatenated
-        pre-activations feeding kinked activations [B, U]."""
-        h = x
-        pre = []
-        k = 0
-        for op in self.ops:
-            if op[0] == "linear":
-                W, b = layers[k]
-                k += 1
-                h = torch.einsum("boi,bi->bo", W, h)
-                if b is not None:
-                    h = h + b
-            else:
-                _, name, slope = op
-                if want_pre and name in KINK_ACTIVATIONS:
-                    pre.append(h)
-                h = self._act(name, slope, h)
-        if want_pre:
-            return h, (torch.cat(pre, dim=1) if pre else h.new_zeros((h.shape[0], 0)))
-        return h
-
-    def forward_rows(self, x, w, want_pre=False):
-        """Row b uses input x[b] [D] and parameters w[b] [P]."""
-        return self.forward_layers(x, self.unpack(w), want_pre)
 
     def preacts_grid(self, x, w0, dw, ts):
         """Kinked pre-activations at points x [M, D] for parameters w0 + t dw,
@@ -204,32 +120,7 @@ class Model:
         return torch.stack(rows, dim=1)
 
 
-# ------------------------------------------------------------------ the trace
-
-def load_trace(d):
-    with open(os.path.join(d, "manifest.json"), encoding="utf-8") as fh:
-        manifest = json.load(fh)
-    ld = lambda name: np.load(os.path.join(d, name), allow_pickle=False)
-    ex = lambda name: os.path.exists(os.path.join(d, name))
-    t = {"manifest": manifest}
-    t["x_train"] = torch.from_numpy(ld("x_train.npy").astype(np.float64))
-    y = ld("y_train.npy")
-    t["y_train"] = torch.from_numpy(y.astype(np.int64) if manifest["loss"]["type"] == "cross_entropy"
-                                    else y.astype(np.float64))
-    S = int(manifest["optimizer"]["steps"])
-    t["S"] = S
-    t["params"] = torch.from_numpy(ld("params.npy").astype(np.float64)) if ex("params.npy") else None
-    t["init"] = torch.from_numpy(ld("init_params.npy").astype(np.float64)) if ex("init_params.npy") else None
-    if t["params"] is None and t["init"] is None:
-        raise ValueError("trace has neither params.npy nor init_params.npy")
-    t["batches"] = ld("batches.npy").astype(np.int64) if ex("batches.npy") else None
-    t["rates"] = (ld("learning_rates.npy").astype(np.float64) if ex("learning_rates.npy")
-                  else np.full(S, float(manifest["optimizer"]["learning_rate"])))
-    N = t["x_train"].shape[0]
-    t["x_eval"] = (torch.from_numpy(ld("x_test.npy").astype(np.float64)) if ex("x_test.npy")
-                   else t["x_train"][:min(10, N)].clone())
-    return t
-
+# ------------------------------------------------------------------ the steps to write
 
 def parse_steps(text, S):
     if text == "all":
@@ -267,7 +158,7 @@ def bisect_rows(model, x_rows, units, lo, hi, w0, dw, tol, max_iter=200):
     differs at lo[r] and hi[r]; shrink [lo, hi] to width <= tol. Returns midpoints."""
     def positive(t):
         w = w0.unsqueeze(0) + t[:, None] * dw.unsqueeze(0)
-        _, pre = model.forward_rows(x_rows, w, want_pre=True)
+        _, pre = model.forward(x_rows, w, want_pre=True)
         return pre.gather(1, units[:, None]).squeeze(1) > 0
     p_lo = positive(lo)
     for _ in range(max_iter):
@@ -324,7 +215,7 @@ def segment_integral(model, x, w0, dw, opt, stats):
                     rows_x.append(x[mi].expand(tn.shape[0], -1))
                     owner.extend([(mi, pj)] * tn.shape[0])
             tt = torch.cat(rows_t)
-            _, pre = model.forward_rows(torch.cat(rows_x), w0.unsqueeze(0) + tt[:, None] * dw.unsqueeze(0),
+            _, pre = model.forward(torch.cat(rows_x), w0.unsqueeze(0) + tt[:, None] * dw.unsqueeze(0),
                                         want_pre=True)
             pos = pre > 0
             n = opt.gl_nodes
@@ -399,29 +290,15 @@ def main(argv=None):
     torch.set_num_threads(opt.threads)
     t_start = time.time()
 
-    tr = load_trace(opt.trace)
-    man = tr["manifest"]
-    model = Model(man)
-    S, N = tr["S"], tr["x_train"].shape[0]
-    X, Y, XE = tr["x_train"], tr["y_train"], tr["x_eval"]
+    tr = Trace(opt.trace, KernelModel)
+    model = tr.model
+    S, N = tr.S, tr.N
+    X, Y, XE = tr.x_train, tr.y_train, tr.x_eval
     M, C, P = XE.shape[0], model.C, model.P
     kernel_steps = set(parse_steps(opt.steps, S))
-    loss_type, reduction = man["loss"]["type"], man["loss"]["reduction"]
-    recorded = tr["params"] is not None
-    if recorded and tr["params"].shape != (S + 1, P):
-        raise ValueError("params.npy has shape %s, expected %s" % (tuple(tr["params"].shape), (S + 1, P)))
 
-    def loss_fn(f, y):
-        if loss_type == "cross_entropy":
-            return F.cross_entropy(f, y, reduction=reduction)
-        return F.mse_loss(f, y, reduction=reduction)
-
-    def f_at(xs, w):
-        with torch.no_grad():
-            return model.forward_rows(xs, w.unsqueeze(0).expand(xs.shape[0], -1))
-
-    w = tr["params"][0].clone() if recorded else tr["init"].clone()
-    bias = f_at(XE, w)
+    w = tr.w0()
+    bias = model.outputs(XE, w)
     contributions = torch.zeros((M, N, C), dtype=DT)
     remainder = torch.zeros((M, C), dtype=DT)
     kernels = {}
@@ -430,31 +307,21 @@ def main(argv=None):
     remainder_step_max = 0.0
 
     for s in range(S):
-        idx = torch.from_numpy(tr["batches"][s]) if tr["batches"] is not None else torch.arange(N)
+        idx = tr.batch(s)
         xb, yb = X[idx], Y[idx]
         nb = xb.shape[0]
-        eta = float(tr["rates"][s])
+        eta = tr.rate(s)
         # training side: J(x_i; w_s) and a_{i,s} = -eta dL/df_i
         Jtr = model.jacobian_rows(xb, w.unsqueeze(0).expand(nb, -1))           # [nb, C, P]
-        with torch.enable_grad():
-            fb = f_at(xb, w).clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(loss_fn(fb, yb), fb)
-        a = -eta * g                                                           # [nb, C]
+        a = -eta * tr.dloss_df(model.outputs(xb, w), yb)                       # [nb, C]
         # the path
-        if recorded:
-            w_next = tr["params"][s + 1].clone()
-        else:
-            wl = w.clone().requires_grad_(True)
-            with torch.enable_grad():
-                L = loss_fn(model.forward_rows(xb, wl.unsqueeze(0).expand(nb, -1)), yb)
-                (gw,) = torch.autograd.grad(L, wl)
-            w_next = (w - eta * gw).detach()                                   # torch.optim.SGD: p += -lr * g
+        w_next = tr.next_params(s, w)
         dw = w_next - w
         r = dw - torch.einsum("icp,ic->p", Jtr, a)
         remainder_step_max = max(remainder_step_max, float(r.abs().max()))
         # test side: int_0^1 J(x_m; w_s(t)) dt
         Jint = segment_integral(model, XE, w, dw, opt, stats)                  # [M, C, P]
-        ftc = torch.einsum("mcp,p->mc", Jint, dw) - (f_at(XE, w_next) - f_at(XE, w))
+        ftc = torch.einsum("mcp,p->mc", Jint, dw) - (model.outputs(XE, w_next) - model.outputs(XE, w))
         ftc_max = max(ftc_max, float(ftc.abs().max()))
         Kb = torch.einsum("mcp,idp->micd", Jint, Jtr)                         # [M, nb, C, C]
         contributions[:, idx, :] += torch.einsum("micd,id->mic", Kb, a)
@@ -465,7 +332,7 @@ def main(argv=None):
             kernels[s] = K
         w = w_next
 
-    final = f_at(XE, w)
+    final = model.outputs(XE, w)
     recon = bias + contributions.sum(dim=1) + remainder
     recon_err = float((recon - final).abs().max())
 
@@ -478,7 +345,7 @@ def main(argv=None):
     for s, K in kernels.items():
         save("kernel_step_%d.npy" % s, K)
     summary = {
-        "trace": opt.trace, "path": "recorded" if recorded else "replayed", "steps": S,
+        "trace": opt.trace, "path": tr.path, "steps": S,
         "test_points": M, "train_points": N, "outputs": C, "parameters": P,
         "method": ("piecewise Gauss-Legendre (%d nodes) between bisected pattern changes, grid %d, tol %g"
                    % (opt.gl_nodes, opt.kink_grid, opt.bisect_tol)) if model.has_kinks else
