@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # build.sh — install what is missing (Debian 12, apt-get), configure, build, run.
 #   ./build.sh demo    build the tool and run `epk demo`
-#   ./build.sh test    build everything and run the whole test suite (ctest)
+#   ./build.sh test    build everything and run the whole test suite (ctest); then the same
+#                      suite under ASan+UBSan (build-asan) and every fuzz target for 15 s (build-fuzz)
 # Run as root (or with sudo available) on a fresh machine; later runs reuse build/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +11,7 @@ case "$mode" in demo|test) ;; *) echo "usage: ./build.sh demo|test" >&2; exit 2 
 
 packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohmann-json3-dev
           libgtest-dev librapidcheck-dev)
+[ "$mode" = test ] && packages+=(clang libclang-rt-14-dev)  # the fuzz targets (fuzz/README.md)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,4 +32,13 @@ else
   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON
   cmake --build build -j"$jobs"
   ctest --test-dir build --output-on-failure -j"$jobs"
+  # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer (-O1; 100 RapidCheck
+  # cases per heavy property instead of 1000).
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEPK_SANITIZE=ON -DEPK_RC_CASES=100
+  cmake --build build-asan -j"$jobs"
+  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+  # The readers under libFuzzer (clang, ASan, UBSan): 15 s per target.
+  CXX=clang++ cmake -S . -B build-fuzz -DEPK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake --build build-fuzz -j"$jobs"
+  fuzz/run.sh build-fuzz 15
 fi

@@ -107,14 +107,16 @@ std::vector<check_file> load_check_files(const std::vector<std::string>& paths) 
     return out;
 }
 
-check_report check_against(const trace& t, const precision& p, const std::vector<check_file>& files, double tolerance,
-                           std::size_t threads, const progress_fn& progress) {
+check_report check_against(const trace& t, const std::string& trace_name, const precision& p,
+                           const std::vector<check_file>& files, double tolerance, std::size_t threads,
+                           const progress_fn& progress) {
     if (!(tolerance >= 0) || !std::isfinite(tolerance))
         throw input_error("--tolerance", "must be a finite number >= 0");
     const std::size_t M = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
     const std::size_t N = t.n_train(), C = t.model.output_dim(), S = t.steps();
     kernel_options o;
     o.threads = threads;
+    o.contributions = false;  // only when a contributions file asks for them
     for (const check_file& f : files) {
         std::vector<std::size_t> expected;
         if (f.quantity == "contributions") expected = {M, N, C};
@@ -131,13 +133,10 @@ check_report check_against(const trace& t, const precision& p, const std::vector
                                           ", S = " + std::to_string(S) + ")");
         if (f.quantity == "kernel_step") o.kernel_steps.push_back(f.step);
         if (f.quantity == "coefficients") o.coefficients = true;
+        if (f.quantity == "contributions") o.contributions = true;
     }
     std::sort(o.kernel_steps.begin(), o.kernel_steps.end());
-    const double bytes = 8.0 * static_cast<double>(N) * static_cast<double>(C) *
-                         (static_cast<double>(M) * (1.0 + static_cast<double>(C) * static_cast<double>(o.kernel_steps.size())) +
-                          (o.coefficients ? static_cast<double>(S) : 0.0));
-    if (bytes > 4.0 * 1024 * 1024 * 1024)
-        throw input_error("--against", "the reference arrays would take more than 4 GiB; check fewer kernel steps");
+    check_memory(t, p, o, true, trace_name);
 
     check_report rep;
     rep.tolerance = tolerance;

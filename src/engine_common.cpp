@@ -1,5 +1,9 @@
 // Precision parsing and dispatch to the per-scalar instantiations.
+#include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "epk/engine.hpp"
 #include "epk/error.hpp"
@@ -150,6 +154,61 @@ comparison compare_trace(const trace& t, const precision& p, const std::vector<s
             default: return detail::compare_trace_mpfr(t, methods, progress);
         }
     });
+}
+
+double memory_estimate(const trace& t, const precision& p, const kernel_options& o, bool kernel) {
+    // Bytes per number: the hardware types' sizes; an mpfr_real is a small struct plus its limbs.
+    double scalar = 8;
+    switch (p.k) {
+        case precision::kind::float32: scalar = 4; break;
+        case precision::kind::float64: scalar = 8; break;
+        case precision::kind::long_double:
+        case precision::kind::float128: scalar = 16; break;
+        case precision::kind::mpfr: scalar = 32 + 8 * std::ceil(static_cast<double>(p.bits) / 64); break;
+    }
+    const double N = static_cast<double>(t.n_train()), C = static_cast<double>(t.model.output_dim());
+    const double P = static_cast<double>(t.model.parameter_count()), S = static_cast<double>(t.steps());
+    const double M = t.x_test ? static_cast<double>(t.x_test->shape[0]) : std::min(10.0, N);
+    const double B = t.batches ? static_cast<double>(t.batches->shape[1]) : N;
+    double widths = static_cast<double>(t.model.input_dim);
+    for (const auto& l : t.model.layers) widths += static_cast<double>(l.kind == layer_kind::linear ? l.out_features : 0);
+    // Forward and backward over a batch: pre-activations, activations and their adjoints.
+    double numbers = 4 * B * widths + 4 * P;
+    if (kernel) {
+        const double ks = static_cast<double>(o.kernel_steps.size());
+        numbers += B * P;                                   // g_{i,s}, one P-vector per sample
+        numbers += 3 * C * P;                               // one test point's integral (and its rules), per thread
+        if (ks > 0) numbers += B * C * P + ks * M * N * C * C;  // training Jacobians; the kernels
+        if (o.contributions) numbers += M * N * C;
+        if (o.coefficients) numbers += S * N * C;
+        // The report holds binary64 copies of the result arrays as well.
+        numbers += (8 / scalar) * ((o.contributions ? M * N * C : 0) + (o.coefficients ? S * N * C : 0) + ks * M * N * C * C);
+    }
+    return numbers * scalar;
+}
+
+double memory_limit_bytes() {
+    double gib = 1;
+    if (const char* env = std::getenv("EPK_MEMORY_LIMIT_GIB"); env != nullptr && *env != 0) {
+        char* end = nullptr;
+        const double v = std::strtod(env, &end);
+        if (end == env || *end != 0 || !(v > 0) || !std::isfinite(v))
+            throw input_error("EPK_MEMORY_LIMIT_GIB", "must be a positive number of GiB, found '" + std::string(env) + "'");
+        gib = v;
+    }
+    return gib * 1024 * 1024 * 1024;
+}
+
+void check_memory(const trace& t, const precision& p, const kernel_options& o, bool kernel, const std::string& name) {
+    const double need = memory_estimate(t, p, o, kernel), limit = memory_limit_bytes();
+    if (need > limit) {
+        char msg[320];
+        std::snprintf(msg, sizeof msg,
+                      "this computation would need about %.3g GiB in %s (limit %.3g GiB): fewer test points, kernel "
+                      "steps or training points, a smaller batch, or set EPK_MEMORY_LIMIT_GIB",
+                      need / (1024.0 * 1024 * 1024), p.name().c_str(), limit / (1024.0 * 1024 * 1024));
+        throw input_error(name, msg);
+    }
 }
 
 }  // namespace epk

@@ -147,6 +147,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.x_test = test_inputs<T>(t, rep.test_points);
     rq.kernel_steps = o.kernel_steps;
     rq.store_coefficients = o.coefficients;
+    rq.store_contributions = o.contributions;
     rq.quadrature = o.quadrature;
     rq.threads = o.threads;
     const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
@@ -175,7 +176,9 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rep.ok = true;
     for (std::size_t e = 0; e < residual.data.size(); ++e) {
         const double res = std::abs(rep.residual.values[e]);
-        if (!(res <= rep.budget[e])) rep.ok = false;  // NaN fails too
+        // NaN fails; so does a budget that is not finite (magnitudes past binary64's range on a
+        // diverged run): such a run cannot be certified.
+        if (!(res <= rep.budget[e]) || !std::isfinite(rep.budget[e])) rep.ok = false;
         const double over = res / rep.budget[e];
         if (res > rep.residual_max_abs || e == 0) {
             rep.residual_max_abs = res;
@@ -325,6 +328,7 @@ comparison compare_trace_t(const trace& t, const std::vector<std::string>& metho
             rq.w0 = w0;
             rq.recorded_row = recorded;
             rq.x_test = xt;
+            rq.store_contributions = false;
             using rule = quadrature_options::simple_rule;
             const std::size_t colon = name.find(':');
             const std::string family = name.substr(0, colon);

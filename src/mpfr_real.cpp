@@ -67,4 +67,6 @@ void add_product(mpfr_real& acc, const mpfr_real& a, const mpfr_real& b) {
     mpfr_add(acc.get(), acc.get(), s.v, MPFR_RNDN);
 }
 
+void mpfr_release_thread_caches() { mpfr_free_cache2(MPFR_FREE_LOCAL_CACHE); }
+
 }  // namespace epk

@@ -27,7 +27,6 @@ namespace epk {
 namespace {
 
 constexpr unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-constexpr std::uintmax_t max_npy_file_bytes = std::uintmax_t{2} << 30;  // 2 GiB
 
 std::size_t itemsize(npy_dtype d) { return d == npy_dtype::f4 ? 4 : 8; }
 

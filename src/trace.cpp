@@ -18,6 +18,8 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <system_error>
 #include <utility>
@@ -464,27 +466,26 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     }
 }
 
-trace read_trace(const fs::path& dir) {
-    const std::string dir_name = dir.string();
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) throw input_error(dir_name, "not a trace directory");
+namespace {
+constexpr const char* trace_npy_files[] = {"x_train.npy", "y_train.npy", "params.npy", "init_params.npy",
+                                           "batches.npy", "learning_rates.npy", "x_test.npy"};
+}
 
+trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name) {
+    const auto path_of = [&](const std::string& file) { return (fs::path(dir_name) / file).string(); };
     trace t;
-    const fs::path manifest = dir / "manifest.json";
-    {
-        const std::string name = manifest.string();
-        const std::string text = read_file_capped(manifest, max_manifest_bytes, "missing required file");
-        parse_manifest(text, name, t);
-    }
-
+    const auto manifest = files.find("manifest.json");
+    if (manifest == files.end()) throw input_error(path_of("manifest.json"), "missing required file");
+    if (manifest->second.size() > max_manifest_bytes)
+        throw input_error(path_of("manifest.json"), "file is larger than " + std::to_string(max_manifest_bytes >> 20) + " MiB");
+    parse_manifest(manifest->second, path_of("manifest.json"), t);
     const auto load = [&](const char* file, bool required) -> std::optional<npy_array> {
-        const fs::path p = dir / file;
-        const auto st = fs::symlink_status(p, ec);
-        if (ec || !fs::exists(st)) {
-            if (required) throw input_error(p.string(), "missing required file");
+        const auto it = files.find(file);
+        if (it == files.end()) {
+            if (required) throw input_error(path_of(file), "missing required file");
             return std::nullopt;
         }
-        return read_npy(p);
+        return parse_npy({reinterpret_cast<const unsigned char*>(it->second.data()), it->second.size()}, path_of(file));
     };
     t.x_train = *load("x_train.npy", true);
     t.y_train = *load("y_train.npy", true);
@@ -493,9 +494,23 @@ trace read_trace(const fs::path& dir) {
     t.batches = load("batches.npy", false);
     t.learning_rates = load("learning_rates.npy", false);
     t.x_test = load("x_test.npy", false);
-
     validate_trace(t, dir_name);
     return t;
+}
+
+trace read_trace(const fs::path& dir) {
+    const std::string dir_name = dir.string();
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) throw input_error(dir_name, "not a trace directory");
+    std::map<std::string, std::string> files;
+    files["manifest.json"] = read_file_capped(dir / "manifest.json", max_manifest_bytes, "missing required file");
+    for (const char* file : trace_npy_files) {
+        const fs::path p = dir / file;
+        const auto st = fs::symlink_status(p, ec);
+        if (ec || !fs::exists(st)) continue;  // parse_trace names the missing required ones
+        files[file] = read_file_capped(p, max_npy_file_bytes);
+    }
+    return parse_trace(files, dir_name);
 }
 
 void check_trace_output_dir(const fs::path& dir) {

@@ -119,7 +119,7 @@ TEST(Check, OwnArraysAgreeAPerturbedEntryIsFound) {
     o.kernel_steps = {1, 4};
     const epk::kernel_report k = epk::compute_kernel(t, epk::parse_precision("double"), o);
     std::vector<epk::check_file> f = files_from(k, 3, 12, 3, 5);
-    const epk::check_report same = epk::check_against(t, epk::parse_precision("double"), f, 0.0);
+    const epk::check_report same = epk::check_against(t, "in-memory", epk::parse_precision("double"), f, 0.0);
     EXPECT_TRUE(same.ok);
     ASSERT_EQ(same.results.size(), f.size());
     for (const auto& r : same.results) EXPECT_EQ(r.max_abs_error, 0.0) << r.quantity;
@@ -128,7 +128,7 @@ TEST(Check, OwnArraysAgreeAPerturbedEntryIsFound) {
     epk::check_file& contrib = f[4];
     const std::size_t flat = (2 * 12 + 7) * 3 + 1;  // [2, 7, 1]
     contrib.data.real[flat] += 1e-7 * same.results[4].reference_max_abs;
-    const epk::check_report off = epk::check_against(t, epk::parse_precision("double"), f, 1e-10);
+    const epk::check_report off = epk::check_against(t, "in-memory", epk::parse_precision("double"), f, 1e-10);
     EXPECT_FALSE(off.ok);
     const epk::check_result& r = off.results[4];
     EXPECT_FALSE(r.within);
@@ -137,9 +137,9 @@ TEST(Check, OwnArraysAgreeAPerturbedEntryIsFound) {
     EXPECT_EQ(r.worst[0].index, (std::vector<std::size_t>{2, 7, 1}));
     for (std::size_t q = 0; q < off.results.size(); ++q)
         if (q != 4) EXPECT_TRUE(off.results[q].within) << off.results[q].quantity;
-    EXPECT_TRUE(epk::check_against(t, epk::parse_precision("double"), f, 1e-6).ok);
+    EXPECT_TRUE(epk::check_against(t, "in-memory", epk::parse_precision("double"), f, 1e-6).ok);
     // A higher-precision reference: double's arrays agree to rounding.
-    EXPECT_TRUE(epk::check_against(t, epk::parse_precision("mpfr:128"), files_from(k, 3, 12, 3, 5), 1e-13).ok);
+    EXPECT_TRUE(epk::check_against(t, "in-memory", epk::parse_precision("mpfr:128"), files_from(k, 3, 12, 3, 5), 1e-13).ok);
 }
 
 TEST(Check, ShapesAndStepsMustMatchTheTrace) {
@@ -151,11 +151,11 @@ TEST(Check, ShapesAndStepsMustMatchTheTrace) {
         return std::vector<epk::check_file>{
             {q + ".npy", q, step, epk::make_real_array(epk::npy_dtype::f8, std::move(shape), std::vector<double>(size, 0.0))}};
     };
-    EXPECT_THROW(epk::check_against(t, d, one("contributions", {3, 11, 3}), 1e-10), epk::input_error);
-    EXPECT_THROW(epk::check_against(t, d, one("outputs_final", {3, 3, 1}), 1e-10), epk::input_error);
-    EXPECT_THROW(epk::check_against(t, d, one("kernel_step", {3, 12, 3, 3}, 4), 1e-10), epk::input_error);
-    EXPECT_THROW(epk::check_against(t, d, one("bias", {3, 3}), -1.0), epk::input_error);
-    EXPECT_NO_THROW(epk::check_against(t, d, one("kernel_step", {3, 12, 3, 3}, 3), 1e-10));
+    EXPECT_THROW(epk::check_against(t, "in-memory", d, one("contributions", {3, 11, 3}), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, "in-memory", d, one("outputs_final", {3, 3, 1}), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, "in-memory", d, one("kernel_step", {3, 12, 3, 3}, 4), 1e-10), epk::input_error);
+    EXPECT_THROW(epk::check_against(t, "in-memory", d, one("bias", {3, 3}), -1.0), epk::input_error);
+    EXPECT_NO_THROW(epk::check_against(t, "in-memory", d, one("kernel_step", {3, 12, 3, 3}, 3), 1e-10));
 }
 
 TEST(Check, BadResultFilesAreRefusedNamingTheFile) {

@@ -34,6 +34,9 @@ RC_GTEST_PROP(PathKernelDouble, ReluResidualIsRoundingNotQuadrature, ()) {
     for (std::size_t e = 0; e < r.outputs_final.data.size(); ++e) {
         const double res = std::abs(r.outputs_final.data[e] - r.reconstruction.data[e]);
         const double scale = r.forward_scale.data[e] + r.path_magnitude.data[e];
+        // A run whose magnitudes overflow binary64 (a path through weights near 1e150) has no
+        // finite bound; verify reports it not ok (proofs-notes/004 §5); the claim is about the rest.
+        RC_PRE(std::isfinite(scale));
         // Stated (proofs-notes/004 §5): ≤ 16·√(P + S + nodes)·u·scale, the
         // random-walk size of the same rounding terms the budget adds up.
         const double root = std::sqrt(static_cast<double>(r.p + r.steps + r.max_rule_nodes));

@@ -63,9 +63,10 @@ struct check_report {
 
 // Computes what the files need (the listed steps' kernels, the coefficients) and compares.
 // Throws input_error (naming the file) when a file's shape is not the one epk's arrays have,
-// or a kernel step is not below S; refuses before any work when the reference would need
-// more than 4 GiB.
-check_report check_against(const trace& t, const precision& p, const std::vector<check_file>& files, double tolerance,
-                           std::size_t threads = 0, const progress_fn& progress = {});
+// or a kernel step is not below S; refuses before any work (naming trace_name) when the
+// reference would need more memory than memory_limit_bytes() (engine.hpp).
+check_report check_against(const trace& t, const std::string& trace_name, const precision& p,
+                           const std::vector<check_file>& files, double tolerance, std::size_t threads = 0,
+                           const progress_fn& progress = {});
 
 }  // namespace epk

@@ -67,6 +67,7 @@ evaluation evaluate_trace(const trace& t, const precision& p, const progress_fn&
 struct kernel_options {
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is returned (ascending, < S)
     bool coefficients = false;              // return a_{i,s} for every step
+    bool contributions = true;              // return c(x_m, x_i) (memory M·N·C)
     quadrature_options quadrature;
     std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
 };
@@ -121,6 +122,21 @@ struct kernel_report {
 
 kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o,
                              const progress_fn& progress = {});
+
+// ------------------------------------------------------------------ memory
+
+// What the largest computation on this trace needs, in bytes, estimated from the shapes
+// before any work: per-sample gradients and batch activations (the path kernel), the
+// result arrays (contributions [M,N,C], the coefficients [S,N,C] and every listed step's
+// kernel [M,N,C,C] when `kernel`; else only the batch activations of training).
+double memory_estimate(const trace& t, const precision& p, const kernel_options& o, bool kernel);
+
+// The limit: EPK_MEMORY_LIMIT_GIB from the environment (a positive number), else 1 GiB.
+double memory_limit_bytes();
+
+// Throws input_error(name, rule) when memory_estimate exceeds memory_limit_bytes(), so that
+// no input can make epk allocate more than the limit by surprise.
+void check_memory(const trace& t, const precision& p, const kernel_options& o, bool kernel, const std::string& name);
 
 // ------------------------------------------------------------------ compare
 

@@ -90,6 +90,10 @@ private:
     mpfr_t v_;
 };
 
+// Frees this thread's MPFR caches (constants such as log 2, π; MPFR keeps them per
+// thread).  Worker threads call it before they end, or the caches leak.
+void mpfr_release_thread_caches();
+
 // RAII: sets the thread's working precision, restores the previous one.
 class mpfr_precision_scope {
 public:

@@ -36,6 +36,8 @@ struct npy_array {
 npy_array make_real_array(npy_dtype dtype, std::vector<std::size_t> shape, std::vector<double> values);
 npy_array make_int_array(std::vector<std::size_t> shape, std::vector<std::int64_t> values);
 
+inline constexpr std::uintmax_t max_npy_file_bytes = std::uintmax_t{2} << 30;  // 2 GiB: larger .npy files are refused
+
 npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& name);
 npy_array read_npy(const std::filesystem::path& file);            // name = file's path as given
 std::vector<unsigned char> serialize_npy(const npy_array& a);      // format 1.0, deterministic bytes

@@ -44,6 +44,7 @@ struct path_kernel_request {
     matrix<T> x_test;                       // M × D
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is stored (ascending, < S)
     bool store_coefficients = false;        // keep a_{i,s} for every step (memory S·N·C)
+    bool store_contributions = true;        // keep c(x_m, x_i) (memory M·N·C); reconstructions need neither
     quadrature_options quadrature;
     // Worker threads over the test points (0: hardware concurrency).  Each
     // test point's arithmetic is the same whatever the count, so results are
@@ -167,6 +168,8 @@ void for_each_point_t(std::size_t count, std::size_t threads, Fn& fn) {
         } catch (...) {
             errors[tid] = std::current_exception();
         }
+        if constexpr (std::is_same_v<T, mpfr_real>)
+            if (tid != 0) mpfr_release_thread_caches();  // the thread ends: its MPFR caches with it
     };
     std::vector<std::thread> pool;
     for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
@@ -202,7 +205,7 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
     res.bias = outputs<T>(model, rq.w0, rq.x_test);
     res.reconstruction = res.bias;
     res.remainder_term = matrix<T>(M, C);
-    res.contributions.assign(M * N * C, T(0));
+    if (rq.store_contributions) res.contributions.assign(M * N * C, T(0));
     res.quadrature_bound = matrix<T>(M, C);
     res.path_magnitude = matrix<double>(M, C);
     if (rq.store_coefficients) res.coefficients.assign(sch.steps * N * C, T(0));
@@ -211,6 +214,7 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
     std::vector<matrix<T>> x_rows;
     for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
 
+    matrix<T> kernel_sum(rq.store_contributions ? 0 : M, C);  // Σ_s Σ_i K_s a_{i,s} without contributions
     std::vector<T> w = rq.w0;
     std::size_t next_kernel = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
@@ -287,9 +291,9 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
             std::vector<T> step(C, T(0));
             for (std::size_t k = 0; k < batch.size(); ++k) {
                 const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
-                T* out = &res.contributions[(mm * N + batch[k]) * C];
+                T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
                 for (std::size_t c = 0; c < C; ++c) {
-                    out[c] += ck[c];
+                    if (out != nullptr) out[c] += ck[c];
                     step[c] += ck[c];
                 }
                 if (store_kernel) {
@@ -297,6 +301,8 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                     std::copy(kk.data.begin(), kk.data.end(), kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
                 }
             }
+            if (!rq.store_contributions)  // the kernel machine's sum, step by step (no per-point contributions kept)
+                for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
             const std::vector<T> rr = contract_rows<T>(seg.value, rem);
             for (std::size_t c = 0; c < C; ++c) {
                 point_contribution[mm] = std::max(point_contribution[mm], std::abs(scalar_traits<T>::to_double(rr[c])));
@@ -330,8 +336,13 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
     }
     res.kernel_reconstruction = res.bias;
     for (std::size_t mm = 0; mm < M; ++mm)
-        for (std::size_t i = 0; i < N; ++i)
-            for (std::size_t c = 0; c < C; ++c) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
+        for (std::size_t c = 0; c < C; ++c) {
+            if (!rq.store_contributions) {
+                res.kernel_reconstruction(mm, c) += kernel_sum(mm, c);
+                continue;
+            }
+            for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
+        }
     return res;
 }
 

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -51,6 +52,9 @@ std::string manifest_text(const trace& t);  // deterministic, ends with '\n'
 void validate_trace(const trace& t, const std::string& dir_name);
 
 trace read_trace(const std::filesystem::path& dir);
+// The same from the files' bytes (name → contents, e.g. "x_train.npy"); messages name
+// dir_name/file.  What read_trace and the trace fuzz target (fuzz/) use.
+trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name);
 void write_trace(const std::filesystem::path& dir, const trace& t);
 
 // The output-directory checks write_trace makes first (dir absent or an empty

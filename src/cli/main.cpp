@@ -262,6 +262,7 @@ int cmd_replay(int argc, char** argv) {
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const epk::trace t = epk::read_trace(a.positional[0]);
+    epk::check_memory(t, p, {}, false, a.positional[0]);
     epk::check_trace_output_dir(out);
     const epk::trace r = epk::replay_trace(t, p, nullptr, make_progress("replaying in " + p.name()));
     if (t.params) {
@@ -314,6 +315,7 @@ int cmd_predict(int argc, char** argv) {
     const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const epk::trace t = epk::read_trace(a.positional[0]);
+    epk::check_memory(t, p, {}, false, a.positional[0]);
     const epk::evaluation ev = epk::evaluate_trace(t, p, a.flags.count("json") ? epk::progress_fn{} : make_progress("replaying in " + p.name()));
     if (a.flags.count("json")) {
         nlohmann::json j;
@@ -486,7 +488,9 @@ int cmd_verify(int argc, char** argv) {
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
+    o.contributions = false;  // the reconstruction and the audit need no per-point contributions
     const epk::trace t = epk::read_trace(a.positional[0]);
+    epk::check_memory(t, p, o, true, a.positional[0]);
     const bool json = a.flags.count("json") != 0;
     const epk::kernel_report k =
         epk::compute_kernel(t, p, o, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
@@ -522,13 +526,7 @@ int cmd_kernel(int argc, char** argv) {
     if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
     const std::size_t m = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
     const std::size_t n = t.n_train(), c = t.model.output_dim();
-    // Refuse before any work if the output would be unreasonably large.
-    const double bytes = 8.0 * static_cast<double>(n) * static_cast<double>(c) *
-                         (static_cast<double>(m) * (1.0 + static_cast<double>(c) * static_cast<double>(o.kernel_steps.size())) +
-                          static_cast<double>(t.steps()));
-    if (bytes > 4.0 * 1024 * 1024 * 1024)
-        throw epk::input_error("--steps", "the requested kernels would take " + std::to_string(bytes / (1 << 30)) +
-                                              " GiB (limit 4 GiB); list fewer steps");
+    epk::check_memory(t, p, o, true, a.positional[0]);  // before any work
     epk::check_trace_output_dir(out);
     const epk::kernel_report k = epk::compute_kernel(t, p, o, make_progress("exact path kernel in " + p.name()));
 
@@ -563,6 +561,11 @@ int cmd_compare(int argc, char** argv) {
     const std::vector<std::string> methods =
         a.has("methods") ? epk::parse_methods(a.get("methods", "")) : epk::default_methods();
     const epk::trace t = epk::read_trace(a.positional[0]);
+    {
+        epk::kernel_options o;
+        o.contributions = false;
+        epk::check_memory(t, p, o, true, a.positional[0]);
+    }
     const bool json = a.flags.count("json") != 0;
     const epk::comparison cmp = epk::compare_trace(t, p, methods, json ? epk::progress_fn{} : make_progress("methods"));
     if (json) {
@@ -623,7 +626,7 @@ int cmd_check(int argc, char** argv) {
     const std::vector<epk::check_file> files = epk::load_check_files(against);
     const bool json = a.flags.count("json") != 0;
     const epk::check_report r =
-        epk::check_against(t, p, files, tolerance, threads, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+        epk::check_against(t, a.positional[0], p, files, tolerance, threads, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
     if (json) {
         nlohmann::json j;
         j["trace"] = a.positional[0];
@@ -649,9 +652,11 @@ int cmd_check(int argc, char** argv) {
               << "reference: max |f(x; w[S]) - reconstruction| = " << r.reference.residual_max_abs << ", "
               << (r.reference.ok ? "within its budget" : "OUTSIDE its budget (the reference itself is not verified)")
               << "\n\n";
-    std::printf("%-34s %-16s %12s %12s %12s  %s\n", "file", "quantity", "max|diff|", "max|epk|", "relative", "");
+    int width = 20;
+    for (const auto& c : r.results) width = std::max(width, static_cast<int>(c.path.size()));
+    std::printf("%-*s %-16s %12s %12s %12s\n", width, "file", "quantity", "max|diff|", "max|epk|", "relative");
     for (const auto& c : r.results) {
-        std::printf("%-34s %-16s %12.3e %12.3e %12.3e  %s\n", c.path.c_str(), c.quantity.c_str(), c.max_abs_error,
+        std::printf("%-*s %-16s %12.3e %12.3e %12.3e  %s\n", width, c.path.c_str(), c.quantity.c_str(), c.max_abs_error,
                     c.reference_max_abs, c.max_relative_error, c.within ? "ok" : "OUTSIDE");
         if (!c.within)
             for (const auto& w : c.worst) {

@@ -500,6 +500,17 @@ expect_fail "check: missing file" no-such.npy "does not exist" -- "$EPK" check f
 expect_fail "check: --tolerance -1" --tolerance "" -- "$EPK" check full --against "$W/k1" --tolerance -1
 expect_fail "check: --tolerance nan" --tolerance "" -- "$EPK" check full --against "$W/k1" --tolerance nan
 
+# ---- memory: refused before any work, never allocated --------------------------------
+# A trace of well under 1 MiB whose kernel arrays would take tens of GiB.
+awk 'BEGIN { for (i = 0; i < 40000; i++) printf "%d,%d\n", i % 97, i % 3 }' >"$W/many.csv"
+"$EPK" train --out "$W/big" --data "$W/many.csv" --n-train 20000 --n-test 20000 --hidden 4 --steps 1 >/dev/null 2>&1
+expect_fail "kernel: a small trace asking for tens of GiB is refused" big "GiB.*limit" --absent "$W/bigk" \
+    -- "$EPK" kernel "$W/big" --out "$W/bigk"
+run env EPK_MEMORY_LIMIT_GIB=0.0000001 "$EPK" verify full
+if [ "$RC" -eq 2 ] && grep -q "EPK_MEMORY_LIMIT_GIB" "$W/err"; then ok "verify: EPK_MEMORY_LIMIT_GIB lowers the limit"
+else fail "verify: EPK_MEMORY_LIMIT_GIB lowers the limit" "exit $RC -- $(err1)"; fi
+expect_fail "EPK_MEMORY_LIMIT_GIB=abc" EPK_MEMORY_LIMIT_GIB "positive" -- env EPK_MEMORY_LIMIT_GIB=abc "$EPK" predict full
+
 # ---- verify: the recorded-path audit ---------------------------------------------
 run "$EPK" verify full --json
 if [ "$RC" -eq 0 ] && grep -q '"audit"' "$W/out" && grep -q '"at_rounding_level": true' "$W/out" \
