@@ -116,7 +116,10 @@ std::string shape_string(const epk::model_spec& m) {
     std::string s = std::to_string(m.input_dim);
     std::string act;
     for (const auto& l : m.layers) {
-        if (l.kind == epk::layer_kind::linear) s += "-" + std::to_string(l.out_features);
+        if (l.kind == epk::layer_kind::linear) {
+            s += '-';
+            s += std::to_string(l.out_features);
+        }
         else if (act.empty()) act = std::string(epk::to_string(l.kind));
     }
     return s + (act.empty() ? "" : " " + act);
@@ -661,7 +664,10 @@ int cmd_check(int argc, char** argv) {
         if (!c.within)
             for (const auto& w : c.worst) {
                 std::string idx;
-                for (std::size_t d = 0; d < w.index.size(); ++d) idx += (d ? "," : "") + std::to_string(w.index[d]);
+                for (std::size_t d = 0; d < w.index.size(); ++d) {
+                    if (d > 0) idx += ',';
+                    idx += std::to_string(w.index[d]);
+                }
                 std::printf("    [%s]  theirs %.17g  epk %.17g  diff %.3e\n", idx.c_str(), w.theirs, w.reference,
                             std::abs(w.theirs - w.reference));
             }
