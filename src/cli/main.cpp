@@ -435,6 +435,16 @@ void print_audit(const epk::kernel_report& k) {
         std::printf("  %5zu %12.3e %12.3e %12.2f %14.3e\n", s, a.remainder_max_abs, a.remainder_norm2, a.over_recording_u,
                     a.contribution_max_abs);
     }
+    // The remainder term's total effect on each test point (max over outputs; all of them in --json).
+    const std::size_t shown = std::min<std::size_t>(k.remainder_term.rows, 8);
+    std::printf("  remainder term sum_s I_s r_s at each test point (max over outputs):");
+    for (std::size_t r = 0; r < shown; ++r) {
+        double m = 0;
+        for (std::size_t c = 0; c < k.remainder_term.cols; ++c)
+            m = std::max(m, std::abs(k.remainder_term.values[r * k.remainder_term.cols + c]));
+        std::printf(" %.2e", m);
+    }
+    std::printf("%s\n", shown < k.remainder_term.rows ? " ..." : "");
     std::printf("  reconstruction misses f(x; w[S]) by %.3e with the remainder term, %.3e without it\n\n",
                 k.residual_max_abs, k.kernel_residual_max_abs);
 }
