@@ -486,6 +486,9 @@ study_result run_study(const study_options& o, const std::function<void(const st
     const auto start = clock_type::now();
     dataset d = (o.data == "digits" || o.data == "iris") ? embedded_dataset(o.data) : read_csv_dataset(fs::path(o.data));
     rescale_features(d);
+    // Checked before any run: the largest configuration uses 32 training and 8 test rows.
+    if (d.rows < 40) throw input_error(o.data, "the study needs at least 40 rows, the data set has " + std::to_string(d.rows));
+    if (d.classes < 2) throw input_error(o.data, "the study needs at least two classes");
     const std::vector<std::string> sweeps = o.sweeps.empty() ? all_sweeps : o.sweeps;
     study_result r;
     sweep_context cx{d, o, progress, r.rows};

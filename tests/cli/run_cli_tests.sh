@@ -521,6 +521,8 @@ else fail "verify --json: the recorded-path audit" "exit $RC -- $(err1)"; fi
 expect_fail "study: unknown sweep" --sweeps "unknown sweep" --absent "$W/newdir" -- "$EPK" study --sweeps step_size,bogus --out "$W/newdir"
 expect_fail "study: empty sweep list" --sweeps "" --absent "$W/newdir" -- "$EPK" study --sweeps "" --out "$W/newdir"
 expect_fail "study --out a non-empty directory" nonempty "not empty" --unchanged "$W/nonempty" -- "$EPK" study --quick --out "$W/nonempty"
+printf '1,0\n2,1\n3,0\n' >"$W/tiny.csv"
+expect_fail "study: a data set too small, refused before any run" tiny.csv "at least 40 rows" --absent "$W/newdir" -- "$EPK" study --data "$W/tiny.csv" --out "$W/newdir"
 expect_fail "study: unknown data set" no-such.csv "" --absent "$W/newdir" -- "$EPK" study --quick --data "$W/no-such.csv" --out "$W/newdir"
 fi
 
