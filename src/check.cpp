@@ -112,7 +112,7 @@ check_report check_against(const trace& t, const std::string& trace_name, const 
                            const progress_fn& progress) {
     if (!(tolerance >= 0) || !std::isfinite(tolerance))
         throw input_error("--tolerance", "must be a finite number >= 0");
-    const std::size_t M = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
+    const std::size_t M = test_point_count(t);
     const std::size_t N = t.n_train(), C = t.model.output_dim(), S = t.steps();
     kernel_options o;
     o.threads = threads;

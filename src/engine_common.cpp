@@ -156,6 +156,10 @@ comparison compare_trace(const trace& t, const precision& p, const std::vector<s
     });
 }
 
+std::size_t test_point_count(const trace& t) {
+    return t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
+}
+
 double memory_estimate(const trace& t, const precision& p, const kernel_options& o, bool kernel) {
     // Bytes per number: the hardware types' sizes; an mpfr_real is a small struct plus its limbs.
     double scalar = 8;
@@ -168,7 +172,7 @@ double memory_estimate(const trace& t, const precision& p, const kernel_options&
     }
     const double N = static_cast<double>(t.n_train()), C = static_cast<double>(t.model.output_dim());
     const double P = static_cast<double>(t.model.parameter_count()), S = static_cast<double>(t.steps());
-    const double M = t.x_test ? static_cast<double>(t.x_test->shape[0]) : std::min(10.0, N);
+    const double M = static_cast<double>(test_point_count(t));
     const double B = t.batches ? static_cast<double>(t.batches->shape[1]) : N;
     double widths = static_cast<double>(t.model.input_dim);
     for (const auto& l : t.model.layers) widths += static_cast<double>(l.kind == layer_kind::linear ? l.out_features : 0);

@@ -101,7 +101,7 @@ matrix<T> test_inputs(const trace& t, std::string& name) {
         name = "x_test";
         return to_matrix<T>(*t.x_test);
     }
-    const std::size_t m = std::min<std::size_t>(10, t.n_train());
+    const std::size_t m = test_point_count(t);
     std::vector<std::size_t> idx(m);
     for (std::size_t i = 0; i < m; ++i) idx[i] = i;
     name = "x_train[0:" + std::to_string(m) + "]";

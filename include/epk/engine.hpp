@@ -37,6 +37,10 @@ struct real_table {
 
 using progress_fn = std::function<void(std::size_t done, std::size_t total)>;
 
+// The test points every command evaluates at: the rows of x_test.npy, else the first
+// min(10, N) training rows.  Their number M.
+std::size_t test_point_count(const trace& t);
+
 // Replays S steps of SGD from the trace's initial parameters (init_params.npy
 // or params.npy row 0) in precision p.  Returns the same trace with
 // params.npy = the replayed path (each row rounded to binary64) and no

@@ -537,7 +537,7 @@ int cmd_kernel(int argc, char** argv) {
     o.threads = a.get_count("threads", 0, 0, 1024);
     o.coefficients = true;
     if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
-    const std::size_t m = t.x_test ? t.x_test->shape[0] : std::min<std::size_t>(10, t.n_train());
+    const std::size_t m = epk::test_point_count(t);
     const std::size_t n = t.n_train(), c = t.model.output_dim();
     epk::check_memory(t, p, o, true, a.positional[0]);  // before any work
     epk::check_trace_output_dir(out);
