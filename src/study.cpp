@@ -115,15 +115,22 @@ struct sweep_context {
         return r;
     }
 
-    // Every method on one configuration, in double: one row per method.
+    // Every method on one configuration, in double: one row per method.  With
+    // `value_from_method`, a method "gauss:4" is recorded as method "gauss" at value 4
+    // (the swept quantity is the rule's node or panel count).
     void compare(const std::string& sweep, const run_config& c, const std::string& parameter, double value,
-                 const std::vector<std::string>& methods) {
+                 const std::vector<std::string>& methods, bool value_from_method = false) {
         const trace t = make_study_trace(data, c);
         const comparison cmp = compare_trace(t, parse_precision("double"), methods);
         const double scale = max_abs(cmp.outputs_final.values);
         for (const method_result& m : cmp.methods) {
             study_row r = base(sweep, c, parameter, value);
             r.method = m.name;
+            if (value_from_method) {
+                const std::size_t colon = m.name.find(':');
+                r.method = m.name.substr(0, colon);
+                r.value = colon == std::string::npos ? 0 : std::stod(m.name.substr(colon + 1));
+            }
             r.precision = cmp.precision_name;
             r.error = m.error_max_abs;
             r.scale = scale;
@@ -176,20 +183,7 @@ void sweep_nodes(sweep_context& cx, bool plan, bool relu) {
     }
     const std::size_t max_gauss = relu ? 64 : 12;
     for (std::size_t n = 1; n <= max_gauss; n = relu ? 2 * n : n + 1) methods.push_back("gauss:" + std::to_string(n));
-    const trace t = make_study_trace(cx.data, c);
-    const comparison cmp = compare_trace(t, parse_precision("double"), methods);
-    const double scale = max_abs(cmp.outputs_final.values);
-    for (const method_result& m : cmp.methods) {
-        study_row r = cx.base(sweep, c, "nodes", 0);
-        const std::size_t colon = m.name.find(':');
-        r.method = m.name.substr(0, colon);
-        r.value = colon == std::string::npos ? 0 : std::stod(m.name.substr(colon + 1));
-        r.precision = cmp.precision_name;
-        r.error = m.error_max_abs;
-        r.scale = scale;
-        r.seconds = m.seconds;
-        cx.rows.push_back(std::move(r));
-    }
+    cx.compare(sweep, c, "nodes", 0, methods, true);
 }
 
 // Number of steps at a fixed small step: the tangent kernel's error adds up step by

@@ -136,7 +136,9 @@ TEST(Check, OwnArraysAgreeAPerturbedEntryIsFound) {
     ASSERT_FALSE(r.worst.empty());
     EXPECT_EQ(r.worst[0].index, (std::vector<std::size_t>{2, 7, 1}));
     for (std::size_t q = 0; q < off.results.size(); ++q)
-        if (q != 4) EXPECT_TRUE(off.results[q].within) << off.results[q].quantity;
+        if (q != 4) {
+            EXPECT_TRUE(off.results[q].within) << off.results[q].quantity;
+        }
     EXPECT_TRUE(epk::check_against(t, "in-memory", epk::parse_precision("double"), f, 1e-6).ok);
     // A higher-precision reference: double's arrays agree to rounding.
     EXPECT_TRUE(epk::check_against(t, "in-memory", epk::parse_precision("mpfr:128"), files_from(k, 3, 12, 3, 5), 1e-13).ok);

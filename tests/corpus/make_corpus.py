@@ -19,15 +19,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BAD = os.path.join(HERE, "bad")
 
 
-def npy(descr, shape, payload, fortran=False, version=(1, 0), magic=b"\x93NUMPY", raw_header=None, newline=True):
+def npy(descr, shape, payload, fortran=False, version=(1, 0), magic=b"\x93NUMPY", raw_header=None):
     if raw_header is None:
         shape_text = "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
         raw_header = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (descr, "True" if fortran else "False", shape_text)
     head = raw_header.encode("latin1")
     length_bytes = 2 if version[0] == 1 else 4
-    total = len(magic) + 2 + length_bytes + len(head) + (1 if newline else 0)
+    total = len(magic) + 2 + length_bytes + len(head) + 1
     pad = (64 - total % 64) % 64
-    head = head + b" " * pad + (b"\n" if newline else b"")
+    head = head + b" " * pad + b"\n"
     size = struct.pack("<H", len(head)) if length_bytes == 2 else struct.pack("<I", len(head))
     return magic + bytes(version) + size + head + payload
 
