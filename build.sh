@@ -11,7 +11,7 @@ case "$mode" in demo|test) ;; *) echo "usage: ./build.sh demo|test" >&2; exit 2 
 
 packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohmann-json3-dev
           libgtest-dev librapidcheck-dev)
-[ "$mode" = test ] && packages+=(clang libclang-rt-14-dev)  # the fuzz targets (fuzz/README.md)
+[ "$mode" = test ] && packages+=(libbenchmark-dev clang libclang-rt-14-dev)  # bench/, the fuzz targets (fuzz/README.md)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,11 +25,11 @@ fi
 
 jobs="$(nproc 2>/dev/null || echo 2)"
 if [ "$mode" = demo ]; then
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=OFF
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=OFF -DEPK_BUILD_BENCH=OFF
   cmake --build build -j"$jobs" --target epk
   ./build/epk demo
 else
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON -DEPK_BUILD_BENCH=ON
   cmake --build build -j"$jobs"
   ctest --test-dir build --output-on-failure -j"$jobs"
   # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer (-O1; 100 RapidCheck

@@ -150,7 +150,11 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.store_contributions = o.contributions;
     rq.quadrature = o.quadrature;
     rq.threads = o.threads;
+    rq.structured = o.structured;
     const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
+    rep.gemm_flops = r.gemm_flops;
+    rep.gemm_seconds = r.gemm_seconds;
+    rep.elementwise_madds = r.elementwise_madds;
 
     rep.precision_name = scalar_traits<T>::name();
     const T u = scalar_traits<T>::unit_roundoff();

@@ -74,6 +74,7 @@ struct kernel_options {
     bool contributions = true;              // return c(x_m, x_i) (memory M·N·C)
     quadrature_options quadrature;
     std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
+    bool structured = true;   // false: the unstructured full-Jacobian path (path_kernel.hpp), for cross-checks
 };
 
 // The exact path kernel of a trace at its test points (x_test, else the
@@ -122,6 +123,9 @@ struct kernel_report {
     std::vector<std::pair<std::size_t, std::vector<double>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<double> coefficients;    // a_{i,s}, [S][N][C] (when requested)
     std::vector<double> losses;          // L_s(w[s])
+    // The structured path's test-side work: dense products (flops, seconds summed over
+    // threads) and multiply-adds outside them; zero on the unstructured path.
+    double gemm_flops = 0, gemm_seconds = 0, elementwise_madds = 0;
 };
 
 kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o,

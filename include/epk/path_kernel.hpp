@@ -50,6 +50,10 @@ struct path_kernel_request {
     // test point's arithmetic is the same whatever the count, so results are
     // bit-for-bit identical to a single-threaded run.
     std::size_t threads = 0;
+    // true: per-layer factors and dense products (structured_kernel.hpp, the default);
+    // false: full C × P Jacobian integrals contracted entry by entry (the unstructured
+    // reference path, kept for cross-checks and as the benchmarks' baseline).
+    bool structured = true;
 };
 
 template <Real T>
@@ -69,6 +73,7 @@ struct path_kernel_result {
     std::vector<std::size_t> cuts;         // per test point, summed over steps
     std::vector<std::size_t> evaluations;  // Jacobians evaluated, per test point
     std::size_t max_rule_nodes = 0;        // most nodes in one segment's accepted rules
+    std::size_t max_batch = 0;             // largest |B_s| (the per-step sum over the batch)
     bool quadrature_converged = true;
     T remainder_max_abs = T(0);       // max_s ‖r_s‖_∞
     T remainder_max_rel = T(0);       // max_s ‖r_s‖_∞ / ‖Δ_s‖_∞
@@ -80,6 +85,9 @@ struct path_kernel_result {
     };
     std::vector<step_audit> audit;
     std::vector<T> losses;            // L_s(w[s])
+    // Work of the structured path's test side (zero for the unstructured path): the dense
+    // products (flops, seconds summed over threads) and the multiply-adds outside them.
+    double gemm_flops = 0, gemm_seconds = 0, elementwise_madds = 0;
 };
 
 // f_c(x) − f_c(x') contracted: Σ_p a[c][p] v[p], p ascending.
@@ -180,28 +188,79 @@ void for_each_point_t(std::size_t count, std::size_t threads, Fn& fn) {
 }
 }  // namespace detail
 
+namespace detail {
+// Δ_s = w[s+1] − w[s], r_s = Δ_s − Σ_i g_{i,s}, ‖Δ_s‖₁ and the step's audit
+// entry; res.remainder_max_abs / _rel / _worst_step are updated.
 template <Real T>
-path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
-                                          const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+struct step_difference {
+    std::vector<T> delta, rem;
+    T delta_l1 = T(0);
+    typename path_kernel_result<T>::step_audit audit;
+};
+
+template <Real T>
+step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector<T>& w_next,
+                                      const std::vector<T>& g_sum, std::size_t s, path_kernel_result<T>& res) {
+    const std::size_t P = w.size();
+    step_difference<T> sd;
+    sd.delta.resize(P);
+    sd.rem.resize(P);
+    std::vector<T>& delta = sd.delta;
+    std::vector<T>& rem = sd.rem;
+    T& delta_l1 = sd.delta_l1;
+    auto& au = sd.audit;
+    T delta_inf(0), rem_inf(0);
+    for (std::size_t q = 0; q < P; ++q) {
+        delta[q] = w_next[q] - w[q];
+        rem[q] = delta[q] - g_sum[q];
+        delta_inf = rm::max(delta_inf, rm::abs(delta[q]));
+        delta_l1 += rm::abs(delta[q]);
+        rem_inf = rm::max(rem_inf, rm::abs(rem[q]));
+    }
+    if (rem_inf > res.remainder_max_abs) {
+        res.remainder_max_abs = rem_inf;
+        res.remainder_worst_step = s;
+    }
+    if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
+    {
+        T rem_sq(0), w_inf(0);
+        for (std::size_t q = 0; q < P; ++q) {
+            add_product(rem_sq, rem[q], rem[q]);
+            max_abs_into(w_inf, w_next[q]);
+        }
+        au.remainder_max_abs = scalar_traits<T>::to_double(rem_inf);
+        au.remainder_norm2 = std::sqrt(scalar_traits<T>::to_double(rem_sq));
+        au.step_max_abs = scalar_traits<T>::to_double(delta_inf);
+        au.weight_max_abs = scalar_traits<T>::to_double(w_inf);
+    }
+    return sd;
+}
+
+// The checks every path kernel computation starts with.
+template <Real T>
+void validate_request(const path_kernel_request<T>& rq) {
     if (rq.problem == nullptr) throw usage_error("compute_path_kernel: no problem");
+    const training_problem<T>& pr = *rq.problem;
+    rq.schedule.validate();
+    if (rq.schedule.n_train != pr.x.rows) throw usage_error("compute_path_kernel: schedule is for a different training set");
+    check_network_shapes(pr.model, rq.w0.size(), rq.x_test.cols);
+    for (std::size_t k = 0; k < rq.kernel_steps.size(); ++k)
+        if (rq.kernel_steps[k] >= rq.schedule.steps || (k > 0 && rq.kernel_steps[k] <= rq.kernel_steps[k - 1]))
+            throw usage_error("compute_path_kernel: kernel steps must be ascending and < S");
+}
+// The result's shapes and the bias f(x; w[0]), before the first step.
+template <Real T>
+path_kernel_result<T> start_result(const path_kernel_request<T>& rq) {
     const training_problem<T>& pr = *rq.problem;
     const model_spec& model = pr.model;
     const sgd_schedule& sch = rq.schedule;
-    sch.validate();
-    if (sch.n_train != pr.x.rows) throw usage_error("compute_path_kernel: schedule is for a different training set");
-    check_network_shapes(model, rq.w0.size(), rq.x_test.cols);
-    for (std::size_t k = 0; k < rq.kernel_steps.size(); ++k)
-        if (rq.kernel_steps[k] >= sch.steps || (k > 0 && rq.kernel_steps[k] <= rq.kernel_steps[k - 1]))
-            throw usage_error("compute_path_kernel: kernel steps must be ascending and < S");
-
-    const segment_structure st = analyse_segment_structure(model);
     path_kernel_result<T> res;
     res.m = rq.x_test.rows;
     res.n = pr.x.rows;
     res.c = model.output_dim();
     res.p = rq.w0.size();
     res.steps = sch.steps;
-    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
+    const std::size_t M = res.m, N = res.n, C = res.c;
     res.bias = outputs<T>(model, rq.w0, rq.x_test);
     res.reconstruction = res.bias;
     res.remainder_term = matrix<T>(M, C);
@@ -211,6 +270,54 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
     if (rq.store_coefficients) res.coefficients.assign(sch.steps * N * C, T(0));
     res.cuts.assign(M, 0);
     res.evaluations.assign(M, 0);
+    res.max_batch = sch.batches.empty() ? sch.n_train : 0;
+    for (const auto& row : sch.batches) res.max_batch = std::max(res.max_batch, row.size());
+    return res;
+}
+
+// After the last step (w = w[S]): f(x; w[S]), the forward scale, the kernel machine's
+// reconstruction (from the contributions when kept, else from the per-step kernel_sum),
+// the largest rule and whether every rule converged.
+template <Real T>
+void finish_result(const path_kernel_request<T>& rq, const std::vector<T>& w, const matrix<T>& kernel_sum,
+                   const std::vector<std::size_t>& rule_nodes, const std::vector<char>& converged,
+                   const std::vector<matrix<T>>& x_rows, path_kernel_result<T>& res) {
+    const model_spec& model = rq.problem->model;
+    const std::size_t M = res.m, N = res.n, C = res.c;
+    for (std::size_t mm = 0; mm < M; ++mm) {
+        res.max_rule_nodes = std::max(res.max_rule_nodes, rule_nodes[mm]);
+        res.quadrature_converged = res.quadrature_converged && converged[mm] != 0;
+    }
+    res.outputs_final = outputs<T>(model, w, rq.x_test);
+    res.forward_scale = matrix<double>(M, C);
+    for (std::size_t mm = 0; mm < M; ++mm) {
+        const std::vector<double> m0 = forward_magnitude<T>(model, rq.w0, x_rows[mm]);
+        const std::vector<double> m1 = forward_magnitude<T>(model, w, x_rows[mm]);
+        for (std::size_t c = 0; c < C; ++c) res.forward_scale(mm, c) = m0[c] + m1[c];
+    }
+    res.kernel_reconstruction = res.bias;
+    for (std::size_t mm = 0; mm < M; ++mm)
+        for (std::size_t c = 0; c < C; ++c) {
+            if (!rq.store_contributions) {
+                res.kernel_reconstruction(mm, c) += kernel_sum(mm, c);
+                continue;
+            }
+            for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
+        }
+}
+}  // namespace detail
+
+template <Real T>
+path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request<T>& rq,
+                                          const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    detail::validate_request<T>(rq);
+    const training_problem<T>& pr = *rq.problem;
+    const model_spec& model = pr.model;
+    const sgd_schedule& sch = rq.schedule;
+
+    const segment_structure st = analyse_segment_structure(model);
+    path_kernel_result<T> res = detail::start_result<T>(rq);
+    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
     std::vector<matrix<T>> x_rows;
     for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
 
@@ -246,32 +353,11 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
             w_next = w;
             sgd_step<T>(pr, w_next, batch, eta);
         }
-        std::vector<T> delta(P), rem(P);
-        T delta_inf(0), rem_inf(0), delta_l1(0);
-        for (std::size_t q = 0; q < P; ++q) {
-            delta[q] = w_next[q] - w[q];
-            rem[q] = delta[q] - g_sum[q];
-            delta_inf = rm::max(delta_inf, rm::abs(delta[q]));
-            delta_l1 += rm::abs(delta[q]);
-            rem_inf = rm::max(rem_inf, rm::abs(rem[q]));
-        }
-        if (rem_inf > res.remainder_max_abs) {
-            res.remainder_max_abs = rem_inf;
-            res.remainder_worst_step = s;
-        }
-        if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
-        typename path_kernel_result<T>::step_audit au;
-        {
-            T rem_sq(0), w_inf(0);
-            for (std::size_t q = 0; q < P; ++q) {
-                add_product(rem_sq, rem[q], rem[q]);
-                max_abs_into(w_inf, w_next[q]);
-            }
-            au.remainder_max_abs = scalar_traits<T>::to_double(rem_inf);
-            au.remainder_norm2 = std::sqrt(scalar_traits<T>::to_double(rem_sq));
-            au.step_max_abs = scalar_traits<T>::to_double(delta_inf);
-            au.weight_max_abs = scalar_traits<T>::to_double(w_inf);
-        }
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        const std::vector<T>& delta = sd.delta;
+        const std::vector<T>& rem = sd.rem;
+        const T& delta_l1 = sd.delta_l1;
+        typename path_kernel_result<T>::step_audit& au = sd.audit;
         std::vector<double> point_contribution(M, 0.0);  // per test point: threads write their own slot
 
         const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
@@ -323,37 +409,19 @@ path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
         w = std::move(w_next);
         if (progress) progress(s + 1, sch.steps);
     }
-    for (std::size_t mm = 0; mm < M; ++mm) {
-        res.max_rule_nodes = std::max(res.max_rule_nodes, rule_nodes[mm]);
-        res.quadrature_converged = res.quadrature_converged && converged[mm] != 0;
-    }
-    res.outputs_final = outputs<T>(model, w, rq.x_test);
-    res.forward_scale = matrix<double>(M, C);
-    for (std::size_t mm = 0; mm < M; ++mm) {
-        const std::vector<double> m0 = forward_magnitude<T>(model, rq.w0, x_rows[mm]);
-        const std::vector<double> m1 = forward_magnitude<T>(model, w, x_rows[mm]);
-        for (std::size_t c = 0; c < C; ++c) res.forward_scale(mm, c) = m0[c] + m1[c];
-    }
-    res.kernel_reconstruction = res.bias;
-    for (std::size_t mm = 0; mm < M; ++mm)
-        for (std::size_t c = 0; c < C; ++c) {
-            if (!rq.store_contributions) {
-                res.kernel_reconstruction(mm, c) += kernel_sum(mm, c);
-                continue;
-            }
-            for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
-        }
+    detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;
 }
 
 // The residual budget of proofs-notes/004 §5, per (test point, output):
 //   quadrature_bound + slack·γ·u·(forward_scale + path_magnitude),
 //   forward_scale = M_f(x; w[0]) + M_f(x; w[S]) (forward_magnitude, ≥ |f|),
-//   γ = P + S + n_nodes + Σ_l (in_l + out_l) + 10·(activation layers) + 8.
+//   γ = P + S + n_nodes + B_max + Σ_l (in_l + out_l) + 10·(activation layers) + 8
+// (B_max: the per-step sum over the batch, proofs-notes/006 §3).
 template <Real T>
 matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model_spec& m) {
     const double u = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
-    double gamma = static_cast<double>(r.p + r.steps + r.max_rule_nodes) + 8;
+    double gamma = static_cast<double>(r.p + r.steps + r.max_rule_nodes + r.max_batch) + 8;
     for (const linear_offsets& o : parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
     for (const layer_spec& l : m.layers)
         if (l.kind != layer_kind::linear) gamma += 10;
@@ -367,3 +435,5 @@ matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model
 }
 
 }  // namespace epk
+
+#include "epk/structured_kernel.hpp"  // compute_path_kernel: the structured path, or this file's

@@ -380,13 +380,15 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
     T piece_scale(0);
     std::size_t n_coarse = std::max<std::size_t>(1, qo.first_nodes);
     matrix<T> coarse(c, p);
-    add_rule<T>(m, w, delta, x1, a, b, n_coarse, coarse, piece_scale, out.evaluations, nullptr, nullptr);
+    std::vector<T> coarse_nodes, coarse_weights;   // the coarse rule, kept if no finer one is allowed
+    std::vector<double> coarse_magnitude(c, 0.0);
+    add_rule<T>(m, w, delta, x1, a, b, n_coarse, coarse, piece_scale, out.evaluations, &coarse_nodes, &coarse_weights,
+                &coarse_magnitude);
     std::size_t n_fine = rule_size_at_least(2 * n_coarse);
     bool have_previous = false;
     std::size_t n_previous = 0;
     T est_previous(0);
     T last_est = len * piece_scale;
-    std::vector<double> coarse_magnitude(c, 0.0);  // of the coarse rule once it was a fine one
     while (n_fine <= qo.max_nodes && out.evaluations + n_fine <= qo.max_evaluations) {
         matrix<T> fine(c, p);
         std::vector<T> nodes, weights;
@@ -422,6 +424,8 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
         est_previous = est;
         n_coarse = n_fine;
         coarse = std::move(fine);
+        coarse_nodes = std::move(nodes);
+        coarse_weights = std::move(weights);
         coarse_magnitude = std::move(magnitude);
         n_fine = next;
     }
@@ -430,6 +434,8 @@ void adaptive_piece(const model_spec& m, std::span<const T> w, std::span<const T
         // No finer rule allowed: keep the last one, with the last estimate.
         out.converged = false;
         add_into(out.value, coarse);
+        out.nodes.insert(out.nodes.end(), coarse_nodes.begin(), coarse_nodes.end());
+        out.weights.insert(out.weights.end(), coarse_weights.begin(), coarse_weights.end());
         for (std::size_t q = 0; q < c; ++q) out.magnitude[q] += coarse_magnitude[q];
         out.error_estimate += rm::max(last_est, T(len * piece_scale * u));
         return;
@@ -470,6 +476,35 @@ std::vector<T> segment_cuts(const model_spec& m, const segment_structure& st, st
     return inside;
 }
 
+// The nodes and weights of a plain composite rule on [0, 1] (qo.composite ≠
+// none) with qo.panels equal panels: left = each panel's start (one panel:
+// the per-step tangent kernel), midpoint = its middle, trapezoid = both ends
+// with weight h/2 (shared interior ends weigh h).
+template <Real T>
+void simple_rule_nodes(const quadrature_options& qo, std::vector<T>& ts, std::vector<T>& ws) {
+    using rule = quadrature_options::simple_rule;
+    const std::size_t n = qo.panels;
+    if (n == 0 || n > max_gauss_nodes) throw usage_error("quadrature_options: need 1 <= panels <= 100000");
+    const T h = T(1) / T(static_cast<double>(n));
+    for (std::size_t k = 0; k < n; ++k) {
+        const T start = T(static_cast<double>(k)) / T(static_cast<double>(n));
+        if (qo.composite == rule::left) {
+            ts.push_back(start);
+            ws.push_back(h);
+        } else if (qo.composite == rule::midpoint) {
+            ts.push_back(T(static_cast<double>(2 * k + 1)) / T(static_cast<double>(2 * n)));
+            ws.push_back(h);
+        } else {
+            ts.push_back(start);
+            ws.push_back(k == 0 ? h / T(2) : h);
+        }
+    }
+    if (qo.composite == rule::trapezoid) {
+        ts.push_back(T(1));
+        ws.push_back(h / T(2));
+    }
+}
+
 // Ī(x) = ∫_0^1 J(x; w + tΔ) dt, x one row.
 template <Real T>
 segment_integral<T> integrate_segment(const model_spec& m, const segment_structure& st, std::span<const T> w,
@@ -483,30 +518,8 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
         return out;
     }
     if (qo.composite != quadrature_options::simple_rule::none) {
-        // n equal panels of [0, 1]; left: J at each panel's start (n = 1: the per-step tangent
-        // kernel), midpoint: at its middle, trapezoid: (J(start) + J(end))/2 per panel.
-        using rule = quadrature_options::simple_rule;
-        const std::size_t n = qo.panels;
-        if (n == 0 || n > max_gauss_nodes) throw usage_error("quadrature_options: need 1 <= panels <= 100000");
         std::vector<T> ts, ws;
-        const T h = T(1) / T(static_cast<double>(n));
-        for (std::size_t k = 0; k < n; ++k) {
-            const T start = T(static_cast<double>(k)) / T(static_cast<double>(n));
-            if (qo.composite == rule::left) {
-                ts.push_back(start);
-                ws.push_back(h);
-            } else if (qo.composite == rule::midpoint) {
-                ts.push_back(T(static_cast<double>(2 * k + 1)) / T(static_cast<double>(2 * n)));
-                ws.push_back(h);
-            } else {  // trapezoid: shared interior ends weigh h, the two outer ends h/2
-                ts.push_back(start);
-                ws.push_back(k == 0 ? h / T(2) : h);
-            }
-        }
-        if (qo.composite == rule::trapezoid) {
-            ts.push_back(T(1));
-            ws.push_back(h / T(2));
-        }
+        simple_rule_nodes<T>(qo, ts, ws);
         detail::add_nodes<T>(m, w, delta, x1, ts, ws, out.value, out.scale, out.evaluations, &out.nodes, &out.weights,
                              &out.magnitude);
         return out;
@@ -538,6 +551,67 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
     // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
     out.error_estimate += T(2) * located * out.scale;
     return out;
+}
+
+// The rule a test point uses along one step, without forming Ī — what the
+// structured path kernel (structured_kernel.hpp) evaluates its factors on.
+//  * fixed_nodes / composite: that rule on [0, 1].
+//  * piecewise-linear networks: the cuts (segment_cuts) and the exact
+//    ⌊L/2⌋+1-node Gauss rule on each piece; quadrature error zero, and the
+//    only estimate is the cut-location term 2·located·max|J| (the caller
+//    knows max|J| from its factors).
+//  * smooth networks: the adaptive rule of integrate_segment, whose
+//    acceptance test compares whole rules entry by entry, so Ī is formed here
+//    for the node search (C·P per node); the estimate is final.
+template <Real T>
+struct step_rule {
+    std::vector<T> nodes, weights;
+    std::size_t cuts = 0, evaluations = 0;
+    T located = T(0);              // Σ of the cut-location bounds (piecewise-linear)
+    T error_estimate = T(0);       // final estimate (smooth adaptive); else 0
+    bool converged = true;
+    bool estimate_is_final = false;  // smooth adaptive: error_estimate includes every term
+};
+
+template <Real T>
+step_rule<T> segment_rule(const model_spec& m, const segment_structure& st, std::span<const T> w,
+                          std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo) {
+    step_rule<T> r;
+    if (qo.fixed_nodes > 0) {
+        const gauss_rule<T>& g = gauss_legendre<T>(qo.fixed_nodes);
+        r.nodes = g.nodes;
+        r.weights = g.weights;
+    } else if (qo.composite != quadrature_options::simple_rule::none) {
+        simple_rule_nodes<T>(qo, r.nodes, r.weights);
+    } else if (st.piecewise_linear) {
+        if (qo.first_nodes == 0 || qo.max_nodes < 2 * qo.first_nodes || qo.max_nodes > max_gauss_nodes)
+            throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
+        const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples, &r.located);
+        r.cuts = cuts.size();
+        std::vector<T> ends{T(0)};
+        ends.insert(ends.end(), cuts.begin(), cuts.end());
+        ends.push_back(T(1));
+        const gauss_rule<T>& g = gauss_legendre<T>(st.exact_nodes);
+        for (std::size_t e = 0; e + 1 < ends.size(); ++e) {
+            const T len = ends[e + 1] - ends[e];
+            for (std::size_t q = 0; q < g.nodes.size(); ++q) {
+                r.nodes.push_back(ends[e] + len * g.nodes[q]);
+                r.weights.push_back(len * g.weights[q]);
+            }
+        }
+    } else {
+        segment_integral<T> seg = integrate_segment<T>(m, st, w, delta, x1, qo);
+        r.nodes = std::move(seg.nodes);
+        r.weights = std::move(seg.weights);
+        r.cuts = seg.cuts;
+        r.evaluations = seg.evaluations;
+        r.error_estimate = seg.error_estimate;
+        r.converged = seg.converged;
+        r.estimate_is_final = true;
+        return r;
+    }
+    r.evaluations = r.nodes.size();
+    return r;
 }
 
 }  // namespace epk

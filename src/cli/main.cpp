@@ -64,11 +64,12 @@ commands
   verify TRACE               the exact path kernel's reconstruction of f(x; w[S]) at the test
                              points, its residual and budget; exit 1 if a residual exceeds
                              its budget  [--precision P] [--json] [--threads N]
+                             [--unstructured]
   kernel TRACE --out DIR     write bias.npy [M,C], contributions.npy [M,N,C], coefficients.npy
                              [S,N,C], remainder.npy, outputs_final.npy and
                              kernel_step_<s>.npy [M,N,C,C] for the
                              steps in --steps LIST (e.g. 0,5,10-12 or all)
-                             [--precision P] [--threads N]
+                             [--precision P] [--threads N] [--unstructured]
   compare TRACE              the exact kernel against the per-step tangent kernel, the NTK at
                              initialisation, the linearised model and fixed rules along each
                              step: each reconstruction's error  [--methods LIST] [--precision P]
@@ -92,6 +93,8 @@ commands
   version, --version         the version
 
 precision P: float | double | long-double | float128 | mpfr:BITS (2 <= BITS <= 100000)
+--unstructured: full C x P Jacobian integrals contracted entry by entry instead of per-layer
+  factors and dense products (the default); slow, for cross-checks (README, "Performance")
 exit status: 0 success, 1 a check failed, 2 bad input (nothing written), 3 internal error
 )";
 
@@ -497,10 +500,11 @@ void print_verify_table(const epk::kernel_report& k) {
 }
 
 int cmd_verify(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json"}, 1, 1);
+    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json", "unstructured"}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
+    o.structured = a.flags.count("unstructured") == 0;
     o.contributions = false;  // the reconstruction and the audit need no per-point contributions
     const epk::trace t = epk::read_trace(a.positional[0]);
     epk::check_memory(t, p, o, true, a.positional[0]);
@@ -528,13 +532,14 @@ int cmd_verify(int argc, char** argv) {
 // ---------------------------------------------------------------- kernel
 
 int cmd_kernel(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"out", "steps", "precision", "threads"}, {}, 1, 1);
+    const args a = parse_args(argc, argv, {"out", "steps", "precision", "threads"}, {"unstructured"}, 1, 1);
     if (!a.has("out")) throw epk::input_error("epk kernel", "--out DIR is required");
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const epk::trace t = epk::read_trace(a.positional[0]);
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
+    o.structured = a.flags.count("unstructured") == 0;
     o.coefficients = true;
     if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
     const std::size_t m = epk::test_point_count(t);

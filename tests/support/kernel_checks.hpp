@@ -136,7 +136,7 @@ inline bool tame_run(const kernel_case& kc) {
 template <Real T>
 path_kernel_result<T> run_kernel(const kernel_case& kc, std::size_t threads = 1,
                                  std::vector<std::size_t> kernel_steps = {}, const quadrature_options& qo = {},
-                                 bool coefficients = false) {
+                                 bool coefficients = false, bool structured = true) {
     const training_problem<T> pr = convert_problem<T>(kc.rp.problem);
     path_kernel_request<T> rq;
     rq.problem = &pr;
@@ -147,6 +147,7 @@ path_kernel_result<T> run_kernel(const kernel_case& kc, std::size_t threads = 1,
     rq.quadrature = qo;
     rq.threads = threads;
     rq.store_coefficients = coefficients;
+    rq.structured = structured;
     return compute_path_kernel<T>(rq);
 }
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# bench/run.sh — the performance table of the README, measured on this machine.
+#
+#   bench/run.sh [--build DIR] [--work DIR] [--quick]
+#
+# Workloads (bench/README.md):
+#   digits     MLP 64-128-128-10, ReLU, embedded digits: 500 training rows, batch 100,
+#              200 SGD steps (lr 0.05), 100 held-out test points
+#   synthetic  MLP 784-256-256-10, ReLU, 600 rows of synthetic 784-pixel data
+#              (bench/synthetic_data.py): the same split, batch, steps and rate
+# For each, in double and in mpfr:256, epk-bench measures in one process: the structured
+# path kernel (seconds, GFLOP/s of its products per thread), the machine's DGEMM rate (the
+# same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
+# path over the first steps against the structured path over the same steps, and for MPFR
+# one multiply-add's time against the structured path's.  Peak memory: separate processes
+# for S and 4S steps (--memory-only).  If python3 has torch, bench/functorch_kernel.py times
+# a float64 functorch implementation of the same kernel on the same trace.
+# --quick: small steps counts (a smoke run, ~1 minute; figures not the documented ones).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=build
+work=""
+quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    *) echo "usage: bench/run.sh [--build DIR] [--work DIR] [--quick]" >&2; exit 2 ;;
+  esac
+done
+[ -n "$work" ] || work="$build/bench-work"
+if [ ! -x "$build/epk" ] || [ ! -x "$build/bench/epk-bench" ]; then
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_BENCH=ON >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target epk epk-bench
+fi
+epk="$build/epk"
+bench="$build/bench/epk-bench"
+mkdir -p "$work"
+results="$work/results.jsonl"
+: > "$results"
+
+steps=200
+if [ "$quick" = 1 ]; then steps=8; fi
+train_common=(--n-train 500 --n-test 100 --batch-size 100 --activation relu --lr 0.05 --seed 0 --init-only)
+make_trace() {  # name data hidden steps
+  local dir="$work/$1-$4"
+  [ -d "$dir" ] || "$epk" train --out "$dir" --data "$2" --hidden "$3" --steps "$4" "${train_common[@]}" >/dev/null 2>&1
+  echo "$dir"
+}
+[ -f "$work/synthetic.csv" ] || python3 bench/synthetic_data.py > "$work/synthetic.csv"
+
+# record WORKLOAD KIND epk-bench-args...: appends {"workload":..,"kind":..,...} to results.jsonl
+record() {
+  local w="$1" kind="$2"; shift 2
+  echo "bench: $w $kind: epk-bench $*" >&2
+  "$bench" "$@" | python3 -c 'import json,sys; j=json.load(sys.stdin); j["workload"]=sys.argv[1]; j["kind"]=sys.argv[2]; print(json.dumps(j))' "$w" "$kind" >> "$results"
+}
+
+have_torch=0
+/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
+
+for w in digits synthetic; do
+  if [ "$w" = digits ]; then data=digits; hidden=128,128; naive=2; mp_steps=2
+  else data="$work/synthetic.csv"; hidden=256,256; naive=1; mp_steps=1; fi
+  if [ "$quick" = 1 ]; then naive=1; mp_steps=1; fi
+  t1=$(make_trace "$w" "$data" "$hidden" "$steps")
+  t4=$(make_trace "$w" "$data" "$hidden" $((4 * steps)))
+  record "$w" speed "$t1" --precision double --threads 2 --naive-steps "$naive"
+  record "$w" speed "$t1" --precision mpfr:256 --threads 2 --steps "$mp_steps"
+  record "$w" memory "$t1" --precision double --threads 2 --memory-only
+  record "$w" memory "$t4" --precision double --threads 2 --memory-only
+  if [ "$have_torch" = 1 ]; then
+    echo "bench: $w functorch" >&2
+    /usr/bin/python3 bench/functorch_kernel.py "$t1" --steps "$naive" --nodes 2 --threads 2 \
+      | python3 -c 'import json,sys; j=json.load(sys.stdin); j["workload"]=sys.argv[1]; j["kind"]="functorch"; print(json.dumps(j))' "$w" >> "$results"
+  fi
+done
+
+python3 bench/table.py "$results"

@@ -1,0 +1,75 @@
+"""Formats bench/run.sh's results.jsonl as the README's performance table.
+
+Reads one JSON object per line (epk-bench output plus "workload" and "kind",
+or bench/functorch_kernel.py output) and prints a Markdown table and the
+checks of issue 6's "done when", each with the figures it compares.
+Stdlib only.
+"""
+import json
+import sys
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    out = []
+    out.append("| workload | precision | steps timed | seconds | s/step | products GFLOP/s per thread "
+               "| DGEMM GFLOP/s per thread | % of DGEMM | naive / structured | cost / multiply-adds "
+               "| peak RSS S / 4S steps | functorch / epk |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    checks = []
+    for w in ("digits", "synthetic"):
+        speed = [r for r in rows if r.get("workload") == w and r.get("kind") == "speed"]
+        mem = [r for r in rows if r.get("workload") == w and r.get("kind") == "memory"]
+        fx = [r for r in rows if r.get("workload") == w and r.get("kind") == "functorch"]
+        mem_s = "—"
+        if len(mem) == 2:
+            a, b = sorted(mem, key=lambda r: r["steps"])
+            mem_s = "%.1f / %.1f MiB (S=%d, %d)" % (a["peak_rss_kib"] / 1024, b["peak_rss_kib"] / 1024, a["steps"], b["steps"])
+            grow = (b["peak_rss_kib"] - a["peak_rss_kib"]) / a["peak_rss_kib"]
+            checks.append(("%s: peak memory the same for S and 4S" % w, abs(grow) <= 0.05,
+                           "%.1f vs %.1f MiB (%+.1f%%)" % (a["peak_rss_kib"] / 1024, b["peak_rss_kib"] / 1024, 100 * grow)))
+        for r in speed:
+            s = r["structured"]
+            prec = r["precision"]
+            g = s["gemm_gflops_per_thread"]
+            dg = r.get("dgemm", {}).get("gflops_per_thread")
+            frac = r.get("fraction_of_dgemm")
+            naive = r.get("naive")
+            madd = r.get("madd")
+            ftxt = "—"
+            if fx and prec == "double" and naive:
+                f = fx[0]
+                epk_per_step = naive["structured_seconds_same_steps"] / naive["steps"]
+                ftxt = "%.0f× (%.2f s/step, %s)" % (f["seconds_per_step"] / epk_per_step, f["seconds_per_step"],
+                                                    f.get("torch", "torch"))
+            out.append("| %s | %s | %d | %.2f | %.3g | %.1f | %s | %s | %s | %s | %s | %s |" % (
+                w, prec, r["steps"], s["seconds"], s["seconds_per_step"], g,
+                "%.1f" % dg if dg else "—",
+                "%.0f%%" % (100 * frac) if frac else "—",
+                "%.0f× (%d steps: %.1f s vs %.2f s)" % (naive["ratio"], naive["steps"], naive["seconds"],
+                                                        naive["structured_seconds_same_steps"]) if naive else "—",
+                "%.2f (%.0f ns per multiply-add)" % (madd["cost_over_madds"], madd["ns"]) if madd else "—",
+                mem_s if prec == "double" else "—",
+                ftxt))
+            if prec == "double" and naive:
+                checks.append(("%s: structured ≥ 20× faster than naive" % w, naive["ratio"] >= 20,
+                               "%.1f×" % naive["ratio"]))
+            if prec == "double" and frac:
+                checks.append(("%s: products ≥ 40%% of DGEMM" % w, frac >= 0.4,
+                               "%.1f of %.1f GFLOP/s per thread = %.0f%%" % (g, dg, 100 * frac)))
+            if madd:
+                checks.append(("%s: %s ≤ 3× its multiply-adds" % (w, prec), madd["cost_over_madds"] <= 3,
+                               "%.2f× (%.3g multiply-adds at %.0f ns, %.1f s on %d threads)" % (
+                                   madd["cost_over_madds"], madd["structured_madds"], madd["ns"], s["seconds"],
+                                   r["threads"])))
+            if not s["ok"]:
+                checks.append(("%s %s: residual within budget" % (w, prec), False, "%.3g" % s["residual_max_abs"]))
+    print("\n".join(out))
+    print()
+    for name, ok, detail in checks:
+        print("%s %s: %s" % ("PASS" if ok else "FAIL", name, detail))
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,538 @@
+// epk/structured_kernel.hpp — the exact path kernel by per-layer factors and
+// dense products (design.md §4), the default path of compute_path_kernel.
+//
+// For a dense layer l with input h_l and output z_l = W_l h_l + b_l, the
+// Jacobian is a sum of outer products (network.hpp, layer_factors):
+// ∂f_c/∂W_l[r][j] = δ_l[c][r]·h_l[j], ∂f_c/∂b_l[r] = δ_l[c][r].  So with
+//   test side  (x, node t_q):   D_l(x, q) = δ_l(x; w_s(t_q))  [C × out_l],  h_l(x, q)  [in_l]
+//   train side (x_i at w[s]):   e_{l,i} = δ_l(x_i; w[s])ᵀ a_{i,s}  [out_l],   h_{l,i}  [in_l]
+// every quantity of path_kernel.hpp is a contraction of factors:
+//   K_s(x, x_i) a_{i,s}   = Σ_q ω_q Σ_l (D_l(x,q) e_{l,i}) · (h_l(x,q)·h_{l,i} + [bias])
+//   K_s(x, x_i)[c][d]     = Σ_q ω_q Σ_l (D_l(x,q)[c]·δ_l(x_i)[d]) · (h_l(x,q)·h_{l,i} + [bias])
+//   Ī_s(x) r_s            = Σ_q ω_q Σ_l D_l(x,q) (R_l h_l(x,q) + r_{b,l})      (r_s in layer blocks)
+// and each is a GEMM over many test rows (x, q) and training rows i at once,
+// with inner dimensions the layer widths instead of P.  No C × P matrix is
+// formed for piecewise-linear networks or fixed rules; for smooth networks
+// the adaptive node search still forms Ī per test point (segment_rule).
+//
+// What is computed how (and therefore what is bit-for-bit identical to what):
+//  * the training side — forward pass, coefficients a_{i,s}, adjoints e_{l,i},
+//    the summed gradient Σ_i g_{i,s} and so r_s — uses the reference order
+//    (gemm_reference): bit-identical to the unstructured path and the trainer;
+//  * the test side — the factors at the nodes (forward with
+//    W + tΔW = W·h + t·(ΔW·h), backward with C adjoint rows) and the
+//    contractions — uses gemm<T>: Eigen in double (fused multiply-adds,
+//    blocked sums), the reference order in every other type;
+//  * test points are processed in fixed chunks of `chunk_points`, rows in
+//    fixed blocks of at most `block_rows`, so results do not depend on the
+//    number of threads.
+// The two paths agree to rounding (tests/test_structured.cpp); the budget of
+// proofs-notes/004 §5 covers both (proofs-notes/006).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "epk/gemm.hpp"
+#include "epk/path_kernel.hpp"
+
+namespace epk {
+
+namespace structured {
+
+inline constexpr std::size_t chunk_points = 8;  // test points per work item
+inline constexpr std::size_t block_rows = 256;  // test rows (point, node) per product
+
+// Values of a batch of rows through the network, row r at w + t_r Δ (no t: at w).
+template <Real T>
+struct batch_pass {
+    std::vector<matrix<T>> values;  // values[k] = input of layer k (values[0] = x), values.back() = outputs
+    std::vector<matrix<T>> derivs;  // derivs[k] = σ′(values[k]) for an activation layer k (empty for linear)
+};
+
+// z = W·h (+ t·(ΔW·h)) + b (+ t·Δb), row by row; `fast`: gemm<T>, else the reference order
+// (then, without t, bit-identical to network.hpp's forward()).
+template <Real T>
+batch_pass<T> forward_rows(const model_spec& m, const std::vector<linear_offsets>& offs, std::span<const T> w,
+                           std::span<const T> delta, std::span<const T> t, matrix<T> x, bool fast,
+                           gemm_counter* ctr) {
+    batch_pass<T> bp;
+    const std::size_t rows = x.rows;
+    bp.values.push_back(std::move(x));
+    bp.derivs.resize(m.layers.size());
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const matrix<T>& h = bp.values.back();
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offs[li++];
+            matrix<T> z(rows, o.out);
+            if (fast) gemm<T>(true, rows, o.out, o.in, h.data.data(), o.in, w.data() + o.weight, o.in, z.data.data(), o.out, false, ctr);
+            else gemm_reference<T>(true, rows, o.out, o.in, h.data.data(), o.in, w.data() + o.weight, o.in, z.data.data(), o.out, false);
+            if (!t.empty()) {
+                matrix<T> dz(rows, o.out);
+                if (fast) gemm<T>(true, rows, o.out, o.in, h.data.data(), o.in, delta.data() + o.weight, o.in, dz.data.data(), o.out, false, ctr);
+                else gemm_reference<T>(true, rows, o.out, o.in, h.data.data(), o.in, delta.data() + o.weight, o.in, dz.data.data(), o.out, false);
+                for (std::size_t r = 0; r < rows; ++r)
+                    for (std::size_t c = 0; c < o.out; ++c) {
+                        // z = W h + t·(ΔW h) + (b + t·Δb)
+                        add_product(z(r, c), t[r], dz(r, c));
+                        if (o.has_bias) {
+                            T b = w[o.bias + c];
+                            add_product(b, t[r], delta[o.bias + c]);
+                            z(r, c) += b;
+                        }
+                    }
+            } else if (o.has_bias) {
+                for (std::size_t r = 0; r < rows; ++r)
+                    for (std::size_t c = 0; c < o.out; ++c) z(r, c) += w[o.bias + c];
+            }
+            bp.values.push_back(std::move(z));
+        } else {
+            const activation<T> act(l);
+            matrix<T> y(rows, h.cols), d(rows, h.cols);
+            for (std::size_t e = 0; e < h.data.size(); ++e) {
+                y.data[e] = act.value(h.data[e]);
+                d.data[e] = act.derivative_given_value(h.data[e], y.data[e]);
+            }
+            bp.derivs[k] = std::move(d);
+            bp.values.push_back(std::move(y));
+        }
+    }
+    return bp;
+}
+
+// Reverse mode for `per_row` adjoint rows per batch row: adj [(rows·per_row) × C] at the
+// outputs; returns, per linear layer, the adjoint of its output z_l [(rows·per_row) × out_l].
+// Through a linear layer: adj·W (+ t·(adj·ΔW)); through an activation: adj ⊙ σ′.
+template <Real T>
+std::vector<matrix<T>> backward_rows(const model_spec& m, const std::vector<linear_offsets>& offs,
+                                     std::span<const T> w, std::span<const T> delta, std::span<const T> t,
+                                     const batch_pass<T>& bp, matrix<T> adj, std::size_t per_row, bool fast,
+                                     gemm_counter* ctr) {
+    std::vector<matrix<T>> out(offs.size());
+    std::size_t li = offs.size();
+    const std::size_t n = adj.rows;
+    for (std::size_t k = m.layers.size(); k-- > 0;) {
+        const layer_spec& l = m.layers[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offs[--li];
+            if (li == 0) {  // nothing below needs an adjoint
+                out[li] = std::move(adj);
+                break;
+            }
+            matrix<T> prev(n, o.in);
+            if (fast) gemm<T>(false, n, o.in, o.out, adj.data.data(), o.out, w.data() + o.weight, o.in, prev.data.data(), o.in, false, ctr);
+            else gemm_reference<T>(false, n, o.in, o.out, adj.data.data(), o.out, w.data() + o.weight, o.in, prev.data.data(), o.in, false);
+            if (!t.empty()) {
+                matrix<T> dprev(n, o.in);
+                if (fast) gemm<T>(false, n, o.in, o.out, adj.data.data(), o.out, delta.data() + o.weight, o.in, dprev.data.data(), o.in, false, ctr);
+                else gemm_reference<T>(false, n, o.in, o.out, adj.data.data(), o.out, delta.data() + o.weight, o.in, dprev.data.data(), o.in, false);
+                for (std::size_t r = 0; r < n; ++r)
+                    for (std::size_t j = 0; j < o.in; ++j) add_product(prev(r, j), t[r / per_row], dprev(r, j));
+            }
+            out[li] = std::move(adj);
+            adj = std::move(prev);
+        } else {
+            // adj_h = σ′(h) ⊙ adj
+            const matrix<T>& d = bp.derivs[k];
+            for (std::size_t r = 0; r < n; ++r)
+                for (std::size_t j = 0; j < adj.cols; ++j) adj(r, j) = d(r / per_row, j) * adj(r, j);
+        }
+    }
+    return out;
+}
+
+// The training side of one step at w[s]: per linear layer the batch's inputs
+// h_{l,i} [b × in_l] and adjoints e_{l,i} = δ_l(x_i)ᵀ a_{i,s} [b × out_l]; for a
+// stored kernel step also δ_l(x_i) itself [(b·C) × out_l].
+template <Real T>
+struct training_side {
+    std::vector<matrix<T>> input, adjoint, delta;
+};
+
+// |W| + |ΔW|, |ΔW|, |b| + |Δb|, |Δb| per linear layer, in binary64 (the rounding scale).
+struct step_magnitudes {
+    std::vector<matrix<double>> abs_w_plus, abs_dw;
+    std::vector<std::vector<double>> abs_b_plus, abs_db;
+};
+
+template <Real T>
+step_magnitudes make_step_magnitudes(const std::vector<linear_offsets>& offs, std::span<const T> w,
+                                     std::span<const T> delta) {
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    step_magnitudes sm;
+    for (const linear_offsets& o : offs) {
+        matrix<double> wp(o.out, o.in), dw(o.out, o.in);
+        for (std::size_t e = 0; e < o.out * o.in; ++e) {
+            dw.data[e] = d(delta[o.weight + e]);
+            wp.data[e] = d(w[o.weight + e]) + dw.data[e];
+        }
+        std::vector<double> bp(o.out, 0.0), db(o.out, 0.0);
+        if (o.has_bias)
+            for (std::size_t q = 0; q < o.out; ++q) {
+                db[q] = d(delta[o.bias + q]);
+                bp[q] = d(w[o.bias + q]) + db[q];
+            }
+        sm.abs_w_plus.push_back(std::move(wp));
+        sm.abs_dw.push_back(std::move(dw));
+        sm.abs_b_plus.push_back(std::move(bp));
+        sm.abs_db.push_back(std::move(db));
+    }
+    return sm;
+}
+
+// Per test point of a chunk: the step's sums.
+template <Real T>
+struct point_sums {
+    std::vector<T> contribution;  // [C][b]: K_s(x, x_i) a_{i,s} for batch row i
+    std::vector<T> kernel;        // [b][C][C] (stored kernel steps only)
+    std::vector<T> remainder;     // [C]: Ī_s(x) r_s
+    std::vector<double> magnitude;  // [C]: Σ_q |ω_q| Σ_p |J|_mag[c][p]·|Δ_p| (binary64)
+    T scale = T(0);               // max |J| entry over the nodes
+};
+
+// One block of test rows: rows [r0, r1) of the chunk's rows; sums added into
+// `sums[owner[r] − first]` row by row, rows ascending.
+template <Real T>
+void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs, std::span<const T> w,
+                    std::span<const T> delta, std::span<const T> rem, const training_side<T>& train,
+                    const step_magnitudes& mag, const matrix<T>& x_rows, std::span<const T> t,
+                    std::span<const T> omega, std::span<const std::size_t> owner, std::size_t first,
+                    bool with_kernel, std::vector<point_sums<T>>& sums, gemm_counter* ctr, double& elementwise) {
+    const std::size_t R = x_rows.rows, C = m.output_dim(), L = offs.size();
+    const std::size_t b = train.input.empty() ? 0 : train.input[0].rows;
+    const batch_pass<T> bp = forward_rows<T>(m, offs, w, delta, t, x_rows, true, ctr);
+    matrix<T> seed(R * C, C);
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t c = 0; c < C; ++c) seed(r * C + c, c) = T(1);
+    const std::vector<matrix<T>> D = backward_rows<T>(m, offs, w, delta, t, bp, std::move(seed), C, true, ctr);
+    // Inputs of each linear layer within bp.values.
+    std::vector<const matrix<T>*> H(L);
+    {
+        std::size_t li = 0;
+        for (std::size_t k = 0; k < m.layers.size(); ++k)
+            if (m.layers[k].kind == layer_kind::linear) H[li++] = &bp.values[k];
+    }
+    // max |J| entry per row: max_l max|δ_l| · max(max|h_l|, 1 if bias).
+    for (std::size_t r = 0; r < R; ++r) {
+        point_sums<T>& ps = sums[owner[r] - first];
+        for (std::size_t l = 0; l < L; ++l) {
+            T hmax = offs[l].has_bias ? T(1) : T(0), dmax(0);
+            for (std::size_t j = 0; j < offs[l].in; ++j) max_abs_into(hmax, (*H[l])(r, j));
+            for (std::size_t e = r * C * offs[l].out; e < (r + 1) * C * offs[l].out; ++e) max_abs_into(dmax, D[l].data[e]);
+            max_abs_into(ps.scale, T(dmax * hmax));
+        }
+    }
+    // Contributions: val[(r,c), i] = Σ_l (D_l e_{l,i})[(r,c)] · (h_l(r)·h_{l,i} + [bias]).
+    matrix<T> val(R * C, b), ddot(R * C, b);
+    std::vector<matrix<T>> hdot(L);
+    for (std::size_t l = 0; l < L; ++l) {
+        const linear_offsets& o = offs[l];
+        hdot[l] = matrix<T>(R, b);
+        gemm<T>(true, R, b, o.in, H[l]->data.data(), o.in, train.input[l].data.data(), o.in, hdot[l].data.data(), b, false, ctr);
+        if (o.has_bias)
+            for (T& v : hdot[l].data) v += T(1);
+        gemm<T>(true, R * C, b, o.out, D[l].data.data(), o.out, train.adjoint[l].data.data(), o.out, ddot.data.data(), b, false, ctr);
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t c = 0; c < C; ++c) {
+                T* vr = &val(r * C + c, 0);
+                const T* dr = &ddot(r * C + c, 0);
+                const T* hr = &hdot[l](r, 0);
+                for (std::size_t i = 0; i < b; ++i) add_product(vr[i], dr[i], hr[i]);
+            }
+        elementwise += static_cast<double>(R * C * b);
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+        point_sums<T>& ps = sums[owner[r] - first];
+        for (std::size_t c = 0; c < C; ++c)
+            for (std::size_t i = 0; i < b; ++i) add_product(ps.contribution[c * b + i], omega[r], val(r * C + c, i));
+    }
+    elementwise += static_cast<double>(R * C * b);
+    // Remainder term: Σ_l D_l (R_l h_l + r_b).
+    for (std::size_t l = 0; l < L; ++l) {
+        const linear_offsets& o = offs[l];
+        matrix<T> rh(R, o.out);
+        gemm<T>(true, R, o.out, o.in, H[l]->data.data(), o.in, rem.data() + o.weight, o.in, rh.data.data(), o.out, false, ctr);
+        if (o.has_bias)
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t q = 0; q < o.out; ++q) rh(r, q) += rem[o.bias + q];
+        for (std::size_t r = 0; r < R; ++r) {
+            point_sums<T>& ps = sums[owner[r] - first];
+            for (std::size_t c = 0; c < C; ++c) {
+                T acc(0);
+                const T* dr = &D[l](r * C + c, 0);
+                for (std::size_t q = 0; q < o.out; ++q) add_product(acc, dr[q], rh(r, q));
+                add_product(ps.remainder[c], omega[r], acc);
+            }
+        }
+        elementwise += static_cast<double>(R * C * o.out);
+    }
+    // Stored kernel step: K[i][c][d] = Σ_q ω_q Σ_l (D_l(q)[c]·δ_l(x_i)[d]) (h_l(q)·h_{l,i} + [bias]).
+    if (with_kernel) {
+        matrix<T> kt(R * C, b * C), kv(R * C, b * C);
+        for (std::size_t l = 0; l < L; ++l) {
+            const linear_offsets& o = offs[l];
+            gemm<T>(true, R * C, b * C, o.out, D[l].data.data(), o.out, train.delta[l].data.data(), o.out, kt.data.data(), b * C, false, ctr);
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t c = 0; c < C; ++c)
+                    for (std::size_t i = 0; i < b; ++i)
+                        for (std::size_t d = 0; d < C; ++d) add_product(kv(r * C + c, i * C + d), kt(r * C + c, i * C + d), hdot[l](r, i));
+        }
+        for (std::size_t r = 0; r < R; ++r) {
+            point_sums<T>& ps = sums[owner[r] - first];
+            for (std::size_t c = 0; c < C; ++c)
+                for (std::size_t i = 0; i < b; ++i)
+                    for (std::size_t d = 0; d < C; ++d) add_product(ps.kernel[(i * C + c) * C + d], omega[r], kv(r * C + c, i * C + d));
+        }
+    }
+    // Rounding scale (binary64): the forward error magnitude M and the tangent
+    // magnitude V along |Δ|, with |W + tΔW| ≤ |W| + |ΔW| (t ∈ [0, 1]):
+    //   linear:     M ← (|W|+|ΔW|)(M + |h|) + |b| + |Δb|,  V ← (|W|+|ΔW|) V + |ΔW| (M + |h|) + |Δb|
+    //   activation: M ← |σ′| M + |σ(z)|,                    V ← |σ′| V
+    // V at the outputs is Σ_l δmag_l·(|ΔW_l|(M_h + |h_l|) + |Δb_l|) ≥ the unstructured path's magnitude.
+    {
+        auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+        const std::size_t D0 = x_rows.cols;
+        matrix<double> M(R, D0), V(R, D0), a(R, D0);
+        std::size_t li = 0;
+        for (std::size_t k = 0; k < m.layers.size(); ++k) {
+            const layer_spec& l = m.layers[k];
+            const matrix<T>& h = bp.values[k];
+            if (l.kind == layer_kind::linear) {
+                const linear_offsets& o = offs[li];
+                a = matrix<double>(R, o.in);
+                for (std::size_t e = 0; e < a.data.size(); ++e) a.data[e] = M.data[e] + d(h.data[e]);
+                matrix<double> mz(R, o.out), vz(R, o.out);
+                gemm<double>(true, R, o.out, o.in, a.data.data(), o.in, mag.abs_w_plus[li].data.data(), o.in, mz.data.data(), o.out, false);
+                gemm<double>(true, R, o.out, o.in, a.data.data(), o.in, mag.abs_dw[li].data.data(), o.in, vz.data.data(), o.out, false);
+                if (li > 0) gemm<double>(true, R, o.out, o.in, V.data.data(), o.in, mag.abs_w_plus[li].data.data(), o.in, vz.data.data(), o.out, true);
+                if (o.has_bias)
+                    for (std::size_t r = 0; r < R; ++r)
+                        for (std::size_t q = 0; q < o.out; ++q) {
+                            mz(r, q) += mag.abs_b_plus[li][q];
+                            vz(r, q) += mag.abs_db[li][q];
+                        }
+                M = std::move(mz);
+                V = std::move(vz);
+                ++li;
+            } else {
+                const matrix<T>& dv = bp.derivs[k];
+                const matrix<T>& y = bp.values[k + 1];
+                for (std::size_t e = 0; e < M.data.size(); ++e) {
+                    const double s = d(dv.data[e]);
+                    M.data[e] = s * M.data[e] + d(y.data[e]);
+                    V.data[e] = s * V.data[e];
+                }
+            }
+        }
+        for (std::size_t r = 0; r < R; ++r) {
+            point_sums<T>& ps = sums[owner[r] - first];
+            const double wq = d(omega[r]);
+            for (std::size_t c = 0; c < C; ++c) ps.magnitude[c] += wq * V(r, c);
+        }
+    }
+}
+
+// The steps' training side (reference order, see the header comment).
+template <Real T>
+training_side<T> make_training_side(const model_spec& m, const std::vector<linear_offsets>& offs, std::span<const T> w,
+                                    const batch_pass<T>& bp, const matrix<T>& coefficients, bool with_kernel) {
+    training_side<T> ts;
+    for (std::size_t k = 0; k < m.layers.size(); ++k)
+        if (m.layers[k].kind == layer_kind::linear) ts.input.push_back(bp.values[k]);
+    ts.adjoint = backward_rows<T>(m, offs, w, {}, {}, bp, coefficients, 1, false, nullptr);
+    if (with_kernel) {
+        const std::size_t b = coefficients.rows, C = coefficients.cols;
+        matrix<T> seed(b * C, C);
+        for (std::size_t i = 0; i < b; ++i)
+            for (std::size_t c = 0; c < C; ++c) seed(i * C + c, c) = T(1);
+        ts.delta = backward_rows<T>(m, offs, w, {}, {}, bp, std::move(seed), C, false, nullptr);
+    }
+    return ts;
+}
+
+// Σ_i g_{i,s} = Σ_i e_{l,i} ⊗ h_{l,i} (+ e_{l,i} for the bias), i ascending: the same
+// sums in the same order as the unstructured path's per-sample vjp, so bit-identical.
+template <Real T>
+std::vector<T> summed_gradient(const std::vector<linear_offsets>& offs, const training_side<T>& ts, std::size_t p) {
+    std::vector<T> g(p, T(0));
+    for (std::size_t l = 0; l < offs.size(); ++l) {
+        const linear_offsets& o = offs[l];
+        const matrix<T>& e = ts.adjoint[l];
+        const matrix<T>& h = ts.input[l];
+        for (std::size_t r = 0; r < o.out; ++r) {
+            for (std::size_t j = 0; j < o.in; ++j) {
+                T acc(0);
+                for (std::size_t i = 0; i < e.rows; ++i) add_product(acc, e(i, r), h(i, j));
+                g[o.weight + r * o.in + j] = acc;
+            }
+            if (o.has_bias) {
+                T acc(0);
+                for (std::size_t i = 0; i < e.rows; ++i) acc += e(i, r);
+                g[o.bias + r] = acc;
+            }
+        }
+    }
+    return g;
+}
+
+}  // namespace structured
+
+template <Real T>
+path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T>& rq,
+                                                     const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    detail::validate_request<T>(rq);
+    const training_problem<T>& pr = *rq.problem;
+    const model_spec& model = pr.model;
+    const sgd_schedule& sch = rq.schedule;
+    if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
+    const segment_structure st = analyse_segment_structure(model);
+    const std::vector<linear_offsets> offs = parameter_offsets(model);
+    path_kernel_result<T> res = detail::start_result<T>(rq);
+    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p, D0 = rq.x_test.cols;
+    std::vector<matrix<T>> x_rows;
+    for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
+    const std::size_t chunks = (M + structured::chunk_points - 1) / structured::chunk_points;
+
+    matrix<T> kernel_sum(rq.store_contributions ? 0 : M, C);
+    std::vector<T> w = rq.w0;
+    std::size_t next_kernel = 0;
+    std::vector<std::size_t> rule_nodes(M, 0);
+    std::vector<char> converged(M, 1);
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        const std::vector<std::size_t> batch = sch.batch(s);
+        const std::size_t b = batch.size();
+        const T eta(sch.learning_rates[s]);
+        // Training side at w[s]: coefficients a_{i,s}, adjoints e_{l,i}, Σ_i g_{i,s}.
+        const structured::batch_pass<T> bp =
+            structured::forward_rows<T>(model, offs, w, {}, {}, gather_rows(pr.x, batch), false, nullptr);
+        res.losses.push_back(loss_value(pr.loss, bp.values.back(), pr.y, batch));
+        const matrix<T> grad_out = output_gradient(pr.loss, bp.values.back(), pr.y, batch);
+        matrix<T> a(b, C);
+        for (std::size_t k = 0; k < b; ++k)
+            for (std::size_t c = 0; c < C; ++c) {
+                a(k, c) = -(eta * grad_out(k, c));
+                if (rq.store_coefficients) res.coefficients[(s * N + batch[k]) * C + c] += a(k, c);
+            }
+        const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
+        const structured::training_side<T> train = structured::make_training_side<T>(model, offs, w, bp, a, store_kernel);
+        const std::vector<T> g_sum = structured::summed_gradient<T>(offs, train, P);
+        std::vector<T> w_next;
+        if (rq.recorded_row) {
+            w_next = rq.recorded_row(s + 1);
+            if (w_next.size() != P) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+        } else {
+            w_next = w;
+            sgd_step<T>(pr, w_next, batch, eta);
+        }
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
+        const structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
+
+        // The rule of every test point (independent of the others).
+        std::vector<step_rule<T>> rules(M);
+        auto find_rule = [&](std::size_t mm) { rules[mm] = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature); };
+        detail::for_each_point_t<T>(M, rq.threads, find_rule);
+
+        std::vector<double> point_contribution(M, 0.0);
+        std::vector<gemm_counter> counters(chunks);
+        std::vector<double> elementwise(chunks, 0.0);
+        std::vector<T> kernel;
+        if (store_kernel) kernel.assign(M * N * C * C, T(0));
+        auto process_chunk = [&](std::size_t ch) {
+            const std::size_t first = ch * structured::chunk_points, last = std::min(M, first + structured::chunk_points);
+            std::vector<structured::point_sums<T>> sums(last - first);
+            for (auto& ps : sums) {
+                ps.contribution.assign(C * b, T(0));
+                if (store_kernel) ps.kernel.assign(b * C * C, T(0));
+                ps.remainder.assign(C, T(0));
+                ps.magnitude.assign(C, 0.0);
+            }
+            // Rows (point, node) in order, in blocks of at most block_rows.
+            std::vector<std::size_t> owner;
+            std::vector<const T*> node, weight;
+            for (std::size_t mm = first; mm < last; ++mm)
+                for (std::size_t q = 0; q < rules[mm].nodes.size(); ++q) {
+                    owner.push_back(mm);
+                    node.push_back(&rules[mm].nodes[q]);
+                    weight.push_back(&rules[mm].weights[q]);
+                }
+            for (std::size_t r0 = 0; r0 < owner.size(); r0 += structured::block_rows) {
+                const std::size_t r1 = std::min(owner.size(), r0 + structured::block_rows);
+                matrix<T> xr(r1 - r0, D0);
+                std::vector<T> t, om;
+                for (std::size_t r = r0; r < r1; ++r) {
+                    for (std::size_t j = 0; j < D0; ++j) xr(r - r0, j) = rq.x_test(owner[r], j);
+                    t.push_back(*node[r]);
+                    om.push_back(*weight[r]);
+                }
+                structured::contract_block<T>(model, offs, wv, delta, rem, train, mags, xr, t, om,
+                                              std::span<const std::size_t>(owner).subspan(r0, r1 - r0), first,
+                                              store_kernel, sums, &counters[ch], elementwise[ch]);
+            }
+            for (std::size_t mm = first; mm < last; ++mm) {
+                const structured::point_sums<T>& ps = sums[mm - first];
+                const step_rule<T>& rule = rules[mm];
+                res.cuts[mm] += rule.cuts;
+                res.evaluations[mm] += rule.evaluations;
+                rule_nodes[mm] = std::max(rule_nodes[mm], rule.nodes.size());
+                if (!rule.converged) converged[mm] = 0;
+                // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
+                const T estimate = rule.estimate_is_final ? rule.error_estimate : T(T(2) * rule.located * ps.scale);
+                std::vector<T> step(C, T(0));
+                for (std::size_t k = 0; k < b; ++k) {
+                    T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
+                    for (std::size_t c = 0; c < C; ++c) {
+                        const T& ck = ps.contribution[c * b + k];
+                        if (out != nullptr) out[c] += ck;
+                        step[c] += ck;
+                    }
+                    if (store_kernel)
+                        std::copy(ps.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
+                                  ps.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
+                                  kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
+                }
+                if (!rq.store_contributions)
+                    for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
+                for (std::size_t c = 0; c < C; ++c) {
+                    const T& rr = ps.remainder[c];
+                    point_contribution[mm] = std::max(point_contribution[mm], std::abs(scalar_traits<T>::to_double(rr)));
+                    res.remainder_term(mm, c) += rr;
+                    step[c] += rr;
+                    res.reconstruction(mm, c) += step[c];
+                    res.quadrature_bound(mm, c) += estimate * sd.delta_l1;
+                    res.path_magnitude(mm, c) += ps.magnitude[c];
+                }
+            }
+        };
+        detail::for_each_point_t<T>(chunks, rq.threads, process_chunk);
+        for (std::size_t ch = 0; ch < chunks; ++ch) {
+            res.gemm_flops += counters[ch].flops;
+            res.gemm_seconds += counters[ch].seconds;
+            res.elementwise_madds += elementwise[ch];
+        }
+        for (double v : point_contribution) sd.audit.contribution_max_abs = std::max(sd.audit.contribution_max_abs, v);
+        res.audit.push_back(sd.audit);
+        if (store_kernel) {
+            res.step_kernels.emplace_back(s, std::move(kernel));
+            ++next_kernel;
+        }
+        w = std::move(w_next);
+        if (progress) progress(s + 1, sch.steps);
+    }
+    detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
+    return res;
+}
+
+// The exact path kernel: the structured path unless the request asks for the unstructured one.
+template <Real T>
+path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
+                                          const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    return rq.structured ? compute_path_kernel_structured<T>(rq, progress) : compute_path_kernel_unstructured<T>(rq, progress);
+}
+
+}  // namespace epk
