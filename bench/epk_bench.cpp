@@ -211,6 +211,7 @@ int main_impl(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    epk::keep_freed_memory();
     try {
         return main_impl(argc, argv);
     } catch (const epk::input_error& e) {

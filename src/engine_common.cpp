@@ -1,11 +1,14 @@
 // Precision parsing and dispatch to the per-scalar instantiations.
+#include <malloc.h>
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "epk/engine.hpp"
+#include "epk/segment.hpp"
 #include "epk/error.hpp"
 #include "epk/mpfr_real.hpp"
 
@@ -180,9 +183,24 @@ double memory_estimate(const trace& t, const precision& p, const kernel_options&
     double numbers = 4 * B * widths + 4 * P;
     if (kernel) {
         const double ks = static_cast<double>(o.kernel_steps.size());
-        numbers += B * P;                                   // g_{i,s}, one P-vector per sample
-        numbers += 3 * C * P;                               // one test point's integral (and its rules), per thread
-        if (ks > 0) numbers += B * C * P + ks * M * N * C * C;  // training Jacobians; the kernels
+        if (o.structured) {
+            // structured_kernel.hpp: the batch's layer inputs and adjoints (C adjoints per sample
+            // for a stored kernel step); per thread one block of ≤ 256 test rows — its factors
+            // [rows × widths], [rows·C × widths], the contraction buffers [rows·C × B] (and
+            // [rows·C × B·C] for a stored step); the step's vectors (w, Δ, r, Σg, magnitudes).
+            const double threads = static_cast<double>(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency()));
+            const double rows = 256;
+            numbers += 2 * B * widths + (ks > 0 ? B * C * widths : 0) + 10 * P;
+            numbers += threads * rows * (3 * widths + 2 * C * widths + 3 * C * B + (ks > 0 ? 2 * C * B * C : 0));
+            if (!analyse_segment_structure(t.model).piecewise_linear && o.quadrature.fixed_nodes == 0 &&
+                o.quadrature.composite == quadrature_options::simple_rule::none)
+                numbers += threads * 3 * C * P;  // smooth networks: the node search forms Ī per test point
+            if (ks > 0) numbers += ks * M * N * C * C;
+        } else {
+            numbers += B * P;                                   // g_{i,s}, one P-vector per sample
+            numbers += 3 * C * P;                               // one test point's integral (and its rules), per thread
+            if (ks > 0) numbers += B * C * P + ks * M * N * C * C;  // training Jacobians; the kernels
+        }
         if (o.contributions) numbers += M * N * C;
         if (o.coefficients) numbers += S * N * C;
         // The report holds binary64 copies of the result arrays as well.
@@ -213,6 +231,11 @@ void check_memory(const trace& t, const precision& p, const kernel_options& o, b
                       need / (1024.0 * 1024 * 1024), p.name().c_str(), limit / (1024.0 * 1024 * 1024));
         throw input_error(name, msg);
     }
+}
+
+void keep_freed_memory() {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed threshold on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace epk

@@ -133,6 +133,13 @@ kernel_report compute_kernel(const trace& t, const precision& p, const kernel_op
 
 // ------------------------------------------------------------------ memory
 
+// The path kernel allocates and frees block-sized buffers (megabytes) every step;
+// glibc's malloc by default hands such blocks back to the kernel (mmap, trimming), so
+// every step would pay fresh page faults.  Keeps freed memory in the process instead
+// (mallopt: no mmap below 32 MiB, no trimming below 1 GiB); the peak is unchanged.  Programs call
+// it once at start (the CLI and epk-bench do); a library user may or may not.
+void keep_freed_memory();
+
 // What the largest computation on this trace needs, in bytes, estimated from the shapes
 // before any work: per-sample gradients and batch activations (the path kernel), the
 // result arrays (contributions [M,N,C], the coefficients [S,N,C] and every listed step's

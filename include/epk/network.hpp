@@ -163,13 +163,21 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
         const layer_spec& l = m.layers[k];
         if (l.kind == layer_kind::linear) {
             const linear_offsets& o = offsets[--li];
-            // ∂W[r][j] += Σ_i adj[i][r] h[i][j]   (i ascending)
-            for (std::size_t r = 0; r < o.out; ++r)
-                for (std::size_t j = 0; j < o.in; ++j) {
-                    T acc = adj(0, r) * h(0, j);
-                    for (std::size_t i = 1; i < h.rows; ++i) add_product(acc, adj(i, r), h(i, j));
-                    g[o.weight + r * o.in + j] += acc;
-                }
+            // ∂W[r][j] += Σ_i adj[i][r] h[i][j]   (i ascending; the loops run i outermost
+            // so that rows stream, each entry's sum in the same order)
+            {
+                std::vector<T> acc(o.out * o.in);
+                for (std::size_t r = 0; r < o.out; ++r)
+                    for (std::size_t j = 0; j < o.in; ++j) acc[r * o.in + j] = adj(0, r) * h(0, j);
+                for (std::size_t i = 1; i < h.rows; ++i)
+                    for (std::size_t r = 0; r < o.out; ++r) {
+                        const T& ar = adj(i, r);
+                        T* row = acc.data() + r * o.in;
+                        const T* hi = &h(i, 0);
+                        for (std::size_t j = 0; j < o.in; ++j) add_product(row[j], ar, hi[j]);
+                    }
+                for (std::size_t e = 0; e < acc.size(); ++e) g[o.weight + e] += acc[e];
+            }
             // ∂b[r] += Σ_i adj[i][r]
             if (o.has_bias)
                 for (std::size_t r = 0; r < o.out; ++r) {

@@ -36,6 +36,7 @@
 #include <span>
 #include <vector>
 
+#include "epk/gemm.hpp"
 #include "epk/network.hpp"
 #include "epk/quadrature.hpp"
 #include "epk/quadrature_options.hpp"
@@ -83,39 +84,47 @@ std::vector<T> point_on_segment(std::span<const T> w, std::span<const T> dw, con
 }  // namespace detail
 
 // Taylor coefficients in u of the value entering layer `upto`, on the piece
-// t = a + (b − a)u, u ∈ [0, 1], of the segment w + tΔ:  result[j][k] is the
-// coefficient of u^k of unit j.  `wa` = w + aΔ and `dw` = (b − a)Δ.  The
-// activation pattern of each piecewise-linear layer before `upto` is taken at
-// u = 1/2 (constant on the piece by construction).  Every layer before
-// `upto` must be linear or piecewise linear.
+// t = a + len·u, u ∈ [0, 1], of the segment w + tΔ:  result[j][k] is the
+// coefficient of u^k of unit j.  The activation pattern of each
+// piecewise-linear layer before `upto` is taken at u = 1/2 (constant on the
+// piece by construction).  Every layer before `upto` must be linear or
+// piecewise linear.  A linear layer maps the coefficients H (one row per
+// power of u) by
+//   z(u) = (W + (a + len·u)ΔW) h(u) + b + (a + len·u)Δb:
+//   [u^k] z = (W H)_k + a·(ΔW H)_k + len·(ΔW H)_{k−1}  (+ b + a·Δb at k = 0, len·Δb at k = 1),
+// the products through gemm<T> (gemm.hpp; in double Eigen's, so the
+// coefficients' rounding is that of a blocked sum, within the same γ bound).
 template <Real T>
-std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<const T> wa, std::span<const T> dw,
-                                                std::span<const T> x, std::size_t upto) {
+std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<const T> w, std::span<const T> delta,
+                                                const T& a, const T& len, std::span<const T> x, std::size_t upto) {
     const auto offsets = parameter_offsets(m);
-    std::vector<std::vector<T>> h(x.size());
-    for (std::size_t j = 0; j < x.size(); ++j) h[j] = {x[j]};
+    matrix<T> h(1, x.size());  // h(k, j): coefficient of u^k of unit j
+    for (std::size_t j = 0; j < x.size(); ++j) h(0, j) = x[j];
     std::size_t li = 0;
     const T half = T(1) / T(2);
     for (std::size_t k = 0; k < upto; ++k) {
         const layer_spec& l = m.layers[k];
         if (l.kind == layer_kind::linear) {
             const linear_offsets& o = offsets[li++];
-            const std::size_t deg = h.empty() ? 0 : h[0].size();  // degree + 1 of h
-            std::vector<std::vector<T>> z(o.out, std::vector<T>(deg + 1, T(0)));
+            const std::size_t deg = h.rows;  // degree + 1 of h
+            matrix<T> wh(deg, o.out), dh(deg, o.out), z(deg + 1, o.out);
+            gemm<T>(true, deg, o.out, o.in, h.data.data(), o.in, w.data() + o.weight, o.in, wh.data.data(), o.out, false);
+            gemm<T>(true, deg, o.out, o.in, h.data.data(), o.in, delta.data() + o.weight, o.in, dh.data.data(), o.out, false);
             for (std::size_t r = 0; r < o.out; ++r) {
-                const T* wr = wa.data() + o.weight + r * o.in;
-                const T* dr = dw.data() + o.weight + r * o.in;
-                // z(u) = (W_a + u δW) h(u) + b_a + u δb:
-                //   [u^k] z = Σ_j W_a[r][j] [u^k]h_j + Σ_j δW[r][j] [u^{k−1}]h_j (+ b_a at k=0, δb at k=1)
                 for (std::size_t kk = 0; kk <= deg; ++kk) {
                     T acc(0);
-                    if (kk < deg)
-                        for (std::size_t j = 0; j < o.in; ++j) add_product(acc, wr[j], h[j][kk]);
-                    if (kk >= 1)
-                        for (std::size_t j = 0; j < o.in; ++j) add_product(acc, dr[j], h[j][kk - 1]);
-                    if (o.has_bias && kk == 0) acc += wa[o.bias + r];
-                    if (o.has_bias && kk == 1) acc += dw[o.bias + r];
-                    z[r][kk] = acc;
+                    if (kk < deg) {
+                        acc = wh(kk, r);
+                        add_product(acc, a, dh(kk, r));
+                    }
+                    if (kk >= 1) add_product(acc, len, dh(kk - 1, r));
+                    z(kk, r) = acc;
+                }
+                if (o.has_bias) {
+                    T b0 = w[o.bias + r];
+                    add_product(b0, a, delta[o.bias + r]);
+                    z(0, r) += b0;
+                    add_product(z(1, r), len, delta[o.bias + r]);
                 }
             }
             h = std::move(z);
@@ -123,13 +132,18 @@ std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<c
             if (!is_piecewise_linear(l.kind)) throw usage_error("segment_polynomials: smooth layer before 'upto'");
             const activation<T> act(l);
             // On the piece the unit is on one side of its kink: h = slope · z.
-            for (auto& unit : h) {
-                const T s = act.derivative(horner<T>(unit, half));  // relu′(0) = 0, as everywhere
-                for (T& c : unit) c = s * c;
+            std::vector<T> unit(h.rows);
+            for (std::size_t j = 0; j < h.cols; ++j) {
+                for (std::size_t kk = 0; kk < h.rows; ++kk) unit[kk] = h(kk, j);
+                const T sl = act.derivative(horner<T>(unit, half));  // relu′(0) = 0, as everywhere
+                for (std::size_t kk = 0; kk < h.rows; ++kk) h(kk, j) = sl * h(kk, j);
             }
         }
     }
-    return h;
+    std::vector<std::vector<T>> out(h.cols, std::vector<T>(h.rows));
+    for (std::size_t j = 0; j < h.cols; ++j)
+        for (std::size_t kk = 0; kk < h.rows; ++kk) out[j][kk] = h(kk, j);
+    return out;
 }
 
 namespace detail {
@@ -144,10 +158,7 @@ void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span
     while (k < st.first_smooth && (m.layers[k].kind == layer_kind::linear || m.layers[k].kind == layer_kind::identity)) ++k;
     if (k >= st.first_smooth) return;
     const T len = b - a;
-    const std::vector<T> wa = point_on_segment<T>(w, delta, a);
-    std::vector<T> dw(delta.size());
-    for (std::size_t p = 0; p < dw.size(); ++p) dw[p] = len * delta[p];
-    const auto polys = segment_polynomials<T>(m, wa, dw, x, k);
+    const auto polys = segment_polynomials<T>(m, w, delta, a, len, x, k);
     std::vector<T> us, du;
     for (const auto& unit : polys)
         for (T& r : roots_in_unit_interval<T>(std::span<const T>(unit), &du)) us.push_back(std::move(r));

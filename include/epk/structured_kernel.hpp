@@ -364,12 +364,15 @@ std::vector<T> summed_gradient(const std::vector<linear_offsets>& offs, const tr
         const linear_offsets& o = offs[l];
         const matrix<T>& e = ts.adjoint[l];
         const matrix<T>& h = ts.input[l];
-        for (std::size_t r = 0; r < o.out; ++r) {
-            for (std::size_t j = 0; j < o.in; ++j) {
-                T acc(0);
-                for (std::size_t i = 0; i < e.rows; ++i) add_product(acc, e(i, r), h(i, j));
-                g[o.weight + r * o.in + j] = acc;
+        // i outermost so that rows stream; each entry still sums i ascending from 0.
+        for (std::size_t i = 0; i < e.rows; ++i)
+            for (std::size_t r = 0; r < o.out; ++r) {
+                const T& er = e(i, r);
+                T* row = g.data() + o.weight + r * o.in;
+                const T* hi = &h(i, 0);
+                for (std::size_t j = 0; j < o.in; ++j) add_product(row[j], er, hi[j]);
             }
+        for (std::size_t r = 0; r < o.out; ++r) {
             if (o.has_bias) {
                 T acc(0);
                 for (std::size_t i = 0; i < e.rows; ++i) acc += e(i, r);

@@ -843,6 +843,7 @@ std::string one_line(std::string s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    epk::keep_freed_memory();
     try {
         return run(argc, argv);
     } catch (const epk::input_error& e) {
