@@ -54,7 +54,7 @@ epk::trace first_steps(const epk::trace& t, std::size_t k) {
     if (out.batches) {
         const std::size_t b = out.batches->shape[1];
         out.batches->shape[0] = k;
-        out.batches->integer.resize(k * b);
+        if (!out.batches->source) out.batches->integer.resize(k * b);
     }
     if (out.learning_rates) {
         out.learning_rates->shape[0] = k;
@@ -63,7 +63,7 @@ epk::trace first_steps(const epk::trace& t, std::size_t k) {
     if (out.params) {
         const std::size_t p = out.params->shape[1];
         out.params->shape[0] = k + 1;
-        out.params->real.resize((k + 1) * p);
+        if (!out.params->source) out.params->real.resize((k + 1) * p);
     }
     return out;
 }
@@ -153,7 +153,9 @@ int main_impl(int argc, char** argv) {
     const epk::precision p = epk::parse_precision(precision);
     const epk::trace full = epk::read_trace(trace_dir);
     if (steps == 0 || steps > full.steps()) steps = full.steps();
-    const epk::trace t = first_steps(full, steps);
+    epk::trace prefix;  // only when fewer steps are asked for: no second copy of the trace otherwise
+    if (steps < full.steps()) prefix = first_steps(full, steps);
+    const epk::trace& t = steps < full.steps() ? prefix : full;
     nlohmann::json j;
     j["trace"] = trace_dir;
     j["precision"] = p.name();

@@ -13,7 +13,8 @@
 # same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
 # path over the first steps against the structured path over the same steps, and for MPFR
 # one multiply-add's time against the structured path's.  Peak memory: separate processes
-# for S and 4S steps (--memory-only).  If python3 has torch, bench/functorch_kernel.py times
+# for S and 4S steps (--memory-only), replayed, and for digits also recorded (params.npy
+# read row by row: EPK_STREAM_MIB=0).  If python3 has torch, bench/functorch_kernel.py times
 # a float64 functorch implementation of the same kernel on the same trace.
 # --quick: the digits workload only, 4 steps (a smoke run for ctest, ~30 s; the figures are
 # not the documented ones and the "done when" checks are printed, not enforced).
@@ -46,9 +47,10 @@ steps=200
 workloads=(digits synthetic)
 if [ "$quick" = 1 ]; then steps=4; workloads=(digits); fi
 train_common=(--n-train 500 --n-test 100 --batch-size 100 --activation relu --lr 0.05 --seed 0 --init-only)
-make_trace() {  # name data hidden steps
-  local dir="$work/$1-$4"
-  [ -d "$dir" ] || "$epk" train --out "$dir" --data "$2" --hidden "$3" --steps "$4" "${train_common[@]}" >/dev/null 2>&1
+make_trace() {  # name data hidden steps [recorded]: init-only (replayed), or with params.npy
+  local dir="$work/$1-$4${5:+-recorded}" opts=() o
+  for o in "${train_common[@]}"; do [ -n "${5:-}" ] && [ "$o" = --init-only ] || opts+=("$o"); done
+  [ -d "$dir" ] || "$epk" train --out "$dir" --data "$2" --hidden "$3" --steps "$4" "${opts[@]}" >/dev/null 2>&1
   echo "$dir"
 }
 if [ "$quick" = 0 ] && [ ! -f "$work/synthetic.csv" ]; then python3 bench/synthetic_data.py > "$work/synthetic.csv"; fi
@@ -73,6 +75,12 @@ for w in "${workloads[@]}"; do
   record "$w" speed "$t1" --precision mpfr:256 --threads 2 --steps "$mp_steps"
   record "$w" memory "$t1" --precision double --threads 2 --memory-only
   record "$w" memory "$t4" --precision double --threads 2 --memory-only
+  if [ "$w" = digits ]; then  # a recorded path (params.npy), read row by row
+    r1=$(make_trace "$w" "$data" "$hidden" "$steps" recorded)
+    r4=$(make_trace "$w" "$data" "$hidden" $((4 * steps)) recorded)
+    EPK_STREAM_MIB=0 record "$w" memory-recorded "$r1" --precision double --threads 2 --memory-only
+    EPK_STREAM_MIB=0 record "$w" memory-recorded "$r4" --precision double --threads 2 --memory-only
+  fi
   if [ "$have_torch" = 1 ] && [ "$quick" = 0 ]; then
     echo "bench: $w functorch" >&2
     /usr/bin/python3 bench/functorch_kernel.py "$t1" --steps "$naive" --nodes 2 --threads 2 \

@@ -21,6 +21,13 @@ def main(path):
         speed = [r for r in rows if r.get("workload") == w and r.get("kind") == "speed"]
         mem = [r for r in rows if r.get("workload") == w and r.get("kind") == "memory"]
         fx = [r for r in rows if r.get("workload") == w and r.get("kind") == "functorch"]
+        rec = [r for r in rows if r.get("workload") == w and r.get("kind") == "memory-recorded"]
+        if len(rec) == 2:
+            a, b = sorted(rec, key=lambda r: r["steps"])
+            grow = (b["peak_rss_kib"] - a["peak_rss_kib"]) / a["peak_rss_kib"]
+            checks.append(("%s: peak memory the same for S and 4S, recorded path (params.npy %d and %d rows)" % (
+                w, a["steps"] + 1, b["steps"] + 1), abs(grow) <= 0.05,
+                "%.1f vs %.1f MiB (%+.1f%%)" % (a["peak_rss_kib"] / 1024, b["peak_rss_kib"] / 1024, 100 * grow)))
         mem_s = "—"
         if len(mem) == 2:
             a, b = sorted(mem, key=lambda r: r["steps"])

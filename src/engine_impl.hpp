@@ -23,11 +23,14 @@ matrix<T> to_matrix(const npy_array& a) {
     return m;
 }
 
+// Row r of a [rows, P] array (params.npy may stay on disk: real_rows reads one row);
+// a [P] array (init_params.npy) is its own row 0.
 template <Real T>
 std::vector<T> row_of(const npy_array& a, std::size_t r) {
-    const std::size_t p = a.shape.back();
-    std::vector<T> w(p);
-    for (std::size_t k = 0; k < p; ++k) w[k] = T(a.real[r * p + k]);
+    const std::vector<double> v = a.shape.size() == 1 ? real_rows(a, 0, a.shape[0]) : real_rows(a, r, 1);
+    std::vector<T> w;
+    w.reserve(v.size());
+    for (double x : v) w.push_back(T(x));
     return w;
 }
 
@@ -48,7 +51,14 @@ inline sgd_schedule make_schedule(const trace& t) {
     s.steps = t.steps();
     s.n_train = t.n_train();
     for (std::size_t k = 0; k < s.steps; ++k) s.learning_rates.push_back(t.learning_rate(k));
-    if (t.batches) {
+    if (t.batches && t.batches->source) {  // batches.npy on disk: one row per step, read when needed
+        const npy_array batches = *t.batches;
+        s.batch_size = batches.shape[1];
+        s.batch_reader = [batches](std::size_t k) {
+            const std::vector<std::int64_t> row = integer_rows(batches, k, 1);
+            return std::vector<std::size_t>(row.begin(), row.end());
+        };
+    } else if (t.batches) {
         const std::size_t b = t.batches->shape[1];
         for (std::size_t k = 0; k < s.steps; ++k) {
             std::vector<std::size_t> row(b);

@@ -11,6 +11,7 @@
 #include "epk/npy.hpp"
 #include "epk/file_io.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -229,18 +230,28 @@ npy_array make_int_array(std::vector<std::size_t> shape, std::vector<std::int64_
     return a;
 }
 
-npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& name) {
-    if (bytes.size() < 8 || std::memcmp(bytes.data(), npy_magic, 6) != 0)
+namespace {
+// What the header says and where the data starts, checked against the file's total size
+// (`bytes` holds at least the magic, the version, the length and the header when they fit
+// in `total`; the messages are parse_npy's).
+struct npy_layout {
+    npy_dtype dtype;
+    std::vector<std::size_t> shape;
+    std::size_t count = 0, data_start = 0;
+};
+
+npy_layout parse_npy_layout(std::span<const unsigned char> bytes, std::size_t total, const std::string& name) {
+    if (total < 8 || bytes.size() < 8 || std::memcmp(bytes.data(), npy_magic, 6) != 0)
         throw input_error(name, "not a .npy file (bad magic)");
     const unsigned major = bytes[6], minor = bytes[7];
     if (minor != 0 || major < 1 || major > 3)
         throw input_error(name, "unsupported .npy format version " + std::to_string(major) + "." +
                                     std::to_string(minor) + " (allowed: 1.0, 2.0, 3.0)");
     const std::size_t len_bytes = major == 1 ? 2 : 4;
-    if (bytes.size() < 8 + len_bytes) throw input_error(name, "truncated: file ends inside the header length");
+    if (total < 8 + len_bytes || bytes.size() < 8 + len_bytes) throw input_error(name, "truncated: file ends inside the header length");
     const std::size_t header_len = static_cast<std::size_t>(load_le(bytes.data() + 8, len_bytes));
     const std::size_t header_start = 8 + len_bytes;
-    if (header_len > bytes.size() - header_start)
+    if (header_len > total - header_start || header_len > bytes.size() - header_start)
         throw input_error(name, "truncated: header length " + std::to_string(header_len) + " exceeds the file");
     const std::string_view header(reinterpret_cast<const char*>(bytes.data() + header_start), header_len);
 
@@ -262,17 +273,32 @@ npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& nam
     if (!count || __builtin_mul_overflow(*count, itemsize(dtype), &data_bytes))
         throw input_error(name, "shape " + shape_text(h.shape) + " overflows: too many elements");
     const std::size_t data_start = header_start + header_len;
-    const std::size_t have = bytes.size() - data_start;
+    const std::size_t have = total - data_start;
     if (have < data_bytes)
         throw input_error(name, "truncated: header promises " + std::to_string(data_bytes) +
                                     " bytes of data, file has " + std::to_string(have));
     if (have > data_bytes)
         throw input_error(name, "trailing bytes after data: header promises " + std::to_string(data_bytes) +
                                     " bytes of data, file has " + std::to_string(have));
+    return {dtype, h.shape, *count, data_start};
+}
 
+double decode_real(const unsigned char* p, npy_dtype dtype) {
+    const std::size_t w = itemsize(dtype);
+    const std::uint64_t bits = load_le(p, w);
+    return dtype == npy_dtype::f8 ? std::bit_cast<double>(bits)
+                                  : static_cast<double>(std::bit_cast<float>(static_cast<std::uint32_t>(bits)));
+}
+}  // namespace
+
+npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& name) {
+    const npy_layout lay = parse_npy_layout(bytes, bytes.size(), name);
+    const npy_dtype dtype = lay.dtype;
+    const std::size_t data_start = lay.data_start;
+    const std::optional<std::size_t> count = lay.count;
     npy_array a;
     a.dtype = dtype;
-    a.shape = h.shape;
+    a.shape = lay.shape;
     const unsigned char* p = bytes.data() + data_start;
     const std::size_t w = itemsize(dtype);
     if (dtype == npy_dtype::i8) {
@@ -281,14 +307,89 @@ npy_array parse_npy(std::span<const unsigned char> bytes, const std::string& nam
             a.integer[i] = std::bit_cast<std::int64_t>(load_le(p + i * w, w));
     } else {
         a.real.resize(*count);
-        for (std::size_t i = 0; i < *count; ++i) {
-            const std::uint64_t bits = load_le(p + i * w, w);
-            a.real[i] = dtype == npy_dtype::f8
-                            ? std::bit_cast<double>(bits)
-                            : static_cast<double>(std::bit_cast<float>(static_cast<std::uint32_t>(bits)));
-        }
+        for (std::size_t i = 0; i < *count; ++i) a.real[i] = decode_real(p + i * w, dtype);
     }
     return a;
+}
+
+npy_array open_npy(const std::filesystem::path& file, const std::string& name) {
+    std::error_code ec;
+    const auto st = std::filesystem::status(file, ec);
+    if (ec || !std::filesystem::exists(st)) throw input_error(name, "missing file");
+    if (!std::filesystem::is_regular_file(st)) throw input_error(name, "cannot open file (not a regular file)");
+    const auto size = std::filesystem::file_size(file, ec);
+    if (ec) throw input_error(name, "cannot determine the file size");
+    if (size > max_npy_file_bytes) throw input_error(name, "file is larger than " + std::to_string(max_npy_file_bytes >> 20) + " MiB");
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw input_error(name, "cannot open file");
+    // The header: at most 12 bytes of preamble plus its stated length (itself ≤ the file).
+    std::vector<unsigned char> head(static_cast<std::size_t>(std::min<std::uintmax_t>(size, 12)));
+    in.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+    if (head.size() >= 10 && std::memcmp(head.data(), npy_magic, 6) == 0 && head[7] == 0 && head[6] >= 1 && head[6] <= 3) {
+        const std::size_t len_bytes = head[6] == 1 ? 2 : 4;
+        if (head.size() >= 8 + len_bytes) {
+            const std::uintmax_t want = 8 + len_bytes + load_le(head.data() + 8, len_bytes);
+            if (want <= size) {
+                const std::size_t have = head.size();
+                head.resize(static_cast<std::size_t>(want));
+                in.read(reinterpret_cast<char*>(head.data() + have), static_cast<std::streamsize>(head.size() - have));
+            }
+        }
+    }
+    if (!in) throw input_error(name, "read error");
+    const npy_layout lay = parse_npy_layout(head, static_cast<std::size_t>(size), name);
+    npy_array a;
+    a.dtype = lay.dtype;
+    a.shape = lay.shape;
+    a.source = std::make_shared<const npy_file_source>(npy_file_source{file, lay.data_start});
+    return a;
+}
+
+namespace {
+// Row width along axis 0, the range check, and the raw little-endian bytes of rows
+// [first, first + count) read from the array's file.
+std::size_t row_width(const npy_array& a, std::size_t first, std::size_t count, const char* who) {
+    if (a.shape.empty()) throw usage_error(std::string(who) + ": not an array with rows");
+    std::size_t width = 1;
+    for (std::size_t k = 1; k < a.shape.size(); ++k) width *= a.shape[k];
+    if (first > a.shape[0] || count > a.shape[0] - first) throw usage_error(std::string(who) + ": rows out of range");
+    return width;
+}
+
+std::vector<unsigned char> file_rows(const npy_array& a, std::size_t first, std::size_t count, std::size_t width) {
+    const std::size_t w = itemsize(a.dtype);
+    std::vector<unsigned char> bytes(count * width * w);
+    std::ifstream in(a.source->file, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(a.source->data_offset + first * width * w));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!in || static_cast<std::size_t>(in.gcount()) != bytes.size())
+        throw input_error(a.source->file.string(), "read error: the file changed or shrank after it was checked");
+    return bytes;
+}
+}  // namespace
+
+std::vector<double> real_rows(const npy_array& a, std::size_t first, std::size_t count) {
+    const std::size_t width = row_width(a, first, count, "real_rows");
+    if (!a.is_real()) throw usage_error("real_rows: not a real array");
+    if (!a.source)
+        return std::vector<double>(a.real.begin() + static_cast<std::ptrdiff_t>(first * width),
+                                   a.real.begin() + static_cast<std::ptrdiff_t>((first + count) * width));
+    const std::vector<unsigned char> bytes = file_rows(a, first, count, width);
+    std::vector<double> out(count * width);
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = decode_real(bytes.data() + i * itemsize(a.dtype), a.dtype);
+    return out;
+}
+
+std::vector<std::int64_t> integer_rows(const npy_array& a, std::size_t first, std::size_t count) {
+    const std::size_t width = row_width(a, first, count, "integer_rows");
+    if (a.is_real()) throw usage_error("integer_rows: not an integer array");
+    if (!a.source)
+        return std::vector<std::int64_t>(a.integer.begin() + static_cast<std::ptrdiff_t>(first * width),
+                                         a.integer.begin() + static_cast<std::ptrdiff_t>((first + count) * width));
+    const std::vector<unsigned char> bytes = file_rows(a, first, count, width);
+    std::vector<std::int64_t> out(count * width);
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = std::bit_cast<std::int64_t>(load_le(bytes.data() + 8 * i, 8));
+    return out;
 }
 
 npy_array read_npy(const std::filesystem::path& file) {
@@ -296,7 +397,15 @@ npy_array read_npy(const std::filesystem::path& file) {
     return parse_npy({reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()}, file.string());
 }
 
-std::vector<unsigned char> serialize_npy(const npy_array& a) {
+std::vector<unsigned char> serialize_npy(const npy_array& a_in) {
+    npy_array loaded;
+    if (a_in.source) {  // on disk: read it (writing needs the values)
+        loaded = a_in;
+        loaded.source.reset();
+        if (a_in.is_real()) loaded.real = real_rows(a_in, 0, a_in.shape.empty() ? 0 : a_in.shape[0]);
+        else loaded.integer = integer_rows(a_in, 0, a_in.shape.empty() ? 0 : a_in.shape[0]);
+    }
+    const npy_array& a = a_in.source ? loaded : a_in;
     const auto count = checked_product(a.shape);
     if (!count) throw usage_error("serialize_npy: shape overflows");
     if (a.is_real() ? a.real.size() != *count : a.integer.size() != *count)

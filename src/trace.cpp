@@ -12,10 +12,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -200,7 +203,7 @@ public:
         std::size_t n = 1;
         for (std::size_t d : a.shape)
             if (__builtin_mul_overflow(n, d, &n)) throw usage_error(name_ + ": shape overflows");
-        if ((a.is_real() ? a.real.size() : a.integer.size()) != n)
+        if (!a.source && (a.is_real() ? a.real.size() : a.integer.size()) != n)
             throw usage_error(name_ + ": payload size does not match the shape");
     }
     [[noreturn]] void fail(const std::string& rule) const { throw input_error(name_, rule); }
@@ -221,6 +224,17 @@ public:
             fail("expected a " + std::to_string(n) + "-d array " + what + ", found shape " + shape_text(a_.shape));
     }
     void require_finite() const {
+        if (a_.source) {  // on disk: row blocks of at most 1 Mi values
+            std::size_t width = a_.size() / std::max<std::size_t>(1, a_.shape.empty() ? 1 : a_.shape[0]);
+            const std::size_t rows = a_.shape.empty() ? 1 : a_.shape[0];
+            const std::size_t step = std::max<std::size_t>(1, (std::size_t{1} << 20) / std::max<std::size_t>(1, width));
+            for (std::size_t r = 0; r < rows; r += step) {
+                const std::vector<double> v = real_rows(a_, r, std::min(step, rows - r));
+                for (std::size_t i = 0; i < v.size(); ++i)
+                    if (!std::isfinite(v[i])) fail("NaN or infinity at element " + std::to_string(r * width + i));
+            }
+            return;
+        }
         for (std::size_t i = 0; i < a_.real.size(); ++i)
             if (!std::isfinite(a_.real[i])) fail("NaN or infinity at element " + std::to_string(i));
     }
@@ -402,9 +416,9 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         ic.require_shape({P}, "the manifest ([parameter count])");
         ic.require_finite();
         if (t.params) {
+            const std::vector<double> row0 = real_rows(*t.params, 0, 1);
             for (std::size_t i = 0; i < P; ++i)
-                if (std::bit_cast<std::uint64_t>(t.init_params->real[i]) !=
-                    std::bit_cast<std::uint64_t>(t.params->real[i]))
+                if (std::bit_cast<std::uint64_t>(t.init_params->real[i]) != std::bit_cast<std::uint64_t>(row0[i]))
                     ic.fail("init_params.npy disagrees with params.npy row 0 (first at element " + std::to_string(i) +
                             ")");
         }
@@ -423,9 +437,12 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         if (B == 0) bc.fail("batch size B must be >= 1, found shape " + shape_text(b.shape));
         std::vector<std::size_t> seen_in_row(N, 0);  // row index + 1 of the last row that used the index
         std::vector<std::size_t> seen_at(N, 0);
+        const std::size_t block = std::max<std::size_t>(1, (std::size_t{1} << 20) / B);  // rows per read (on disk)
+        std::vector<std::int64_t> rows;
         for (std::size_t s = 0; s < S; ++s) {
+            if (s % block == 0) rows = integer_rows(b, s, std::min(block, S - s));
             for (std::size_t j = 0; j < B; ++j) {
-                const std::int64_t idx = b.integer[s * B + j];
+                const std::int64_t idx = rows[(s % block) * B + j];
                 if (idx < 0 || static_cast<std::uint64_t>(idx) >= N)
                     bc.fail("index " + std::to_string(idx) + " at row " + std::to_string(s) + ", column " +
                             std::to_string(j) + " is out of range [0, " + std::to_string(N) + ")");
@@ -471,7 +488,8 @@ constexpr const char* trace_npy_files[] = {"x_train.npy", "y_train.npy", "params
                                            "batches.npy", "learning_rates.npy", "x_test.npy"};
 }
 
-trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name) {
+trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name,
+                  const std::map<std::string, fs::path>* on_disk) {
     const auto path_of = [&](const std::string& file) { return (fs::path(dir_name) / file).string(); };
     trace t;
     const auto manifest = files.find("manifest.json");
@@ -489,13 +507,32 @@ trace parse_trace(const std::map<std::string, std::string>& files, const std::st
     };
     t.x_train = *load("x_train.npy", true);
     t.y_train = *load("y_train.npy", true);
-    t.params = load("params.npy", false);
+    const auto disk = [&](const char* file) -> const fs::path* {
+        if (on_disk == nullptr || files.count(file) != 0) return nullptr;
+        const auto it = on_disk->find(file);
+        return it == on_disk->end() ? nullptr : &it->second;
+    };
+    if (const fs::path* p = disk("params.npy")) t.params = open_npy(*p, path_of("params.npy"));  // stays on disk
+    else t.params = load("params.npy", false);
     t.init_params = load("init_params.npy", false);
-    t.batches = load("batches.npy", false);
+    if (const fs::path* p = disk("batches.npy")) t.batches = open_npy(*p, path_of("batches.npy"));
+    else t.batches = load("batches.npy", false);
     t.learning_rates = load("learning_rates.npy", false);
     t.x_test = load("x_test.npy", false);
     validate_trace(t, dir_name);
     return t;
+}
+
+std::uintmax_t stream_threshold_bytes() {
+    double mib = 64;
+    if (const char* env = std::getenv("EPK_STREAM_MIB"); env != nullptr && *env != 0) {
+        char* end = nullptr;
+        const double v = std::strtod(env, &end);
+        if (end == env || *end != 0 || !(v >= 0) || !std::isfinite(v))
+            throw input_error("EPK_STREAM_MIB", "must be a number of MiB >= 0, found '" + std::string(env) + "'");
+        mib = v;
+    }
+    return static_cast<std::uintmax_t>(std::min(mib, 1e9) * 1024 * 1024);
 }
 
 trace read_trace(const fs::path& dir) {
@@ -504,13 +541,22 @@ trace read_trace(const fs::path& dir) {
     if (!fs::is_directory(dir, ec)) throw input_error(dir_name, "not a trace directory");
     std::map<std::string, std::string> files;
     files["manifest.json"] = read_file_capped(dir / "manifest.json", max_manifest_bytes, "missing required file");
+    std::map<std::string, fs::path> streamed;
+    const std::uintmax_t stream_above = stream_threshold_bytes();
     for (const char* file : trace_npy_files) {
         const fs::path p = dir / file;
         const auto st = fs::symlink_status(p, ec);
         if (ec || !fs::exists(st)) continue;  // parse_trace names the missing required ones
+        if ((std::string_view(file) == "params.npy" || std::string_view(file) == "batches.npy") && fs::is_regular_file(p, ec)) {
+            const auto size = fs::file_size(p, ec);
+            if (!ec && size > stream_above) {
+                streamed[file] = p;
+                continue;
+            }
+        }
         files[file] = read_file_capped(p, max_npy_file_bytes);
     }
-    return parse_trace(files, dir_name);
+    return parse_trace(files, dir_name, &streamed);
 }
 
 void check_trace_output_dir(const fs::path& dir) {

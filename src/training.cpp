@@ -9,6 +9,10 @@ namespace epk {
 
 std::vector<std::size_t> sgd_schedule::batch(std::size_t s) const {
     if (!batches.empty()) return batches.at(s);
+    if (batch_reader) {
+        if (s >= steps) throw usage_error("schedule: step out of range");
+        return batch_reader(s);
+    }
     std::vector<std::size_t> all(n_train);
     std::iota(all.begin(), all.end(), std::size_t{0});
     return all;
@@ -18,6 +22,7 @@ void sgd_schedule::validate() const {
     if (n_train == 0) throw usage_error("schedule: empty training set");
     if (learning_rates.size() != steps) throw usage_error("schedule: need one learning rate per step");
     if (!batches.empty() && batches.size() != steps) throw usage_error("schedule: need one batch per step");
+    if (batch_reader && (!batches.empty() || batch_size == 0)) throw usage_error("schedule: a batch reader needs a batch size and no batches");
     for (const auto& b : batches) {
         if (b.empty()) throw usage_error("schedule: empty batch");
         for (std::size_t i : b)

@@ -92,4 +92,39 @@ TEST(BadFiles, EachRejectedWithItsExactMessage) {
     EXPECT_GE(checked, 60u);
 }
 
+// params.npy read on demand (EPK_STREAM_MIB=0: every params.npy stays on disk):
+// every trace case gives the same message, and every bad .npy file is refused by
+// open_npy with parse_npy's message.
+TEST(BadFiles, StreamedParamsGiveTheSameMessages) {
+    cwd_guard in(corpus);
+    std::ifstream in_file("expected.tsv");
+    ASSERT_TRUE(in_file);
+    ASSERT_EQ(setenv("EPK_STREAM_MIB", "0", 1), 0);
+    std::string line;
+    std::size_t traces = 0, files = 0;
+    while (std::getline(in_file, line)) {
+        if (line.empty() || line[0] == '#') continue;
+        const std::size_t a = line.find('\t'), b = line.find('\t', a + 1);
+        const std::string kind = line.substr(0, a), rel = line.substr(a + 1, b - a - 1), expected = line.substr(b + 1);
+        if (kind == "trace") {
+            EXPECT_EQ(rejection(kind, rel), expected) << rel;
+            ++traces;
+        } else if (kind == "npy") {
+            std::string got = "accepted";
+            try {
+                (void)epk::open_npy(rel, rel);
+            } catch (const epk::input_error& e) {
+                got = e.what();
+            } catch (const std::exception& e) {
+                got = std::string("not an input_error: ") + e.what();
+            }
+            EXPECT_EQ(got, expected) << rel;
+            ++files;
+        }
+    }
+    unsetenv("EPK_STREAM_MIB");
+    EXPECT_GE(traces, 20u);
+    EXPECT_GE(files, 15u);
+}
+
 }  // namespace

@@ -148,6 +148,51 @@ TEST(Trace, WriteReadWriteIsByteIdentical) {
     EXPECT_EQ(r.n_train(), 5u);
 }
 
+// A params.npy above the streaming threshold (EPK_STREAM_MIB; 0 here) stays on
+// disk: its values are read row by row, equal to the loaded ones, and a streamed trace
+// writes the same bytes.  A value changed to NaN is still found, with the same message.
+TEST(Trace, StreamedParamsReadRowByRowAndWriteTheSameBytes) {
+    temp_dir tmp;
+    const fs::path a = tmp.path() / "a", b = tmp.path() / "b";
+    const epk::trace t = sample_trace();
+    epk::write_trace(a, t);
+    const epk::trace loaded = epk::read_trace(a);
+    ASSERT_EQ(setenv("EPK_STREAM_MIB", "0", 1), 0);
+    const epk::trace streamed = epk::read_trace(a);
+    EXPECT_FALSE(loaded.params->source);
+    ASSERT_TRUE(streamed.params->source);
+    EXPECT_TRUE(streamed.params->real.empty());
+    const std::size_t rows = streamed.params->shape[0], P = streamed.params->shape[1];
+    for (std::size_t s = 0; s < rows; ++s) {
+        const std::vector<double> row = epk::real_rows(*streamed.params, s, 1);
+        EXPECT_EQ(row, std::vector<double>(loaded.params->real.begin() + static_cast<std::ptrdiff_t>(s * P),
+                                           loaded.params->real.begin() + static_cast<std::ptrdiff_t>((s + 1) * P)));
+    }
+    EXPECT_EQ(epk::real_rows(*streamed.params, 1, rows - 1).size(), (rows - 1) * P);
+    EXPECT_THROW((void)epk::real_rows(*streamed.params, rows, 1), epk::usage_error);
+    epk::write_trace(b, streamed);
+    for (const char* f : all_files) EXPECT_EQ(file_bytes(a / f), file_bytes(b / f)) << f;
+    // A NaN in the last row: found by the block scan, element index in the whole array.
+    epk::trace bad = loaded;
+    bad.params->real.back() = std::nan("");
+    const fs::path c = tmp.path() / "c";
+    fs::create_directory(c);
+    for (const char* f : all_files)
+        if (std::string(f) != "params.npy") fs::copy_file(a / f, c / f);
+    epk::write_npy(c / "params.npy", *bad.params);
+    std::string streamed_msg, loaded_msg;
+    try { (void)epk::read_trace(c); } catch (const epk::input_error& e) { streamed_msg = e.what(); }
+    unsetenv("EPK_STREAM_MIB");
+    try { (void)epk::read_trace(c); } catch (const epk::input_error& e) { loaded_msg = e.what(); }
+    EXPECT_FALSE(loaded_msg.empty());
+    EXPECT_EQ(streamed_msg, loaded_msg);
+    EXPECT_NE(loaded_msg.find("NaN or infinity at element " + std::to_string(rows * P - 1)), std::string::npos) << loaded_msg;
+    // A bad threshold is refused, naming the variable.
+    ASSERT_EQ(setenv("EPK_STREAM_MIB", "lots", 1), 0);
+    EXPECT_THROW((void)epk::read_trace(a), epk::input_error);
+    unsetenv("EPK_STREAM_MIB");
+}
+
 TEST(Trace, MinimalTraceAndEmptyTargetDirectory) {
     temp_dir tmp;
     epk::trace t = sample_trace();

@@ -270,7 +270,7 @@ path_kernel_result<T> start_result(const path_kernel_request<T>& rq) {
     if (rq.store_coefficients) res.coefficients.assign(sch.steps * N * C, T(0));
     res.cuts.assign(M, 0);
     res.evaluations.assign(M, 0);
-    res.max_batch = sch.batches.empty() ? sch.n_train : 0;
+    res.max_batch = sch.batch_reader ? sch.batch_size : (sch.batches.empty() ? sch.n_train : 0);
     for (const auto& row : sch.batches) res.max_batch = std::max(res.max_batch, row.size());
     return res;
 }

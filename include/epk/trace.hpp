@@ -51,10 +51,17 @@ std::string manifest_text(const trace& t);  // deterministic, ends with '\n'
 // prefixes the file names in error messages.  read_trace calls it.
 void validate_trace(const trace& t, const std::string& dir_name);
 
+// params.npy and batches.npy files larger than stream_threshold_bytes() (EPK_STREAM_MIB,
+// default 64 MiB) are not loaded: the header and every value are checked as always, in
+// blocks, and the path kernel reads one row per step (npy.hpp, open_npy / real_rows /
+// integer_rows), so a trace's memory does not grow with S.
 trace read_trace(const std::filesystem::path& dir);
+std::uintmax_t stream_threshold_bytes();
 // The same from the files' bytes (name → contents, e.g. "x_train.npy"); messages name
-// dir_name/file.  What read_trace and the trace fuzz target (fuzz/) use.
-trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name);
+// dir_name/file.  What read_trace and the trace fuzz target (fuzz/) use.  A file named in
+// `on_disk` (params.npy, batches.npy) and absent from `files` is opened there (open_npy).
+trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name,
+                  const std::map<std::string, std::filesystem::path>* on_disk = nullptr);
 void write_trace(const std::filesystem::path& dir, const trace& t);
 
 // The output-directory checks write_trace makes first (dir absent or an empty

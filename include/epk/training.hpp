@@ -32,6 +32,10 @@ struct sgd_schedule {
     std::size_t n_train = 0;
     std::vector<std::vector<std::size_t>> batches;  // steps rows (or empty)
     std::vector<double> learning_rates;             // steps entries
+    // Instead of `batches`: row s read on demand (a trace's batches.npy left on disk),
+    // every row `batch_size` long and already validated.
+    std::function<std::vector<std::size_t>(std::size_t)> batch_reader;
+    std::size_t batch_size = 0;
 
     std::vector<std::size_t> batch(std::size_t s) const;
     void validate() const;  // usage_error on an impossible schedule

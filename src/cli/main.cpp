@@ -273,8 +273,10 @@ int cmd_replay(int argc, char** argv) {
     const epk::trace r = epk::replay_trace(t, p, nullptr, make_progress("replaying in " + p.name()));
     if (t.params) {
         double worst = 0;
-        for (std::size_t k = 0; k < t.params->real.size(); ++k)
-            worst = std::max(worst, std::abs(t.params->real[k] - r.params->real[k]));
+        for (std::size_t s = 0; s <= t.steps(); ++s) {  // row by row: params.npy may stay on disk
+            const std::vector<double> a = epk::real_rows(*t.params, s, 1), b = epk::real_rows(*r.params, s, 1);
+            for (std::size_t k = 0; k < a.size(); ++k) worst = std::max(worst, std::abs(a[k] - b[k]));
+        }
         std::cout << "max |replayed - recorded| over all " << t.steps() + 1 << " rows: " << worst << "\n";
     }
     epk::write_trace(out, r);

@@ -511,6 +511,17 @@ if [ "$RC" -eq 2 ] && grep -q "EPK_MEMORY_LIMIT_GIB" "$W/err"; then ok "verify: 
 else fail "verify: EPK_MEMORY_LIMIT_GIB lowers the limit" "exit $RC -- $(err1)"; fi
 expect_fail "EPK_MEMORY_LIMIT_GIB=abc" EPK_MEMORY_LIMIT_GIB "positive" -- env EPK_MEMORY_LIMIT_GIB=abc "$EPK" predict full
 
+# ---- a recorded path read row by row (EPK_STREAM_MIB=0: params.npy stays on disk)
+run "$EPK" verify full --json; cp "$W/out" "$W/verify_loaded.json"; RC1=$RC
+run env EPK_STREAM_MIB=0 "$EPK" verify full --json
+if [ "$RC1" -eq 0 ] && [ "$RC" -eq 0 ] && cmp -s "$W/out" "$W/verify_loaded.json"; then
+    ok "verify: a streamed params.npy gives the same JSON, byte for byte"
+else fail "verify: a streamed params.npy gives the same JSON, byte for byte" "exit $RC1/$RC -- $(err1)"; fi
+run env EPK_STREAM_MIB=0 "$EPK" replay full --out "$W/rep_streamed"
+if [ "$RC" -eq 0 ] && grep -q "max |replayed - recorded|" "$W/out"; then ok "replay: a streamed recorded path"
+else fail "replay: a streamed recorded path" "exit $RC -- $(err1)"; fi
+expect_fail "EPK_STREAM_MIB=x" EPK_STREAM_MIB "MiB" -- env EPK_STREAM_MIB=x "$EPK" verify full
+
 # ---- verify: the recorded-path audit ---------------------------------------------
 run "$EPK" verify full --json
 if [ "$RC" -eq 0 ] && grep -q '"audit"' "$W/out" && grep -q '"at_rounding_level": true' "$W/out" \
