@@ -13,8 +13,9 @@
 # same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
 # path over the first steps against the structured path over the same steps, and for MPFR
 # one multiply-add's time against the structured path's.  Peak memory: separate processes
-# for S and 4S steps (--memory-only), replayed, and for digits also recorded (params.npy
-# read row by row: EPK_STREAM_MIB=0).  If python3 has torch, bench/functorch_kernel.py times
+# for S and 4S steps (--memory-only), replayed, and for digits also recorded, with the
+# trace's S-sized arrays (batches.npy, params.npy) read row by row (EPK_STREAM_MIB=0;
+# by default only files above 64 MiB are, and smaller ones are held whole).  If python3 has torch, bench/functorch_kernel.py times
 # a float64 functorch implementation of the same kernel on the same trace.
 # --quick: the digits workload only, 4 steps (a smoke run for ctest, ~30 s; the figures are
 # not the documented ones and the "done when" checks are printed, not enforced).
@@ -73,8 +74,8 @@ for w in "${workloads[@]}"; do
   t4=$(make_trace "$w" "$data" "$hidden" $((4 * steps)))
   record "$w" speed "$t1" --precision double --threads 2 --naive-steps "$naive"
   record "$w" speed "$t1" --precision mpfr:256 --threads 2 --steps "$mp_steps"
-  record "$w" memory "$t1" --precision double --threads 2 --memory-only
-  record "$w" memory "$t4" --precision double --threads 2 --memory-only
+  EPK_STREAM_MIB=0 record "$w" memory "$t1" --precision double --threads 2 --memory-only
+  EPK_STREAM_MIB=0 record "$w" memory "$t4" --precision double --threads 2 --memory-only
   if [ "$w" = digits ]; then  # a recorded path (params.npy), read row by row
     r1=$(make_trace "$w" "$data" "$hidden" "$steps" recorded)
     r4=$(make_trace "$w" "$data" "$hidden" $((4 * steps)) recorded)

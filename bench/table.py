@@ -49,7 +49,7 @@ def main(path):
                 epk_per_step = naive["structured_seconds_same_steps"] / naive["steps"]
                 ftxt = "%.0f× (%.2f s/step, %s)" % (f["seconds_per_step"] / epk_per_step, f["seconds_per_step"],
                                                     f.get("torch", "torch"))
-            out.append("| %s | %s | %d | %.2f | %.3g | %.1f | %s | %s | %s | %s | %s | %s |" % (
+            out.append("| %s | %s | %d | %.2f | %.3g | %.3g | %s | %s | %s | %s | %s | %s |" % (
                 w, prec, r["steps"], s["seconds"], s["seconds_per_step"], g,
                 "%.1f" % dg if dg else "—",
                 "%.0f%%" % (100 * frac) if frac else "—",

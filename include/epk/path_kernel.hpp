@@ -305,6 +305,67 @@ void finish_result(const path_kernel_request<T>& rq, const std::vector<T>& w, co
             for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
         }
 }
+
+// What one step adds at one test point, computed by either path.
+template <Real T>
+struct point_step {
+    std::size_t cuts = 0, evaluations = 0, nodes = 0;
+    bool converged = true;
+    std::vector<T> contribution;    // [C][b]: K_s(x, x_i) a_{i,s} for batch row i
+    std::vector<T> remainder;       // [C]: Ī_s(x) r_s
+    std::vector<double> magnitude;  // [C]: the step's path magnitude
+    T estimate = T(0);              // quadrature estimate of Ī's entries
+};
+
+// Adds point mm's step into the result: the contributions (or the kernel machine's running
+// sum), the remainder term, the reconstruction and the budget's terms, in one fixed order
+// (batch rows ascending, then the remainder) for both paths.
+template <Real T>
+void add_point_step(const path_kernel_request<T>& rq, const std::vector<std::size_t>& batch, std::size_t mm,
+                    const point_step<T>& ps, const T& delta_l1, path_kernel_result<T>& res, matrix<T>& kernel_sum,
+                    std::vector<std::size_t>& rule_nodes, std::vector<char>& converged, double& point_contribution) {
+    const std::size_t C = res.c, N = res.n, b = batch.size();
+    res.cuts[mm] += ps.cuts;
+    res.evaluations[mm] += ps.evaluations;
+    rule_nodes[mm] = std::max(rule_nodes[mm], ps.nodes);
+    if (!ps.converged) converged[mm] = 0;
+    std::vector<T> step(C, T(0));
+    for (std::size_t k = 0; k < b; ++k) {
+        T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
+        for (std::size_t c = 0; c < C; ++c) {
+            const T& ck = ps.contribution[c * b + k];
+            if (out != nullptr) out[c] += ck;
+            step[c] += ck;
+        }
+    }
+    if (!rq.store_contributions)  // the kernel machine's sum, step by step (no per-point contributions kept)
+        for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
+    for (std::size_t c = 0; c < C; ++c) {
+        const T& rr = ps.remainder[c];
+        point_contribution = std::max(point_contribution, std::abs(scalar_traits<T>::to_double(rr)));
+        res.remainder_term(mm, c) += rr;
+        step[c] += rr;
+        res.reconstruction(mm, c) += step[c];
+        res.quadrature_bound(mm, c) += ps.estimate * delta_l1;
+        res.path_magnitude(mm, c) += ps.magnitude[c];
+    }
+}
+
+// The step's end: its audit entry (with the largest remainder effect on a test output), the
+// stored kernel, the next point of the path, progress.
+template <Real T>
+void end_step(step_difference<T>& sd, const std::vector<double>& point_contribution, bool store_kernel,
+              std::vector<T>& kernel, std::size_t s, std::size_t& next_kernel, std::vector<T>& w, std::vector<T>& w_next,
+              path_kernel_result<T>& res, const std::function<void(std::size_t, std::size_t)>& progress) {
+    for (double v : point_contribution) sd.audit.contribution_max_abs = std::max(sd.audit.contribution_max_abs, v);
+    res.audit.push_back(sd.audit);
+    if (store_kernel) {
+        res.step_kernels.emplace_back(s, std::move(kernel));
+        ++next_kernel;
+    }
+    w = std::move(w_next);
+    if (progress) progress(s + 1, res.steps);
+}
 }  // namespace detail
 
 template <Real T>
@@ -357,7 +418,6 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;
         const T& delta_l1 = sd.delta_l1;
-        typename path_kernel_result<T>::step_audit& au = sd.audit;
         std::vector<double> point_contribution(M, 0.0);  // per test point: threads write their own slot
 
         const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
@@ -370,44 +430,27 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
         }
         auto process_point = [&](std::size_t mm) {
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
-            res.cuts[mm] += seg.cuts;
-            res.evaluations[mm] += seg.evaluations;
-            rule_nodes[mm] = std::max(rule_nodes[mm], seg.nodes.size());
-            if (!seg.converged) converged[mm] = 0;
-            std::vector<T> step(C, T(0));
+            detail::point_step<T> ps;
+            ps.cuts = seg.cuts;
+            ps.evaluations = seg.evaluations;
+            ps.nodes = seg.nodes.size();
+            ps.converged = seg.converged;
+            ps.estimate = seg.error_estimate;
+            ps.magnitude = seg.magnitude;
+            ps.contribution.resize(C * batch.size());
             for (std::size_t k = 0; k < batch.size(); ++k) {
                 const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
-                T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
-                for (std::size_t c = 0; c < C; ++c) {
-                    if (out != nullptr) out[c] += ck[c];
-                    step[c] += ck[c];
-                }
+                for (std::size_t c = 0; c < C; ++c) ps.contribution[c * batch.size() + k] = ck[c];
                 if (store_kernel) {
                     const matrix<T> kk = step_kernel_from_jacobians<T>(seg.value, jac_train[k]);
                     std::copy(kk.data.begin(), kk.data.end(), kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
                 }
             }
-            if (!rq.store_contributions)  // the kernel machine's sum, step by step (no per-point contributions kept)
-                for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
-            const std::vector<T> rr = contract_rows<T>(seg.value, rem);
-            for (std::size_t c = 0; c < C; ++c) {
-                point_contribution[mm] = std::max(point_contribution[mm], std::abs(scalar_traits<T>::to_double(rr[c])));
-                res.remainder_term(mm, c) += rr[c];
-                step[c] += rr[c];
-                res.reconstruction(mm, c) += step[c];
-                res.quadrature_bound(mm, c) += seg.error_estimate * delta_l1;
-                res.path_magnitude(mm, c) += seg.magnitude[c];
-            }
-                };
+            ps.remainder = contract_rows<T>(seg.value, rem);
+            detail::add_point_step<T>(rq, batch, mm, ps, delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
+        };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
-        for (double v : point_contribution) au.contribution_max_abs = std::max(au.contribution_max_abs, v);
-        res.audit.push_back(au);
-        if (store_kernel) {
-            res.step_kernels.emplace_back(s, std::move(kernel));
-            ++next_kernel;
-        }
-        w = std::move(w_next);
-        if (progress) progress(s + 1, sch.steps);
+        detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;

@@ -478,38 +478,25 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
                                               store_kernel, sums, &counters[ch], elementwise[ch]);
             }
             for (std::size_t mm = first; mm < last; ++mm) {
-                const structured::point_sums<T>& ps = sums[mm - first];
+                structured::point_sums<T>& sum = sums[mm - first];
                 const step_rule<T>& rule = rules[mm];
-                res.cuts[mm] += rule.cuts;
-                res.evaluations[mm] += rule.evaluations;
-                rule_nodes[mm] = std::max(rule_nodes[mm], rule.nodes.size());
-                if (!rule.converged) converged[mm] = 0;
+                detail::point_step<T> ps;
+                ps.cuts = rule.cuts;
+                ps.evaluations = rule.evaluations;
+                ps.nodes = rule.nodes.size();
+                ps.converged = rule.converged;
                 // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
-                const T estimate = rule.estimate_is_final ? rule.error_estimate : T(T(2) * rule.located * ps.scale);
-                std::vector<T> step(C, T(0));
-                for (std::size_t k = 0; k < b; ++k) {
-                    T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
-                    for (std::size_t c = 0; c < C; ++c) {
-                        const T& ck = ps.contribution[c * b + k];
-                        if (out != nullptr) out[c] += ck;
-                        step[c] += ck;
-                    }
-                    if (store_kernel)
-                        std::copy(ps.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
-                                  ps.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
+                ps.estimate = rule.estimate_is_final ? rule.error_estimate : T(T(2) * rule.located * sum.scale);
+                ps.contribution = std::move(sum.contribution);
+                ps.remainder = std::move(sum.remainder);
+                ps.magnitude = std::move(sum.magnitude);
+                if (store_kernel)
+                    for (std::size_t k = 0; k < b; ++k)
+                        std::copy(sum.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
+                                  sum.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
                                   kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
-                }
-                if (!rq.store_contributions)
-                    for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
-                for (std::size_t c = 0; c < C; ++c) {
-                    const T& rr = ps.remainder[c];
-                    point_contribution[mm] = std::max(point_contribution[mm], std::abs(scalar_traits<T>::to_double(rr)));
-                    res.remainder_term(mm, c) += rr;
-                    step[c] += rr;
-                    res.reconstruction(mm, c) += step[c];
-                    res.quadrature_bound(mm, c) += estimate * sd.delta_l1;
-                    res.path_magnitude(mm, c) += ps.magnitude[c];
-                }
+                detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
+                                          point_contribution[mm]);
             }
         };
         detail::for_each_point_t<T>(chunks, rq.threads, process_chunk);
@@ -518,14 +505,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
             res.gemm_seconds += counters[ch].seconds;
             res.elementwise_madds += elementwise[ch];
         }
-        for (double v : point_contribution) sd.audit.contribution_max_abs = std::max(sd.audit.contribution_max_abs, v);
-        res.audit.push_back(sd.audit);
-        if (store_kernel) {
-            res.step_kernels.emplace_back(s, std::move(kernel));
-            ++next_kernel;
-        }
-        w = std::move(w_next);
-        if (progress) progress(s + 1, sch.steps);
+        detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;
