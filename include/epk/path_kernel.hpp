@@ -236,6 +236,20 @@ step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector
     return sd;
 }
 
+// The path's next point w[s+1]: trained here exactly as train_sgd does, or recorded.
+template <Real T>
+std::vector<T> next_point(const path_kernel_request<T>& rq, const std::vector<T>& w,
+                          const std::vector<std::size_t>& batch, const T& eta, std::size_t s) {
+    if (rq.recorded_row) {
+        std::vector<T> w_next = rq.recorded_row(s + 1);
+        if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+        return w_next;
+    }
+    std::vector<T> w_next = w;
+    sgd_step<T>(*rq.problem, w_next, batch, eta);
+    return w_next;
+}
+
 // The checks every path kernel computation starts with.
 template <Real T>
 void validate_request(const path_kernel_request<T>& rq) {
@@ -405,15 +419,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             g[k] = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
             for (std::size_t q = 0; q < P; ++q) g_sum[q] += g[k][q];
         }
-        // The path's next point: trained here exactly as train_sgd does, or recorded.
-        std::vector<T> w_next;
-        if (rq.recorded_row) {
-            w_next = rq.recorded_row(s + 1);
-            if (w_next.size() != P) throw usage_error("compute_path_kernel: recorded row has the wrong size");
-        } else {
-            w_next = w;
-            sgd_step<T>(pr, w_next, batch, eta);
-        }
+        std::vector<T> w_next = detail::next_point<T>(rq, w, batch, eta, s);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;

@@ -424,14 +424,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
         const structured::training_side<T> train = structured::make_training_side<T>(model, offs, w, bp, a, store_kernel);
         const std::vector<T> g_sum = structured::summed_gradient<T>(offs, train, P);
-        std::vector<T> w_next;
-        if (rq.recorded_row) {
-            w_next = rq.recorded_row(s + 1);
-            if (w_next.size() != P) throw usage_error("compute_path_kernel: recorded row has the wrong size");
-        } else {
-            w_next = w;
-            sgd_step<T>(pr, w_next, batch, eta);
-        }
+        std::vector<T> w_next = detail::next_point<T>(rq, w, batch, eta, s);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         const structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
