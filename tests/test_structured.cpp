@@ -65,6 +65,17 @@ void check_paths_agree(const kernel_case& kc, observed_ratio& seen_recon, observ
         RC_ASSERT(s.audit[e].remainder_norm2 == u.audit[e].remainder_norm2);
     }
     RC_ASSERT(s.cuts == u.cuts);
+    // Both paths train the path themselves from the batch's forward pass (sgd_update): the
+    // same w[S] as train_sgd, so the same f(x; w[S]) to the bit.
+    {
+        const epk::training_problem<T> pr = convert_problem<T>(kc.rp.problem);
+        const std::vector<T> wS = epk::train_sgd<T>(pr, convert_vector<T>(kc.rp.w), kc.schedule);
+        const matrix<T> fS = epk::outputs<T>(pr.model, wS, convert_matrix<T>(kc.x_test));
+        for (std::size_t e = 0; e < fS.data.size(); ++e) {
+            RC_ASSERT(s.outputs_final.data[e] == fS.data[e]);
+            RC_ASSERT(u.outputs_final.data[e] == fS.data[e]);
+        }
+    }
     const matrix<double> bs = epk::reconstruction_budget(s, m), bu = epk::reconstruction_budget(u, m);
     for (std::size_t e = 0; e < bs.data.size(); ++e) {
         RC_PRE(std::isfinite(bs.data[e]) && std::isfinite(bu.data[e]));

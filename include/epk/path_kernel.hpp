@@ -236,17 +236,18 @@ step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector
     return sd;
 }
 
-// The path's next point w[s+1]: trained here exactly as train_sgd does, or recorded.
+// The path's next point w[s+1]: recorded, or trained here exactly as train_sgd does
+// (sgd_update from the batch's forward pass at w[s] and ∂L/∂f, which the caller has).
 template <Real T>
-std::vector<T> next_point(const path_kernel_request<T>& rq, const std::vector<T>& w,
-                          const std::vector<std::size_t>& batch, const T& eta, std::size_t s) {
+std::vector<T> next_point(const path_kernel_request<T>& rq, const std::vector<T>& w, const forward_pass<T>& fp,
+                          const matrix<T>& g_out, const T& eta, std::size_t s) {
     if (rq.recorded_row) {
         std::vector<T> w_next = rq.recorded_row(s + 1);
         if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
         return w_next;
     }
     std::vector<T> w_next = w;
-    sgd_step<T>(*rq.problem, w_next, batch, eta);
+    sgd_update<T>(*rq.problem, w_next, fp, g_out, eta);
     return w_next;
 }
 
@@ -419,7 +420,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             g[k] = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
             for (std::size_t q = 0; q < P; ++q) g_sum[q] += g[k][q];
         }
-        std::vector<T> w_next = detail::next_point<T>(rq, w, batch, eta, s);
+        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;

@@ -411,7 +411,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const std::size_t b = batch.size();
         const T eta(sch.learning_rates[s]);
         // Training side at w[s]: coefficients a_{i,s}, adjoints e_{l,i}, Σ_i g_{i,s}.
-        const structured::batch_pass<T> bp =
+        structured::batch_pass<T> bp =
             structured::forward_rows<T>(model, offs, w, {}, {}, gather_rows(pr.x, batch), false, nullptr);
         res.losses.push_back(loss_value(pr.loss, bp.values.back(), pr.y, batch));
         const matrix<T> grad_out = output_gradient(pr.loss, bp.values.back(), pr.y, batch);
@@ -424,7 +424,9 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
         const structured::training_side<T> train = structured::make_training_side<T>(model, offs, w, bp, a, store_kernel);
         const std::vector<T> g_sum = structured::summed_gradient<T>(offs, train, P);
-        std::vector<T> w_next = detail::next_point<T>(rq, w, batch, eta, s);
+        forward_pass<T> fp;  // the reference-order forward pass: bit-identical to forward(), the trainer's
+        fp.values = std::move(bp.values);
+        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         const structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);

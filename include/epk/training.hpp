@@ -66,12 +66,23 @@ std::vector<T> loss_gradient(const training_problem<T>& pr, std::span<const T> w
     return g;
 }
 
+// The update of an SGD step given the batch's forward pass at w and ∂L/∂f there:
+// g = Σ_i J(x_i)ᵀ g_out_i, then w[p] ← w[p] − η·g[p].  What sgd_step does after its
+// forward pass; the path kernel calls it with the forward pass it already has.
+template <Real T>
+void sgd_update(const training_problem<T>& pr, std::vector<T>& w, const forward_pass<T>& fp, const matrix<T>& g_out,
+                const T& eta) {
+    std::vector<T> g(w.size(), T(0));
+    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    for (std::size_t p = 0; p < w.size(); ++p) w[p] = w[p] - eta * g[p];
+}
+
 // One SGD step in place: w[p] ← w[p] − η·g[p].  Returns L_s(w[s]).
 template <Real T>
 T sgd_step(const training_problem<T>& pr, std::vector<T>& w, std::span<const std::size_t> batch, const T& eta) {
-    T loss;
-    const std::vector<T> g = loss_gradient<T>(pr, w, batch, &loss);
-    for (std::size_t p = 0; p < w.size(); ++p) w[p] = w[p] - eta * g[p];
+    const forward_pass<T> fp = forward(pr.model, std::span<const T>(w), gather_rows(pr.x, batch));
+    const T loss = loss_value(pr.loss, fp.outputs(), pr.y, batch);
+    sgd_update<T>(pr, w, fp, output_gradient(pr.loss, fp.outputs(), pr.y, batch), eta);
     return loss;
 }
 
