@@ -1,6 +1,8 @@
 #include "epk/model_spec.hpp"
 
 #include <array>
+#include <cmath>
+#include <string>
 #include <utility>
 
 #include "epk/error.hpp"
@@ -27,6 +29,33 @@ std::string_view to_string(layer_kind k) {
 }
 std::string_view to_string(loss_kind k) { return k == loss_kind::cross_entropy ? "cross_entropy" : "mse"; }
 std::string_view to_string(reduction_kind k) { return k == reduction_kind::mean ? "mean" : "sum"; }
+
+std::string_view to_string(optimizer_spec::kind k) {
+    switch (k) {
+        case optimizer_spec::kind::sgd: return "sgd";
+        case optimizer_spec::kind::adam: return "adam";
+        case optimizer_spec::kind::adamw: return "adamw";
+    }
+    return "?";
+}
+
+void optimizer_spec::validate() const {
+    auto need = [](bool ok, const std::string& what) {
+        if (!ok) throw usage_error("optimizer: " + what);
+    };
+    need(std::isfinite(weight_decay) && weight_decay >= 0, "weight_decay must be finite and >= 0");
+    if (type == kind::sgd) {
+        need(std::isfinite(momentum) && momentum >= 0, "momentum must be finite and >= 0");
+        need(std::isfinite(dampening), "dampening must be finite");
+        need(!nesterov || (momentum > 0 && dampening == 0), "nesterov momentum requires a momentum and zero dampening");
+        need(!amsgrad, "amsgrad is an Adam/AdamW option");
+    } else {
+        need(std::isfinite(beta1) && beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1)");
+        need(std::isfinite(beta2) && beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1)");
+        need(std::isfinite(eps) && eps >= 0, "eps must be finite and >= 0");
+        need(momentum == 0 && dampening == 0 && !nesterov, "momentum, dampening and nesterov are SGD options");
+    }
+}
 
 std::optional<layer_kind> parse_layer_kind(std::string_view name) {
     for (const auto& [kind, n] : layer_names)

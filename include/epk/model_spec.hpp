@@ -44,9 +44,32 @@ struct loss_spec {
     reduction_kind reduction = reduction_kind::mean;
 };
 
+// The update rule: torch.optim.SGD (momentum, dampening, nesterov, weight_decay),
+// torch.optim.Adam or torch.optim.AdamW (betas, eps, weight_decay, amsgrad), with
+// torch's defaults (AdamW's weight_decay default 0.01 is the parser's business).
+// The arithmetic is optimizer.hpp's; the kernel representation optimizer_kernel.hpp's.
+struct optimizer_spec {
+    enum class kind { sgd, adam, adamw };
+    kind type = kind::sgd;
+    double momentum = 0, dampening = 0, weight_decay = 0;  // SGD (weight_decay also Adam/AdamW)
+    bool nesterov = false;
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // Adam/AdamW
+    bool amsgrad = false;
+
+    // torch's own checks: every value finite and ≥ 0, betas in [0, 1), nesterov only with
+    // momentum > 0 and dampening 0; fields of the other kind at their defaults.
+    // usage_error naming the field otherwise.
+    void validate() const;
+    // Plain SGD, w ← w − η·g: what trace format version 1 describes.
+    bool is_plain_sgd() const { return type == kind::sgd && momentum == 0 && weight_decay == 0; }
+};
+std::string_view to_string(optimizer_spec::kind k);
+
 struct sgd_spec {
     double learning_rate = 0.1;
     std::size_t steps = 0;
+    optimizer_spec rule;           // plain SGD unless the manifest (version 2) says otherwise
+    std::size_t initial_step = 0;  // steps the optimizer took before this trace (recorded state)
 };
 
 // Names as in the manifest.  `parse_*` return nullopt on an unknown name.

@@ -30,41 +30,10 @@
 #include <vector>
 
 #include "epk/error.hpp"
+#include "epk/model_spec.hpp"
 #include "epk/scalar.hpp"
 
 namespace epk {
-
-struct optimizer_spec {
-    enum class kind { sgd, adam, adamw };
-    kind type = kind::sgd;
-    double momentum = 0, dampening = 0, weight_decay = 0;  // SGD (weight_decay also Adam/AdamW)
-    bool nesterov = false;
-    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // Adam/AdamW
-    bool amsgrad = false;
-
-    // torch's own checks: every value finite and ≥ 0, betas in [0, 1), nesterov only with
-    // momentum > 0 and dampening 0; fields of the other kind at their defaults.
-    // usage_error naming the field otherwise.
-    void validate() const;
-};
-
-inline void optimizer_spec::validate() const {
-    auto need = [](bool ok, const std::string& what) {
-        if (!ok) throw usage_error("optimizer: " + what);
-    };
-    need(std::isfinite(weight_decay) && weight_decay >= 0, "weight_decay must be finite and >= 0");
-    if (type == kind::sgd) {
-        need(std::isfinite(momentum) && momentum >= 0, "momentum must be finite and >= 0");
-        need(std::isfinite(dampening), "dampening must be finite");
-        need(!nesterov || (momentum > 0 && dampening == 0), "nesterov momentum requires a momentum and zero dampening");
-        need(!amsgrad, "amsgrad is an Adam/AdamW option");
-    } else {
-        need(std::isfinite(beta1) && beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1)");
-        need(std::isfinite(beta2) && beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1)");
-        need(std::isfinite(eps) && eps >= 0, "eps must be finite and >= 0");
-        need(momentum == 0 && dampening == 0 && !nesterov, "momentum, dampening and nesterov are SGD options");
-    }
-}
 
 // The optimizer's state between steps (torch's state_dict entries).
 template <Real T>

@@ -37,6 +37,12 @@ struct trace {
     std::optional<npy_array> batches;       // [S, B] i8
     std::optional<npy_array> learning_rates;// [S] f8
     std::optional<npy_array> x_test;        // [M, D]
+    // Version 2, optional: the optimizer's state before step 0 (a run resumed from a
+    // checkpoint), torch's state_dict names; optimizer.initial_step is its step count.
+    std::optional<npy_array> init_momentum_buffer;  // [P] SGD with momentum
+    std::optional<npy_array> init_exp_avg;          // [P] Adam/AdamW m
+    std::optional<npy_array> init_exp_avg_sq;       // [P] Adam/AdamW v (≥ 0)
+    std::optional<npy_array> init_max_exp_avg_sq;   // [P] amsgrad (≥ 0)
 
     std::size_t n_train() const { return x_train.shape.at(0); }
     std::size_t steps() const { return optimizer.steps; }
