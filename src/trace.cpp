@@ -1,8 +1,9 @@
-// src/trace.cpp — training traces, spec/trace-format.md version 1 (see epk/trace.hpp).
+// src/trace.cpp — training traces, docs/trace-format.md version 2 (see epk/trace.hpp).
 //
-// Contract: parse_manifest accepts exactly what version 1 defines and rejects
-// by name every layer type, loss, optimizer and optimizer/loss/layer field it
-// does not implement; validate_trace checks every array against the manifest;
+// Contract: parse_manifest accepts exactly what versions 1 and 2 define and
+// rejects by name every layer type, loss, optimizer and optimizer/loss/layer
+// field it does not implement; validate_trace checks every array (the recorded
+// optimizer state included) against the manifest;
 // read_trace = parse + load + validate; write_trace validates, serializes in
 // memory, writes into a staging directory beside the target and renames it
 // into place, so that a failure leaves nothing behind.  Only input_error and
@@ -17,6 +18,7 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 #include <fstream>
@@ -129,7 +131,7 @@ model_spec parse_model(const manifest_reader& r, const json& m) {
             } else if (*kind == layer_kind::gelu && key == "approximate") {
                 const std::string a = r.string(value, field);
                 if (a != "none")
-                    r.fail("gelu approximate '" + a + "' is not implemented in trace format version 1 (" + where +
+                    r.fail("gelu approximate '" + a + "' is not implemented in trace format version 2 (" + where +
                            ")");
             } else if (*kind != layer_kind::linear && key == "inplace") {
                 r.boolean(value, field);  // no effect on the values
@@ -166,30 +168,111 @@ loss_spec parse_loss(const manifest_reader& r, const json& l) {
             if (!rk) r.fail("unknown loss reduction '" + red + "' (allowed: mean, sum)");
             loss.reduction = *rk;
         } else {
-            r.fail("loss field '" + key + "' is not implemented in trace format version 1");
+            r.fail("loss field '" + key + "' is not implemented in trace format version 2");
         }
     }
     return loss;
 }
 
+// Version 2's optimizer (a superset of version 1's plain SGD): torch.optim.SGD, Adam and
+// AdamW with torch's defaults and validation rules, and the keys of a torch param_group
+// that do not change the values (docs/trace-format.md, "optimizer").
+constexpr std::size_t max_initial_step = std::size_t{1} << 53;
+
 sgd_spec parse_optimizer(const manifest_reader& r, const json& o) {
+    using kind = optimizer_spec::kind;
     sgd_spec opt;
     opt.learning_rate = std::numeric_limits<double>::quiet_NaN();
+    optimizer_spec& rule = opt.rule;
     const std::string type = r.string(r.member(o, "type", "optimizer."), "optimizer.type");
-    if (type != "sgd") r.fail("optimizer '" + type + "' is not implemented in trace format version 1");
-    bool have_steps = false;
+    if (type == "sgd" || type == "SGD") rule.type = kind::sgd;
+    else if (type == "adam" || type == "Adam") rule.type = kind::adam;
+    else if (type == "adamw" || type == "AdamW") rule.type = kind::adamw;
+    else
+        r.fail("optimizer '" + type + "' is not implemented (trace format version 2 knows sgd, adam, adamw; "
+               "torch's class names SGD, Adam, AdamW are accepted too)");
+    const bool sgd = rule.type == kind::sgd;
+    const std::string kind_name(to_string(rule.type));
+
+    const auto field = [](const std::string& key) { return "optimizer." + key; };
+    const auto found = [](const json& v) { return ", found " + one_line(v.dump()); };
+    const auto non_negative = [&](const json& v, const std::string& key) {
+        const double d = r.finite_number(v, field(key));
+        if (!(d >= 0)) r.fail("'" + field(key) + "' must be finite and >= 0" + found(v));
+        return d;
+    };
+    const auto beta = [&](const json& v, const std::string& name) {
+        const double d = r.finite_number(v, name);
+        if (!(d >= 0 && d < 1)) r.fail("'" + name + "' must be in [0, 1)" + found(v));
+        return d;
+    };
+    const auto other_kind = [&](const std::string& key, const char* owner) {
+        r.fail("'" + field(key) + "' is an option of " + owner + ", not of " + kind_name);
+    };
+
+    if (o.contains("lr") && o.contains("learning_rate"))
+        r.fail("'optimizer.lr' and 'optimizer.learning_rate' are the same field (lr is torch's name); give one");
+    if (!sgd && o.contains("betas") && (o.contains("beta1") || o.contains("beta2")))
+        r.fail("'optimizer.betas' and 'optimizer.beta1'/'optimizer.beta2' are two forms of the same values; give one");
+
+    bool have_steps = false, have_weight_decay = false, decoupled = rule.type == kind::adamw;
     for (const auto& [key, value] : o.items()) {
         if (key == "type") continue;
         if (key == "steps") {
             opt.steps = r.integer(value, "optimizer.steps", 0);
             have_steps = true;
-        } else if (key == "learning_rate") {
-            opt.learning_rate = r.finite_number(value, "optimizer.learning_rate");
+        } else if (key == "learning_rate" || key == "lr") {
+            opt.learning_rate = r.finite_number(value, field(key));
+        } else if (key == "weight_decay") {
+            rule.weight_decay = non_negative(value, key);
+            have_weight_decay = true;
+        } else if (key == "initial_step") {
+            opt.initial_step = r.integer(value, "optimizer.initial_step", 0);
+            if (opt.initial_step > max_initial_step) r.fail("'optimizer.initial_step' must be <= 2^53" + found(value));
+        } else if (key == "maximize") {
+            if (r.boolean(value, field(key))) r.fail("'optimizer.maximize' is true: maximize=true is not implemented");
+        } else if (key == "foreach" || key == "capturable" || key == "differentiable" || key == "fused") {
+            // torch's implementation choices: they change the rounding of an update, not its value.
+            if (!value.is_boolean() && !value.is_null()) r.fail("'" + field(key) + "' must be true, false or null");
+        } else if (key == "initial_lr") {
+            (void)r.finite_number(value, field(key));  // an LR scheduler's record; learning_rate is the rate
+        } else if (key == "momentum" || key == "dampening" || key == "nesterov") {
+            if (!sgd) other_kind(key, "sgd");
+            if (key == "momentum") rule.momentum = non_negative(value, key);
+            else if (key == "dampening") rule.dampening = r.finite_number(value, field(key));
+            else rule.nesterov = r.boolean(value, field(key));
+        } else if (key == "betas" || key == "beta1" || key == "beta2" || key == "eps" || key == "amsgrad" ||
+                   key == "decoupled_weight_decay") {
+            if (sgd) other_kind(key, "adam and adamw");
+            if (key == "betas") {
+                if (!value.is_array() || value.size() != 2)
+                    r.fail("'optimizer.betas' must be an array of two numbers [beta1, beta2]" + found(value));
+                rule.beta1 = beta(value[0], "optimizer.betas[0]");
+                rule.beta2 = beta(value[1], "optimizer.betas[1]");
+            } else if (key == "beta1") {
+                rule.beta1 = beta(value, "optimizer.beta1");
+            } else if (key == "beta2") {
+                rule.beta2 = beta(value, "optimizer.beta2");
+            } else if (key == "eps") {
+                rule.eps = non_negative(value, key);
+            } else if (key == "amsgrad") {
+                rule.amsgrad = r.boolean(value, field(key));
+            } else {  // newer torch versions keep it in Adam's and AdamW's param_groups
+                decoupled = r.boolean(value, field(key));
+                if (!decoupled && rule.type == kind::adamw)
+                    r.fail("'optimizer.decoupled_weight_decay' is false, but AdamW's weight decay is decoupled "
+                           "(type adam is Adam)");
+            }
         } else {
-            r.fail("optimizer field '" + key + "' is not implemented in trace format version 1");
+            r.fail("unknown optimizer field '" + key + "' (optimizer " + kind_name + ")");
         }
     }
     if (!have_steps) r.fail("missing field 'optimizer.steps'");
+    // torch's defaults: AdamW's weight_decay is 0.01, Adam(decoupled_weight_decay=True) is AdamW.
+    if (rule.type == kind::adamw && !have_weight_decay) rule.weight_decay = 0.01;
+    if (decoupled) rule.type = kind::adamw;
+    if (rule.nesterov && !(rule.momentum > 0 && rule.dampening == 0))
+        r.fail("'optimizer.nesterov' requires 'optimizer.momentum' > 0 and 'optimizer.dampening' = 0");
     return opt;
 }
 
@@ -270,6 +353,41 @@ fs::path parent_of(const fs::path& target) {
     return parent.empty() ? fs::path(".") : parent;
 }
 
+// The optimizer half of the manifest rules, for a trace built in memory (parse_optimizer
+// checks the same as it reads, naming the field as written).
+void check_optimizer(const sgd_spec& opt, const std::string& manifest) {
+    const optimizer_spec& o = opt.rule;
+    const auto need = [&](bool ok, const std::string& rule) {
+        if (!ok) throw input_error(manifest, rule);
+    };
+    const auto non_negative = [&](double v, const char* key) {
+        need(std::isfinite(v) && v >= 0, std::string("'optimizer.") + key + "' must be finite and >= 0");
+    };
+    non_negative(o.weight_decay, "weight_decay");
+    if (o.type == optimizer_spec::kind::sgd) {
+        non_negative(o.momentum, "momentum");
+        need(std::isfinite(o.dampening), "'optimizer.dampening' must be finite");
+        need(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+             "'optimizer.nesterov' requires 'optimizer.momentum' > 0 and 'optimizer.dampening' = 0");
+        need(!o.amsgrad, "'optimizer.amsgrad' is an option of adam and adamw, not of sgd");
+    } else {
+        const std::string kind_name(to_string(o.type));
+        need(std::isfinite(o.beta1) && o.beta1 >= 0 && o.beta1 < 1, "'optimizer.betas[0]' must be in [0, 1)");
+        need(std::isfinite(o.beta2) && o.beta2 >= 0 && o.beta2 < 1, "'optimizer.betas[1]' must be in [0, 1)");
+        non_negative(o.eps, "eps");
+        need(o.momentum == 0, "'optimizer.momentum' is an option of sgd, not of " + kind_name);
+        need(o.dampening == 0, "'optimizer.dampening' is an option of sgd, not of " + kind_name);
+        need(!o.nesterov, "'optimizer.nesterov' is an option of sgd, not of " + kind_name);
+    }
+    need(opt.initial_step <= (std::size_t{1} << 53), "'optimizer.initial_step' must be <= 2^53");
+}
+
+// Version 1 describes plain SGD from a fresh start; anything else is written as version 2.
+bool needs_version_2(const trace& t) {
+    return !t.optimizer.rule.is_plain_sgd() || t.optimizer.initial_step != 0 || t.init_momentum_buffer ||
+           t.init_exp_avg || t.init_exp_avg_sq || t.init_max_exp_avg_sq;
+}
+
 }  // namespace
 
 double trace::learning_rate(std::size_t s) const {
@@ -294,8 +412,10 @@ void parse_manifest(const std::string& text, const std::string& name, trace& out
         r.fail("'format' must be \"epk-trace\", found " + one_line(format.dump()));
     const json& version = r.member(doc, "version", "");
     if (!version.is_number_integer()) r.fail("'version' must be an integer, found " + one_line(version.dump()));
-    if (!(version.is_number_unsigned() && version.get<std::uint64_t>() == 1))
-        r.fail("version " + version.dump() + " is not supported (this reader implements version 1)");
+    // Version 2 adds optimizer fields only; a version 1 manifest using them is read as
+    // version 2 (docs/trace-format.md, "Versions").
+    if (!(version.is_number_unsigned() && (version.get<std::uint64_t>() == 1 || version.get<std::uint64_t>() == 2)))
+        r.fail("version " + version.dump() + " is not supported (this reader implements versions 1 and 2)");
 
     model_spec model = parse_model(r, r.object(doc, "model", ""));
     loss_spec loss = parse_loss(r, r.object(doc, "loss", ""));
@@ -320,20 +440,41 @@ std::string manifest_text(const trace& t) {
         }
         layers.push_back(std::move(j));
     }
+    const optimizer_spec& rule = t.optimizer.rule;
+    const bool v2 = needs_version_2(t);
     ojson doc;
     doc["format"] = "epk-trace";
-    doc["version"] = 1;
+    doc["version"] = v2 ? 2 : 1;
     doc["model"]["input_dim"] = t.model.input_dim;
     doc["model"]["layers"] = std::move(layers);
     doc["loss"]["type"] = std::string(to_string(t.loss.kind));
     doc["loss"]["reduction"] = std::string(to_string(t.loss.reduction));
-    doc["optimizer"]["type"] = "sgd";
+    ojson& o = doc["optimizer"];
+    o["type"] = v2 ? std::string(to_string(rule.type)) : std::string("sgd");
     if (!std::isnan(t.optimizer.learning_rate)) {  // NaN = absent (learning_rates.npy carries the rates)
         if (!std::isfinite(t.optimizer.learning_rate))
             throw usage_error("manifest_text: learning_rate is not finite");
-        doc["optimizer"]["learning_rate"] = t.optimizer.learning_rate;
+        o["learning_rate"] = t.optimizer.learning_rate;
     }
-    doc["optimizer"]["steps"] = t.optimizer.steps;
+    o["steps"] = t.optimizer.steps;
+    if (v2) {  // every field of the optimizer's kind, under its canonical name
+        const auto finite = [](double v, const char* what) {
+            if (!std::isfinite(v)) throw usage_error(std::string("manifest_text: ") + what + " is not finite");
+            return v;
+        };
+        if (rule.type == optimizer_spec::kind::sgd) {
+            o["momentum"] = finite(rule.momentum, "momentum");
+            o["dampening"] = finite(rule.dampening, "dampening");
+            o["nesterov"] = rule.nesterov;
+            o["weight_decay"] = finite(rule.weight_decay, "weight_decay");
+        } else {
+            o["betas"] = ojson::array({finite(rule.beta1, "beta1"), finite(rule.beta2, "beta2")});
+            o["eps"] = finite(rule.eps, "eps");
+            o["weight_decay"] = finite(rule.weight_decay, "weight_decay");
+            o["amsgrad"] = rule.amsgrad;
+        }
+        if (t.optimizer.initial_step > 0) o["initial_step"] = t.optimizer.initial_step;
+    }
     return doc.dump(2) + "\n";
 }
 
@@ -366,6 +507,7 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         throw input_error(manifest, "'optimizer.learning_rate' must be finite");
     if (t.optimizer.steps == std::numeric_limits<std::size_t>::max())
         throw input_error(manifest, "'optimizer.steps' is too large");
+    check_optimizer(t.optimizer, manifest);
 
     const std::size_t D = m.input_dim, C = m.output_dim(), P = m.parameter_count(), S = t.optimizer.steps;
 
@@ -422,6 +564,60 @@ void validate_trace(const trace& t, const std::string& dir_name) {
                     ic.fail("init_params.npy disagrees with params.npy row 0 (first at element " + std::to_string(i) +
                             ")");
         }
+    }
+
+    // The optimizer's recorded state before step 0 (version 2): [P] real arrays, each used
+    // by the optimizer, present exactly when a resumed run (initial_step >= 1) needs it.
+    {
+        const optimizer_spec& o = t.optimizer.rule;
+        const bool sgd = o.type == optimizer_spec::kind::sgd;
+        const std::string kind_name(to_string(o.type));
+        struct state_file {
+            const char* name;
+            const std::optional<npy_array>* array;
+            bool non_negative;
+            bool needed;
+            std::string unused_because;  // why the optimizer has no use for it
+        };
+        const state_file files[] = {
+            {"init_momentum_buffer.npy", &t.init_momentum_buffer, false, sgd && o.momentum != 0,
+             sgd ? "optimizer.momentum is 0: SGD without momentum keeps no momentum buffer"
+                 : "the momentum buffer is SGD's state, the optimizer is " + kind_name},
+            {"init_exp_avg.npy", &t.init_exp_avg, false, !sgd, "exp_avg is Adam/AdamW state, the optimizer is sgd"},
+            {"init_exp_avg_sq.npy", &t.init_exp_avg_sq, true, !sgd,
+             "exp_avg_sq is Adam/AdamW state, the optimizer is sgd"},
+            {"init_max_exp_avg_sq.npy", &t.init_max_exp_avg_sq, true, !sgd && o.amsgrad,
+             sgd ? std::string("max_exp_avg_sq is Adam/AdamW state with amsgrad, the optimizer is sgd")
+                 : "optimizer.amsgrad is false: max_exp_avg_sq is amsgrad's state"},
+        };
+        const std::size_t t0 = t.optimizer.initial_step;
+        for (const state_file& f : files) {
+            if (!f.array->has_value()) continue;
+            const npy_array& a = **f.array;
+            const array_checker sc(a, file_in(dir_name, f.name));
+            if (!f.needed) sc.fail("not used by this optimizer (" + f.unused_because + ")");
+            if (t0 == 0)
+                sc.fail("a recorded optimizer state needs 'optimizer.initial_step' >= 1 (the steps taken before "
+                        "it), found 0");
+            sc.require_real();
+            sc.require_shape({P}, "the manifest ([parameter count])");
+            sc.require_finite();
+            if (f.non_negative) {
+                const std::vector<double> v = real_rows(a, 0, P);
+                for (std::size_t i = 0; i < P; ++i)
+                    if (v[i] < 0) {
+                        char value[32];
+                        std::snprintf(value, sizeof value, "%.17g", v[i]);
+                        sc.fail("negative value " + std::string(value) + " at element " + std::to_string(i) +
+                                " (a second moment is >= 0)");
+                    }
+            }
+        }
+        for (const state_file& f : files)
+            if (t0 >= 1 && f.needed && !f.array->has_value())
+                throw input_error(file_in(dir_name, f.name),
+                                  "missing required file (optimizer.initial_step is " + std::to_string(t0) +
+                                      ": a resumed " + kind_name + " run needs the optimizer's recorded state)");
     }
 
     // batches [S, B]
@@ -484,8 +680,9 @@ void validate_trace(const trace& t, const std::string& dir_name) {
 }
 
 namespace {
-constexpr const char* trace_npy_files[] = {"x_train.npy", "y_train.npy", "params.npy", "init_params.npy",
-                                           "batches.npy", "learning_rates.npy", "x_test.npy"};
+constexpr const char* trace_npy_files[] = {
+    "x_train.npy", "y_train.npy", "params.npy", "init_params.npy", "batches.npy", "learning_rates.npy", "x_test.npy",
+    "init_momentum_buffer.npy", "init_exp_avg.npy", "init_exp_avg_sq.npy", "init_max_exp_avg_sq.npy"};
 }
 
 trace parse_trace(const std::map<std::string, std::string>& files, const std::string& dir_name,
@@ -519,6 +716,10 @@ trace parse_trace(const std::map<std::string, std::string>& files, const std::st
     else t.batches = load("batches.npy", false);
     t.learning_rates = load("learning_rates.npy", false);
     t.x_test = load("x_test.npy", false);
+    t.init_momentum_buffer = load("init_momentum_buffer.npy", false);
+    t.init_exp_avg = load("init_exp_avg.npy", false);
+    t.init_exp_avg_sq = load("init_exp_avg_sq.npy", false);
+    t.init_max_exp_avg_sq = load("init_max_exp_avg_sq.npy", false);
     validate_trace(t, dir_name);
     return t;
 }
@@ -588,6 +789,10 @@ void write_trace(const fs::path& dir, const trace& t) {
     if (t.batches) files.emplace_back("batches.npy", serialize_npy(*t.batches));
     if (t.learning_rates) files.emplace_back("learning_rates.npy", serialize_npy(*t.learning_rates));
     if (t.x_test) files.emplace_back("x_test.npy", serialize_npy(*t.x_test));
+    if (t.init_momentum_buffer) files.emplace_back("init_momentum_buffer.npy", serialize_npy(*t.init_momentum_buffer));
+    if (t.init_exp_avg) files.emplace_back("init_exp_avg.npy", serialize_npy(*t.init_exp_avg));
+    if (t.init_exp_avg_sq) files.emplace_back("init_exp_avg_sq.npy", serialize_npy(*t.init_exp_avg_sq));
+    if (t.init_max_exp_avg_sq) files.emplace_back("init_max_exp_avg_sq.npy", serialize_npy(*t.init_max_exp_avg_sq));
     const std::string manifest = manifest_text(t);
     files.emplace_back("manifest.json", std::vector<unsigned char>(manifest.begin(), manifest.end()));
     write_directory(dir, files);

@@ -1,13 +1,17 @@
 // tests/test_trace.cpp — trace directories and manifests (src/trace.cpp).
 //
 // Covers: write -> read -> write is byte-identical for a trace holding every
-// optional file; manifest_text is deterministic and round-trips doubles;
-// every rejection class of spec/trace-format.md gives an input_error whose
-// file() is the offending file and whose rule() names the rule; write_trace
-// never leaves anything behind when it refuses or fails.
+// optional file, and for version 2 traces of each optimizer with and without a
+// recorded optimizer state (plain SGD is still written in version 1's bytes);
+// manifest_text is deterministic and round-trips doubles; version 2's defaults
+// and torch's param_group keys; every rejection class of docs/trace-format.md
+// (version 2's optimizer fields and recorded-state files included) gives an
+// input_error whose file() is the offending file and whose rule() names the
+// rule; write_trace never leaves anything behind when it refuses or fails.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +21,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "epk/error.hpp"
@@ -90,6 +95,78 @@ epk::trace sample_trace() {
     return t;
 }
 
+// Optimizers of version 2 (every field away from its default where it has one).
+epk::optimizer_spec sgd_nesterov() {
+    epk::optimizer_spec o;
+    o.momentum = 0.9;
+    o.nesterov = true;
+    o.weight_decay = 1e-4;
+    return o;
+}
+epk::optimizer_spec sgd_damped() {
+    epk::optimizer_spec o;
+    o.momentum = 0.5;
+    o.dampening = 0.1;
+    return o;
+}
+epk::optimizer_spec sgd_decay_only() {  // no momentum: no state even when resumed
+    epk::optimizer_spec o;
+    o.weight_decay = 0.01;
+    return o;
+}
+epk::optimizer_spec adam() {
+    epk::optimizer_spec o;
+    o.type = epk::optimizer_spec::kind::adam;
+    o.beta1 = 0.8;
+    o.beta2 = 0.99;
+    o.eps = 1e-6;
+    o.weight_decay = 0.001;
+    return o;
+}
+epk::optimizer_spec adamw_amsgrad() {
+    epk::optimizer_spec o;
+    o.type = epk::optimizer_spec::kind::adamw;
+    o.weight_decay = 0.05;
+    o.amsgrad = true;
+    return o;
+}
+
+// sample_trace with optimizer `rule`; resumed after `initial_step` steps with the state the
+// rule keeps (exp_avg_sq in f4, the others in f8), or fresh.
+epk::trace v2_trace(const epk::optimizer_spec& rule, std::size_t initial_step) {
+    epk::trace t = sample_trace();
+    t.optimizer.rule = rule;
+    t.optimizer.initial_step = initial_step;
+    if (initial_step == 0) return t;
+    const std::size_t P = t.model.parameter_count();
+    const auto values = [&](double scale, bool non_negative) {
+        std::vector<double> v;
+        for (std::size_t i = 0; i < P; ++i)
+            v.push_back(static_cast<float>(scale * (non_negative ? 1.0 + std::sin(double(i)) : std::cos(double(i)))));
+        return v;
+    };
+    if (rule.type == epk::optimizer_spec::kind::sgd) {
+        if (rule.momentum != 0) t.init_momentum_buffer = epk::make_real_array(epk::npy_dtype::f8, {P}, values(0.01, false));
+    } else {
+        t.init_exp_avg = epk::make_real_array(epk::npy_dtype::f8, {P}, values(0.02, false));
+        t.init_exp_avg_sq = epk::make_real_array(epk::npy_dtype::f4, {P}, values(1e-4, true));
+        if (rule.amsgrad) t.init_max_exp_avg_sq = epk::make_real_array(epk::npy_dtype::f8, {P}, values(2e-4, true));
+    }
+    return t;
+}
+
+void expect_same_rule(const epk::optimizer_spec& a, const epk::optimizer_spec& b) {
+    EXPECT_EQ(a.type, b.type);
+    EXPECT_EQ(a.momentum, b.momentum);
+    EXPECT_EQ(a.dampening, b.dampening);
+    EXPECT_EQ(a.nesterov, b.nesterov);
+    EXPECT_EQ(a.weight_decay, b.weight_decay);
+    EXPECT_EQ(a.beta1, b.beta1);
+    EXPECT_EQ(a.beta2, b.beta2);
+    EXPECT_EQ(a.eps, b.eps);
+    EXPECT_EQ(a.amsgrad, b.amsgrad);
+}
+
 // A valid trace on disk, to be damaged one file at a time.
 class TraceDir : public ::testing::Test {
 protected:
@@ -98,6 +175,10 @@ protected:
         epk::write_trace(dir_, sample_trace());
     }
     fs::path file(const char* name) const { return dir_ / name; }
+    void rewrite(const epk::trace& t) const {
+        fs::remove_all(dir_);
+        epk::write_trace(dir_, t);
+    }
     void put_npy(const char* name, const epk::npy_array& a) const { epk::write_npy(file(name), a); }
     void edit_manifest(const std::function<void(nlohmann::json&)>& edit) const {
         std::ifstream in(file("manifest.json"));
@@ -279,8 +360,10 @@ TEST(Trace, ManifestRejections) {
         {"[1, 2]", "must be a JSON object"},
         {with(model, loss, opt, R"("format": "npz", "version": 1)"), "'format' must be \"epk-trace\""},
         {with(model, loss, opt, R"("version": 1)"), "missing field 'format'"},
-        {with(model, loss, opt, R"("format": "epk-trace", "version": 2)"),
-         "version 2 is not supported (this reader implements version 1)"},
+        {with(model, loss, opt, R"("format": "epk-trace", "version": 3)"),
+         "version 3 is not supported (this reader implements versions 1 and 2)"},
+        {with(model, loss, opt, R"("format": "epk-trace", "version": 0)"), "version 0 is not supported"},
+        {with(model, loss, opt, R"("format": "epk-trace", "version": -1)"), "version -1 is not supported"},
         {with(model, loss, opt, R"("format": "epk-trace", "version": 1.0)"), "'version' must be an integer"},
         {with(R"({"input_dim": 64.0, "layers": [{"type": "linear", "out_features": 2}]})", loss, opt),
          "'model.input_dim' must be an integer"},
@@ -316,13 +399,11 @@ TEST(Trace, ManifestRejections) {
         {with(model, R"({"type": "nll_loss"})", opt), "unknown loss 'nll_loss'"},
         {with(model, R"({"type": "mse", "reduction": "none"})", opt), "unknown loss reduction 'none'"},
         {with(model, R"({"type": "cross_entropy", "label_smoothing": 0.1})", opt),
-         "loss field 'label_smoothing' is not implemented in trace format version 1"},
-        {with(model, loss, R"({"type": "adam", "learning_rate": 0.1, "steps": 3})"),
-         "optimizer 'adam' is not implemented in trace format version 1"},
-        {with(model, loss, R"({"type": "sgd", "learning_rate": 0.1, "steps": 3, "momentum": 0.9})"),
-         "optimizer field 'momentum' is not implemented in trace format version 1"},
-        {with(model, loss, R"({"type": "sgd", "learning_rate": 0.1, "steps": 3, "weight_decay": 0})"),
-         "optimizer field 'weight_decay' is not implemented"},
+         "loss field 'label_smoothing' is not implemented in trace format version 2"},
+        {with(model, loss, R"({"type": "rmsprop", "learning_rate": 0.1, "steps": 3})"),
+         "optimizer 'rmsprop' is not implemented (trace format version 2 knows sgd, adam, adamw"},
+        {with(model, loss, R"({"type": "sgd", "learning_rate": 0.1, "steps": 3, "beta1": 0.9})"),
+         "'optimizer.beta1' is an option of adam and adamw, not of sgd"},
         {with(model, loss, R"({"type": "sgd", "learning_rate": 0.1, "steps": 3.0})"),
          "'optimizer.steps' must be an integer"},
         {with(model, loss, R"({"type": "sgd", "learning_rate": 0.1, "steps": -1})"), "'optimizer.steps' must be >= 0"},
@@ -433,27 +514,46 @@ TEST_F(TraceDir, UnknownLoss) {
 }
 
 TEST_F(TraceDir, UnknownOptimizer) {
-    edit_manifest([](nlohmann::json& j) { j["optimizer"]["type"] = "adam"; });
-    expect_rejected("manifest.json", "optimizer 'adam' is not implemented in trace format version 1");
+    edit_manifest([](nlohmann::json& j) { j["optimizer"]["type"] = "rmsprop"; });
+    expect_rejected("manifest.json", "optimizer 'rmsprop' is not implemented (trace format version 2 knows sgd, adam, adamw");
+    edit_manifest([](nlohmann::json& j) { j["optimizer"]["type"] = "ADAM"; });  // names are case-sensitive
+    expect_rejected("manifest.json", "optimizer 'ADAM' is not implemented");
 }
 
 TEST_F(TraceDir, UnknownOptimizerField) {
-    for (const char* field : {"momentum", "weight_decay", "nesterov", "dampening", "betas"}) {
+    for (const char* field : {"betas", "eps", "amsgrad", "beta2", "decoupled_weight_decay"}) {
         edit_manifest([&](nlohmann::json& j) {
-            j["optimizer"].erase("momentum");
-            j["optimizer"].erase("weight_decay");
-            j["optimizer"].erase("nesterov");
-            j["optimizer"].erase("dampening");
-            j["optimizer"][field] = 0;
+            j["optimizer"] = {{"type", "sgd"}, {"learning_rate", 0.1}, {"steps", 3}, {field, 0}};
         });
-        expect_rejected("manifest.json",
-                        std::string("optimizer field '") + field + "' is not implemented in trace format version 1");
+        expect_rejected("manifest.json", std::string("'optimizer.") + field + "' is an option of adam and adamw, not of sgd");
     }
+    for (const char* type : {"adam", "adamw"})
+        for (const char* field : {"momentum", "dampening", "nesterov"}) {
+            edit_manifest([&](nlohmann::json& j) {
+                j["optimizer"] = {{"type", type}, {"learning_rate", 0.1}, {"steps", 3}, {field, 0}};
+            });
+            expect_rejected("manifest.json", std::string("'optimizer.") + field + "' is an option of sgd, not of " + type);
+        }
+    edit_manifest([](nlohmann::json& j) {
+        j["optimizer"] = {{"type", "sgd"}, {"learning_rate", 0.1}, {"steps", 3}, {"clip_grad_norm", 1.0}};
+    });
+    expect_rejected("manifest.json", "unknown optimizer field 'clip_grad_norm' (optimizer sgd)");
 }
 
-TEST_F(TraceDir, VersionTwo) {
+// Version 2 is read; a version 1 manifest with version 2's fields is read as version 2;
+// other versions are rejected.
+TEST_F(TraceDir, Versions) {
     edit_manifest([](nlohmann::json& j) { j["version"] = 2; });
-    expect_rejected("manifest.json", "version 2 is not supported (this reader implements version 1)");
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+    edit_manifest([](nlohmann::json& j) {
+        j["version"] = 1;
+        j["optimizer"]["momentum"] = 0.9;
+    });
+    const epk::trace t = epk::read_trace(dir_);
+    EXPECT_EQ(t.optimizer.rule.momentum, 0.9);
+    EXPECT_NE(epk::manifest_text(t).find("\"version\": 2"), std::string::npos);
+    edit_manifest([](nlohmann::json& j) { j["version"] = 3; });
+    expect_rejected("manifest.json", "version 3 is not supported (this reader implements versions 1 and 2)");
 }
 
 TEST_F(TraceDir, TrailingBytes) {
@@ -631,4 +731,503 @@ TEST(Trace, WriteOfAnInvalidTraceWritesNothing) {
     t.x_train.real.pop_back();
     EXPECT_THROW(epk::write_trace(out, t), epk::usage_error);
     EXPECT_TRUE(fs::is_empty(tmp.path()));
+}
+
+// ---------------------------------------------------------------- version 2
+
+// Plain SGD from a fresh start is still written as version 1, in exactly version 1's bytes
+// (what epk wrote before version 2), whatever an in-memory rule holds that plain SGD ignores.
+TEST(TraceV2, PlainSgdIsWrittenAsVersion1Bytes) {
+    epk::trace t = sample_trace();
+    const std::string v1 = R"({
+  "format": "epk-trace",
+  "version": 1,
+  "model": {
+    "input_dim": 3,
+    "layers": [
+      {
+        "type": "linear",
+        "out_features": 4,
+        "bias": true
+      },
+      {
+        "type": "tanh"
+      },
+      {
+        "type": "leaky_relu",
+        "negative_slope": 0.2
+      },
+      {
+        "type": "linear",
+        "out_features": 2,
+        "bias": true
+      }
+    ]
+  },
+  "loss": {
+    "type": "cross_entropy",
+    "reduction": "mean"
+  },
+  "optimizer": {
+    "type": "sgd",
+    "learning_rate": 0.1,
+    "steps": 3
+  }
+}
+)";
+    EXPECT_EQ(epk::manifest_text(t), v1);
+    t.optimizer.rule.dampening = 0.3;  // no effect without momentum
+    t.optimizer.rule.momentum = -0.0;
+    EXPECT_EQ(epk::manifest_text(t), v1);
+    // A version 2 manifest of plain SGD reads back to the same trace and is written as version 1.
+    epk::trace u;
+    epk::parse_manifest(R"({"format": "epk-trace", "version": 2, "model": {"input_dim": 3, "layers": [
+        {"type": "linear", "out_features": 4}, {"type": "tanh"}, {"type": "leaky_relu", "negative_slope": 0.2},
+        {"type": "linear", "out_features": 2}]}, "loss": {"type": "cross_entropy"},
+        "optimizer": {"type": "SGD", "lr": 0.1, "steps": 3, "momentum": 0, "dampening": 0, "nesterov": false,
+                      "weight_decay": 0, "maximize": false, "foreach": null, "differentiable": false, "fused": null}})",
+                        "m.json", u);
+    EXPECT_EQ(epk::manifest_text(u), v1);
+    // Any one of momentum, weight decay, another type, initial_step or a state file makes it version 2.
+    const std::vector<std::function<void(epk::trace&)>> v2_makers = {
+        [](epk::trace& x) { x.optimizer.rule.momentum = 0.1; },
+        [](epk::trace& x) { x.optimizer.rule.weight_decay = 1e-300; },
+        [](epk::trace& x) { x.optimizer.rule.type = epk::optimizer_spec::kind::adam; },
+        [](epk::trace& x) { x.optimizer.initial_step = 1; },
+        [](epk::trace& x) { x.init_exp_avg = epk::make_real_array(epk::npy_dtype::f8, {26}, std::vector<double>(26, 0)); },
+    };
+    for (const auto& make : v2_makers) {
+        epk::trace x = sample_trace();
+        make(x);
+        EXPECT_NE(epk::manifest_text(x).find("\"version\": 2,"), std::string::npos) << epk::manifest_text(x);
+    }
+}
+
+// The canonical version 2 text: every field of the optimizer's kind, in a fixed order.
+TEST(TraceV2, ManifestTextWritesEveryFieldOfTheKind) {
+    epk::trace t = v2_trace(adamw_amsgrad(), 7);
+    std::string text = epk::manifest_text(t);
+    EXPECT_NE(text.find("  \"version\": 2,\n"), std::string::npos) << text;
+    EXPECT_NE(text.find(R"(  "optimizer": {
+    "type": "adamw",
+    "learning_rate": 0.1,
+    "steps": 3,
+    "betas": [
+      0.9,
+      0.999
+    ],
+    "eps": 1e-08,
+    "weight_decay": 0.05,
+    "amsgrad": true,
+    "initial_step": 7
+  }
+})"),
+              std::string::npos)
+        << text;
+    t = v2_trace(sgd_damped(), 0);
+    text = epk::manifest_text(t);
+    EXPECT_NE(text.find(R"(  "optimizer": {
+    "type": "sgd",
+    "learning_rate": 0.1,
+    "steps": 3,
+    "momentum": 0.5,
+    "dampening": 0.1,
+    "nesterov": false,
+    "weight_decay": 0.0
+  }
+})"),
+              std::string::npos)
+        << text;
+    EXPECT_EQ(text.find("initial_step"), std::string::npos);
+    EXPECT_EQ(text.find("betas"), std::string::npos);
+    // Non-finite values in memory are a caller bug.
+    t.optimizer.rule.momentum = std::numeric_limits<double>::infinity();
+    EXPECT_THROW((void)epk::manifest_text(t), epk::usage_error);
+}
+
+// write -> read -> write is byte-identical for each optimizer, fresh and resumed, and the
+// trace read back holds the same rule, initial step and state.
+TEST(TraceV2, WriteReadWriteIsByteIdentical) {
+    const std::vector<std::pair<const char*, epk::optimizer_spec>> rules = {
+        {"sgd_nesterov", sgd_nesterov()}, {"sgd_damped", sgd_damped()}, {"sgd_decay_only", sgd_decay_only()},
+        {"adam", adam()},                 {"adamw_amsgrad", adamw_amsgrad()}};
+    for (const auto& [name, rule] : rules) {
+        for (const std::size_t initial_step : {std::size_t{0}, std::size_t{7}}) {
+            SCOPED_TRACE(std::string(name) + ", initial_step " + std::to_string(initial_step));
+            temp_dir tmp;
+            const fs::path a = tmp.path() / "a", b = tmp.path() / "b";
+            const epk::trace t = v2_trace(rule, initial_step);
+            epk::write_trace(a, t);
+            const epk::trace r = epk::read_trace(a);
+            epk::write_trace(b, r);
+            EXPECT_EQ(listing(b), listing(a));
+            for (const auto& f : listing(a)) EXPECT_EQ(file_bytes(a / f), file_bytes(b / f)) << f;
+            const auto manifest = nlohmann::json::parse(std::string(file_bytes(a / "manifest.json").data(),
+                                                                    file_bytes(a / "manifest.json").size()));
+            EXPECT_EQ(manifest["version"], 2);
+            expect_same_rule(r.optimizer.rule, rule);
+            EXPECT_EQ(r.optimizer.initial_step, initial_step);
+            EXPECT_EQ(r.optimizer.learning_rate, 0.1);
+            const std::pair<const char*, const std::optional<epk::npy_array> epk::trace::*> state[] = {
+                {"init_momentum_buffer.npy", &epk::trace::init_momentum_buffer},
+                {"init_exp_avg.npy", &epk::trace::init_exp_avg},
+                {"init_exp_avg_sq.npy", &epk::trace::init_exp_avg_sq},
+                {"init_max_exp_avg_sq.npy", &epk::trace::init_max_exp_avg_sq}};
+            for (const auto& [file, member] : state) {
+                EXPECT_EQ(listing(a).count(file), (t.*member).has_value() ? 1u : 0u) << file;
+                ASSERT_EQ((r.*member).has_value(), (t.*member).has_value()) << file;
+                if (!(t.*member)) continue;
+                EXPECT_EQ((r.*member)->dtype, (t.*member)->dtype) << file;
+                EXPECT_EQ((r.*member)->real, (t.*member)->real) << file;
+            }
+        }
+    }
+    // Resumed Adam keeps m and v; amsgrad adds v̂max; SGD with momentum the buffer; SGD without none.
+    EXPECT_TRUE(v2_trace(adam(), 7).init_exp_avg_sq.has_value());
+    EXPECT_FALSE(v2_trace(adam(), 7).init_max_exp_avg_sq.has_value());
+    EXPECT_TRUE(v2_trace(adamw_amsgrad(), 7).init_max_exp_avg_sq.has_value());
+    EXPECT_TRUE(v2_trace(sgd_damped(), 7).init_momentum_buffer.has_value());
+    EXPECT_FALSE(v2_trace(sgd_decay_only(), 7).init_momentum_buffer.has_value());
+}
+
+namespace {
+epk::trace parsed(const std::string& optimizer, int version = 2) {
+    epk::trace t;
+    epk::parse_manifest(R"({"format": "epk-trace", "version": )" + std::to_string(version) +
+                            R"(, "model": {"input_dim": 2, "layers": [{"type": "linear", "out_features": 2}]},
+        "loss": {"type": "cross_entropy"}, "optimizer": )" + optimizer + "}",
+                        "m.json", t);
+    return t;
+}
+}  // namespace
+
+TEST(TraceV2, DefaultsSynonymsAndTorchParamGroups) {
+    using kind = epk::optimizer_spec::kind;
+    // AdamW: torch's defaults, weight_decay 0.01.
+    for (const char* type : {"adamw", "AdamW"}) {
+        const epk::trace t = parsed(std::string(R"({"type": ")") + type + R"(", "learning_rate": 0.001, "steps": 4})");
+        const epk::optimizer_spec& o = t.optimizer.rule;
+        EXPECT_EQ(o.type, kind::adamw);
+        EXPECT_EQ(o.weight_decay, 0.01);
+        EXPECT_EQ(o.beta1, 0.9);
+        EXPECT_EQ(o.beta2, 0.999);
+        EXPECT_EQ(o.eps, 1e-8);
+        EXPECT_FALSE(o.amsgrad);
+        EXPECT_EQ(t.optimizer.initial_step, 0u);
+        EXPECT_EQ(t.optimizer.learning_rate, 0.001);
+        EXPECT_EQ(t.optimizer.steps, 4u);
+    }
+    // Adam: weight_decay 0.
+    for (const char* type : {"adam", "Adam"}) {
+        const epk::trace t = parsed(std::string(R"({"type": ")") + type + R"(", "learning_rate": 0.001, "steps": 4})");
+        EXPECT_EQ(t.optimizer.rule.type, kind::adam);
+        EXPECT_EQ(t.optimizer.rule.weight_decay, 0.0);
+        EXPECT_EQ(t.optimizer.rule.eps, 1e-8);
+    }
+    // SGD: torch's name, lr, every default 0 / false; integers are numbers.
+    {
+        const epk::trace t = parsed(R"({"type": "SGD", "lr": 0.05, "steps": 1})");
+        const epk::optimizer_spec& o = t.optimizer.rule;
+        EXPECT_EQ(o.type, kind::sgd);
+        EXPECT_EQ(t.optimizer.learning_rate, 0.05);
+        EXPECT_EQ(o.momentum, 0.0);
+        EXPECT_EQ(o.dampening, 0.0);
+        EXPECT_FALSE(o.nesterov);
+        EXPECT_EQ(o.weight_decay, 0.0);
+        EXPECT_TRUE(o.is_plain_sgd());
+        EXPECT_EQ(parsed(R"({"type": "sgd", "lr": 1, "steps": 1, "momentum": 1})").optimizer.rule.momentum, 1.0);
+    }
+    // beta1 / beta2 separately, each defaulting.
+    {
+        const epk::trace t = parsed(R"({"type": "adam", "lr": 0.1, "steps": 1, "beta1": 0.5})");
+        EXPECT_EQ(t.optimizer.rule.beta1, 0.5);
+        EXPECT_EQ(t.optimizer.rule.beta2, 0.999);
+        EXPECT_EQ(parsed(R"({"type": "adam", "lr": 0.1, "steps": 1, "beta2": 0})").optimizer.rule.beta2, 0.0);
+    }
+    // dict(opt.param_groups[0]) minus 'params', as torch 2.x holds it.
+    {
+        const epk::trace t = parsed(R"({"type": "SGD", "steps": 2, "lr": 0.1, "momentum": 0.9, "dampening": 0,
+            "weight_decay": 0.0005, "nesterov": true, "maximize": false, "foreach": null, "differentiable": false,
+            "fused": null, "initial_lr": 0.2})");
+        EXPECT_EQ(t.optimizer.rule.momentum, 0.9);
+        EXPECT_TRUE(t.optimizer.rule.nesterov);
+        EXPECT_EQ(t.optimizer.rule.weight_decay, 0.0005);
+        EXPECT_EQ(t.optimizer.learning_rate, 0.1);  // not initial_lr
+    }
+    {
+        const epk::trace t = parsed(R"({"type": "AdamW", "steps": 2, "lr": 0.001, "betas": [0.9, 0.95], "eps": 1e-08,
+            "weight_decay": 0.1, "amsgrad": true, "maximize": false, "foreach": true, "capturable": false,
+            "differentiable": false, "fused": false, "decoupled_weight_decay": true, "initial_step": 12})");
+        const epk::optimizer_spec& o = t.optimizer.rule;
+        EXPECT_EQ(o.type, kind::adamw);
+        EXPECT_EQ(o.beta2, 0.95);
+        EXPECT_EQ(o.weight_decay, 0.1);
+        EXPECT_TRUE(o.amsgrad);
+        EXPECT_EQ(t.optimizer.initial_step, 12u);
+    }
+    // Adam(decoupled_weight_decay=True) is AdamW's update, with Adam's default weight decay 0.
+    {
+        const epk::trace t = parsed(R"({"type": "Adam", "steps": 2, "lr": 0.001, "decoupled_weight_decay": true})");
+        EXPECT_EQ(t.optimizer.rule.type, kind::adamw);
+        EXPECT_EQ(t.optimizer.rule.weight_decay, 0.0);
+        EXPECT_EQ(parsed(R"({"type": "Adam", "steps": 2, "lr": 1, "decoupled_weight_decay": false})").optimizer.rule.type,
+                  kind::adam);
+    }
+    // Version 1 with version 2's fields is read as version 2 (and written as version 2).
+    {
+        const epk::trace t = parsed(R"({"type": "adam", "lr": 0.1, "steps": 1})", 1);
+        EXPECT_EQ(t.optimizer.rule.type, kind::adam);
+        EXPECT_NE(epk::manifest_text(t).find("\"version\": 2"), std::string::npos);
+    }
+    // manifest_text of what was read reads back to the same text.
+    for (const char* o : {R"({"type": "AdamW", "lr": 0.001, "steps": 4, "beta1": 0.5, "initial_step": 3})",
+                          R"({"type": "SGD", "lr": 0.001, "steps": 4, "momentum": 0.25, "dampening": -1})"}) {
+        const std::string text = epk::manifest_text(parsed(o));
+        epk::trace again;
+        epk::parse_manifest(text, "again.json", again);
+        EXPECT_EQ(epk::manifest_text(again), text);
+    }
+}
+
+TEST(TraceV2, OptimizerRejectionsNameTheField) {
+    const auto rule_of = [](const std::string& optimizer) -> std::string {
+        try {
+            (void)parsed(optimizer);
+        } catch (const epk::input_error& e) {
+            EXPECT_EQ(e.file(), "m.json");
+            EXPECT_EQ(e.rule().find('\n'), std::string::npos) << e.rule();
+            return e.rule();
+        }
+        return "<accepted>";
+    };
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {R"({"type": "sgd", "lr": 0.1, "learning_rate": 0.1, "steps": 1})",
+         "'optimizer.lr' and 'optimizer.learning_rate' are the same field"},
+        {R"({"type": "sgd", "lr": "0.1", "steps": 1})", "'optimizer.lr' must be a number"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": [0.9, 0.99], "beta1": 0.9})",
+         "'optimizer.betas' and 'optimizer.beta1'/'optimizer.beta2' are two forms of the same values"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "beta2": 0.9, "betas": [0.9, 0.99]})", "two forms of the same values"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": 0.9})",
+         "'optimizer.betas' must be an array of two numbers [beta1, beta2], found 0.9"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": [0.9, 0.99, 0.5]})", "'optimizer.betas' must be an array of two"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": [0.9, 1.0]})", "'optimizer.betas[1]' must be in [0, 1), found 1.0"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": [-0.1, 0.9]})", "'optimizer.betas[0]' must be in [0, 1)"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "betas": ["0.9", 0.9]})", "'optimizer.betas[0]' must be a number"},
+        {R"({"type": "adamw", "lr": 0.1, "steps": 1, "beta1": 1})", "'optimizer.beta1' must be in [0, 1), found 1"},
+        {R"({"type": "adamw", "lr": 0.1, "steps": 1, "beta2": -0.0001})", "'optimizer.beta2' must be in [0, 1)"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "momentum": -0.5})",
+         "'optimizer.momentum' must be finite and >= 0, found -0.5"},
+        {R"({"type": "adamw", "lr": 0.1, "steps": 1, "weight_decay": -1})", "'optimizer.weight_decay' must be finite and >= 0"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "weight_decay": -1e-300})", "'optimizer.weight_decay' must be finite and >= 0"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "eps": -1e-8})", "'optimizer.eps' must be finite and >= 0"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "dampening": "x"})", "'optimizer.dampening' must be a number"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "nesterov": true})",
+         "'optimizer.nesterov' requires 'optimizer.momentum' > 0 and 'optimizer.dampening' = 0"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "nesterov": true, "momentum": 0.9, "dampening": 0.1})",
+         "'optimizer.nesterov' requires 'optimizer.momentum' > 0"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "nesterov": 1, "momentum": 0.9})", "'optimizer.nesterov' must be true or false"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "amsgrad": "false"})", "'optimizer.amsgrad' must be true or false"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "maximize": true})",
+         "'optimizer.maximize' is true: maximize=true is not implemented"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "maximize": null})", "'optimizer.maximize' must be true or false"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "foreach": "yes"})", "'optimizer.foreach' must be true, false or null"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "fused": 0})", "'optimizer.fused' must be true, false or null"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "capturable": []})", "'optimizer.capturable' must be true, false or null"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "differentiable": "no"})",
+         "'optimizer.differentiable' must be true, false or null"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "initial_lr": "x"})", "'optimizer.initial_lr' must be a number"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "initial_step": -1})", "'optimizer.initial_step' must be >= 0, found -1"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "initial_step": 2.0})", "'optimizer.initial_step' must be an integer"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "initial_step": 1152921504606846976})",
+         "'optimizer.initial_step' must be <= 2^53"},
+        {R"({"type": "AdamW", "lr": 0.1, "steps": 1, "decoupled_weight_decay": false})",
+         "'optimizer.decoupled_weight_decay' is false, but AdamW's weight decay is decoupled"},
+        {R"({"type": "Adam", "lr": 0.1, "steps": 1, "decoupled_weight_decay": "true"})",
+         "'optimizer.decoupled_weight_decay' must be true or false"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "momentum": 0.9})", "'optimizer.momentum' is an option of sgd, not of adam"},
+        {R"({"type": "AdamW", "lr": 0.1, "steps": 1, "nesterov": false})", "'optimizer.nesterov' is an option of sgd, not of adamw"},
+        {R"({"type": "SGD", "lr": 0.1, "steps": 1, "betas": [0.9, 0.99]})", "'optimizer.betas' is an option of adam and adamw, not of sgd"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "amsgrad": false})", "'optimizer.amsgrad' is an option of adam and adamw, not of sgd"},
+        {R"({"type": "sgd", "lr": 0.1, "steps": 1, "eps": 1e-8})", "'optimizer.eps' is an option of adam and adamw, not of sgd"},
+        {R"({"type": "adam", "lr": 0.1, "steps": 1, "rho": 0.9})", "unknown optimizer field 'rho' (optimizer adam)"},
+        {R"({"type": "adagrad", "lr": 0.1, "steps": 1})", "optimizer 'adagrad' is not implemented"},
+        {R"({"type": "sgdw", "lr": 0.1, "steps": 1})", "optimizer 'sgdw' is not implemented"},
+        {R"({"type": 5, "lr": 0.1, "steps": 1})", "'optimizer.type' must be a string"},
+        {R"({"lr": 0.1, "steps": 1})", "missing field 'optimizer.type'"},
+        {R"({"type": "adam", "lr": 0.1})", "missing field 'optimizer.steps'"},
+    };
+    for (const auto& [optimizer, rule] : cases) {
+        const std::string got = rule_of(optimizer);
+        EXPECT_NE(got.find(rule), std::string::npos) << optimizer << "\n  gave: " << got << "\n  expected: " << rule;
+    }
+    // The same checks in a manifest marked version 1.
+    try {
+        (void)parsed(R"({"type": "sgd", "lr": 0.1, "steps": 1, "momentum": -1})", 1);
+        ADD_FAILURE() << "accepted";
+    } catch (const epk::input_error& e) {
+        EXPECT_NE(e.rule().find("'optimizer.momentum' must be finite and >= 0"), std::string::npos) << e.what();
+    }
+}
+
+// The recorded optimizer state: present exactly when initial_step >= 1 and the optimizer
+// keeps it; [P], real, finite, second moments >= 0; errors name the file.
+TEST_F(TraceDir, RecordedStateIsRequiredWhenResumed) {
+    rewrite(v2_trace(adam(), 7));
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+    fs::remove(file("init_exp_avg_sq.npy"));
+    expect_rejected("init_exp_avg_sq.npy",
+                    "missing required file (optimizer.initial_step is 7: a resumed adam run needs the optimizer's "
+                    "recorded state)");
+    rewrite(v2_trace(adam(), 7));
+    fs::remove(file("init_exp_avg.npy"));
+    expect_rejected("init_exp_avg.npy", "missing required file (optimizer.initial_step is 7");
+    rewrite(v2_trace(adamw_amsgrad(), 1));
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+    fs::remove(file("init_max_exp_avg_sq.npy"));
+    expect_rejected("init_max_exp_avg_sq.npy", "missing required file (optimizer.initial_step is 1: a resumed adamw run");
+    rewrite(v2_trace(sgd_nesterov(), 7));
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+    fs::remove(file("init_momentum_buffer.npy"));
+    expect_rejected("init_momentum_buffer.npy", "missing required file (optimizer.initial_step is 7: a resumed sgd run");
+    // SGD without momentum keeps no state: resumed, it needs none.
+    rewrite(v2_trace(sgd_decay_only(), 7));
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+    // A resumed trace marked version 1 is read as version 2.
+    rewrite(v2_trace(adam(), 7));
+    edit_manifest([](nlohmann::json& j) { j["version"] = 1; });
+    EXPECT_EQ(epk::read_trace(dir_).optimizer.initial_step, 7u);
+}
+
+TEST_F(TraceDir, RecordedStateNeedsInitialStep) {
+    rewrite(v2_trace(adam(), 7));
+    edit_manifest([](nlohmann::json& j) { j["optimizer"]["initial_step"] = 0; });
+    expect_rejected("init_exp_avg.npy",
+                    "a recorded optimizer state needs 'optimizer.initial_step' >= 1 (the steps taken before it), found 0");
+    edit_manifest([](nlohmann::json& j) { j["optimizer"].erase("initial_step"); });
+    expect_rejected("init_exp_avg.npy", "needs 'optimizer.initial_step' >= 1");
+    rewrite(v2_trace(sgd_damped(), 3));
+    edit_manifest([](nlohmann::json& j) { j["optimizer"].erase("initial_step"); });
+    expect_rejected("init_momentum_buffer.npy", "needs 'optimizer.initial_step' >= 1");
+}
+
+TEST_F(TraceDir, RecordedStateTheOptimizerHasNoUseFor) {
+    const std::size_t P = 26;
+    const epk::npy_array zeros = epk::make_real_array(epk::npy_dtype::f8, {P}, std::vector<double>(P, 0.0));
+    // A plain version 1 trace with Adam's state.
+    put_npy("init_exp_avg.npy", zeros);
+    expect_rejected("init_exp_avg.npy", "not used by this optimizer (exp_avg is Adam/AdamW state, the optimizer is sgd)");
+    fs::remove(file("init_exp_avg.npy"));
+    put_npy("init_max_exp_avg_sq.npy", zeros);
+    expect_rejected("init_max_exp_avg_sq.npy", "not used by this optimizer (max_exp_avg_sq is Adam/AdamW state");
+    // SGD without momentum, resumed, with a momentum buffer.
+    rewrite(v2_trace(sgd_decay_only(), 7));
+    put_npy("init_momentum_buffer.npy", zeros);
+    expect_rejected("init_momentum_buffer.npy",
+                    "not used by this optimizer (optimizer.momentum is 0: SGD without momentum keeps no momentum buffer)");
+    // SGD with momentum and Adam's state.
+    rewrite(v2_trace(sgd_damped(), 7));
+    put_npy("init_exp_avg_sq.npy", zeros);
+    expect_rejected("init_exp_avg_sq.npy", "not used by this optimizer (exp_avg_sq is Adam/AdamW state, the optimizer is sgd)");
+    // Adam with SGD's state, and without amsgrad with amsgrad's.
+    rewrite(v2_trace(adam(), 7));
+    put_npy("init_momentum_buffer.npy", zeros);
+    expect_rejected("init_momentum_buffer.npy",
+                    "not used by this optimizer (the momentum buffer is SGD's state, the optimizer is adam)");
+    fs::remove(file("init_momentum_buffer.npy"));
+    put_npy("init_max_exp_avg_sq.npy", zeros);
+    expect_rejected("init_max_exp_avg_sq.npy",
+                    "not used by this optimizer (optimizer.amsgrad is false: max_exp_avg_sq is amsgrad's state)");
+}
+
+TEST_F(TraceDir, RecordedStateArrays) {
+    const std::size_t P = 26;
+    rewrite(v2_trace(adamw_amsgrad(), 7));
+    const auto exp_avg_sq = epk::read_npy(file("init_exp_avg_sq.npy"));
+    EXPECT_EQ(exp_avg_sq.dtype, epk::npy_dtype::f4);
+    put_npy("init_exp_avg_sq.npy", epk::make_real_array(epk::npy_dtype::f8, {P + 1}, std::vector<double>(P + 1, 0.0)));
+    expect_rejected("init_exp_avg_sq.npy", "shape (27,) disagrees with the manifest ([parameter count]): expected (26,)");
+    put_npy("init_exp_avg_sq.npy", epk::make_real_array(epk::npy_dtype::f8, {1, P}, std::vector<double>(P, 0.0)));
+    expect_rejected("init_exp_avg_sq.npy", "expected (26,)");
+    put_npy("init_exp_avg_sq.npy", epk::make_int_array({P}, std::vector<std::int64_t>(P, 0)));
+    expect_rejected("init_exp_avg_sq.npy", "dtype must be <f4 or <f8, found <i8");
+    auto v = exp_avg_sq;
+    v.real[2] = -0.5;
+    put_npy("init_exp_avg_sq.npy", v);
+    expect_rejected("init_exp_avg_sq.npy", "negative value -0.5 at element 2 (a second moment is >= 0)");
+    v.real[2] = std::numeric_limits<double>::quiet_NaN();
+    put_npy("init_exp_avg_sq.npy", v);
+    expect_rejected("init_exp_avg_sq.npy", "NaN or infinity at element 2");
+    put_npy("init_exp_avg_sq.npy", exp_avg_sq);
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+
+    auto mx = epk::read_npy(file("init_max_exp_avg_sq.npy"));
+    mx.real[25] = -1e-300;
+    put_npy("init_max_exp_avg_sq.npy", mx);
+    expect_rejected("init_max_exp_avg_sq.npy", "negative value -1e-300 at element 25");
+    // v̂max need not be >= v elementwise (a trace may come from a run whose state was edited).
+    mx.real.assign(P, 0.0);
+    put_npy("init_max_exp_avg_sq.npy", mx);
+    EXPECT_NO_THROW(epk::read_trace(dir_));
+
+    // m has any sign; but it is finite.
+    auto m = epk::read_npy(file("init_exp_avg.npy"));
+    EXPECT_LT(*std::min_element(m.real.begin(), m.real.end()), 0.0);
+    m.real[0] = std::numeric_limits<double>::infinity();
+    put_npy("init_exp_avg.npy", m);
+    expect_rejected("init_exp_avg.npy", "NaN or infinity at element 0");
+
+    rewrite(v2_trace(sgd_nesterov(), 7));
+    auto b = epk::read_npy(file("init_momentum_buffer.npy"));
+    b.real[5] = std::numeric_limits<double>::quiet_NaN();
+    put_npy("init_momentum_buffer.npy", b);
+    expect_rejected("init_momentum_buffer.npy", "NaN or infinity at element 5");
+    put_bytes(file("init_momentum_buffer.npy"), {'x'});
+    expect_rejected("init_momentum_buffer.npy", "not a .npy file (bad magic)");
+}
+
+// An in-memory trace whose optimizer breaks a rule is refused by write_trace, naming the
+// manifest or the state file, and nothing is written.
+TEST(TraceV2, WriteOfAnInvalidOptimizerWritesNothing) {
+    temp_dir tmp;
+    const fs::path out = tmp.path() / "out";
+    using kind = epk::optimizer_spec::kind;
+    const std::vector<std::tuple<std::function<void(epk::trace&)>, std::string, std::string>> breakages = {
+        {[](epk::trace& t) { t.optimizer.rule.momentum = -1; }, "manifest.json", "'optimizer.momentum' must be finite and >= 0"},
+        {[](epk::trace& t) { t.optimizer.rule.weight_decay = std::nan(""); }, "manifest.json", "'optimizer.weight_decay'"},
+        {[](epk::trace& t) { t.optimizer.rule.dampening = std::numeric_limits<double>::infinity(); }, "manifest.json",
+         "'optimizer.dampening' must be finite"},
+        {[](epk::trace& t) { t.optimizer.rule.nesterov = true; }, "manifest.json", "'optimizer.nesterov' requires"},
+        {[](epk::trace& t) { t.optimizer.rule.amsgrad = true; }, "manifest.json", "'optimizer.amsgrad' is an option of adam"},
+        {[](epk::trace& t) { t.optimizer.rule.type = kind::adam; t.optimizer.rule.beta2 = 1.0; }, "manifest.json",
+         "'optimizer.betas[1]' must be in [0, 1)"},
+        {[](epk::trace& t) { t.optimizer.rule.type = kind::adamw; t.optimizer.rule.eps = -1; }, "manifest.json",
+         "'optimizer.eps' must be finite and >= 0"},
+        {[](epk::trace& t) { t.optimizer.rule.type = kind::adam; t.optimizer.rule.momentum = 0.9; }, "manifest.json",
+         "'optimizer.momentum' is an option of sgd, not of adam"},
+        {[](epk::trace& t) { t.optimizer.initial_step = (std::size_t{1} << 53) + 1; }, "manifest.json",
+         "'optimizer.initial_step' must be <= 2^53"},
+        {[](epk::trace& t) { t.optimizer.rule = adam(); t.optimizer.initial_step = 2; }, "init_exp_avg.npy", "missing required file"},
+        {[](epk::trace& t) {
+             t = v2_trace(adam(), 2);
+             t.optimizer.initial_step = 0;
+         },
+         "init_exp_avg.npy", "needs 'optimizer.initial_step' >= 1"},
+        {[](epk::trace& t) {
+             t = v2_trace(sgd_damped(), 2);
+             t.init_momentum_buffer->real[0] = std::nan("");
+         },
+         "init_momentum_buffer.npy", "NaN or infinity at element 0"},
+    };
+    for (const auto& [breakage, name, rule] : breakages) {
+        epk::trace t = sample_trace();
+        breakage(t);
+        try {
+            epk::write_trace(out, t);
+            ADD_FAILURE() << "wrote an invalid trace; expected " << name << ": " << rule;
+        } catch (const epk::input_error& e) {
+            EXPECT_EQ(e.file(), (out / name).string()) << e.what();
+            EXPECT_NE(e.rule().find(rule), std::string::npos) << e.what();
+        }
+        EXPECT_TRUE(fs::is_empty(tmp.path())) << name;
+    }
 }

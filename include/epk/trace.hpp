@@ -1,16 +1,22 @@
-// epk/trace.hpp — training traces, spec/trace-format.md (version 1).
+// epk/trace.hpp — training traces, docs/trace-format.md (version 2; version 1
+// traces read as before).
 //
 // Contract of read_trace: either returns a trace every field of which obeys
 // the spec (shapes agree with the manifest, indices in range, no NaN/inf in
-// real arrays, labels in [0, C), exactly the optimizer fields version 1
-// knows), or throws input_error whose file() is the offending file's path
+// real arrays, labels in [0, C), exactly the optimizer fields versions 1 and 2
+// know, with torch's validation rules; a recorded optimizer state present
+// exactly when the optimizer and optimizer.initial_step call for it), or
+// throws input_error whose file() is the offending file's path
 // (e.g. "run/x_train.npy" or "run/manifest.json") and whose rule() says which
 // rule of the spec it breaks.
 //
 // Contract of write_trace: writes into a staging directory beside `dir` and
 // renames it into place, so a failure leaves nothing behind.  `dir` must not
 // exist or be an empty directory.  Output bytes are a pure function of the
-// trace (write -> read -> write is byte-identical).
+// trace (write -> read -> write is byte-identical).  The manifest says version 1,
+// in exactly version 1's bytes, for plain SGD from a fresh start
+// (optimizer.rule.is_plain_sgd(), initial_step 0, no recorded state); otherwise
+// version 2 with every field of the optimizer's kind written out.
 #pragma once
 
 #include <filesystem>
@@ -39,6 +45,9 @@ struct trace {
     std::optional<npy_array> x_test;        // [M, D]
     // Version 2, optional: the optimizer's state before step 0 (a run resumed from a
     // checkpoint), torch's state_dict names; optimizer.initial_step is its step count.
+    // <f4 or <f8, [P], finite; read_trace guarantees each is present exactly when
+    // initial_step >= 1 and the optimizer keeps that state (momentum buffer: SGD with
+    // momentum != 0; exp_avg, exp_avg_sq: Adam/AdamW; max_exp_avg_sq: amsgrad).
     std::optional<npy_array> init_momentum_buffer;  // [P] SGD with momentum
     std::optional<npy_array> init_exp_avg;          // [P] Adam/AdamW m
     std::optional<npy_array> init_exp_avg_sq;       // [P] Adam/AdamW v (≥ 0)
