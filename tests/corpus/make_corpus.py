@@ -91,7 +91,7 @@ def manifest_cases():
     write("manifest/not_json.json", "{\"format\": \"epk-trace\",")
     write("manifest/not_an_object.json", "[1, 2, 3]")
     write("manifest/format.json", manifest(format="torch"))
-    write("manifest/version_2.json", manifest(version=2))
+    write("manifest/version_3.json", manifest(version=3))
     write("manifest/missing_model.json", manifest(model=DELETE))
     write("manifest/no_layers.json", manifest(model__layers=[]))
     write("manifest/unknown_layer.json", manifest(model__layers__1={"type": "swish"}))
@@ -99,13 +99,35 @@ def manifest_cases():
     write("manifest/input_dim_zero.json", manifest(model__input_dim=0))
     write("manifest/unknown_loss.json", manifest(loss__type="hinge"))
     write("manifest/unknown_reduction.json", manifest(loss__reduction="none"))
-    write("manifest/unknown_optimizer.json", manifest(optimizer__type="adam"))
-    write("manifest/momentum_field.json", manifest(optimizer__momentum=0.9))
+    write("manifest/unknown_optimizer.json", manifest(optimizer__type="rmsprop"))
+    write("manifest/momentum_negative.json", manifest(optimizer__momentum=-0.9))
     write("manifest/negative_steps.json", manifest(optimizer__steps=-1))
     write("manifest/learning_rate_string.json", manifest(optimizer__learning_rate="0.1"))
     write("manifest/parameter_overflow.json",
           manifest(model__layers=[{"type": "linear", "out_features": 2 ** 62}, {"type": "linear", "out_features": 2 ** 62}]))
     write("manifest/nan_token.json", manifest().replace("0.1", "NaN"))
+    # version 2: optimizer fields (docs/trace-format.md, "optimizer")
+    adam = {"type": "adam", "learning_rate": 0.001, "steps": 2}
+    write("manifest/v2_lr_and_learning_rate.json", manifest(version=2, optimizer__lr=0.1))
+    write("manifest/v2_betas_out_of_range.json", manifest(version=2, optimizer=dict(adam, betas=[0.9, 1.0])))
+    write("manifest/v2_betas_three.json", manifest(version=2, optimizer=dict(adam, betas=[0.9, 0.99, 0.5])))
+    write("manifest/v2_betas_and_beta1.json", manifest(version=2, optimizer=dict(adam, betas=[0.9, 0.99], beta1=0.9)))
+    write("manifest/v2_eps_negative.json", manifest(version=2, optimizer=dict(adam, eps=-1e-8)))
+    write("manifest/v2_weight_decay_negative.json", manifest(version=2, optimizer=dict(adam, type="AdamW", weight_decay=-0.01)))
+    write("manifest/v2_amsgrad_not_boolean.json", manifest(version=2, optimizer=dict(adam, amsgrad=1)))
+    write("manifest/v2_adam_momentum.json", manifest(version=2, optimizer=dict(adam, momentum=0.9)))
+    write("manifest/v2_sgd_betas.json", manifest(version=2, optimizer__betas=[0.9, 0.999]))
+    write("manifest/v2_nesterov_without_momentum.json", manifest(version=2, optimizer__nesterov=True))
+    write("manifest/v2_nesterov_dampening.json",
+          manifest(version=2, optimizer__nesterov=True, optimizer__momentum=0.9, optimizer__dampening=0.1))
+    write("manifest/v2_maximize.json", manifest(version=2, optimizer=dict(adam, maximize=True)))
+    write("manifest/v2_foreach_string.json", manifest(version=2, optimizer__foreach="yes"))
+    write("manifest/v2_initial_step_negative.json", manifest(version=2, optimizer__initial_step=-1))
+    write("manifest/v2_initial_step_float.json", manifest(version=2, optimizer__initial_step=3.0))
+    write("manifest/v2_adamw_not_decoupled.json",
+          manifest(version=2, optimizer=dict(adam, type="AdamW", decoupled_weight_decay=False)))
+    write("manifest/v2_unknown_field.json", manifest(version=2, optimizer=dict(adam, rho=0.9)))
+    write("manifest/v1_with_bad_v2_field.json", manifest(optimizer__momentum="0.9"))
 
 
 def csv_cases():
@@ -165,7 +187,41 @@ def trace_cases(epk):
         case("x_test_columns", files={"x_test.npy": npy("<f8", (2, 5), f8(*([0.5] * 10)))})
         case("x_test_dtype", files={"x_test.npy": npy("<f4", (2, 4), struct.pack("<8f", *([0.5] * 8)))})
         case("manifest_steps_lie", manifest_changes=lambda m: m["optimizer"].__setitem__("steps", 5))
-        case("manifest_unknown_optimizer", manifest_changes=lambda m: m["optimizer"].__setitem__("type", "adamw"))
+        case("manifest_unknown_optimizer", manifest_changes=lambda m: m["optimizer"].__setitem__("type", "rmsprop"))
+
+        # version 2: the recorded optimizer state (docs/trace-format.md, "Recorded optimizer state")
+        def optimizer(**fields):
+            def change(m):
+                m["version"] = 2
+                m["optimizer"] = dict({"type": "sgd", "learning_rate": 0.1, "steps": 2}, **fields)
+            return change
+        state = npy("<f8", (P,), f8(*([0.01] * P)))
+        adam = dict(type="adam", initial_step=3)
+        case("state_missing_exp_avg_sq", base=init, manifest_changes=optimizer(**adam), files={"init_exp_avg.npy": state})
+        case("state_missing_exp_avg", base=init, manifest_changes=optimizer(**adam), files={"init_exp_avg_sq.npy": state})
+        case("state_missing_max_exp_avg_sq", base=init, manifest_changes=optimizer(type="adamw", amsgrad=True, initial_step=3),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": state})
+        case("state_missing_momentum_buffer", manifest_changes=optimizer(momentum=0.9, initial_step=3))
+        case("state_without_initial_step", base=init, manifest_changes=optimizer(type="adam"),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": state})
+        case("state_unused_exp_avg_sgd", files={"init_exp_avg.npy": state})
+        case("state_unused_momentum_buffer_no_momentum", manifest_changes=optimizer(weight_decay=0.01, initial_step=3),
+             files={"init_momentum_buffer.npy": state})
+        case("state_unused_momentum_buffer_adam", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": state, "init_momentum_buffer.npy": state})
+        case("state_unused_max_without_amsgrad", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": state, "init_max_exp_avg_sq.npy": state})
+        case("state_shape", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": npy("<f8", (P + 1,), f8(*([0.01] * (P + 1)))), "init_exp_avg_sq.npy": state})
+        case("state_dtype", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": npy("<i8", (P,), b"\0" * 8 * P)})
+        case("state_negative_exp_avg_sq", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": state, "init_exp_avg_sq.npy": npy("<f8", (P,), f8(*([0.01] * (P - 1) + [-0.5])))})
+        case("state_nan_momentum_buffer", manifest_changes=optimizer(momentum=0.9, nesterov=True, initial_step=3),
+             files={"init_momentum_buffer.npy": npy("<f8", (P,), f8(*([float("nan")] + [0.01] * (P - 1))))})
+        case("state_truncated", base=init, manifest_changes=optimizer(**adam),
+             files={"init_exp_avg.npy": state[:-8], "init_exp_avg_sq.npy": state})
+        case("manifest_v2_bad_betas", manifest_changes=optimizer(type="Adam", betas=[1.5, 0.999]))
 
 
 def main():
