@@ -40,7 +40,7 @@ usage: epk COMMAND [OPTIONS]
 commands
   demo                       train an MLP on the embedded digits and write it exactly as a
                              kernel machine, in double and in mpfr:256  [--precision P]
-  train --out DIR [OPTIONS]  train a network with SGD and write a trace (spec: docs/trace-format.md)
+  train --out DIR [OPTIONS]  train a network and write a trace (spec: docs/trace-format.md)
       --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
       --n-train N            training rows (default: min(500, rows - n-test))
       --n-test M             held-out rows written as x_test.npy (default: min(100, rows/5))
@@ -50,8 +50,16 @@ commands
       --no-bias              linear layers without bias
       --loss NAME            cross_entropy (default) | mse (one-hot targets)
       --reduction NAME       mean (default) | sum
-      --steps S              SGD steps (default 100)
+      --steps S              optimizer steps (default 100)
       --lr ETA               learning rate (default 0.1)
+      --optimizer NAME       sgd (default) | adam | adamw: torch.optim's SGD, Adam, AdamW
+      --momentum M           sgd: momentum (default 0)
+      --dampening T          sgd: dampening (default 0)
+      --nesterov             sgd: Nesterov momentum (needs --momentum > 0, --dampening 0)
+      --weight-decay L       weight decay (default 0; adamw 0.01, as in torch)
+      --betas B1,B2          adam/adamw: moment decay rates, each in [0, 1) (default 0.9,0.999)
+      --eps E                adam/adamw: denominator term (default 1e-8)
+      --amsgrad              adam/adamw: the AMSGrad variant
       --lr-decay G           per-step rates eta*G^s, written as learning_rates.npy (default: constant)
       --batch-size B         minibatch size, 0 = full batch (default 0)
       --seed K               seeds the row split, the initialisation and the batches (default 0)
@@ -142,6 +150,70 @@ struct built_run {
     std::vector<std::int64_t> test_labels;
 };
 
+// --optimizer and its hyper-parameters, with torch's defaults and checks (the trace
+// format's, docs/trace-format.md "optimizer"): input_error naming the option otherwise.
+epk::optimizer_spec optimizer_of(const args& a) {
+    using kind = epk::optimizer_spec::kind;
+    epk::optimizer_spec o;
+    const std::string name = a.get("optimizer", "sgd");
+    if (name == "sgd") o.type = kind::sgd;
+    else if (name == "adam") o.type = kind::adam;
+    else if (name == "adamw") o.type = kind::adamw;
+    else throw epk::input_error("--optimizer", "unknown optimizer '" + name + "' (known: sgd, adam, adamw)");
+    const bool sgd = o.type == kind::sgd;
+    for (const char* opt : {"momentum", "dampening"})
+        if (!sgd && a.has(opt)) throw epk::input_error(std::string("--") + opt, "is an sgd option, not of " + name);
+    if (!sgd && a.flags.count("nesterov")) throw epk::input_error("--nesterov", "is an sgd option, not of " + name);
+    for (const char* opt : {"betas", "eps"})
+        if (sgd && a.has(opt)) throw epk::input_error(std::string("--") + opt, "is an adam/adamw option, not of sgd");
+    if (sgd && a.flags.count("amsgrad")) throw epk::input_error("--amsgrad", "is an adam/adamw option, not of sgd");
+    const auto non_negative = [&](const char* opt, double fallback) {
+        const double v = a.get_real(opt, fallback);
+        if (!(v >= 0)) throw epk::input_error(std::string("--") + opt, "must be >= 0, found " + a.get(opt, ""));
+        return v;
+    };
+    o.weight_decay = non_negative("weight-decay", o.type == kind::adamw ? 0.01 : 0.0);
+    if (sgd) {
+        o.momentum = non_negative("momentum", 0.0);
+        o.dampening = a.get_real("dampening", 0.0);
+        o.nesterov = a.flags.count("nesterov") != 0;
+        if (o.nesterov && !(o.momentum > 0 && o.dampening == 0))
+            throw epk::input_error("--nesterov", "requires --momentum > 0 and --dampening 0");
+    } else {
+        if (a.has("betas")) {
+            const std::string text = a.get("betas", "");
+            const std::size_t comma = text.find(',');
+            double b[2] = {0, 0};
+            const std::string part[2] = {text.substr(0, comma), comma == std::string::npos ? "" : text.substr(comma + 1)};
+            for (int k = 0; k < 2; ++k) {
+                const auto [end, ec] = std::from_chars(part[k].data(), part[k].data() + part[k].size(), b[k]);
+                if (comma == std::string::npos || part[k].empty() || ec != std::errc() ||
+                    end != part[k].data() + part[k].size() || !(b[k] >= 0 && b[k] < 1))
+                    throw epk::input_error("--betas", "'" + text + "' is not two numbers B1,B2 in [0, 1)");
+            }
+            o.beta1 = b[0];
+            o.beta2 = b[1];
+        }
+        o.eps = non_negative("eps", 1e-8);
+        o.amsgrad = a.flags.count("amsgrad") != 0;
+    }
+    return o;
+}
+
+std::string optimizer_text(const epk::optimizer_spec& o) {
+    std::ostringstream s;
+    if (o.type == epk::optimizer_spec::kind::sgd) {
+        s << "SGD";
+        if (o.momentum != 0) s << ", momentum " << o.momentum << (o.nesterov ? " (nesterov)" : "");
+        if (o.momentum != 0 && o.dampening != 0) s << ", dampening " << o.dampening;
+    } else {
+        s << (o.type == epk::optimizer_spec::kind::adam ? "Adam" : "AdamW") << ", betas (" << o.beta1 << ", "
+          << o.beta2 << "), eps " << o.eps << (o.amsgrad ? ", amsgrad" : "");
+    }
+    if (o.weight_decay != 0) s << ", weight decay " << o.weight_decay;
+    return s.str();
+}
+
 built_run build_training_trace(const args& a) {
     const std::string data = a.get("data", "digits");
     epk::dataset d = (data == "digits" || data == "iris") ? epk::embedded_dataset(data)
@@ -181,7 +253,9 @@ built_run build_training_trace(const args& a) {
     std::vector<std::size_t> hidden_sz(hidden.begin(), hidden.end());
     t.model = epk::make_mlp(d.features, hidden_sz, d.classes, *act, slope, !a.flags.count("no-bias"));
     t.loss = {*loss, *red};
-    t.optimizer = {lr, steps};
+    t.optimizer.learning_rate = lr;
+    t.optimizer.steps = steps;
+    t.optimizer.rule = optimizer_of(a);
     auto rows_of = [&](std::size_t from, std::size_t count) {
         std::vector<double> v;
         for (std::size_t k = from; k < from + count; ++k)
@@ -228,8 +302,9 @@ std::string accuracy_text(const epk::real_table& out, const std::vector<std::int
 int cmd_train(int argc, char** argv) {
     const args a = parse_args(argc, argv,
                               {"out", "data", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
-                               "reduction", "steps", "lr", "lr-decay", "batch-size", "seed", "precision"},
-                              {"no-bias", "init-only"}, 0, 0);
+                               "reduction", "steps", "lr", "lr-decay", "batch-size", "seed", "precision", "optimizer",
+                               "momentum", "dampening", "weight-decay", "betas", "eps"},
+                              {"no-bias", "init-only", "nesterov", "amsgrad"}, 0, 0);
     if (!a.has("out")) throw epk::input_error("epk train", "--out DIR is required");
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
@@ -245,7 +320,7 @@ int cmd_train(int argc, char** argv) {
     const epk::trace& t = run.trace;
     std::cout << "trained " << shape_string(t.model) << " (P = " << t.model.parameter_count() << ") with "
               << epk::to_string(t.loss.kind) << "/" << epk::to_string(t.loss.reduction) << ", " << t.steps()
-              << " steps of SGD (lr " << t.optimizer.learning_rate << ", "
+              << " steps of " << optimizer_text(t.optimizer.rule) << " (lr " << t.optimizer.learning_rate << ", "
               << (t.batches ? "batch " + std::to_string(t.batches->shape[1]) : std::string("full batch")) << ") in "
               << p.name() << "\n";
     if (!ev.losses.empty())

@@ -192,6 +192,12 @@ TOPTS=(--init-only --batch-size 8); train_case initbatch "${NPY_ALL[@]}" init_pa
 TOPTS=(--precision mpfr:128);   train_case mpfr128 "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
 TOPTS=(--precision float);      train_case float "${NPY_ALL[@]}" params.npy -- init_params.npy batches.npy
 TOPTS=(--lr-decay 0.9);         train_case decay "${NPY_ALL[@]}" params.npy learning_rates.npy -- init_params.npy batches.npy
+# trace format version 2: the optimizer's fields in the manifest, no recorded state (a fresh start)
+STATE_FILES=(init_momentum_buffer.npy init_exp_avg.npy init_exp_avg_sq.npy init_max_exp_avg_sq.npy)
+TOPTS=(--optimizer adamw --amsgrad --betas 0.8,0.99); train_case adamw "${NPY_ALL[@]}" params.npy -- init_params.npy "${STATE_FILES[@]}"
+TOPTS=(--optimizer adamw --init-only); train_case adamwinit "${NPY_ALL[@]}" init_params.npy -- params.npy "${STATE_FILES[@]}"
+TOPTS=(--momentum 0.9 --nesterov --weight-decay 0.0001 --batch-size 8)
+train_case momentum "${NPY_ALL[@]}" params.npy batches.npy -- init_params.npy "${STATE_FILES[@]}"
 
 # Everything below up to "bad command lines" starts from the traces just written.
 BASES_OK=1
@@ -210,6 +216,44 @@ header_has "train: batches.npy dtype <i8" batch/batches.npy "'<i8'"
 if grep -q '"epk-trace"' full/manifest.json && grep -q '"steps"[[:space:]]*:[[:space:]]*5' full/manifest.json; then
     ok "train: manifest.json names the format and the steps"
 else fail "train: manifest.json names the format and the steps" "$(tr -d '\n' <full/manifest.json | cut -c 1-200)"; fi
+
+# manifest_has NAME FILE NEEDLE... [-- ABSENT...]: the manifest, blanks and newlines removed,
+# contains each NEEDLE (fixed strings) and none of the ABSENT ones
+manifest_has() {
+    local name=$1 file=$2 text n absent_mode=0 problems=()
+    shift 2
+    text=$(tr -d ' \n' <"$file" 2>/dev/null)
+    for n in "$@"; do
+        if [ "$n" = -- ]; then absent_mode=1; continue; fi
+        if [ $absent_mode = 0 ]; then [[ $text == *"$n"* ]] || problems+=("lacks $n")
+        else [[ $text == *"$n"* ]] && problems+=("has $n"); fi
+    done
+    if [ ${#problems[@]} -eq 0 ]; then ok "$name"; else fail "$name" "${problems[*]}: ${text:0:300}"; fi
+}
+manifest_has "train: plain SGD writes a version 1 manifest" full/manifest.json '"version":1,' '"optimizer":{"type":"sgd","learning_rate":0.1,"steps":5}' \
+    -- momentum weight_decay
+if [ -f adamw/manifest.json ]; then
+    manifest_has "train --optimizer adamw: a version 2 manifest with every AdamW field" adamw/manifest.json '"version":2,' \
+        '"type":"adamw"' '"learning_rate":0.1' '"steps":5' '"betas":[0.8,0.99]' '"eps":1e-08' '"weight_decay":0.01' '"amsgrad":true' \
+        -- initial_step momentum
+    manifest_has "train --optimizer adamw --init-only: torch's defaults" adamwinit/manifest.json '"version":2,' \
+        '"type":"adamw"' '"betas":[0.9,0.999]' '"eps":1e-08' '"weight_decay":0.01' '"amsgrad":false'
+    manifest_has "train --momentum --nesterov --weight-decay: every SGD field" momentum/manifest.json '"version":2,' \
+        '"type":"sgd"' '"momentum":0.9' '"dampening":0.0' '"nesterov":true' '"weight_decay":0.0001' -- betas initial_step
+    run "$EPK" train --out "$W/adamw_summary" "${SMALL[@]}" --optimizer adamw
+    if [ "$RC" -eq 0 ] && grep -q "steps of AdamW" "$W/out"; then ok "train --optimizer adamw: the summary names the optimizer"
+    else fail "train --optimizer adamw: the summary names the optimizer" "exit $RC -- $(head -n 1 "$W/out")"; fi
+    # The optimizer is what trains: an AdamW path is not the plain SGD path from the same start.
+    if [ -f adamw/params.npy ] && ! cmp -s adamw/params.npy full/params.npy; then
+        ok "train --optimizer adamw: params.npy differs from plain SGD's"
+    else fail "train --optimizer adamw: params.npy differs from plain SGD's" \
+        "the AdamW run wrote plain SGD's path (is the optimizer wired into training?)"; fi
+    expect_ok "replay of an init-only adamw trace: exit 0" "$EPK" replay adamwinit --out "$W/rep_adamw"
+    manifest_has "replay of an adamw trace keeps the version 2 manifest" rep_adamw/manifest.json '"version":2,' '"type":"adamw"'
+    run "$EPK" verify adamw --json
+    if [ "$RC" -eq 0 ]; then ok "verify --json of the adamw trace: exit 0"
+    else fail "verify --json of the adamw trace: exit 0" "exit $RC -- $(err1)"; fi
+fi
 
 run "$EPK" predict full --json --precision mpfr:128
 if [ "$RC" -eq 0 ] && grep -q '"precision"[[:space:]]*:[[:space:]]*"mpfr:128"' "$W/out"; then ok "predict --precision mpfr:128 --json"
@@ -355,9 +399,9 @@ MCOUNT=0
 bad_manifest "manifest: unknown layer type" 's/"tanh"/"swish"/' "swish|layer" full replay
 bad_manifest "manifest: unknown loss" 's/"cross_entropy"/"hinge"/' "hinge|loss"
 bad_manifest "manifest: unknown loss reduction" 's/"mean"/"avg"/' "avg|reduction"
-bad_manifest "manifest: optimizer 'adam'" 's/"sgd"/"adam"/' "adam" full replay
-bad_manifest "manifest: optimizer field 'momentum'" 's/"type": "sgd",/"type": "sgd", "momentum": 0.9,/' "momentum" init replay
-bad_manifest "manifest: version 2" 's/"version": 1/"version": 2/' "version"
+bad_manifest "manifest: optimizer 'rmsprop'" 's/"sgd"/"rmsprop"/' "rmsprop" full replay
+bad_manifest "manifest: optimizer field 'momentum' < 0" 's/"type": "sgd",/"type": "sgd", "momentum": -0.9,/' "momentum.*>= 0" init replay
+bad_manifest "manifest: version 3" 's/"version": 1/"version": 3/' "version 3 is not supported"
 bad_manifest "manifest: format not epk-trace" 's/"epk-trace"/"epk-trace2"/' "format"
 bad_manifest "manifest: invalid JSON" 's/"version": 1,/"version": 1/' "json" full replay
 bad_manifest "manifest: out_features 0" 's/"out_features": 8/"out_features": 0/' "out_features"
@@ -400,6 +444,37 @@ D=$(mk full nomanifest); rm "$D/manifest.json"
 bad_trace "missing manifest.json" "$D" manifest.json "missing|exist|required"
 D=$(mk full noparams); rm "$D/params.npy"
 bad_trace "neither params.npy nor init_params.npy" "$D" params.npy "missing|required"
+
+# trace format version 2: optimizer fields and the recorded optimizer state
+if [ -f adamw/manifest.json ]; then
+    # state_npy FILE [POKE_BYTES]: a [P] <f8 array of zeros, its first value poked
+    state_npy() { { npy_header '<f8' "($P,)"; head -c $((8 * P)) /dev/zero; } >"$1"
+        [ -z "${2-}" ] || poke "$1" "$(data_offset "$1")" "$2"; }
+    F8_MINUS_HALF='\000\000\000\000\000\000\340\277'  # -0.5
+    D=$(mk adamw v2resume); sed -i 's/"amsgrad": true/"amsgrad": true, "initial_step": 3/' "$D/manifest.json"
+    bad_trace "v2: resumed (initial_step 3) without the recorded state" "$D" init_exp_avg.npy "missing required file" replay
+    state_npy "$D/init_exp_avg.npy"; state_npy "$D/init_exp_avg_sq.npy"; state_npy "$D/init_max_exp_avg_sq.npy"
+    expect_ok "control: a resumed adamw trace with its recorded state is accepted by predict" "$EPK" predict "$D" --json
+    expect_ok "replay of a resumed adamw trace: exit 0" "$EPK" replay "$D" --out "$W/rep_resumed"
+    has_files "replay of a resumed adamw trace keeps the recorded state" "$W/rep_resumed" init_exp_avg.npy init_exp_avg_sq.npy \
+        init_max_exp_avg_sq.npy params.npy -- init_momentum_buffer.npy
+    if [ -f "$W/rep_resumed/manifest.json" ]; then
+        manifest_has "replay of a resumed adamw trace keeps initial_step" "$W/rep_resumed/manifest.json" '"initial_step":3'
+    fi
+    D=$(mk "$D" v2negative); state_npy "$D/init_exp_avg_sq.npy" "$F8_MINUS_HALF"
+    bad_trace "v2: negative value in init_exp_avg_sq.npy" "$D" init_exp_avg_sq.npy "negative" replay
+    D=$(mk full v2unused); state_npy "$D/init_exp_avg.npy"
+    bad_trace "v2: init_exp_avg.npy with SGD" "$D" init_exp_avg.npy "not used" replay
+    D=$(mk momentum v2nobuffer); sed -i 's/"nesterov": true,/"nesterov": true, "initial_step": 2,/' "$D/manifest.json"
+    bad_trace "v2: resumed SGD with momentum without init_momentum_buffer.npy" "$D" init_momentum_buffer.npy "missing required file"
+    D=$(mk adamw v2betas); sed -i 's/^\( *\)0\.99$/\11.5/' "$D/manifest.json"
+    if grep -q '1\.5' "$D/manifest.json"; then bad_trace "v2: betas[1] = 1.5" "$D" manifest.json "betas\[1\].*\[0, 1\)" replay
+    else setup_fail "v2: betas[1] = 1.5"; fi
+    D=$(mk adamw v2maximize); sed -i 's/"amsgrad": true/"amsgrad": true, "maximize": true/' "$D/manifest.json"
+    bad_trace "v2: maximize=true" "$D" manifest.json "maximize=true is not implemented"
+    D=$(mk adamw v2momentum); sed -i 's/"amsgrad": true/"amsgrad": true, "momentum": 0.9/' "$D/manifest.json"
+    bad_trace "v2: momentum on adamw" "$D" manifest.json "momentum.*option of sgd"
+fi
 
 fi  # ---- end trace checks (BASES_OK)
 
@@ -561,6 +636,24 @@ expect_fail "train --lr inf" --lr "" --absent "$W/newdir" -- "$EPK" train --out 
 expect_fail "train --batch-size larger than n-train" --batch-size "" --absent "$W/newdir" \
     -- "$EPK" train --out "$W/newdir" "${SMALL[@]}" --batch-size 41
 expect_fail "train --loss hinge" --loss "" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --loss hinge
+# optimizer options: torch's checks, one line naming the option, nothing written
+expect_fail "train --momentum -1" --momentum ">= 0" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --momentum -1
+expect_fail "train --optimizer rmsprop" --optimizer "unknown optimizer" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --optimizer rmsprop
+expect_fail "train --nesterov without --momentum" --nesterov "momentum" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --nesterov
+expect_fail "train --nesterov with --dampening" --nesterov "dampening" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --momentum 0.9 --dampening 0.1 --nesterov
+expect_fail "train --optimizer adam --momentum 0.9" --momentum "sgd option" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --optimizer adam --momentum 0.9
+expect_fail "train --amsgrad with sgd" --amsgrad "adam" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --amsgrad
+for b in 0.9,1 0.9 -0.1,0.9 0.9,x 0.9,0.99,0.5; do
+    expect_fail "train --betas $b" --betas "\[0, 1\)" --absent "$W/newdir" \
+        -- "$EPK" train --out "$W/newdir" --optimizer adamw --betas "$b"
+done
+expect_fail "train --eps -1e-8" --eps ">= 0" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --optimizer adam --eps -1e-8
+expect_fail "train --weight-decay -0.1" --weight-decay ">= 0" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --weight-decay -0.1
+expect_fail "train --weight-decay inf" --weight-decay "finite" --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --weight-decay inf
 expect_fail "train --data missing.csv" missing.csv "" --absent "$W/newdir" \
     -- "$EPK" train --out "$W/newdir" --data "$W/missing.csv"
 
