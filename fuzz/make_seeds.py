@@ -5,6 +5,7 @@ are committed, so neither the build nor CI runs this.
 
 usage: fuzz/make_seeds.py EPK_BINARY
 """
+import json
 import os
 import struct
 import subprocess
@@ -12,7 +13,28 @@ import sys
 import tempfile
 
 NAMES = ["manifest.json", "x_train.npy", "y_train.npy", "params.npy", "init_params.npy",
-         "batches.npy", "learning_rates.npy", "x_test.npy"]
+         "batches.npy", "learning_rates.npy", "x_test.npy",
+         "init_momentum_buffer.npy", "init_exp_avg.npy", "init_exp_avg_sq.npy", "init_max_exp_avg_sq.npy"]
+P = 4 * 3 + 3 + 3 * 3 + 3  # iris, --hidden 3
+
+
+def npy_f8(values):
+    """A 1-d <f8 .npy file (format 1.0), as numpy.save writes it."""
+    head = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d,), }" % len(values)
+    pad = (64 - (10 + len(head) + 1) % 64) % 64
+    head = (head + " " * pad + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + struct.pack("<%dd" % len(values), *values)
+
+
+def resume(d, fields, state):
+    """Turns trace d into a resumed version 2 trace: optimizer fields and recorded state."""
+    path = os.path.join(d, "manifest.json")
+    m = json.load(open(path))
+    m["version"] = 2
+    m["optimizer"].update(fields)
+    json.dump(m, open(path, "w"))
+    for name, values in state.items():
+        open(os.path.join(d, name), "wb").write(npy_f8(values))
 
 
 def main():
@@ -27,11 +49,24 @@ def main():
         "replayed_batches": ["--init-only", "--batch-size", "3"],
         "mse_lr_decay": ["--loss", "mse", "--lr-decay", "0.5", "--activation", "relu"],
         "float32": ["--precision", "float"],
+        # trace format version 2
+        "adamw_amsgrad": ["--optimizer", "adamw", "--amsgrad", "--betas", "0.8,0.99"],
+        "sgd_nesterov_init": ["--init-only", "--momentum", "0.9", "--nesterov", "--weight-decay", "0.0001",
+                              "--batch-size", "3"],
+        "adam_resumed": ["--optimizer", "adam", "--init-only"],
+        "sgd_momentum_resumed": ["--momentum", "0.5", "--dampening", "0.1"],
+    }
+    resumed = {
+        "adam_resumed": ({"initial_step": 3}, {"init_exp_avg.npy": [0.01 * (k % 7 - 3) for k in range(P)],
+                                               "init_exp_avg_sq.npy": [1e-4 * (k % 5) for k in range(P)]}),
+        "sgd_momentum_resumed": ({"initial_step": 10}, {"init_momentum_buffer.npy": [0.02 * (k % 3 - 1) for k in range(P)]}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in runs.items():
             d = os.path.join(tmp, name)
             subprocess.run([epk, "train", "--out", d] + small + extra, check=True, capture_output=True)
+            if name in resumed:
+                resume(d, *resumed[name])
             record = b""
             for k, f in enumerate(NAMES):
                 p = os.path.join(d, f)
