@@ -46,7 +46,10 @@ TOL="${TOL:-1e-12}"
 ONLY="${ONLY:-}"
 INDEP="$here/independent_optimizer_replay.py"
 
-# name | pytorch_trace.py options  (N <= 64, widths <= 16, <= 40 steps)
+# name | pytorch_trace.py options  (N <= 64, widths <= 16, <= 40 steps). Names ending
+# in _torchman write the manifest's optimizer as torch's param group (type "SGD"/"AdamW",
+# lr, foreach, ...), _minman without the fields at their defaults (AdamW's weight decay
+# 0.01 then comes from the reader); the others write every field by its canonical name.
 sgd_nag="--optimizer sgd --momentum 0.9 --nesterov --weight-decay 1e-3"
 configs=(
     "sgd_nesterov_tanh_full_ce|$sgd_nag --activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 40 --lr 0.1 --n-train 48 --n-test 4 --seed 1"
@@ -57,7 +60,7 @@ configs=(
     "sgd_weight_decay_tanh_mb|--optimizer sgd --weight-decay 1e-2 --activation tanh --hidden 8 --loss cross_entropy --reduction mean --batch-size 16 --steps 40 --lr 0.3 --n-train 64 --n-test 4 --seed 6"
     "adam_tanh_full_ce|--optimizer adam --activation tanh --hidden 16,16 --loss cross_entropy --reduction mean --steps 40 --lr 0.01 --n-train 48 --n-test 4 --seed 7"
     "adam_wd_relu_mb_ce_sum|--optimizer adam --weight-decay 1e-2 --activation relu --hidden 16 --loss cross_entropy --reduction sum --batch-size 16 --steps 40 --lr 0.005 --n-train 64 --n-test 4 --seed 8"
-    "adamw_default_gelu_full_mse|--optimizer adamw --activation gelu --hidden 16 --loss mse --reduction mean --steps 40 --lr 0.01 --n-train 32 --n-test 4 --seed 9"
+    "adamw_default_gelu_full_mse_minman|--optimizer adamw --manifest-optimizer minimal --activation gelu --hidden 16 --loss mse --reduction mean --steps 40 --lr 0.01 --n-train 32 --n-test 4 --seed 9"
     "adamw_wd0.1_tanh_mb_torchman|--optimizer adamw --weight-decay 0.1 --manifest-optimizer torch --activation tanh --hidden 12,12 --loss cross_entropy --reduction mean --batch-size 8 --steps 40 --lr 0.02 --n-train 40 --n-test 4 --seed 10"
     "adamw_amsgrad_relu_mb_mse|--optimizer adamw --amsgrad --weight-decay 0.05 --activation relu --hidden 16,16 --loss mse --reduction mean --mse-targets random --batch-size 16 --steps 40 --lr 0.01 --n-train 64 --n-test 4 --seed 11"
     "resumed_sgd_nesterov_tanh_mb|$sgd_nag --resume-after 10 --activation tanh --hidden 16 --loss cross_entropy --reduction mean --batch-size 16 --steps 30 --lr 0.1 --n-train 48 --n-test 4 --seed 12"

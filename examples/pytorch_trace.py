@@ -39,7 +39,11 @@ Optimizers (torch.optim's own classes, single-tensor implementation:
 Format version 2 writes every hyper-parameter explicitly in the manifest's
 ``optimizer`` object: sgd ``momentum``, ``dampening``, ``nesterov``,
 ``weight_decay``; adam/adamw ``betas`` [b1, b2], ``eps``, ``weight_decay``,
-``amsgrad``.
+``amsgrad``. --manifest-optimizer minimal leaves out the fields at their
+defaults (the reader's, torch's: AdamW's weight_decay 0.01), and
+--manifest-optimizer torch writes the param group as torch holds it
+(type "SGD"/"Adam"/"AdamW", "lr", "foreach", "maximize", ...), which the
+format accepts as well.
 
 --resume-after K trains K steps first with the same optimizer (rate --lr; the
 minibatches, if any, drawn after the trace's own so that these are the same
@@ -210,7 +214,8 @@ def make_optimizer(args, params):
 
 
 def optimizer_manifest(args, class_name, group, initial_step):
-    """The manifest's optimizer object (format version 2): canonical names, or with
+    """The manifest's optimizer object (format version 2): canonical names (with
+    --manifest-optimizer minimal, only the fields not at their defaults), or with
     --manifest-optimizer torch the param group `group` as torch keeps it
     (dict(opt.param_groups[0]) without 'params': lr, foreach, maximize, ...) and
     the class name `class_name` as the type."""
@@ -227,6 +232,12 @@ def optimizer_manifest(args, class_name, group, initial_step):
         else:
             o.update(betas=[float(b) for b in args.betas], eps=float(args.eps),
                      weight_decay=float(args.weight_decay), amsgrad=bool(args.amsgrad))
+        if args.manifest_optimizer == "minimal":
+            # leave out every field at the format's default (torch's): the reader supplies it
+            defaults = {"momentum": 0.0, "dampening": 0.0, "nesterov": False, "betas": [0.9, 0.999],
+                        "eps": 1e-8, "amsgrad": False,
+                        "weight_decay": 0.01 if args.optimizer == "adamw" else 0.0}
+            o = {k: v for k, v in o.items() if k not in defaults or v != defaults[k]}
     if initial_step > 0:
         o["initial_step"] = int(initial_step)
     return o
@@ -331,9 +342,10 @@ def main(argv=None):
     g.add_argument("--resume-after", type=int, default=0, metavar="K",
                    help="train K steps first, then start the trace there with the optimizer's state "
                         "recorded (init_*.npy, optimizer.initial_step = K)")
-    g.add_argument("--manifest-optimizer", choices=("canonical", "torch"), default="canonical",
-                   help="version 2 manifest's optimizer object: canonical names with every field, or "
-                        "torch's param group as it is (type 'SGD'/'Adam'/'AdamW', lr, foreach, ...)")
+    g.add_argument("--manifest-optimizer", choices=("canonical", "minimal", "torch"), default="canonical",
+                   help="version 2 manifest's optimizer object: canonical names with every field; the same "
+                        "without the fields at their defaults; or torch's param group as it is (type "
+                        "'SGD'/'Adam'/'AdamW', lr, foreach, ...)")
     args = p.parse_args(argv)
 
     if args.steps < 0 or args.n_train < 1 or args.n_test < 0 or args.input_dim < 1 or args.classes < 1:
@@ -353,7 +365,7 @@ def main(argv=None):
         p.error("--nesterov needs --momentum > 0 and --dampening 0 (as torch.optim.SGD)")
     if args.weight_decay is None:
         args.weight_decay = 0.01 if args.optimizer == "adamw" else 0.0
-    version2 = not is_plain_sgd(args) or args.resume_after > 0 or args.manifest_optimizer == "torch"
+    version2 = not is_plain_sgd(args) or args.resume_after > 0 or args.manifest_optimizer != "canonical"
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
