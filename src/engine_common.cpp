@@ -183,7 +183,17 @@ double memory_estimate(const trace& t, const precision& p, const kernel_options&
     double numbers = 4 * B * widths + 4 * P;
     if (kernel) {
         const double ks = static_cast<double>(o.kernel_steps.size());
-        if (o.structured) {
+        const optimizer_spec& opt = t.optimizer.rule;
+        if (!opt.is_plain_sgd() || t.optimizer.initial_step != 0) {
+            // optimizer_kernel.hpp: per source (a training point seen so far, or the batch) its
+            // optimizer memory and its share φ; the optimizer's state and term; per thread one
+            // test point's integral and its rules (as the unstructured path).
+            const bool memory = !(opt.type == optimizer_spec::kind::sgd && opt.momentum == 0);
+            const double sources = o.contributions ? (memory ? N : B) : 1;
+            numbers += B * P + sources * P * (memory ? 2 : 1) + 12 * P;
+            const double threads = static_cast<double>(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency()));
+            numbers += threads * 3 * C * P;
+        } else if (o.structured) {
             // structured_kernel.hpp: the batch's layer inputs and adjoints (C adjoints per sample
             // for a stored kernel step); per thread one block of ≤ 256 test rows — its factors
             // [rows × widths], [rows·C × widths], the contraction buffers [rows·C × B] (and

@@ -50,6 +50,7 @@ inline sgd_schedule make_schedule(const trace& t) {
     sgd_schedule s;
     s.steps = t.steps();
     s.n_train = t.n_train();
+    s.optimizer = t.optimizer.rule;
     for (std::size_t k = 0; k < s.steps; ++k) s.learning_rates.push_back(t.learning_rate(k));
     if (t.batches && t.batches->source) {  // batches.npy on disk: one row per step, read when needed
         const npy_array batches = *t.batches;
@@ -74,6 +75,14 @@ std::vector<T> initial_parameters(const trace& t) {
     return t.init_params ? row_of<T>(*t.init_params, 0) : row_of<T>(*t.params, 0);
 }
 
+// The optimizer's state before step 0: fresh, or a resumed run's recorded buffers.
+template <Real T>
+optimizer_state<T> initial_optimizer_state(const trace& t) {
+    auto buffer = [](const std::optional<npy_array>& a) { return a ? row_of<T>(*a, 0) : std::vector<T>(); };
+    return resumed_state<T>(t.optimizer.rule, t.optimizer.initial_step, buffer(t.init_momentum_buffer),
+                            buffer(t.init_exp_avg), buffer(t.init_exp_avg_sq), buffer(t.init_max_exp_avg_sq));
+}
+
 template <Real T>
 trace replay_trace_t(const trace& t, std::vector<double>* losses, const progress_fn& progress) {
     const training_problem<T> pr = make_problem<T>(t);
@@ -88,7 +97,7 @@ trace replay_trace_t(const trace& t, std::vector<double>* losses, const progress
         for (const T& v : ws) rows.push_back(scalar_traits<T>::to_double(v));
         if (losses) losses->push_back(scalar_traits<T>::to_double(loss));
         if (progress) progress(s + 1, sch.steps);
-    });
+    }, initial_optimizer_state<T>(t));
     trace out = t;
     out.init_params.reset();
     out.params = make_real_array(npy_dtype::f8, {sch.steps + 1, p}, std::move(rows));
@@ -138,7 +147,7 @@ evaluation evaluate_trace_t(const trace& t, const progress_fn& progress) {
         wf = train_sgd<T>(pr, w0, sch, [&](std::size_t s, const std::vector<T>&, const T& loss) {
             ev.losses.push_back(scalar_traits<T>::to_double(loss));
             if (progress) progress(s + 1, sch.steps);
-        });
+        }, initial_optimizer_state<T>(t));
     }
     ev.outputs_final = make_table(outputs<T>(t.model, wf, xt));
     for (const T& v : wf) ev.final_parameters.push_back(scalar_traits<T>::to_double(v));
@@ -152,6 +161,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.problem = &pr;
     rq.schedule = make_schedule(t);
     rq.w0 = initial_parameters<T>(t);
+    rq.initial_state = initial_optimizer_state<T>(t);
     if (t.params) rq.recorded_row = [&t](std::size_t s) { return row_of<T>(*t.params, s); };
     kernel_report rep;
     rq.x_test = test_inputs<T>(t, rep.test_points);
@@ -256,8 +266,9 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
 
 template <Real T>
 matrix<T> linearized_outputs(const training_problem<T>& pr, const sgd_schedule& sch, const std::vector<T>& w0,
-                             const matrix<T>& xt) {
-    // f_lin(x; w) = f(x; w_0) + J(x; w_0)(w − w_0); SGD on L(f_lin) over the same batches and rates.
+                             const matrix<T>& xt, optimizer_state<T> state) {
+    // f_lin(x; w) = f(x; w_0) + J(x; w_0)(w − w_0); the run's optimizer on L(f_lin) over the
+    // same batches and rates (plain SGD: w − η g, as always).
     const matrix<T> f0 = outputs<T>(pr.model, w0, pr.x);
     std::vector<T> w = w0;
     for (std::size_t s = 0; s < sch.steps; ++s) {
@@ -271,7 +282,9 @@ matrix<T> linearized_outputs(const training_problem<T>& pr, const sgd_schedule& 
         const matrix<T> g_out = output_gradient(pr.loss, fb, pr.y, batch);
         const std::vector<T> g = vjp<T>(pr.model, w0, xb, g_out);
         const T eta(sch.learning_rates[s]);
-        for (std::size_t q = 0; q < w.size(); ++q) w[q] = w[q] - eta * g[q];
+        if (uses_optimizer_state<T>(sch, state)) optimizer_step<T>(sch.optimizer, state, w, g, eta);
+        else
+            for (std::size_t q = 0; q < w.size(); ++q) w[q] = w[q] - eta * g[q];
     }
     std::vector<T> v(w.size());
     for (std::size_t q = 0; q < w.size(); ++q) v[q] = w[q] - w0[q];
@@ -282,24 +295,36 @@ matrix<T> linearized_outputs(const training_problem<T>& pr, const sgd_schedule& 
 }
 
 // b + J(x; w_0)·Σ_s Σ_i J(x_i; w_0)ᵀ a_{i,s}, a from the true path (a kernel machine:
-// no step remainder).
+// no step remainder).  With any other optimizer, Σ_s of the updates the optimizer makes
+// from the gradients J(x_i; w_0)ᵀ ρ∂ℓ/∂f (its own state; weight decay from the true w[s]).
 template <Real T>
 matrix<T> ntk_init_outputs(const training_problem<T>& pr, const sgd_schedule& sch, const std::vector<T>& w0,
-                           const std::function<std::vector<T>(std::size_t)>& recorded, const matrix<T>& xt) {
+                           const std::function<std::vector<T>(std::size_t)>& recorded, const matrix<T>& xt,
+                           const optimizer_state<T>& initial) {
     const std::size_t P = w0.size();
+    const bool plain = !uses_optimizer_state<T>(sch, initial);
+    optimizer_state<T> path_state = initial, init_state = initial;
     std::vector<T> w = w0, total(P, T(0));
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const std::vector<std::size_t> batch = sch.batch(s);
         const T eta(sch.learning_rates[s]);
         const matrix<T> xb = gather_rows(pr.x, batch);
         const forward_pass<T> fp = forward(pr.model, std::span<const T>(w), xb);
-        matrix<T> a = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
-        for (T& v : a.data) v = -(eta * v);
-        const std::vector<T> g_init = vjp<T>(pr.model, w0, xb, a);  // Σ_i J(x_i; w_0)ᵀ a_i
-        for (std::size_t q = 0; q < P; ++q) total[q] += g_init[q];
+        const matrix<T> g_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+        if (plain) {
+            matrix<T> a = g_out;
+            for (T& v : a.data) v = -(eta * v);
+            const std::vector<T> g_init = vjp<T>(pr.model, w0, xb, a);  // Σ_i J(x_i; w_0)ᵀ a_i
+            for (std::size_t q = 0; q < P; ++q) total[q] += g_init[q];
+        } else {
+            const std::vector<T> g_init = vjp<T>(pr.model, w0, xb, g_out);
+            std::vector<T> u = w;
+            optimizer_step<T>(sch.optimizer, init_state, u, g_init, eta);
+            for (std::size_t q = 0; q < P; ++q) total[q] += u[q] - w[q];
+        }
         if (s + 1 == sch.steps) break;
         if (recorded) w = recorded(s + 1);
-        else sgd_step<T>(pr, w, batch, eta);
+        else optimizer_update<T>(pr, sch, path_state, w, fp, g_out, eta);
     }
     matrix<T> out = jvp<T>(pr.model, w0, xt, total);
     const matrix<T> ft0 = outputs<T>(pr.model, w0, xt);
@@ -324,7 +349,7 @@ comparison compare_trace_t(const trace& t, const std::vector<std::string>& metho
     // f(x; w[S]) on the path.
     std::vector<T> wf = w0;
     if (t.params) wf = row_of<T>(*t.params, t.steps());
-    else wf = train_sgd<T>(pr, w0, sch);
+    else wf = train_sgd<T>(pr, w0, sch, {}, initial_optimizer_state<T>(t));
     const matrix<T> f_final = outputs<T>(t.model, wf, xt);
     cmp.outputs_final = make_table(f_final);
     std::size_t done = 0;
@@ -332,14 +357,15 @@ comparison compare_trace_t(const trace& t, const std::vector<std::string>& metho
         const auto start = std::chrono::steady_clock::now();
         matrix<T> rec;
         if (name == "linearized") {
-            rec = linearized_outputs<T>(pr, sch, w0, xt);
+            rec = linearized_outputs<T>(pr, sch, w0, xt, initial_optimizer_state<T>(t));
         } else if (name == "ntk_init") {
-            rec = ntk_init_outputs<T>(pr, sch, w0, recorded, xt);
+            rec = ntk_init_outputs<T>(pr, sch, w0, recorded, xt, initial_optimizer_state<T>(t));
         } else {
             path_kernel_request<T> rq;
             rq.problem = &pr;
             rq.schedule = sch;
             rq.w0 = w0;
+            rq.initial_state = initial_optimizer_state<T>(t);
             rq.recorded_row = recorded;
             rq.x_test = xt;
             rq.store_contributions = false;

@@ -49,7 +49,8 @@ trace make_study_trace(const dataset& d, const run_config& c) {
     trace t;
     t.model = make_mlp(d.features, c.hidden, d.classes, c.activation);
     t.loss = {loss_kind::cross_entropy, reduction_kind::mean};
-    t.optimizer = {c.lr, c.steps};
+    t.optimizer.learning_rate = c.lr;
+    t.optimizer.steps = c.steps;
     auto rows_of = [&](std::size_t from, std::size_t count) {
         std::vector<double> v;
         for (std::size_t k = from; k < from + count; ++k)

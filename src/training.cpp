@@ -30,6 +30,7 @@ void sgd_schedule::validate() const {
     }
     for (double r : learning_rates)
         if (!std::isfinite(r)) throw usage_error("schedule: learning rate is not finite");
+    optimizer.validate();
 }
 
 namespace {

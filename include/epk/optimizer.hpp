@@ -45,6 +45,56 @@ struct optimizer_state {
     T beta1_power = T(1), beta2_power = T(1);  // β₁^t, β₂^t, one product per step
 };
 
+// x^n by repeated squaring: ⌈log₂ n⌉ + popcount(n) products in T, so a resumed run's
+// β^t costs nothing however large t is.  (optimizer_step then multiplies once per step.)
+template <Real T>
+T power_by_squaring(T x, std::size_t n) {
+    T r(1);
+    while (n != 0) {
+        if (n & 1u) r = r * x;
+        n >>= 1;
+        if (n != 0) x = x * x;
+    }
+    return r;
+}
+
+// The state of a run resumed after `steps` steps, from its recorded buffers (empty when
+// the optimizer has none): β₁^t and β₂^t follow from t.
+template <Real T>
+optimizer_state<T> resumed_state(const optimizer_spec& o, std::size_t steps, std::vector<T> momentum_buffer,
+                                 std::vector<T> exp_avg, std::vector<T> exp_avg_sq, std::vector<T> max_exp_avg_sq) {
+    optimizer_state<T> st;
+    st.steps = steps;
+    st.momentum_buffer = std::move(momentum_buffer);
+    st.exp_avg = std::move(exp_avg);
+    st.exp_avg_sq = std::move(exp_avg_sq);
+    st.max_exp_avg_sq = std::move(max_exp_avg_sq);
+    if (o.type != optimizer_spec::kind::sgd && steps != 0) {
+        st.beta1_power = power_by_squaring<T>(T(o.beta1), steps);
+        st.beta2_power = power_by_squaring<T>(T(o.beta2), steps);
+    }
+    return st;
+}
+
+// usage_error unless `st` is a state optimizer_step can continue from: fresh (no step
+// taken, no buffers), or after ≥ 1 step with exactly the buffers the optimizer keeps, of
+// length P (SGD: momentum_buffer iff momentum ≠ 0; Adam/AdamW: exp_avg and exp_avg_sq,
+// and max_exp_avg_sq iff amsgrad; the squares ≥ 0).
+template <Real T>
+void check_optimizer_state(const optimizer_spec& o, const optimizer_state<T>& st, std::size_t P) {
+    auto need = [](bool ok, const char* what) {
+        if (!ok) throw usage_error(std::string("optimizer state: ") + what);
+    };
+    const bool resumed = st.steps != 0;
+    auto sized = [&](const std::vector<T>& v, bool wanted) { return wanted ? (resumed ? v.size() == P : v.empty()) : v.empty(); };
+    const bool sgd = o.type == optimizer_spec::kind::sgd;
+    need(sized(st.momentum_buffer, sgd && o.momentum != 0), "momentum_buffer must have P entries exactly when SGD with momentum has taken a step");
+    need(sized(st.exp_avg, !sgd) && sized(st.exp_avg_sq, !sgd), "exp_avg and exp_avg_sq must have P entries exactly when Adam has taken a step");
+    need(sized(st.max_exp_avg_sq, !sgd && o.amsgrad), "max_exp_avg_sq must have P entries exactly when amsgrad Adam has taken a step");
+    for (const T& v : st.exp_avg_sq) need(v >= T(0), "exp_avg_sq must be >= 0");
+    for (const T& v : st.max_exp_avg_sq) need(v >= T(0), "max_exp_avg_sq must be >= 0");
+}
+
 // One update in place: w ← w + (the optimizer's step for gradient g at rate η).
 template <Real T>
 void optimizer_step(const optimizer_spec& o, optimizer_state<T>& st, std::vector<T>& w, std::span<const T> g,

@@ -54,6 +54,10 @@ struct path_kernel_request {
     // false: full C × P Jacobian integrals contracted entry by entry (the unstructured
     // reference path, kept for cross-checks and as the benchmarks' baseline).
     bool structured = true;
+    // The optimizer's state before step 0 (a resumed run; fresh by default).  The
+    // optimizer itself is schedule.optimizer; anything but plain SGD from a fresh start
+    // takes optimizer_kernel.hpp's representation.
+    optimizer_state<T> initial_state;
 };
 
 template <Real T>
@@ -62,8 +66,10 @@ struct path_kernel_result {
     matrix<T> bias;                   // f(x; w[0])                         M × C
     matrix<T> outputs_final;          // f(x; w[S])                         M × C
     matrix<T> reconstruction;         // bias + Σ_s (Σ_i K_s a_i + Ī_s r_s)  M × C
-    matrix<T> kernel_reconstruction;  // bias + Σ_i c(x, x_i)               M × C
+    matrix<T> kernel_reconstruction;  // bias + Σ_i c(x, x_i) (+ optimizer_term) M × C
     matrix<T> remainder_term;         // Σ_s Ī_s r_s                        M × C
+    matrix<T> optimizer_term;         // Σ_s Ī_s ω_s (weight decay, state before step 0;
+                                      // optimizer_kernel.hpp), empty for plain SGD
     std::vector<T> contributions;     // c(x_m, x_i) = Σ_s K_s a_{i,s}      [M][N][C]
     std::vector<std::pair<std::size_t, std::vector<T>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<T> coefficients;      // a_{i,s} summed over i's occurrences in B_s, [S][N][C] (if requested)
@@ -257,11 +263,20 @@ void validate_request(const path_kernel_request<T>& rq) {
     if (rq.problem == nullptr) throw usage_error("compute_path_kernel: no problem");
     const training_problem<T>& pr = *rq.problem;
     rq.schedule.validate();
+    check_optimizer_state<T>(rq.schedule.optimizer, rq.initial_state, rq.w0.size());
     if (rq.schedule.n_train != pr.x.rows) throw usage_error("compute_path_kernel: schedule is for a different training set");
     check_network_shapes(pr.model, rq.w0.size(), rq.x_test.cols);
     for (std::size_t k = 0; k < rq.kernel_steps.size(); ++k)
         if (rq.kernel_steps[k] >= rq.schedule.steps || (k > 0 && rq.kernel_steps[k] <= rq.kernel_steps[k - 1]))
             throw usage_error("compute_path_kernel: kernel steps must be ascending and < S");
+}
+// The structured and unstructured paths represent plain SGD (compute_path_kernel sends
+// anything else to optimizer_kernel.hpp).
+template <Real T>
+void require_plain_sgd(const path_kernel_request<T>& rq) {
+    if (uses_optimizer_state<T>(rq.schedule, rq.initial_state))
+        throw usage_error("compute_path_kernel: this path represents plain SGD; use compute_path_kernel for " +
+                          std::string(to_string(rq.schedule.optimizer.type)) + " with momentum, weight decay or state");
 }
 // The result's shapes and the bias f(x; w[0]), before the first step.
 template <Real T>
@@ -319,6 +334,9 @@ void finish_result(const path_kernel_request<T>& rq, const std::vector<T>& w, co
             }
             for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
         }
+    if (!res.optimizer_term.data.empty())  // the optimizer's own term belongs to the kernel machine
+        for (std::size_t e = 0; e < res.kernel_reconstruction.data.size(); ++e)
+            res.kernel_reconstruction.data[e] += res.optimizer_term.data[e];
 }
 
 // What one step adds at one test point, computed by either path.
@@ -328,6 +346,7 @@ struct point_step {
     bool converged = true;
     std::vector<T> contribution;    // [C][b]: K_s(x, x_i) a_{i,s} for batch row i
     std::vector<T> remainder;       // [C]: Ī_s(x) r_s
+    std::vector<T> optimizer_term;  // [C]: Ī_s(x) ω_s (optimizer_kernel.hpp; empty for plain SGD)
     std::vector<double> magnitude;  // [C]: the step's path magnitude
     T estimate = T(0);              // quadrature estimate of Ī's entries
 };
@@ -355,6 +374,11 @@ void add_point_step(const path_kernel_request<T>& rq, const std::vector<std::siz
     }
     if (!rq.store_contributions)  // the kernel machine's sum, step by step (no per-point contributions kept)
         for (std::size_t c = 0; c < C; ++c) kernel_sum(mm, c) += step[c];
+    if (!ps.optimizer_term.empty())
+        for (std::size_t c = 0; c < C; ++c) {
+            res.optimizer_term(mm, c) += ps.optimizer_term[c];
+            step[c] += ps.optimizer_term[c];
+        }
     for (std::size_t c = 0; c < C; ++c) {
         const T& rr = ps.remainder[c];
         point_contribution = std::max(point_contribution, std::abs(scalar_traits<T>::to_double(rr)));
@@ -387,6 +411,7 @@ template <Real T>
 path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request<T>& rq,
                                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     detail::validate_request<T>(rq);
+    detail::require_plain_sgd<T>(rq);
     const training_problem<T>& pr = *rq.problem;
     const model_spec& model = pr.model;
     const sgd_schedule& sch = rq.schedule;
@@ -486,4 +511,5 @@ matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model
 
 }  // namespace epk
 
+#include "epk/optimizer_kernel.hpp"   // momentum, weight decay, Adam: their own representation
 #include "epk/structured_kernel.hpp"  // compute_path_kernel: the structured path, or this file's

@@ -281,6 +281,39 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
     cuts.insert(cuts.end(), found.begin(), found.end());
 }
 
+// One node's share of a magnitude: |ω_q|·Σ_p |J|_mag(w_t)[c][p]·a_p for a vector a ≥ 0
+// (binary64, P entries), added into magnitude[c].  Σ_p |J|_mag[c][p]·a_p =
+// Σ_l Σ_r δmag[c][r]·(Σ_j hmag_j a(W_rj) + a(b_r)).  Magnitudes need a digit or two:
+// computed in binary64 from the rounded point w_t.
+template <Real T>
+void add_node_magnitude(const model_spec& m, const std::vector<linear_offsets>& offsets, std::span<const T> wt,
+                        const matrix<T>& x1, const T& wq, std::span<const double> a, std::vector<double>& magnitude) {
+    std::vector<double> wd64(wt.size());
+    for (std::size_t p = 0; p < wt.size(); ++p) wd64[p] = scalar_traits<T>::to_double(wt[p]);
+    const layer_factors<double> mf = magnitude_factors<double>(m, wd64, convert_matrix<double>(x1));
+    const double wd = std::abs(scalar_traits<T>::to_double(wq));
+    for (std::size_t l = 0; l < offsets.size(); ++l) {
+        const linear_offsets& o = offsets[l];
+        for (std::size_t r = 0; r < o.out; ++r) {
+            double v = o.has_bias ? a[o.bias + r] : 0.0;
+            for (std::size_t j = 0; j < o.in; ++j) v += mf.input[l][j] * a[o.weight + r * o.in + j];
+            for (std::size_t c = 0; c < magnitude.size(); ++c) magnitude[c] += wd * mf.delta[l](c, r) * v;
+        }
+    }
+}
+
+// The same summed over a rule's nodes on the segment w + tΔ: Σ_q |ω_q| Σ_p |J|_mag(t_q)·a.
+template <Real T>
+std::vector<double> magnitude_at_nodes(const model_spec& m, std::span<const T> w, std::span<const T> delta,
+                                       const matrix<T>& x1, std::span<const T> nodes, std::span<const T> weights,
+                                       std::span<const double> a) {
+    const auto offsets = parameter_offsets(m);
+    std::vector<double> out(m.output_dim(), 0.0);
+    for (std::size_t q = 0; q < nodes.size(); ++q)
+        add_node_magnitude<T>(m, offsets, point_on_segment<T>(w, delta, nodes[q]), x1, weights[q], a, out);
+    return out;
+}
+
 // acc += Σ_q ω_q J(x; w + t_q Δ) over the n-point rule on [a, b], J taken
 // in factored form (δ_l ⊗ h_l, network.hpp): acc[c][W_l r j] += (ω_q δ_l[c][r])·h_l[j].
 // scale ← max(scale, max |J| entry) = max_l max_c,r |δ_l| · max(max_j |h_l|, 1 if bias).
@@ -289,6 +322,7 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
                std::span<const T> ts, std::span<const T> ws, matrix<T>& acc, T& scale, std::size_t& evaluations,
                std::vector<T>* nodes, std::vector<T>* weights, std::vector<double>* magnitude = nullptr) {
     const auto offsets = parameter_offsets(m);
+    std::vector<double> abs_delta;  // |Δ| in binary64, for the magnitude
     for (std::size_t q = 0; q < ts.size(); ++q) {
         const T& t = ts[q];
         const T& wq = ws[q];
@@ -313,21 +347,9 @@ void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> del
         }
         if (nodes) { nodes->push_back(t); weights->push_back(wq); }
         if (magnitude != nullptr) {
-            // Σ_p |J|_mag[c][p]·|Δ_p| = Σ_l Σ_r δmag[c][r]·(Σ_j hmag_j |ΔW_rj| + |Δb_r|)
-            // Magnitudes need a digit or two: computed in binary64 from the rounded point.
-            std::vector<double> wd64(wt.size());
-            for (std::size_t p = 0; p < wt.size(); ++p) wd64[p] = scalar_traits<T>::to_double(wt[p]);
-            const layer_factors<double> mf = magnitude_factors<double>(m, wd64, convert_matrix<double>(x1));
-            const double wd = std::abs(scalar_traits<T>::to_double(wq));
-            for (std::size_t l = 0; l < offsets.size(); ++l) {
-                const linear_offsets& o = offsets[l];
-                for (std::size_t r = 0; r < o.out; ++r) {
-                    double v = o.has_bias ? std::abs(scalar_traits<T>::to_double(delta[o.bias + r])) : 0.0;
-                    for (std::size_t j = 0; j < o.in; ++j)
-                        v += mf.input[l][j] * std::abs(scalar_traits<T>::to_double(delta[o.weight + r * o.in + j]));
-                    for (std::size_t c = 0; c < acc.rows; ++c) (*magnitude)[c] += wd * mf.delta[l](c, r) * v;
-                }
-            }
+            if (abs_delta.empty())
+                for (const T& d : delta) abs_delta.push_back(std::abs(scalar_traits<T>::to_double(d)));
+            add_node_magnitude<T>(m, offsets, wt, x1, wq, abs_delta, *magnitude);
         }
     }
 }

@@ -389,6 +389,7 @@ template <Real T>
 path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T>& rq,
                                                      const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     detail::validate_request<T>(rq);
+    detail::require_plain_sgd<T>(rq);
     const training_problem<T>& pr = *rq.problem;
     const model_spec& model = pr.model;
     const sgd_schedule& sch = rq.schedule;
@@ -506,10 +507,12 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     return res;
 }
 
-// The exact path kernel: the structured path unless the request asks for the unstructured one.
+// The exact path kernel: for plain SGD the structured path unless the request asks for the
+// unstructured one; for any other optimizer (or a resumed run) optimizer_kernel.hpp's.
 template <Real T>
 path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    if (uses_optimizer_state<T>(rq.schedule, rq.initial_state)) return compute_path_kernel_optimizer<T>(rq, progress);
     return rq.structured ? compute_path_kernel_structured<T>(rq, progress) : compute_path_kernel_unstructured<T>(rq, progress);
 }
 

@@ -1,4 +1,6 @@
-// epk/training.hpp — plain SGD in any precision.
+// epk/training.hpp — gradient descent in any precision.
+//
+// Plain SGD (the schedule's optimizer is_plain_sgd()):
 //
 //   w[s+1] = w[s] − η_s ∇_w L_s(w[s]),   L_s = loss over the batch B_s
 //
@@ -6,6 +8,8 @@
 // network.hpp), then w[p] − η_s·g[p] for each p: one product, one
 // subtraction, in the working precision.  η_s is the binary64 value from the
 // trace, carried into T exactly (rounded only when T is narrower than double).
+// Any other optimizer (momentum, weight decay, Adam, AdamW): the same g, then
+// optimizer.hpp's optimizer_step with the run's optimizer state.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +19,7 @@
 
 #include "epk/loss.hpp"
 #include "epk/network.hpp"
+#include "epk/optimizer.hpp"
 
 namespace epk {
 
@@ -36,6 +41,7 @@ struct sgd_schedule {
     // every row `batch_size` long and already validated.
     std::function<std::vector<std::size_t>(std::size_t)> batch_reader;
     std::size_t batch_size = 0;
+    optimizer_spec optimizer;  // plain SGD by default
 
     std::vector<std::size_t> batch(std::size_t s) const;
     void validate() const;  // usage_error on an impossible schedule
@@ -86,16 +92,43 @@ T sgd_step(const training_problem<T>& pr, std::vector<T>& w, std::span<const std
     return loss;
 }
 
-// Runs the schedule from w0.  After each step calls on_step(s, w[s+1], L_s(w[s])).
-// Memory does not grow with the number of steps.
+// Whether a step needs the optimizer's state (anything but plain SGD from a fresh start).
+template <Real T>
+bool uses_optimizer_state(const sgd_schedule& sch, const optimizer_state<T>& initial) {
+    return !sch.optimizer.is_plain_sgd() || initial.steps != 0;
+}
+
+// One step of the schedule's optimizer from the batch's forward pass at w and ∂L/∂f
+// there: plain SGD is sgd_update; otherwise g = Σ_i J(x_i)ᵀ g_out_i (the same sum) and
+// optimizer_step with `state`.
+template <Real T>
+void optimizer_update(const training_problem<T>& pr, const sgd_schedule& sch, optimizer_state<T>& state,
+                      std::vector<T>& w, const forward_pass<T>& fp, const matrix<T>& g_out, const T& eta) {
+    if (!uses_optimizer_state<T>(sch, state)) {
+        sgd_update<T>(pr, w, fp, g_out, eta);
+        return;
+    }
+    std::vector<T> g(w.size(), T(0));
+    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    optimizer_step<T>(sch.optimizer, state, w, g, eta);
+}
+
+// Runs the schedule from w0 with its optimizer, starting from `state` (the optimizer's
+// state before step 0: fresh by default, or a resumed run's).  After each step calls
+// on_step(s, w[s+1], L_s(w[s])).  Memory does not grow with the number of steps.
 template <Real T>
 std::vector<T> train_sgd(const training_problem<T>& pr, std::vector<T> w, const sgd_schedule& sch,
-                         const std::function<void(std::size_t, const std::vector<T>&, const T&)>& on_step = {}) {
+                         const std::function<void(std::size_t, const std::vector<T>&, const T&)>& on_step = {},
+                         optimizer_state<T> state = {}) {
     sch.validate();
     if (sch.n_train != pr.x.rows) throw usage_error("train_sgd: schedule is for a different training set");
+    check_optimizer_state<T>(sch.optimizer, state, w.size());
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const std::vector<std::size_t> b = sch.batch(s);
-        const T loss = sgd_step<T>(pr, w, b, T(sch.learning_rates[s]));
+        const T eta(sch.learning_rates[s]);
+        const forward_pass<T> fp = forward(pr.model, std::span<const T>(w), gather_rows(pr.x, b));
+        const T loss = loss_value(pr.loss, fp.outputs(), pr.y, b);
+        optimizer_update<T>(pr, sch, state, w, fp, output_gradient(pr.loss, fp.outputs(), pr.y, b), eta);
         if (on_step) on_step(s, w, loss);
     }
     return w;
