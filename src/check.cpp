@@ -16,7 +16,7 @@ namespace fs = std::filesystem;
 
 const char* known_names =
     "outputs_final.npy, predictions.npy, bias.npy, outputs_initial.npy, reconstruction.npy, contributions.npy, "
-    "coefficients.npy, remainder.npy, kernel_step_<s>.npy";
+    "coefficients.npy, remainder.npy, optimizer_term.npy, kernel_step_<s>.npy";
 
 // The quantity a file name stands for; false when the name is not one of known_names.
 bool quantity_of(const std::string& name, std::string& quantity, std::size_t& step) {
@@ -24,7 +24,8 @@ bool quantity_of(const std::string& name, std::string& quantity, std::size_t& st
         {"outputs_final.npy", "outputs_final"}, {"predictions.npy", "outputs_final"},
         {"bias.npy", "bias"},                   {"outputs_initial.npy", "bias"},
         {"reconstruction.npy", "reconstruction"}, {"contributions.npy", "contributions"},
-        {"coefficients.npy", "coefficients"},   {"remainder.npy", "remainder"}};
+        {"coefficients.npy", "coefficients"},   {"remainder.npy", "remainder"},
+        {"optimizer_term.npy", "optimizer_term"}};
     if (const auto it = fixed.find(name); it != fixed.end()) {
         quantity = it->second;
         return true;
@@ -123,6 +124,12 @@ check_report check_against(const trace& t, const std::string& trace_name, const 
         else if (f.quantity == "coefficients") expected = {S, N, C};
         else if (f.quantity == "kernel_step") expected = {M, N, C, C};
         else expected = {M, C};
+        const bool plain = t.optimizer.rule.is_plain_sgd() && t.optimizer.initial_step == 0;
+        if (f.quantity == "kernel_step" && !plain)
+            throw input_error(f.path, "per-step kernels K_s are defined for plain SGD; this trace's optimizer is " +
+                                          describe_optimizer(t) + " (proofs-notes/007 §4): check contributions instead");
+        if (f.quantity == "optimizer_term" && plain)
+            throw input_error(f.path, "plain SGD has no optimizer term (weight decay, momentum or Adam state)");
         if (f.quantity == "kernel_step" && f.step >= S)
             throw input_error(f.path, "step " + std::to_string(f.step) + " is not a step of the trace (it has " +
                                           std::to_string(S) + " steps: 0.." + std::to_string(S == 0 ? 0 : S - 1) + ")");
@@ -149,6 +156,7 @@ check_report check_against(const trace& t, const std::string& trace_name, const 
         else if (f.quantity == "bias") ref = &k.outputs_initial.values;
         else if (f.quantity == "reconstruction") ref = &k.kernel_reconstruction.values;
         else if (f.quantity == "remainder") ref = &k.remainder_term.values;
+        else if (f.quantity == "optimizer_term") ref = &k.optimizer_term.values;
         else if (f.quantity == "contributions") ref = &k.contributions;
         else if (f.quantity == "coefficients") ref = &k.coefficients;
         else

@@ -1,4 +1,5 @@
 // Precision parsing and dispatch to the per-scalar instantiations.
+#include <cstdio>
 #include <malloc.h>
 #include <algorithm>
 #include <charconv>
@@ -241,6 +242,30 @@ void check_memory(const trace& t, const precision& p, const kernel_options& o, b
                       need / (1024.0 * 1024 * 1024), p.name().c_str(), limit / (1024.0 * 1024 * 1024));
         throw input_error(name, msg);
     }
+}
+
+std::string describe_optimizer(const trace& t) {
+    const optimizer_spec& o = t.optimizer.rule;
+    std::vector<std::string> parts;
+    auto num = [](double v) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%.6g", v);
+        return std::string(b);
+    };
+    if (o.type == optimizer_spec::kind::sgd) {
+        if (o.momentum != 0) parts.push_back("momentum " + num(o.momentum));
+        if (o.dampening != 0 && o.momentum != 0) parts.push_back("dampening " + num(o.dampening));
+        if (o.nesterov) parts.push_back("nesterov");
+    } else {
+        parts.push_back("betas " + num(o.beta1) + " " + num(o.beta2));
+        parts.push_back("eps " + num(o.eps));
+    }
+    if (o.weight_decay != 0) parts.push_back("weight_decay " + num(o.weight_decay));
+    if (o.amsgrad) parts.push_back("amsgrad");
+    if (t.optimizer.initial_step != 0) parts.push_back("resumed after " + std::to_string(t.optimizer.initial_step) + " steps");
+    std::string out(to_string(o.type));
+    for (std::size_t k = 0; k < parts.size(); ++k) out += (k == 0 ? " (" : ", ") + parts[k];
+    return parts.empty() ? out : out + ")";
 }
 
 void keep_freed_memory() {

@@ -189,6 +189,8 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rep.reconstruction = make_table(r.reconstruction);
     rep.kernel_reconstruction = make_table(r.kernel_reconstruction);
     rep.remainder_term = make_table(r.remainder_term);
+    if (!r.optimizer_term.data.empty()) rep.optimizer_term = make_table(r.optimizer_term);
+    rep.optimizer = describe_optimizer(t);
     matrix<T> residual(r.m, r.c);
     for (std::size_t e = 0; e < residual.data.size(); ++e) residual.data[e] = r.outputs_final.data[e] - r.reconstruction.data[e];
     rep.residual = make_table(residual);

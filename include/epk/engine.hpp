@@ -77,6 +77,10 @@ struct kernel_options {
     bool structured = true;   // false: the unstructured full-Jacobian path (path_kernel.hpp), for cross-checks
 };
 
+// The trace's optimizer in one line: "sgd", "sgd (momentum 0.9, nesterov, weight_decay 0.001)",
+// "adamw (betas 0.9 0.999, eps 1e-08, weight_decay 0.01, amsgrad)", "… resumed after 40 steps".
+std::string describe_optimizer(const trace& t);
+
 // The exact path kernel of a trace at its test points (x_test, else the
 // first ≤ 10 training points), in precision p: path_kernel.hpp.  Values are
 // rounded to binary64 (tables also carry all the digits as decimals).
@@ -92,6 +96,10 @@ struct kernel_report {
     real_table reconstruction;         // b + Σ_s Σ_i K_s a_i + Σ_s Ī_s r_s M × C
     real_table kernel_reconstruction;  // b + Σ_i c(x, x_i)                M × C
     real_table remainder_term;         // Σ_s Ī_s r_s                      M × C
+    // Σ_s Ī_s ω_s: the optimizer's own term (weight decay, a resumed run's state;
+    // proofs-notes/007), M × C; empty (0 × 0) for plain SGD, which has none.
+    real_table optimizer_term;
+    std::string optimizer;             // e.g. "sgd (momentum 0.9, nesterov, weight_decay 0.001)"
     real_table residual;               // outputs_final − reconstruction   M × C
     std::vector<double> budget;        // documented residual budget       M × C
     std::vector<double> quadrature_estimate;  // Σ_s est_s·‖Δ_s‖₁          M × C

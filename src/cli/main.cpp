@@ -501,8 +501,13 @@ nlohmann::json audit_json(const epk::kernel_report& k) {
 }
 
 void print_audit(const epk::kernel_report& k) {
-    std::printf("recorded-path audit (%s path, u_rec = %.3g): step remainder r_s = dw_s - sum_i J_i^T a_i\n",
-                k.path_precision.c_str(), k.recording_unit_roundoff);
+    if (k.optimizer_term.rows == 0)
+        std::printf("recorded-path audit (%s path, u_rec = %.3g): step remainder r_s = dw_s - sum_i J_i^T a_i\n",
+                    k.path_precision.c_str(), k.recording_unit_roundoff);
+    else
+        std::printf("recorded-path audit (%s path, u_rec = %.3g): step remainder r_s = dw_s - (%s's update from "
+                    "epk's gradients and state)\n",
+                    k.path_precision.c_str(), k.recording_unit_roundoff, k.optimizer.c_str());
     std::printf("  max |r_s| = %.3e (%.3g of the step) = %.2f u_rec*max|w[s+1]|: %s\n", k.remainder_max_abs,
                 k.remainder_max_rel, k.remainder_max_over_recording_u,
                 k.remainder_max_over_recording_u <= audit_rounding_units
@@ -525,8 +530,14 @@ void print_audit(const epk::kernel_report& k) {
         std::printf(" %.2e", m);
     }
     std::printf("%s\n", shown < k.remainder_term.rows ? " ..." : "");
-    std::printf("  reconstruction misses f(x; w[S]) by %.3e with the remainder term, %.3e without it\n\n",
+    std::printf("  reconstruction misses f(x; w[S]) by %.3e with the remainder term, %.3e without it\n",
                 k.residual_max_abs, k.kernel_residual_max_abs);
+    if (k.optimizer_term.rows > 0) {
+        double m = 0;
+        for (double v : k.optimizer_term.values) m = std::max(m, std::abs(v));
+        std::printf("  optimizer term sum_s I_s w_s (weight decay, state before step 0): max %.3e (proofs-notes/007)\n", m);
+    }
+    std::printf("\n");
 }
 
 nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precision& p) {
@@ -536,6 +547,8 @@ nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precis
     j["reconstruction"] = table_json(k.reconstruction);
     j["kernel_reconstruction"] = table_json(k.kernel_reconstruction);
     j["remainder_term"] = table_json(k.remainder_term);
+    j["optimizer"] = k.optimizer;
+    if (k.optimizer_term.rows > 0) j["optimizer_term"] = table_json(k.optimizer_term);
     j["residual"] = table_json(k.residual);
     j["budget"] = vector_rows(k.budget, k.classes);
     j["quadrature_error_estimate"] = vector_rows(k.quadrature_estimate, k.classes);
@@ -593,7 +606,8 @@ int cmd_verify(int argc, char** argv) {
         return k.ok ? 0 : 1;
     }
     std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << k.steps << " steps, "
-              << (k.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << "\n"
+              << (k.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << ", optimizer "
+              << k.optimizer << "\n"
               << "precision " << k.precision_name << " (u = " << k.unit_roundoff_value << "), test points "
               << k.test_points << "\n\n";
     print_audit(k);
@@ -601,7 +615,8 @@ int cmd_verify(int argc, char** argv) {
     std::printf("\nmax |f(x; w[S]) - reconstruction| = %.3e = %.1f u (point %zu, output %zu); max residual/budget = %.3g\n",
                 k.residual_max_abs, k.residual_max_over_u, k.worst_point, k.worst_output, k.residual_max_over_budget);
     if (!k.quadrature_converged) std::printf("note: some segment did not meet the quadrature tolerance (its estimate is in the budget)\n");
-    std::printf("%s\n", k.ok ? "OK: every residual is within its budget (proofs-notes/004)"
+    std::printf("%s\n", k.ok ? (k.optimizer_term.rows > 0 ? "OK: every residual is within its budget (proofs-notes/004, 007)"
+                                                           : "OK: every residual is within its budget (proofs-notes/004)")
                              : "FAILED: some residual exceeds its budget");
     return k.ok ? 0 : 1;
 }
@@ -618,7 +633,14 @@ int cmd_kernel(int argc, char** argv) {
     o.threads = a.get_count("threads", 0, 0, 1024);
     o.structured = a.flags.count("unstructured") == 0;
     o.coefficients = true;
-    if (a.has("steps")) o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
+    if (a.has("steps")) {
+        if (!t.optimizer.rule.is_plain_sgd() || t.optimizer.initial_step != 0)
+            throw epk::input_error("--steps", "per-step kernels K_s are defined for plain SGD; " + a.positional[0] +
+                                                  " was trained with " + epk::describe_optimizer(t) +
+                                                  ", whose updates pair each step with earlier steps' gradients "
+                                                  "(proofs-notes/007 §4): use contributions.npy");
+        o.kernel_steps = parse_steps(a.get("steps", ""), t.steps());
+    }
     const std::size_t m = epk::test_point_count(t);
     const std::size_t n = t.n_train(), c = t.model.output_dim();
     epk::check_memory(t, p, o, true, a.positional[0]);  // before any work
@@ -632,6 +654,7 @@ int cmd_kernel(int argc, char** argv) {
     add("bias.npy", {m, c}, k.outputs_initial.values);
     add("contributions.npy", {m, n, c}, k.contributions);
     add("remainder.npy", {m, c}, k.remainder_term.values);
+    if (k.optimizer_term.rows > 0) add("optimizer_term.npy", {m, c}, k.optimizer_term.values);
     add("outputs_final.npy", {m, c}, k.outputs_final.values);
     add("coefficients.npy", {t.steps(), n, c}, k.coefficients);
     for (const auto& [s, kern] : k.step_kernels) add("kernel_step_" + std::to_string(s) + ".npy", {m, n, c, c}, kern);
@@ -642,7 +665,7 @@ int cmd_kernel(int argc, char** argv) {
               << " u), " << (k.ok ? "within" : "OUTSIDE") << " budget\n"
               << "wrote " << out.string() << ": bias.npy [" << m << ", " << c << "], contributions.npy [" << m << ", "
               << n << ", " << c << "], coefficients.npy [" << t.steps() << ", " << n << ", " << c
-              << "], remainder.npy, outputs_final.npy";
+              << "], remainder.npy, outputs_final.npy" << (k.optimizer_term.rows > 0 ? ", optimizer_term.npy" : "");
     for (const auto& sk : k.step_kernels) std::cout << ", kernel_step_" << sk.first << ".npy";
     std::cout << "\n";
     return k.ok ? 0 : 1;

@@ -253,6 +253,28 @@ if [ -f adamw/manifest.json ]; then
     run "$EPK" verify adamw --json
     if [ "$RC" -eq 0 ]; then ok "verify --json of the adamw trace: exit 0"
     else fail "verify --json of the adamw trace: exit 0" "exit $RC -- $(err1)"; fi
+    # The representation of proofs-notes/007: verify names the optimizer and reports the
+    # optimizer term (AdamW's decoupled decay); kernel writes it; check reads it back.
+    if grep -q '"optimizer_term"' "$W/out" && grep -q '"optimizer": "adamw (betas 0.8 0.99, eps 1e-08, weight_decay 0.01, amsgrad)"' "$W/out"; then
+        ok "verify --json of the adamw trace: the optimizer and its term"
+    else fail "verify --json of the adamw trace: the optimizer and its term" "$(grep -c optimizer "$W/out") optimizer lines"; fi
+    run "$EPK" verify momentum
+    if [ "$RC" -eq 0 ] && grep -q "optimizer sgd (momentum 0.9, nesterov, weight_decay 0.0001)" "$W/out" \
+        && grep -q "OK: every residual is within its budget (proofs-notes/004, 007)" "$W/out"; then
+        ok "verify of the nesterov trace: exit 0, the optimizer named, proofs-notes/007"
+    else fail "verify of the nesterov trace: exit 0, the optimizer named, proofs-notes/007" "exit $RC -- $(err1) $(tail -n 1 "$W/out")"; fi
+    expect_ok "verify of an init-only adamw trace (replayed with AdamW)" "$EPK" verify adamwinit --precision mpfr:96
+    expect_fail "kernel --steps of a momentum trace: per-step kernels are plain SGD's" "--steps" "plain SGD" \
+        --absent "$W/k_mom" -- "$EPK" kernel momentum --out "$W/k_mom" --steps 0
+    expect_ok "kernel of the momentum trace: exit 0" "$EPK" kernel momentum --out "$W/k_mom"
+    has_files "kernel of the momentum trace: writes optimizer_term.npy" k_mom bias.npy contributions.npy remainder.npy \
+        optimizer_term.npy outputs_final.npy coefficients.npy
+    expect_ok "check --against the momentum trace's own kernel files" "$EPK" check momentum --against "$W/k_mom"
+    expect_fail "check: optimizer_term.npy against a plain SGD trace" "optimizer_term.npy" "no optimizer term" \
+        -- "$EPK" check full --against "$W/k_mom/optimizer_term.npy"
+    expect_ok "compare of the adamw trace: exit 0" "$EPK" compare adamw
+    if cmp -s momentum/params.npy batch/params.npy; then fail "momentum training differs from plain SGD" "same params.npy"
+    else ok "momentum training differs from plain SGD"; fi
 fi
 
 run "$EPK" predict full --json --precision mpfr:128
