@@ -23,7 +23,8 @@ epk::trace make_trace(epk::layer_kind act, std::size_t steps, double lr, std::ui
     epk::trace t;
     t.model = epk::make_mlp(4, {8}, 3, act);
     t.loss = {epk::loss_kind::cross_entropy, epk::reduction_kind::mean};
-    t.optimizer = {lr, steps};
+    t.optimizer.learning_rate = lr;
+    t.optimizer.steps = steps;
     std::mt19937_64 rng(seed);
     auto draw = [&](std::size_t count) {
         std::vector<double> v(count);

@@ -18,7 +18,8 @@ epk::trace make_trace(const epk::model_spec& m, std::size_t n, std::size_t steps
     epk::trace t;
     t.model = m;
     t.loss = {epk::loss_kind::mse, epk::reduction_kind::mean};
-    t.optimizer = {lr, steps};
+    t.optimizer.learning_rate = lr;
+    t.optimizer.steps = steps;
     std::mt19937_64 rng(seed);
     auto draw = [&](std::size_t count, int range, double scale) {
         std::vector<double> v(count);

@@ -52,7 +52,8 @@ epk::trace linear_trace(std::size_t hidden_layers, std::uint64_t seed) {
     epk::trace t;
     t.model = epk::make_mlp(4, hidden, 3, epk::layer_kind::identity);
     t.loss = {epk::loss_kind::mse, epk::reduction_kind::mean};
-    t.optimizer = {0.3, 5};
+    t.optimizer.learning_rate = 0.3;
+    t.optimizer.steps = 5;
     std::mt19937_64 rng(seed);
     auto draw = [&](std::size_t count) {
         std::vector<double> v(count);

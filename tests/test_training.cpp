@@ -133,7 +133,8 @@ trace engine_trace(bool minibatch, bool per_step_rates) {
     trace t;
     t.model = make_mlp(4, {5}, 3, layer_kind::tanh);
     t.loss = {loss_kind::cross_entropy, reduction_kind::sum};
-    t.optimizer = {0.2, 6};
+    t.optimizer.learning_rate = 0.2;
+    t.optimizer.steps = 6;
     const auto pr = small_problem(layer_kind::tanh, loss_kind::cross_entropy, 3, 8);
     t.x_train = make_real_array(npy_dtype::f8, {8, 4}, pr.x.data);
     t.y_train = make_int_array({8}, pr.y.labels);

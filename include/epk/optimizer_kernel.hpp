@@ -206,12 +206,11 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);
     for (std::size_t s = 0; s < sch.steps; ++s) {
-        const std::vector<std::size_t> batch = sch.batch(s);
-        const T eta(sch.learning_rates[s]);
-        const matrix<T> xb = gather_rows(pr.x, batch);
-        const forward_pass<T> fp = forward(model, std::span<const T>(w), xb);
-        res.losses.push_back(loss_value(pr.loss, fp.outputs(), pr.y, batch));
-        const matrix<T> grad_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+        const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
+        const std::vector<std::size_t>& batch = st0.batch;
+        const T& eta = st0.eta;
+        const forward_pass<T>& fp = st0.fp;
+        const matrix<T>& grad_out = st0.grad_out;
         // ĝ_{i,s} per batch row (ρ∂ℓ/∂f pulled back through J(x_i; w[s])).
         std::vector<std::vector<T>> grads(batch.size());
         for (std::size_t k = 0; k < batch.size(); ++k) {
@@ -250,12 +249,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         std::vector<T> no_kernel;
         auto process_point = [&](std::size_t mm) {
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
-            detail::point_step<T> ps;
-            ps.cuts = seg.cuts;
-            ps.evaluations = seg.evaluations;
-            ps.nodes = seg.nodes.size();
-            ps.converged = seg.converged;
-            ps.estimate = seg.error_estimate;
+            detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.magnitude = detail::magnitude_at_nodes<T>(model, w, delta, x_rows[mm], seg.nodes, seg.weights, scale);
             const std::size_t b = sources.size();
             ps.contribution.resize(C * b);

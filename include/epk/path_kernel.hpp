@@ -351,6 +351,40 @@ struct point_step {
     T estimate = T(0);              // quadrature estimate of Ī's entries
 };
 
+// What the full-Jacobian paths (unstructured, optimizer_kernel.hpp) start each step
+// with: the batch, the rate, the batch's forward pass at w[s] and ρ∂ℓ/∂f there (the loss
+// L_s(w[s]) goes into res.losses).
+template <Real T>
+struct step_start {
+    std::vector<std::size_t> batch;
+    T eta;
+    forward_pass<T> fp;
+    matrix<T> grad_out;
+};
+template <Real T>
+step_start<T> begin_step(const path_kernel_request<T>& rq, std::span<const T> w, std::size_t s,
+                         path_kernel_result<T>& res) {
+    const training_problem<T>& pr = *rq.problem;
+    std::vector<std::size_t> batch = rq.schedule.batch(s);
+    forward_pass<T> fp = forward(pr.model, w, gather_rows(pr.x, batch));
+    res.losses.push_back(loss_value(pr.loss, fp.outputs(), pr.y, batch));
+    matrix<T> grad_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+    return {std::move(batch), T(rq.schedule.learning_rates[s]), std::move(fp), std::move(grad_out)};
+}
+
+// A test point's step record from its segment integral: counters, estimate, magnitude.
+template <Real T>
+point_step<T> point_step_of(const segment_integral<T>& seg) {
+    point_step<T> ps;
+    ps.cuts = seg.cuts;
+    ps.evaluations = seg.evaluations;
+    ps.nodes = seg.nodes.size();
+    ps.converged = seg.converged;
+    ps.estimate = seg.error_estimate;
+    ps.magnitude = seg.magnitude;
+    return ps;
+}
+
 // Adds point mm's step into the result: the contributions (or the kernel machine's running
 // sum), the remainder term, the reconstruction and the budget's terms, in one fixed order
 // (batch rows ascending, then the remainder) for both paths.
@@ -428,13 +462,12 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
     for (std::size_t s = 0; s < sch.steps; ++s) {
-        const std::vector<std::size_t> batch = sch.batch(s);
-        const T eta(sch.learning_rates[s]);
         // Coefficients a_{i,s} = −η ρ ∂ℓ/∂f at w[s], and the training side g_{i,s}.
-        const matrix<T> xb = gather_rows(pr.x, batch);
-        const forward_pass<T> fp = forward(model, std::span<const T>(w), xb);
-        res.losses.push_back(loss_value(pr.loss, fp.outputs(), pr.y, batch));
-        const matrix<T> grad_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+        const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
+        const std::vector<std::size_t>& batch = st0.batch;
+        const T& eta = st0.eta;
+        const forward_pass<T>& fp = st0.fp;
+        const matrix<T>& grad_out = st0.grad_out;
         std::vector<std::vector<T>> g(batch.size());
         std::vector<T> g_sum(P, T(0));
         for (std::size_t k = 0; k < batch.size(); ++k) {
@@ -462,13 +495,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
         }
         auto process_point = [&](std::size_t mm) {
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
-            detail::point_step<T> ps;
-            ps.cuts = seg.cuts;
-            ps.evaluations = seg.evaluations;
-            ps.nodes = seg.nodes.size();
-            ps.converged = seg.converged;
-            ps.estimate = seg.error_estimate;
-            ps.magnitude = seg.magnitude;
+            detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.contribution.resize(C * batch.size());
             for (std::size_t k = 0; k < batch.size(); ++k) {
                 const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
