@@ -124,7 +124,7 @@ check_report check_against(const trace& t, const std::string& trace_name, const 
         else if (f.quantity == "coefficients") expected = {S, N, C};
         else if (f.quantity == "kernel_step") expected = {M, N, C, C};
         else expected = {M, C};
-        const bool plain = t.optimizer.rule.is_plain_sgd() && t.optimizer.initial_step == 0;
+        const bool plain = t.optimizer.plain();
         if (f.quantity == "kernel_step" && !plain)
             throw input_error(f.path, "per-step kernels K_s are defined for plain SGD; this trace's optimizer is " +
                                           describe_optimizer(t) + " (proofs-notes/007 §4): check contributions instead");

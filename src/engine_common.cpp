@@ -185,7 +185,7 @@ double memory_estimate(const trace& t, const precision& p, const kernel_options&
     if (kernel) {
         const double ks = static_cast<double>(o.kernel_steps.size());
         const optimizer_spec& opt = t.optimizer.rule;
-        if (!opt.is_plain_sgd() || t.optimizer.initial_step != 0) {
+        if (!t.optimizer.plain()) {
             // optimizer_kernel.hpp: per source (a training point seen so far, or the batch) its
             // optimizer memory and its share φ; the optimizer's state and term; per thread one
             // test point's integral and its rules (as the unstructured path).

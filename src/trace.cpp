@@ -384,7 +384,7 @@ void check_optimizer(const sgd_spec& opt, const std::string& manifest) {
 
 // Version 1 describes plain SGD from a fresh start; anything else is written as version 2.
 bool needs_version_2(const trace& t) {
-    return !t.optimizer.rule.is_plain_sgd() || t.optimizer.initial_step != 0 || t.init_momentum_buffer ||
+    return !t.optimizer.plain() || t.init_momentum_buffer ||
            t.init_exp_avg || t.init_exp_avg_sq || t.init_max_exp_avg_sq;
 }
 

@@ -70,6 +70,9 @@ struct sgd_spec {
     std::size_t steps = 0;
     optimizer_spec rule;           // plain SGD unless the manifest (version 2) says otherwise
     std::size_t initial_step = 0;  // steps the optimizer took before this trace (recorded state)
+    // Plain SGD from a fresh start: the runs of trace format version 1, with per-step
+    // kernels K_s and the structured path kernel.
+    bool plain() const { return rule.is_plain_sgd() && initial_step == 0; }
 };
 
 // Names as in the manifest.  `parse_*` return nullopt on an unknown name.

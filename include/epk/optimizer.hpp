@@ -1,9 +1,9 @@
 // epk/optimizer.hpp — the updates of torch.optim.SGD (momentum, dampening,
 // nesterov, weight_decay), torch.optim.Adam and torch.optim.AdamW (betas, eps,
 // weight_decay, amsgrad), in any precision, element by element in the order
-// torch's single-tensor ("for-loop") implementation applies them.  Groundwork
-// of issue 7: the training loop, trace format version 2 and the kernel
-// representation for these optimizers come next (README, "Roadmap").
+// torch's single-tensor ("for-loop") implementation applies them.  train_sgd
+// (training.hpp) runs them; optimizer_kernel.hpp splits their updates into
+// per-training-point shares with the same arithmetic (proofs-notes/007).
 //
 // With g = ∇_w L_s(w[s]) (training.hpp, loss_gradient) and hyper-parameters as
 // binary64 values carried into T:
@@ -95,6 +95,32 @@ void check_optimizer_state(const optimizer_spec& o, const optimizer_state<T>& st
     for (const T& v : st.max_exp_avg_sq) need(v >= T(0), "max_exp_avg_sq must be >= 0");
 }
 
+// The pieces of optimizer_step's arithmetic that optimizer_kernel.hpp applies again to each
+// training point's share: one expression each, so the split uses exactly the optimizer's.
+// SGD's buffer: d at the first step, else μ·b + (1 − τ)·d; the step's direction.
+template <Real T>
+void momentum_update(T& b, const T& d, const T& mu, const T& one_minus_tau, bool first) {
+    b = first ? d : T(mu * b + one_minus_tau * d);
+}
+template <Real T>
+T momentum_direction(const T& d, const T& b, const T& mu, bool nesterov) {
+    return nesterov ? T(d + mu * b) : b;
+}
+// Adam's first moment, torch's lerp_(g, 1 − β₁).
+template <Real T>
+void first_moment_update(T& m, const T& g, const T& one_minus_b1) {
+    m = m + one_minus_b1 * T(g - m);
+}
+// Adam's step after its t-th update: step_size = η/c₁ and the denominator √v̂/√c₂ + ε.
+template <Real T>
+struct adam_scale {
+    T step_size, c2_sqrt, eps;
+    adam_scale(const optimizer_spec& o, const optimizer_state<T>& st, const T& eta)
+        : step_size(eta / T(T(1) - st.beta1_power)), c2_sqrt(rm::sqrt(T(T(1) - st.beta2_power))), eps(o.eps) {}
+    T denominator(const T& v_hat) const { return rm::sqrt(v_hat) / c2_sqrt + eps; }
+    T step(const T& m, const T& denom) const { return step_size * T(m / denom); }
+};
+
 // One update in place: w ← w + (the optimizer's step for gradient g at rate η).
 template <Real T>
 void optimizer_step(const optimizer_spec& o, optimizer_state<T>& st, std::vector<T>& w, std::span<const T> g,
@@ -111,15 +137,15 @@ void optimizer_step(const optimizer_spec& o, optimizer_state<T>& st, std::vector
             if (o.weight_decay != 0) d = d + lambda * w[p];
             if (o.momentum != 0) {
                 T& b = st.momentum_buffer[p];
-                b = first ? d : T(mu * b + one_minus_tau * d);
-                d = o.nesterov ? T(d + mu * b) : b;
+                momentum_update<T>(b, d, mu, one_minus_tau, first);
+                d = momentum_direction<T>(d, b, mu, o.nesterov);
             }
             w[p] = w[p] - eta * d;
         }
         ++st.steps;
         return;
     }
-    const T b1(o.beta1), b2(o.beta2), eps(o.eps);
+    const T b1(o.beta1), b2(o.beta2);
     if (st.steps == 0) {
         st.exp_avg.assign(P, T(0));
         st.exp_avg_sq.assign(P, T(0));
@@ -130,8 +156,7 @@ void optimizer_step(const optimizer_spec& o, optimizer_state<T>& st, std::vector
     // power in binary64: equal to rounding, t·u relative at worst).
     st.beta1_power = st.beta1_power * b1;
     st.beta2_power = st.beta2_power * b2;
-    const T c1 = T(1) - st.beta1_power, c2 = T(1) - st.beta2_power;
-    const T step_size = eta / c1, c2_sqrt = rm::sqrt(c2);
+    const adam_scale<T> scale(o, st, eta);
     const T one_minus_b1 = T(1) - b1, one_minus_b2 = T(1) - b2;
     const bool adamw = o.type == optimizer_spec::kind::adamw;
     const T decay = T(1) - eta * lambda;
@@ -144,15 +169,14 @@ void optimizer_step(const optimizer_spec& o, optimizer_state<T>& st, std::vector
         }
         T& m = st.exp_avg[p];
         T& v = st.exp_avg_sq[p];
-        m = m + one_minus_b1 * T(gp - m);
+        first_moment_update<T>(m, gp, one_minus_b1);
         v = b2 * v + one_minus_b2 * T(gp * gp);
         T vv = v;
         if (o.amsgrad) {
             st.max_exp_avg_sq[p] = rm::max(st.max_exp_avg_sq[p], v);
             vv = st.max_exp_avg_sq[p];
         }
-        const T denom = rm::sqrt(vv) / c2_sqrt + eps;
-        w[p] = w[p] - step_size * T(m / denom);
+        w[p] = w[p] - scale.step(m, scale.denominator(vv));
     }
 }
 

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -92,30 +93,43 @@ public:
                 for (std::size_t q = 0; q < P; ++q) batch_sum[q] += g[q];
             in.emplace_back(0, &batch_sum);
         }
-        if (!memory_) active_.clear();
-        for (const auto& [i, g] : in)
-            if (acc_[i].empty()) {
-                acc_[i].assign(P, T(0));
-                active_.push_back(i);
-            }
-        std::sort(active_.begin(), active_.end());
+        if (memory_) {  // a source stays once seen: its buffer decays but is never exactly zero
+            for (const auto& [i, g] : in)
+                if (acc_[i].empty()) {
+                    acc_[i].assign(P, T(0));
+                    active_.push_back(i);
+                }
+            std::sort(active_.begin(), active_.end());
+        } else {  // memoryless SGD: this step's batch, nothing carried over
+            active_.clear();
+            for (const auto& src : in) active_.push_back(src.first);
+        }
         const T lambda(o_.weight_decay);
         const bool l2 = o_.weight_decay != 0 && o_.type != optimizer_spec::kind::adamw;
         std::vector<T> own_in(P, T(0));
         if (l2)
             for (std::size_t q = 0; q < P; ++q) own_in[q] = lambda * w[q];
+        // Adam: the step's denominators √v̂/√c₂ + ε, once for every source.
+        std::optional<adam_scale<T>> scale;
+        std::vector<T> denom;
+        if (o_.type != optimizer_spec::kind::sgd) {
+            scale.emplace(o_, after, eta);
+            const std::vector<T>& v = o_.amsgrad ? after.max_exp_avg_sq : after.exp_avg_sq;
+            denom.resize(P);
+            for (std::size_t q = 0; q < P; ++q) denom[q] = scale->denominator(v[q]);
+        }
         // Per source: its input this step (zero when absent from the batch).
         std::size_t next = 0;
         phi_.assign(active_.size(), std::vector<T>());
         const std::vector<T> zero(P, T(0));
+        std::vector<T> no_buffer;
         for (std::size_t a = 0; a < active_.size(); ++a) {
             const std::size_t i = active_[a];
             while (next < in.size() && in[next].first < i) ++next;
             const std::vector<T>& d = (next < in.size() && in[next].first == i) ? *in[next].second : zero;
-            phi_[a] = advance(acc_[i], d, eta, after, first);
-            if (!memory_) acc_[i].clear();  // memoryless: nothing carried to the next step
+            phi_[a] = advance(memory_ ? acc_[i] : no_buffer, d, eta, scale, denom, first);
         }
-        omega_ = advance(own_, own_in, eta, after, first);
+        omega_ = advance(own_, own_in, eta, scale, denom, first);
         if (o_.type == optimizer_spec::kind::adamw && o_.weight_decay != 0) {
             const T el = eta * lambda;
             for (std::size_t q = 0; q < P; ++q) omega_[q] = omega_[q] - el * w[q];
@@ -133,8 +147,8 @@ public:
 
 private:
     // One source's recursion with input d; returns its share of the update.
-    std::vector<T> advance(std::vector<T>& acc, const std::vector<T>& d, const T& eta, const optimizer_state<T>& after,
-                           bool first) const {
+    std::vector<T> advance(std::vector<T>& acc, const std::vector<T>& d, const T& eta,
+                           const std::optional<adam_scale<T>>& scale, const std::vector<T>& denom, bool first) const {
         const std::size_t P = p_;
         std::vector<T> out(P);
         if (o_.type == optimizer_spec::kind::sgd) {
@@ -144,22 +158,16 @@ private:
             }
             const T mu(o_.momentum), one_minus_tau = T(1) - T(o_.dampening);
             for (std::size_t q = 0; q < P; ++q) {
-                T& b = acc[q];
-                b = first ? d[q] : T(mu * b + one_minus_tau * d[q]);
-                out[q] = -(eta * (o_.nesterov ? T(d[q] + mu * b) : b));
+                momentum_update<T>(acc[q], d[q], mu, one_minus_tau, first);
+                out[q] = -(eta * momentum_direction<T>(d[q], acc[q], mu, o_.nesterov));
             }
             return out;
         }
-        // Adam/AdamW: the optimizer's own c₁, c₂ and v̂ after its step (optimizer_step's expressions).
-        const T b1(o_.beta1), one_minus_b1 = T(1) - b1;
-        const T c1 = T(1) - after.beta1_power, c2 = T(1) - after.beta2_power;
-        const T step_size = eta / c1, c2_sqrt = rm::sqrt(c2), eps(o_.eps);
-        const std::vector<T>& v = o_.amsgrad ? after.max_exp_avg_sq : after.exp_avg_sq;
+        // Adam/AdamW: the optimizer's own c₁, c₂ and v̂ after its step (adam_scale, the denominators).
+        const T one_minus_b1 = T(1) - T(o_.beta1);
         for (std::size_t q = 0; q < P; ++q) {
-            T& m = acc[q];
-            m = m + one_minus_b1 * T(d[q] - m);
-            const T denom = rm::sqrt(v[q]) / c2_sqrt + eps;
-            out[q] = -(step_size * T(m / denom));
+            first_moment_update<T>(acc[q], d[q], one_minus_b1);
+            out[q] = -scale->step(acc[q], denom[q]);
         }
         return out;
     }
@@ -167,7 +175,7 @@ private:
     const optimizer_spec& o_;
     std::size_t p_;
     bool per_point_, memory_;
-    std::vector<std::vector<T>> acc_;  // per source: b or m (empty: not seen yet)
+    std::vector<std::vector<T>> acc_;  // per source: b or m (empty: not seen yet; unused when memoryless)
     std::vector<T> own_;               // the optimizer term's b or m
     std::vector<std::size_t> active_;
     std::vector<std::vector<T>> phi_;

@@ -634,7 +634,7 @@ int cmd_kernel(int argc, char** argv) {
     o.structured = a.flags.count("unstructured") == 0;
     o.coefficients = true;
     if (a.has("steps")) {
-        if (!t.optimizer.rule.is_plain_sgd() || t.optimizer.initial_step != 0)
+        if (!t.optimizer.plain())
             throw epk::input_error("--steps", "per-step kernels K_s are defined for plain SGD; " + a.positional[0] +
                                                   " was trained with " + epk::describe_optimizer(t) +
                                                   ", whose updates pair each step with earlier steps' gradients "
