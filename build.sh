@@ -11,7 +11,9 @@ case "$mode" in demo|test) ;; *) echo "usage: ./build.sh demo|test" >&2; exit 2 
 
 packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohmann-json3-dev
           libgtest-dev librapidcheck-dev)
-[ "$mode" = test ] && packages+=(libbenchmark-dev clang libclang-rt-14-dev)  # bench/, the fuzz targets (fuzz/README.md)
+# test: bench/ (google-benchmark; run.sh and table.py need python3), the fuzz targets (clang, fuzz/README.md).
+# tools/minimal-root.sh checks on a minimal Debian 12 root that nothing else is needed.
+[ "$mode" = test ] && packages+=(libbenchmark-dev python3 clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
