@@ -17,7 +17,8 @@ namespace epk::detail {
 template <Real T>
 matrix<T> to_matrix(const npy_array& a) {
     const std::size_t rows = a.shape.empty() ? 1 : a.shape[0];
-    const std::size_t cols = a.shape.size() >= 2 ? a.shape[1] : 1;
+    std::size_t cols = 1;  // [N, D] or [N, *input_shape]: one flattened sample per row (C order)
+    for (std::size_t k = 1; k < a.shape.size(); ++k) cols *= a.shape[k];
     matrix<T> m(rows, cols);
     for (std::size_t i = 0; i < a.real.size(); ++i) m.data[i] = T(a.real[i]);
     return m;

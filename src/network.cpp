@@ -27,6 +27,10 @@ void check_network_shapes(const model_spec& m, std::size_t w_size, std::size_t x
                           std::to_string(m.input_dim));
 }
 
+void require_mlp(const model_spec& m, const char* what) {
+    if (!m.is_mlp()) throw usage_error(std::string(what) + ": implemented for MLPs only (linear layers and activations)");
+}
+
 }  // namespace epk
 
 #include "epk/segment.hpp"
@@ -35,6 +39,14 @@ namespace epk {
 
 segment_structure analyse_segment_structure(const model_spec& m) {
     segment_structure st;
+    if (!m.is_mlp()) {  // tree_segment.hpp: nodes in pre-order
+        const tree_segment::analysis an = tree_segment::analyse(m);
+        st.first_smooth = an.first_smooth;
+        st.piecewise_linear = an.first_smooth == an.nodes.size();
+        st.exact_nodes = an.degree / 2 + 1;
+        st.default_tolerance = an.tolerance;
+        return st;
+    }
     st.first_smooth = m.layers.size();
     for (std::size_t k = 0; k < m.layers.size(); ++k)
         if (m.layers[k].kind != layer_kind::linear && !is_piecewise_linear(m.layers[k].kind)) {

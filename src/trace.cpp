@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -96,8 +97,10 @@ private:
     const std::string& name_;
 };
 
-model_spec parse_model(const manifest_reader& r, const json& m) {
+model_spec parse_model_v12(const manifest_reader& r, const json& m, std::uint64_t version) {
     model_spec model;
+    if (m.contains("input_shape"))
+        r.fail("'model.input_shape' needs trace format version 3 (the manifest says version " + std::to_string(version) + ")");
     model.input_dim = r.integer(r.member(m, "input_dim", "model."), "model.input_dim", 1);
     const json& layers = r.member(m, "layers", "model.");
     if (!layers.is_array()) r.fail("'model.layers' must be an array");
@@ -111,7 +114,14 @@ model_spec parse_model(const manifest_reader& r, const json& m) {
         if (!l.is_object()) r.fail(where + " must be a JSON object");
         const std::string type = r.string(r.member(l, "type", where + "."), where + ".type");
         const auto kind = parse_layer_kind(type);
-        if (!kind) r.fail("unknown layer type '" + type + "' (" + where + ")");
+        if (!kind) {
+            if (const auto reason = refused_layer_reason(type); !reason.empty())
+                r.fail(where + ": " + type + " is not supported: " + std::string(reason));
+            if (parse_layer_type(type))
+                r.fail("'" + where + ".type' " + type + " needs trace format version 3 (the manifest says version " +
+                       std::to_string(version) + ")");
+            r.fail("unknown layer type '" + type + "' (" + where + ")");
+        }
         layer_spec spec;
         spec.kind = *kind;
         for (const auto& [key, value] : l.items()) {
@@ -152,6 +162,246 @@ model_spec parse_model(const manifest_reader& r, const json& m) {
     }
     if (model.linear_layer_count() == 0) r.fail("model needs at least one linear layer");
     return model;
+}
+
+
+// Version 3: a tree of layers (docs/trace-format.md, "Layers").  Shapes are followed while
+// reading, so a rule broken by a size names the layer's path.
+class layer_reader {
+public:
+    explicit layer_reader(const manifest_reader& r) : r_(r) {}
+
+    std::vector<layer_spec> sequence(const json& layers, const std::string& prefix, std::vector<std::size_t>& shape,
+                                     std::size_t& params) const {
+        if (!layers.is_array()) r_.fail("'" + prefix + "' must be an array");
+        std::vector<layer_spec> out;
+        for (std::size_t k = 0; k < layers.size(); ++k)
+            out.push_back(layer(layers[k], prefix + "[" + std::to_string(k) + "]", shape, params));
+        return out;
+    }
+
+private:
+    const manifest_reader& r_;
+
+    // A size of conv2d/pools: an integer or [h, w].
+    std::array<std::size_t, 2> pair(const json& v, const std::string& what, std::size_t lo) const {
+        if (v.is_array()) {
+            if (v.size() != 2) r_.fail("'" + what + "' must be an integer or a list [h, w]");
+            return {r_.integer(v[0], what + "[0]", lo), r_.integer(v[1], what + "[1]", lo)};
+        }
+        const std::size_t n = r_.integer(v, what, lo);
+        return {n, n};
+    }
+    void require(bool ok, const std::string& field, const std::string& rule) const {
+        if (!ok) r_.fail("'" + field + "' " + rule);
+    }
+
+    layer_spec layer(const json& l, const std::string& where, std::vector<std::size_t>& shape,
+                     std::size_t& params) const {
+        if (!l.is_object()) r_.fail(where + " must be a JSON object");
+        const std::string type = r_.string(r_.member(l, "type", where + "."), where + ".type");
+        if (const auto reason = refused_layer_reason(type); !reason.empty())
+            r_.fail(where + ": " + type + " is not supported: " + std::string(reason));
+        const auto kind = parse_layer_type(type);
+        if (!kind) r_.fail("unknown layer type '" + type + "' (" + where + ")");
+        layer_spec spec;
+        spec.kind = *kind;
+        const bool pool = *kind == layer_kind::max_pool2d || *kind == layer_kind::avg_pool2d;
+        if (pool) spec.stride = {0, 0};  // = kernel_size
+        bool have_out = false, have_kernel = false, have_normalized = false, have_body = false;
+        std::optional<std::size_t> in_features, in_channels;
+        for (const auto& [key, value] : l.items()) {
+            const std::string field = where + "." + key;
+            if (key == "type") continue;
+            switch (*kind) {
+                case layer_kind::linear:
+                    if (key == "out_features") { spec.out_features = r_.integer(value, field, 1); have_out = true; continue; }
+                    if (key == "bias") { spec.bias = r_.boolean(value, field); continue; }
+                    if (key == "in_features") { in_features = r_.integer(value, field, 1); continue; }
+                    break;
+                case layer_kind::conv2d:
+                    if (key == "out_channels") { spec.out_features = r_.integer(value, field, 1); have_out = true; continue; }
+                    if (key == "in_channels") { in_channels = r_.integer(value, field, 1); continue; }
+                    if (key == "kernel_size") { spec.kernel = pair(value, field, 1); have_kernel = true; continue; }
+                    if (key == "stride") { spec.stride = pair(value, field, 1); continue; }
+                    if (key == "padding") {
+                        if (value.is_string()) {
+                            const std::string p = value.get<std::string>();
+                            require(p == "valid", field, "must be an integer, [h, w] or \"valid\" (padding \"same\" is not implemented: give the integer padding)");
+                            spec.padding = {0, 0};
+                        } else {
+                            spec.padding = pair(value, field, 0);
+                        }
+                        continue;
+                    }
+                    if (key == "dilation") { spec.dilation = pair(value, field, 1); continue; }
+                    if (key == "groups") { spec.groups = r_.integer(value, field, 1); continue; }
+                    if (key == "bias") { spec.bias = r_.boolean(value, field); continue; }
+                    if (key == "padding_mode") {
+                        require(value.is_string() && value.get<std::string>() == "zeros", field,
+                                "must be \"zeros\" (other padding modes are not implemented)");
+                        continue;
+                    }
+                    break;
+                case layer_kind::max_pool2d:
+                case layer_kind::avg_pool2d:
+                    if (key == "kernel_size") { spec.kernel = pair(value, field, 1); have_kernel = true; continue; }
+                    if (key == "stride") { spec.stride = value.is_null() ? std::array<std::size_t, 2>{0, 0} : pair(value, field, 1); continue; }
+                    if (key == "padding") { spec.padding = pair(value, field, 0); continue; }
+                    if (key == "ceil_mode") { require(!r_.boolean(value, field), field, "must be false (ceil_mode is not implemented)"); continue; }
+                    if (*kind == layer_kind::max_pool2d && key == "dilation") { spec.dilation = pair(value, field, 1); continue; }
+                    if (*kind == layer_kind::max_pool2d && key == "return_indices") {
+                        require(!r_.boolean(value, field), field, "must be false");
+                        continue;
+                    }
+                    if (*kind == layer_kind::avg_pool2d && key == "count_include_pad") {
+                        require(r_.boolean(value, field), field, "must be true (count_include_pad=False is not implemented)");
+                        continue;
+                    }
+                    if (*kind == layer_kind::avg_pool2d && key == "divisor_override") {
+                        require(value.is_null(), field, "must be null (divisor_override is not implemented)");
+                        continue;
+                    }
+                    break;
+                case layer_kind::flatten:
+                    if (key == "start_dim") {
+                        require(value.is_number_integer() && value.get<std::int64_t>() == 1, field, "must be 1 (flatten all but the batch axis)");
+                        continue;
+                    }
+                    if (key == "end_dim") {
+                        require(value.is_number_integer() && value.get<std::int64_t>() == -1, field, "must be -1 (flatten all but the batch axis)");
+                        continue;
+                    }
+                    break;
+                case layer_kind::layer_norm:
+                    if (key == "normalized_shape") {
+                        spec.normalized_shape.clear();
+                        if (value.is_array()) {
+                            require(!value.empty(), field, "must not be empty");
+                            for (std::size_t a = 0; a < value.size(); ++a)
+                                spec.normalized_shape.push_back(r_.integer(value[a], field + "[" + std::to_string(a) + "]", 1));
+                        } else {
+                            spec.normalized_shape.push_back(r_.integer(value, field, 1));
+                        }
+                        have_normalized = true;
+                        continue;
+                    }
+                    if (key == "eps") {
+                        spec.eps = r_.finite_number(value, field);
+                        require(spec.eps >= 0, field, "must be >= 0");
+                        continue;
+                    }
+                    if (key == "elementwise_affine") { spec.elementwise_affine = r_.boolean(value, field); continue; }
+                    if (key == "bias") { spec.bias = r_.boolean(value, field); continue; }
+                    break;
+                case layer_kind::residual:
+                    if (key == "body" || key == "shortcut") {
+                        if (!value.is_array()) r_.fail("'" + field + "' must be an array");
+                        have_body = have_body || key == "body";
+                        continue;  // read below, in order: body's parameters come first
+                    }
+                    break;
+                case layer_kind::leaky_relu:
+                    if (key == "negative_slope") { spec.negative_slope = r_.finite_number(value, field); continue; }
+                    if (key == "inplace") { r_.boolean(value, field); continue; }
+                    break;
+                case layer_kind::gelu:
+                    if (key == "approximate") {
+                        const std::string a = r_.string(value, field);
+                        if (a != "none") r_.fail("gelu approximate '" + a + "' is not implemented (" + where + ")");
+                        continue;
+                    }
+                    [[fallthrough]];
+                default:  // the other activations
+                    if (key == "inplace") { r_.boolean(value, field); continue; }
+                    break;
+            }
+            r_.fail("unknown field '" + key + "' in " + where + " (" + type + ")");
+        }
+        const std::string kname(to_string(*kind));
+        if ((*kind == layer_kind::linear || *kind == layer_kind::conv2d) && !have_out)
+            r_.fail("missing field '" + where + (*kind == layer_kind::linear ? ".out_features'" : ".out_channels'"));
+        if ((*kind == layer_kind::conv2d || pool) && !have_kernel) r_.fail("missing field '" + where + ".kernel_size'");
+        if (*kind == layer_kind::layer_norm && !have_normalized) r_.fail("missing field '" + where + ".normalized_shape'");
+        if (*kind == layer_kind::residual && !have_body) r_.fail("missing field '" + where + ".body'");
+        if (in_features && !shape.empty() && *in_features != shape.back())
+            r_.fail("'" + where + ".in_features' is " + std::to_string(*in_features) + " but the width flowing into it is " +
+                    std::to_string(shape.back()));
+        if (in_channels && shape.size() == 3 && *in_channels != shape[0])
+            r_.fail("'" + where + ".in_channels' is " + std::to_string(*in_channels) +
+                    " but the channels flowing into it are " + std::to_string(shape[0]));
+        if (*kind == layer_kind::residual) {
+            std::vector<std::size_t> b = shape, sc = shape;
+            spec.body = sequence(l.at("body"), where + ".body", b, params);
+            if (spec.body.empty()) r_.fail("'" + where + ".body' must not be empty");
+            if (const auto it = l.find("shortcut"); it != l.end()) spec.shortcut = sequence(*it, where + ".shortcut", sc, params);
+            if (b != sc)
+                r_.fail(where + ": residual branches end in different shapes: body " + shape_string(b) + ", shortcut " +
+                        shape_string(sc));
+            shape = b;
+            return spec;
+        }
+        // One layer's shape and parameters.
+        std::string error;
+        std::vector<std::size_t> out = layer_output_shape(spec, shape, where, &error);
+        if (out.empty()) r_.fail(error);
+        std::size_t block = 0, numel = 1;
+        for (std::size_t d : out)
+            if (__builtin_mul_overflow(numel, d, &numel) || numel > (std::size_t{1} << 40))
+                r_.fail(where + ": the value flowing out (" + shape_string(out) + ") is too large");
+        if (*kind == layer_kind::linear || *kind == layer_kind::conv2d) {
+            const std::size_t fan = *kind == layer_kind::linear ? shape.back()
+                                                                : (shape[0] / spec.groups) * spec.kernel[0] * spec.kernel[1];
+            if (__builtin_mul_overflow(spec.out_features, fan, &block) ||
+                (spec.bias && __builtin_add_overflow(block, spec.out_features, &block)))
+                r_.fail("model has too many parameters");
+        } else {
+            block = layer_parameter_count(spec, shape);
+        }
+        if (__builtin_add_overflow(params, block, &params) || params > (std::size_t{1} << 53))
+            r_.fail("model has too many parameters");
+        shape = std::move(out);
+        return spec;
+    }
+};
+
+model_spec parse_model_v3(const manifest_reader& r, const json& m) {
+    model_spec model;
+    for (const auto& [key, value] : m.items()) {
+        (void)value;
+        if (key != "input_dim" && key != "input_shape" && key != "layers") r.fail("unknown field 'model." + key + "'");
+    }
+    const bool has_dim = m.contains("input_dim"), has_shape = m.contains("input_shape");
+    if (has_dim && has_shape) r.fail("give 'model.input_shape' or 'model.input_dim', not both");
+    if (!has_dim && !has_shape) r.fail("missing field 'model.input_shape'");
+    if (has_dim) {
+        model.input_dim = r.integer(m.at("input_dim"), "model.input_dim", 1);
+    } else {
+        const json& s = m.at("input_shape");
+        if (!s.is_array() || s.empty() || s.size() > 3)
+            r.fail("'model.input_shape' must be a list of 1 to 3 sizes ([D] or [C, H, W])");
+        std::size_t d = 1;
+        for (std::size_t a = 0; a < s.size(); ++a) {
+            model.input_shape.push_back(r.integer(s[a], "model.input_shape[" + std::to_string(a) + "]", 1));
+            if (__builtin_mul_overflow(d, model.input_shape.back(), &d) || d > (std::size_t{1} << 40))
+                r.fail("'model.input_shape' is too large");
+        }
+        model.input_dim = d;
+        if (model.input_shape.size() == 1) model.input_shape.clear();  // [D] is input_dim D
+    }
+    const json& layers = r.member(m, "layers", "model.");
+    if (!layers.is_array()) r.fail("'model.layers' must be an array");
+    if (layers.empty()) r.fail("'model.layers' must not be empty");
+    std::vector<std::size_t> shape = model.sample_shape();
+    std::size_t params = 0;
+    model.layers = layer_reader(r).sequence(layers, "layers", shape, params);
+    const std::string e = check_model(model);
+    if (!e.empty()) r.fail(e);
+    return model;
+}
+
+model_spec parse_model(const manifest_reader& r, const json& m, std::uint64_t version) {
+    return version >= 3 ? parse_model_v3(r, m) : parse_model_v12(r, m, version);
 }
 
 loss_spec parse_loss(const manifest_reader& r, const json& l) {
@@ -414,10 +664,10 @@ void parse_manifest(const std::string& text, const std::string& name, trace& out
     if (!version.is_number_integer()) r.fail("'version' must be an integer, found " + one_line(version.dump()));
     // Version 2 adds optimizer fields only; a version 1 manifest using them is read as
     // version 2 (docs/trace-format.md, "Versions").
-    if (!(version.is_number_unsigned() && (version.get<std::uint64_t>() == 1 || version.get<std::uint64_t>() == 2)))
-        r.fail("version " + version.dump() + " is not supported (this reader implements versions 1 and 2)");
+    if (!(version.is_number_unsigned() && version.get<std::uint64_t>() >= 1 && version.get<std::uint64_t>() <= 3))
+        r.fail("version " + version.dump() + " is not supported (this reader implements versions 1, 2 and 3)");
 
-    model_spec model = parse_model(r, r.object(doc, "model", ""));
+    model_spec model = parse_model(r, r.object(doc, "model", ""), version.get<std::uint64_t>());
     loss_spec loss = parse_loss(r, r.object(doc, "loss", ""));
     sgd_spec opt = parse_optimizer(r, r.object(doc, "optimizer", ""));
     out.model = std::move(model);
@@ -425,10 +675,56 @@ void parse_manifest(const std::string& text, const std::string& name, trace& out
     out.optimizer = opt;
 }
 
+namespace {
+using ojson = nlohmann::ordered_json;
+
+// One layer of version 3, every field explicit, canonical names.
+ojson layer_json_v3(const layer_spec& l) {
+    ojson j;
+    j["type"] = std::string(to_string(l.kind));
+    const auto pair = [](const std::array<std::size_t, 2>& a) { return ojson::array({a[0], a[1]}); };
+    const auto list = [](const std::vector<layer_spec>& ls) {
+        ojson a = ojson::array();
+        for (const auto& x : ls) a.push_back(layer_json_v3(x));
+        return a;
+    };
+    switch (l.kind) {
+        case layer_kind::linear: j["out_features"] = l.out_features; j["bias"] = l.bias; break;
+        case layer_kind::conv2d:
+            j["out_channels"] = l.out_features; j["kernel_size"] = pair(l.kernel); j["stride"] = pair(l.stride);
+            j["padding"] = pair(l.padding); j["dilation"] = pair(l.dilation); j["groups"] = l.groups; j["bias"] = l.bias;
+            break;
+        case layer_kind::max_pool2d:
+        case layer_kind::avg_pool2d:
+            j["kernel_size"] = pair(l.kernel);
+            j["stride"] = pair(l.stride[0] == 0 ? l.kernel : l.stride);
+            j["padding"] = pair(l.padding);
+            if (l.kind == layer_kind::max_pool2d) j["dilation"] = pair(l.dilation);
+            break;
+        case layer_kind::layer_norm:
+            if (!std::isfinite(l.eps)) throw usage_error("manifest_text: layer_norm eps is not finite");
+            j["normalized_shape"] = l.normalized_shape; j["eps"] = l.eps;
+            j["elementwise_affine"] = l.elementwise_affine; j["bias"] = l.bias;
+            break;
+        case layer_kind::residual: j["body"] = list(l.body); j["shortcut"] = list(l.shortcut); break;
+        case layer_kind::leaky_relu:
+            if (!std::isfinite(l.negative_slope)) throw usage_error("manifest_text: negative_slope is not finite");
+            j["negative_slope"] = l.negative_slope;
+            break;
+        default: break;
+    }
+    return j;
+}
+}  // namespace
+
 std::string manifest_text(const trace& t) {
-    using ojson = nlohmann::ordered_json;
     ojson layers = ojson::array();
+    const bool v3 = !t.model.is_mlp();
     for (const auto& l : t.model.layers) {
+        if (v3) {
+            layers.push_back(layer_json_v3(l));
+            continue;
+        }
         ojson j;
         j["type"] = std::string(to_string(l.kind));
         if (l.kind == layer_kind::linear) {
@@ -444,8 +740,11 @@ std::string manifest_text(const trace& t) {
     const bool v2 = needs_version_2(t);
     ojson doc;
     doc["format"] = "epk-trace";
-    doc["version"] = v2 ? 2 : 1;
-    doc["model"]["input_dim"] = t.model.input_dim;
+    doc["version"] = v3 ? 3 : v2 ? 2 : 1;
+    if (v3 && !t.model.input_shape.empty())
+        doc["model"]["input_shape"] = t.model.input_shape;
+    else
+        doc["model"]["input_dim"] = t.model.input_dim;
     doc["model"]["layers"] = std::move(layers);
     doc["loss"]["type"] = std::string(to_string(t.loss.kind));
     doc["loss"]["reduction"] = std::string(to_string(t.loss.reduction));
@@ -485,7 +784,9 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     // The manifest half (a trace built in memory has not been through parse_manifest).
     if (m.input_dim == 0) throw input_error(manifest, "'model.input_dim' must be >= 1");
     if (m.layers.empty()) throw input_error(manifest, "'model.layers' must not be empty");
-    {
+    if (!m.is_mlp()) {  // version 3
+        if (const std::string e = check_model(m); !e.empty()) throw input_error(manifest, e);
+    } else     {
         std::size_t width = m.input_dim, p = 0;
         for (std::size_t k = 0; k < m.layers.size(); ++k) {
             const auto& l = m.layers[k];
@@ -502,7 +803,7 @@ void validate_trace(const trace& t, const std::string& dir_name) {
             width = l.out_features;
         }
     }
-    if (m.linear_layer_count() == 0) throw input_error(manifest, "model needs at least one linear layer");
+    if (m.is_mlp() && m.linear_layer_count() == 0) throw input_error(manifest, "model needs at least one linear layer");
     if (!std::isnan(t.optimizer.learning_rate) && !std::isfinite(t.optimizer.learning_rate))
         throw input_error(manifest, "'optimizer.learning_rate' must be finite");
     if (t.optimizer.steps == std::numeric_limits<std::size_t>::max())
@@ -511,15 +812,17 @@ void validate_trace(const trace& t, const std::string& dir_name) {
 
     const std::size_t D = m.input_dim, C = m.output_dim(), P = m.parameter_count(), S = t.optimizer.steps;
 
-    // x_train [N, D]
+    // x_train [N, D], or [N, *input_shape] (version 3)
     const array_checker xc(t.x_train, file_in(dir_name, "x_train.npy"));
     xc.require_real();
-    xc.require_ndim(2, "[N, D]");
+    const std::vector<std::size_t> sample = m.sample_shape();
+    const bool image = sample.size() > 1;
+    xc.require_ndim(1 + sample.size(), image ? "[N, *input_shape]" : "[N, D]");
     const std::size_t N = t.x_train.shape[0];
     if (N == 0) xc.fail("N must be >= 1, found shape " + shape_text(t.x_train.shape));
-    if (t.x_train.shape[1] != D)
-        xc.fail("shape " + shape_text(t.x_train.shape) + " disagrees with the manifest: model.input_dim is " +
-                std::to_string(D));
+    if (!std::equal(sample.begin(), sample.end(), t.x_train.shape.begin() + 1))
+        xc.fail("shape " + shape_text(t.x_train.shape) + " disagrees with the manifest: model." +
+                (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
     xc.require_finite();
 
     // y_train
@@ -670,11 +973,11 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         if (x.dtype != t.x_train.dtype)
             tc.fail("dtype " + std::string(to_string(x.dtype)) + " differs from x_train.npy's " +
                     std::string(to_string(t.x_train.dtype)));
-        tc.require_ndim(2, "[M, D]");
+        tc.require_ndim(1 + sample.size(), image ? "[M, *input_shape]" : "[M, D]");
         if (x.shape[0] == 0) tc.fail("M must be >= 1, found shape " + shape_text(x.shape));
-        if (x.shape[1] != D)
-            tc.fail("shape " + shape_text(x.shape) + " disagrees with the manifest: model.input_dim is " +
-                    std::to_string(D));
+        if (!std::equal(sample.begin(), sample.end(), x.shape.begin() + 1))
+            tc.fail("shape " + shape_text(x.shape) + " disagrees with the manifest: model." +
+                    (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
         tc.require_finite();
     }
 }

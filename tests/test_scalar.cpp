@@ -96,6 +96,6 @@ TEST(Activations, Binary64ErrorsWithinStatedConstants) {
 // Kinks: the left-hand derivative, as PyTorch.
 TEST(Activations, KinkDerivativesAreLeftHanded) {
     EXPECT_EQ(activation<double>(layer_spec{layer_kind::relu}).derivative(0.0), 0.0);
-    EXPECT_EQ(activation<double>(layer_spec{layer_kind::leaky_relu, 0, true, 0.2}).derivative(0.0), 0.2);
+    EXPECT_EQ(activation<double>(layer_spec{.kind = layer_kind::leaky_relu, .negative_slope = 0.2}).derivative(0.0), 0.2);
     EXPECT_EQ(activation<double>(layer_spec{layer_kind::relu}).value(-0.0), 0.0);
 }

@@ -20,74 +20,12 @@
 #include <vector>
 
 #include "epk/matrix.hpp"
+#include "epk/layer_tree.hpp"
+#include "epk/layers/activation.hpp"
 #include "epk/model_spec.hpp"
 #include "epk/scalar.hpp"
 
 namespace epk {
-
-// One elementwise activation with its constants carried into the working
-// precision once.
-template <Real T>
-struct activation {
-    layer_kind kind;
-    T slope;           // leaky_relu negative slope (the manifest's binary64 value, exactly)
-    T inv_sqrt2;       // 1/√2, working precision
-    T inv_sqrt_2pi;    // 1/√(2π), working precision
-
-    explicit activation(const layer_spec& l)
-        : kind(l.kind), slope(T(l.negative_slope)), inv_sqrt2(T(1) / rm::sqrt(T(2))),
-          inv_sqrt_2pi(T(1) / rm::sqrt(T(2) * scalar_traits<T>::pi())) {}
-
-    static T sigmoid(const T& z) {
-        // σ(z) = 1/(1+e^{−z}), evaluated without overflow on either side.
-        if (z >= T(0)) return T(1) / (T(1) + rm::exp(T(-z)));
-        T e = rm::exp(z);
-        return e / (T(1) + e);
-    }
-    // Φ(z) = erfc(−z/√2)/2: no cancellation for z ≪ 0.
-    T normal_cdf(const T& z) const { return rm::erfc(T(-z * inv_sqrt2)) / T(2); }
-
-    T value(const T& z) const {
-        switch (kind) {
-            case layer_kind::relu: return z > T(0) ? z : T(0);
-            case layer_kind::leaky_relu: return z > T(0) ? z : T(slope * z);
-            case layer_kind::tanh: return rm::tanh(z);
-            case layer_kind::sigmoid: return sigmoid(z);
-            // softplus(z) = log(1+e^z) = max(z,0) + log1p(e^{−|z|})
-            case layer_kind::softplus: return rm::max(z, T(0)) + rm::log1p(rm::exp(T(-rm::abs(z))));
-            case layer_kind::gelu: return z * normal_cdf(z);
-            default: return z;
-        }
-    }
-    // σ'(z) given y = σ(z) as the forward pass computed it: for tanh and
-    // sigmoid the same value as derivative(z) (the same σ(z), reused).
-    T derivative_given_value(const T& z, const T& y) const {
-        switch (kind) {
-            case layer_kind::tanh: return T(1) - y * y;
-            case layer_kind::sigmoid: return y * (T(1) - y);
-            default: return derivative(z);
-        }
-    }
-    // σ'(z); at a kink the left-hand derivative, as PyTorch (ReLU'(0) = 0).
-    T derivative(const T& z) const {
-        switch (kind) {
-            // d relu(z) = [z > 0] dz
-            case layer_kind::relu: return z > T(0) ? T(1) : T(0);
-            // d leaky(z) = ([z > 0] + slope [z ≤ 0]) dz
-            case layer_kind::leaky_relu: return z > T(0) ? T(1) : slope;
-            // d tanh(z) = (1 − tanh²z) dz
-            case layer_kind::tanh: { T t = rm::tanh(z); return T(1) - t * t; }
-            // d σ(z) = σ(z)(1 − σ(z)) dz
-            case layer_kind::sigmoid: { T s = sigmoid(z); return s * (T(1) - s); }
-            // d softplus(z) = σ(z) dz
-            case layer_kind::softplus: return sigmoid(z);
-            // d gelu(z) = (Φ(z) + z φ(z)) dz,  φ(z) = e^{−z²/2}/√(2π)
-            case layer_kind::gelu: return normal_cdf(z) + z * (rm::exp(T(-(z * z) / T(2))) * inv_sqrt_2pi);
-            // d z = dz
-            default: return T(1);
-        }
-    }
-};
 
 // Offsets of each linear layer's W and b inside w.
 struct linear_offsets {
@@ -107,10 +45,20 @@ struct forward_pass {
 
 // Checks |w| == P and X.cols == input_dim; usage_error otherwise.
 void check_network_shapes(const model_spec& m, std::size_t w_size, std::size_t x_cols);
+// usage_error unless m is a plain MLP: what the MLP-only passes (factors, magnitudes) need.
+void require_mlp(const model_spec& m, const char* what);
 
+// A model that is not a plain MLP runs through layer_tree.hpp: its forward pass keeps
+// every node's input (pre-order) and then the outputs in `values`.
 template <Real T>
 forward_pass<T> forward(const model_spec& m, std::span<const T> w, const matrix<T>& x) {
     check_network_shapes(m, w.size(), x.cols);
+    if (!m.is_mlp()) {
+        forward_pass<T> fp;
+        matrix<T> out = tree_forward<T>(compile_tree(m), w, x, &fp.values);
+        fp.values.push_back(std::move(out));
+        return fp;
+    }
     const auto offsets = parameter_offsets(m);
     forward_pass<T> fp;
     fp.values.reserve(m.layers.size() + 1);
@@ -156,6 +104,10 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
     if (g.size() != w.size()) throw usage_error("backward: gradient size != P");
     if (u.rows != fp.outputs().rows || u.cols != fp.outputs().cols) throw usage_error("backward: adjoint shape != outputs");
     if (u.rows == 0) throw usage_error("backward: empty batch");
+    if (!m.is_mlp()) {
+        const std::vector<matrix<T>> tape(fp.values.begin(), fp.values.end() - 1);
+        return tree_backward<T>(compile_tree(m), w, tape, u, g);
+    }
     matrix<T> adj = u;  // adjoint of values[k+1]
     std::size_t li = offsets.size();
     for (std::size_t k = m.layers.size(); k-- > 0;) {
@@ -227,6 +179,13 @@ tangent_pass<T> forward_with_tangent(const model_spec& m, std::span<const T> w, 
                                      std::span<const T> v) {
     check_network_shapes(m, w.size(), x.cols);
     if (v.size() != w.size()) throw usage_error("jvp: tangent size != P");
+    if (!m.is_mlp()) {  // every node's input (pre-order, as forward()'s values), then the outputs
+        tangent_pass<T> tp;
+        auto [z, dz] = tree_jvp<T>(compile_tree(m), w, x, v, &tp.values, &tp.tangents);
+        tp.values.push_back(std::move(z));
+        tp.tangents.push_back(std::move(dz));
+        return tp;
+    }
     const auto offsets = parameter_offsets(m);
     tangent_pass<T> tp;
     tp.values.push_back(x);
@@ -290,6 +249,7 @@ struct layer_factors {
 
 template <Real T>
 layer_factors<T> jacobian_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    require_mlp(m, "layer factors");
     if (x1.rows != 1) throw usage_error("jacobian: expects one input row");
     const forward_pass<T> fp = forward(m, w, x1);
     const std::size_t c = m.output_dim();
@@ -338,6 +298,7 @@ layer_factors<T> jacobian_factors(const model_spec& m, std::span<const T> w, con
 template <Real T>
 std::vector<double> forward_error_magnitude(const model_spec& m, std::span<const T> w, const forward_pass<T>& fp,
                                             std::vector<std::vector<double>>* linear_inputs = nullptr) {
+    require_mlp(m, "layer factors");
     const auto offsets = parameter_offsets(m);
     auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
     std::vector<double> mh(fp.values[0].cols, 0.0);
@@ -373,6 +334,7 @@ std::vector<double> forward_error_magnitude(const model_spec& m, std::span<const
 // exact one, cancellation or not.
 template <Real T>
 layer_factors<double> magnitude_factors(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    require_mlp(m, "layer factors");
     const forward_pass<T> fp = forward(m, w, x1);
     const std::size_t c = m.output_dim();
     const auto offsets = parameter_offsets(m);
@@ -427,8 +389,24 @@ matrix<T> jacobian_from_factors(const model_spec& m, const layer_factors<T>& lf,
     return jac;
 }
 
+// J(x; w) ∈ R^{C × P} for one input row.  A tree model: one reverse sweep per output,
+// seeded with e_q, from one forward pass.
 template <Real T>
 matrix<T> jacobian(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    if (!m.is_mlp()) {
+        if (x1.rows != 1) throw usage_error("jacobian: expects one input row");
+        check_network_shapes(m, w.size(), x1.cols);
+        const layer_tree t = compile_tree(m);
+        std::vector<matrix<T>> tape;
+        tree_forward<T>(t, w, x1, &tape);
+        matrix<T> jac(t.out_size, w.size());
+        for (std::size_t q = 0; q < t.out_size; ++q) {
+            matrix<T> u(1, t.out_size);
+            u(0, q) = T(1);
+            tree_backward<T>(t, w, tape, u, jac.row(q));
+        }
+        return jac;
+    }
     return jacobian_from_factors<T>(m, jacobian_factors<T>(m, w, x1), w.size());
 }
 

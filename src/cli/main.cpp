@@ -124,6 +124,12 @@ epk::progress_fn make_progress(const std::string& label) {
 }
 
 std::string shape_string(const epk::model_spec& m) {
+    if (!m.is_mlp()) {  // version 3: the input shape, the top-level layers, the output width
+        std::string s;
+        for (std::size_t d : m.sample_shape()) s += (s.empty() ? "" : "x") + std::to_string(d);
+        for (const auto& l : m.layers) s += " " + std::string(epk::to_string(l.kind));
+        return s + " -> " + std::to_string(m.output_dim());
+    }
     std::string s = std::to_string(m.input_dim);
     std::string act;
     for (const auto& l : m.layers) {

@@ -423,7 +423,7 @@ bad_manifest "manifest: unknown loss" 's/"cross_entropy"/"hinge"/' "hinge|loss"
 bad_manifest "manifest: unknown loss reduction" 's/"mean"/"avg"/' "avg|reduction"
 bad_manifest "manifest: optimizer 'rmsprop'" 's/"sgd"/"rmsprop"/' "rmsprop" full replay
 bad_manifest "manifest: optimizer field 'momentum' < 0" 's/"type": "sgd",/"type": "sgd", "momentum": -0.9,/' "momentum.*>= 0" init replay
-bad_manifest "manifest: version 3" 's/"version": 1/"version": 3/' "version 3 is not supported"
+bad_manifest "manifest: version 4" 's/"version": 1/"version": 4/' "version 4 is not supported"
 bad_manifest "manifest: format not epk-trace" 's/"epk-trace"/"epk-trace2"/' "format"
 bad_manifest "manifest: invalid JSON" 's/"version": 1,/"version": 1/' "json" full replay
 bad_manifest "manifest: out_features 0" 's/"out_features": 8/"out_features": 0/' "out_features"

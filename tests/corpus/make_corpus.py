@@ -91,7 +91,7 @@ def manifest_cases():
     write("manifest/not_json.json", "{\"format\": \"epk-trace\",")
     write("manifest/not_an_object.json", "[1, 2, 3]")
     write("manifest/format.json", manifest(format="torch"))
-    write("manifest/version_3.json", manifest(version=3))
+    write("manifest/version_4.json", manifest(version=4))
     write("manifest/missing_model.json", manifest(model=DELETE))
     write("manifest/no_layers.json", manifest(model__layers=[]))
     write("manifest/unknown_layer.json", manifest(model__layers__1={"type": "swish"}))
@@ -128,6 +128,37 @@ def manifest_cases():
           manifest(version=2, optimizer=dict(adam, type="AdamW", decoupled_weight_decay=False)))
     write("manifest/v2_unknown_field.json", manifest(version=2, optimizer=dict(adam, rho=0.9)))
     write("manifest/v1_with_bad_v2_field.json", manifest(optimizer__momentum="0.9"))
+    # version 3: layers (docs/trace-format.md, "Layers"); errors name the layer's path
+    def v3(shape, layers):
+        return manifest(version=3, model={"input_shape": shape, "layers": layers})
+    conv = lambda **f: dict({"type": "conv2d", "out_channels": 2, "kernel_size": 3}, **f)
+    flat, relu = {"type": "flatten"}, {"type": "relu"}
+    write("manifest/v3_kernel_larger_than_input.json", v3([1, 4, 4], [conv(kernel_size=5, padding=0), flat]))
+    write("manifest/v3_zero_size_output.json", v3([1, 4, 4], [conv(dilation=2), relu, conv(), flat]))
+    write("manifest/v3_residual_shapes.json",
+          v3([1, 4, 4], [conv(padding=1), {"type": "residual", "body": [conv(padding=1, stride=2)], "shortcut": []}, flat]))
+    write("manifest/v3_normalized_shape.json",
+          v3([2, 4, 4], [{"type": "layer_norm", "normalized_shape": [2, 4]}, flat, {"type": "linear", "out_features": 2}]))
+    write("manifest/v3_groups.json", v3([3, 4, 4], [conv(groups=2), flat]))
+    write("manifest/v3_batch_norm.json",
+          v3([1, 4, 4], [{"type": "residual", "body": [conv(padding=1), {"type": "BatchNorm2d", "num_features": 2}],
+                          "shortcut": [conv(kernel_size=1)]}, flat]))
+    write("manifest/v3_dropout.json", v3([4], [{"type": "linear", "out_features": 3}, {"type": "dropout", "p": 0.1},
+                                               {"type": "linear", "out_features": 2}]))
+    write("manifest/v3_layer_in_version_2.json", manifest(version=2, model={"input_dim": 16, "layers": [conv()]}))
+    write("manifest/v3_input_shape_in_version_1.json", manifest(model__input_shape=[4]))
+    write("manifest/v3_input_shape_and_dim.json",
+          manifest(version=3, model={"input_dim": 4, "input_shape": [4], "layers": [{"type": "linear", "out_features": 2}]}))
+    write("manifest/v3_output_not_vector.json", v3([1, 4, 4], [conv()]))
+    write("manifest/v3_padding_same.json", v3([1, 4, 4], [conv(padding="same"), flat]))
+    write("manifest/v3_unknown_conv_field.json", v3([1, 4, 4], [conv(bias_init="zeros"), flat]))
+    write("manifest/v3_in_channels.json", v3([1, 4, 4], [conv(in_channels=3), flat]))
+    write("manifest/v3_pool_padding.json", v3([1, 4, 4], [{"type": "max_pool2d", "kernel_size": 2, "padding": 2}, flat]))
+    write("manifest/v3_ceil_mode.json", v3([1, 4, 4], [{"type": "avg_pool2d", "kernel_size": 2, "ceil_mode": True}, flat]))
+    write("manifest/v3_linear_on_image_without_flatten.json", v3([1, 4, 4], [{"type": "linear", "out_features": 2}]))
+    write("manifest/v3_empty_body.json", v3([4], [{"type": "residual", "body": []}, {"type": "linear", "out_features": 2}]))
+    write("manifest/v3_no_parameters.json", v3([1, 4, 4], [{"type": "avg_pool2d", "kernel_size": 2}, flat]))
+    write("manifest/v3_input_shape_rank.json", v3([1, 2, 2, 2], [flat, {"type": "linear", "out_features": 2}]))
 
 
 def csv_cases():
@@ -222,6 +253,13 @@ def trace_cases(epk):
         case("state_truncated", base=init, manifest_changes=optimizer(**adam),
              files={"init_exp_avg.npy": state[:-8], "init_exp_avg_sq.npy": state})
         case("manifest_v2_bad_betas", manifest_changes=optimizer(type="Adam", betas=[1.5, 0.999]))
+
+        # version 3: samples of shape input_shape ([N, 2, 2] for iris's 4 features as 1x2x2 images)
+        def image_model(m):
+            m["version"] = 3
+            m["model"] = {"input_shape": [1, 2, 2], "layers": [{"type": "conv2d", "out_channels": 1, "kernel_size": 1},
+                                                             {"type": "flatten"}, {"type": "linear", "out_features": 3}]}
+        case("v3_x_train_not_images", manifest_changes=image_model)
 
 
 def main():
