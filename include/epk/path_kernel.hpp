@@ -157,6 +157,12 @@ matrix<T> step_kernel_from_factors(const model_spec& m, std::span<const T> w, st
 // M_f ≫ |f| exactly when the output is a cancelling sum.
 template <Real T>
 std::vector<double> forward_magnitude(const model_spec& m, std::span<const T> w, const matrix<T>& x1) {
+    if (!m.is_mlp()) {  // tree_segment.hpp, in binary64 from the rounded parameters and inputs
+        std::vector<double> wd(w.size()), xd(x1.cols);
+        for (std::size_t p = 0; p < w.size(); ++p) wd[p] = scalar_traits<T>::to_double(w[p]);
+        for (std::size_t j = 0; j < x1.cols; ++j) xd[j] = scalar_traits<T>::to_double(x1(0, j));
+        return tree_segment::forward_magnitude(tree_segment::analyse(m), wd, xd);
+    }
     return forward_error_magnitude<T>(m, w, forward(m, w, x1));
 }
 
@@ -524,9 +530,13 @@ template <Real T>
 matrix<double> reconstruction_budget(const path_kernel_result<T>& r, const model_spec& m) {
     const double u = scalar_traits<T>::to_double(scalar_traits<T>::unit_roundoff());
     double gamma = static_cast<double>(r.p + r.steps + r.max_rule_nodes + r.max_batch) + 8;
-    for (const linear_offsets& o : parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
-    for (const layer_spec& l : m.layers)
-        if (l.kind != layer_kind::linear) gamma += 10;
+    if (m.is_mlp()) {
+        for (const linear_offsets& o : parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
+        for (const layer_spec& l : m.layers)
+            if (l.kind != layer_kind::linear) gamma += 10;
+    } else {
+        gamma += tree_segment::analyse(m).chain;  // proofs-notes/008 §3
+    }
     matrix<double> b(r.m, r.c);
     for (std::size_t i = 0; i < r.m; ++i)
         for (std::size_t c = 0; c < r.c; ++c) {

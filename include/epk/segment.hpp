@@ -40,6 +40,7 @@
 #include "epk/network.hpp"
 #include "epk/quadrature.hpp"
 #include "epk/quadrature_options.hpp"
+#include "epk/tree_segment.hpp"
 
 namespace epk {
 
@@ -47,7 +48,8 @@ namespace epk {
 // How the network's structure lets a segment be integrated.
 struct segment_structure {
     bool piecewise_linear = true;   // every activation relu / leaky_relu / identity
-    std::size_t first_smooth = 0;   // index of the first smooth activation layer (layers.size() if none)
+    std::size_t first_smooth = 0;   // index of the first smooth activation layer (layers.size() if none);
+                                    // a tree model: of the first smooth node in pre-order (tree_segment.hpp)
     std::size_t exact_nodes = 1;    // ⌊L/2⌋+1: exact for degree ≤ L (J has degree ≤ L−1)
     double default_tolerance = 16;  // τ = max(16, Σ widths): the integrand's rounding floor, proofs-notes/004 §5
 };
@@ -148,17 +150,13 @@ std::vector<std::vector<T>> segment_polynomials(const model_spec& m, std::span<c
 
 namespace detail {
 
-// Cuts of [a, b] from piecewise-linear activation layers k ≥ from (before
-// the first smooth one), appended to `cuts`.
+// The roots in (0, 1) of the switching polynomials on the piece t = a + len·u cut [a, b]:
+// the cuts are appended to `cuts`, their location bounds added to `uncertainty`, and the
+// ends of the sub-pieces returned (a, cuts…, b).
 template <Real T>
-void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
-                     std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts,
-                     T& uncertainty) {
-    std::size_t k = from;
-    while (k < st.first_smooth && (m.layers[k].kind == layer_kind::linear || m.layers[k].kind == layer_kind::identity)) ++k;
-    if (k >= st.first_smooth) return;
+std::vector<T> cut_piece(const std::vector<std::vector<T>>& polys, const T& a, const T& b, std::vector<T>& cuts,
+                         T& uncertainty) {
     const T len = b - a;
-    const auto polys = segment_polynomials<T>(m, w, delta, a, len, x, k);
     std::vector<T> us, du;
     for (const auto& unit : polys)
         for (T& r : roots_in_unit_interval<T>(std::span<const T>(unit), &du)) us.push_back(std::move(r));
@@ -172,16 +170,37 @@ void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span
     }
     ends.push_back(b);
     for (std::size_t e = 1; e + 1 < ends.size(); ++e) cuts.push_back(ends[e]);
+    return ends;
+}
+
+// Cuts of [a, b] from piecewise-linear activation layers k ≥ from (before
+// the first smooth one), appended to `cuts`.
+template <Real T>
+void polynomial_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
+                     std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts,
+                     T& uncertainty) {
+    std::size_t k = from;
+    while (k < st.first_smooth && (m.layers[k].kind == layer_kind::linear || m.layers[k].kind == layer_kind::identity)) ++k;
+    if (k >= st.first_smooth) return;
+    const T len = b - a;
+    const std::vector<T> ends = cut_piece<T>(segment_polynomials<T>(m, w, delta, a, len, x, k), a, b, cuts, uncertainty);
     for (std::size_t e = 0; e + 1 < ends.size(); ++e)
         polynomial_cuts<T>(m, st, w, delta, x, ends[e], ends[e + 1], k + 1, cuts, uncertainty);
 }
 
-// Pre-activation of unit j entering layer k at w + tΔ.
+// The same for a tree model: switching node `from` (an index into an.switching) and the
+// ones after it, up to the first smooth node.
 template <Real T>
-T preactivation(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
-                const T& t, std::size_t k, std::size_t j) {
-    const std::vector<T> wt = point_on_segment<T>(w, delta, t);
-    return forward<T>(m, wt, x1).values[k](0, j);
+void tree_polynomial_cuts(const tree_segment::analysis& an, std::span<const T> w, std::span<const T> delta,
+                          std::span<const T> x, const T& a, const T& b, std::size_t from, std::vector<T>& cuts,
+                          T& uncertainty) {
+    if (from >= an.switching.size() || an.switching[from] >= an.first_smooth) return;
+    const T len = b - a;
+    const std::vector<T> ends = cut_piece<T>(
+        tree_segment::switching_polynomials<T>(an, w, delta, a, len, x, *an.nodes[an.switching[from]]), a, b, cuts,
+        uncertainty);
+    for (std::size_t e = 0; e + 1 < ends.size(); ++e)
+        tree_polynomial_cuts<T>(an, w, delta, x, ends[e], ends[e + 1], from + 1, cuts, uncertainty);
 }
 
 // Level crossings of the pre-activations of activation layers from the first
@@ -203,6 +222,17 @@ template <Real T>
 struct level_target {
     std::size_t layer, unit;
     T level;
+    // A max pool's pair (tree models): the target is v[unit] − v[other] = 0.
+    std::size_t other = std::numeric_limits<std::size_t>::max();
+
+    T value(const std::vector<matrix<T>>& values) const {
+        const matrix<T>& v = values[layer];
+        return other == std::numeric_limits<std::size_t>::max() ? T(v(0, unit) - level) : T(v(0, unit) - v(0, other));
+    }
+    T slope(const std::vector<matrix<T>>& tangents) const {
+        const matrix<T>& d = tangents[layer];
+        return other == std::numeric_limits<std::size_t>::max() ? d(0, unit) : T(d(0, unit) - d(0, other));
+    }
 };
 
 template <Real T>
@@ -212,9 +242,8 @@ void refine_crossings(const model_spec& m, std::span<const T> w, std::span<const
     const T u = scalar_traits<T>::unit_roundoff();
     bool suspicious = false;
     for (const level_target<T>& g : targets) {
-        const std::size_t k = g.layer, j = g.unit;
-        const T z0 = p0.values[k](0, j) - g.level;
-        const T z1 = p1.values[k](0, j) - g.level;
+        const T z0 = g.value(p0.values);
+        const T z1 = g.value(p1.values);
         const bool pos0 = z0 > T(0), pos1 = z1 > T(0);
         if (pos0 != pos1) {
             // One sign change: bisect on the side relu's derivative sees.
@@ -222,13 +251,13 @@ void refine_crossings(const model_spec& m, std::span<const T> w, std::span<const
             for (int it = 0; it < 4 * scalar_traits<T>::mantissa_bits() + 64; ++it) {
                 const T mid = (lo + hi) / T(2);
                 if (!(lo < mid && mid < hi) || hi - lo <= T(2) * u * rm::abs(mid)) break;
-                const bool pos = preactivation<T>(m, w, delta, x1, mid, k, j) - g.level > T(0);
+                const bool pos = g.value(forward<T>(m, point_on_segment<T>(w, delta, mid), x1).values) > T(0);
                 if (pos == pos0) lo = mid; else hi = mid;
             }
             found.push_back((lo + hi) / T(2));
             continue;
         }
-        const T reach = (t1 - t0) * rm::max(rm::abs(p0.tangents[k](0, j)), rm::abs(p1.tangents[k](0, j)));
+        const T reach = (t1 - t0) * rm::max(rm::abs(g.slope(p0.tangents)), rm::abs(g.slope(p1.tangents)));
         if (rm::min(rm::abs(z0), rm::abs(z1)) < reach) suspicious = true;  // (a unit ≡ ℓ is never suspicious)
     }
     if (!suspicious || depth >= 40 || budget == 0) return;
@@ -243,9 +272,28 @@ void refine_crossings(const model_spec& m, std::span<const T> w, std::span<const
 template <Real T>
 void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<const T> w, std::span<const T> delta,
                   const matrix<T>& x1, const T& a, const T& b, std::size_t samples, std::vector<T>& cuts) {
+    // The layers (a tree model: the nodes, pre-order) whose inputs are searched, and their kinds.
     std::vector<std::size_t> layers;
-    for (std::size_t k = st.first_smooth; k < m.layers.size(); ++k)
-        if (m.layers[k].kind != layer_kind::linear && m.layers[k].kind != layer_kind::identity) layers.push_back(k);
+    std::vector<layer_spec> kinds;
+    std::vector<tree_node> pools;  // a tree's max pools after the first smooth node (their windows)
+    if (m.is_mlp()) {
+        for (std::size_t k = st.first_smooth; k < m.layers.size(); ++k)
+            if (m.layers[k].kind != layer_kind::linear && m.layers[k].kind != layer_kind::identity) {
+                layers.push_back(k);
+                kinds.push_back(m.layers[k]);
+            }
+    } else {
+        const tree_segment::analysis an = tree_segment::analyse(m);
+        for (std::size_t k = st.first_smooth; k < an.nodes.size(); ++k) {
+            const layer_kind kind = an.nodes[k]->spec.kind;
+            if (kind == layer_kind::relu || kind == layer_kind::leaky_relu || kind == layer_kind::max_pool2d ||
+                (tree_segment::is_smooth(kind) && kind != layer_kind::layer_norm)) {
+                layers.push_back(k);
+                kinds.push_back(an.nodes[k]->spec);
+                pools.push_back(kind == layer_kind::max_pool2d ? *an.nodes[k] : tree_node{});
+            }
+        }
+    }
     if (layers.empty()) return;
     samples = std::max<std::size_t>(samples, 1);
     std::vector<T> ts;
@@ -255,9 +303,22 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
         passes.push_back(forward_with_tangent<T>(m, point_on_segment<T>(w, delta, ts.back()), x1, delta));
     }
     std::vector<level_target<T>> targets;
-    for (std::size_t k : layers)
+    for (std::size_t li = 0; li < layers.size(); ++li) {
+        const std::size_t k = layers[li];
+        if (kinds[li].kind == layer_kind::max_pool2d) {  // every pair of a window: its order
+            const auto g = pools[li].pool();
+            for (std::size_t c = 0; c < g.C; ++c)
+                for (std::size_t y = 0; y < g.Ho; ++y)
+                    for (std::size_t xx = 0; xx < g.Wo; ++xx) {
+                        std::vector<std::size_t> win;
+                        epk::layers::pool_window(g, c, y, xx, [&](std::size_t i) { win.push_back(i); });
+                        for (std::size_t p = 0; p < win.size(); ++p)
+                            for (std::size_t q = p + 1; q < win.size(); ++q) targets.push_back({k, win[p], T(0), win[q]});
+                    }
+            continue;
+        }
         for (std::size_t j = 0; j < passes[0].values[k].cols; ++j) {
-            if (is_piecewise_linear(m.layers[k].kind)) {
+            if (is_piecewise_linear(kinds[li].kind)) {
                 targets.push_back({k, j, T(0)});
                 continue;
             }
@@ -274,6 +335,7 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
                 if (lo < -level && -level < hi) targets.push_back({k, j, T(-level)});
             }
         }
+    }
     std::vector<T> found;
     std::size_t budget = 64 * samples;
     for (std::size_t q = 0; q < samples; ++q)
@@ -302,13 +364,31 @@ void add_node_magnitude(const model_spec& m, const std::vector<linear_offsets>& 
     }
 }
 
+// A tree model's: |ω_q|·Σ_p |J|_mag(w_t)[c][p]·a_p from tree_segment::jacobian_magnitude.
+template <Real T>
+void add_tree_node_magnitude(const tree_segment::analysis& an, std::span<const T> wt, const matrix<T>& x1,
+                             const T& wq, std::span<const double> a, std::vector<double>& magnitude) {
+    std::vector<double> wd64(wt.size()), xd(x1.cols);
+    for (std::size_t p = 0; p < wt.size(); ++p) wd64[p] = scalar_traits<T>::to_double(wt[p]);
+    for (std::size_t j = 0; j < x1.cols; ++j) xd[j] = scalar_traits<T>::to_double(x1(0, j));
+    const std::vector<double> jm = tree_segment::jacobian_magnitude(an, wd64, xd, a);
+    const double wd = std::abs(scalar_traits<T>::to_double(wq));
+    for (std::size_t c = 0; c < magnitude.size(); ++c) magnitude[c] += wd * jm[c];
+}
+
 // The same summed over a rule's nodes on the segment w + tΔ: Σ_q |ω_q| Σ_p |J|_mag(t_q)·a.
 template <Real T>
 std::vector<double> magnitude_at_nodes(const model_spec& m, std::span<const T> w, std::span<const T> delta,
                                        const matrix<T>& x1, std::span<const T> nodes, std::span<const T> weights,
                                        std::span<const double> a) {
-    const auto offsets = parameter_offsets(m);
     std::vector<double> out(m.output_dim(), 0.0);
+    if (!m.is_mlp()) {
+        const tree_segment::analysis an = tree_segment::analyse(m);
+        for (std::size_t q = 0; q < nodes.size(); ++q)
+            add_tree_node_magnitude<T>(an, point_on_segment<T>(w, delta, nodes[q]), x1, weights[q], a, out);
+        return out;
+    }
+    const auto offsets = parameter_offsets(m);
     for (std::size_t q = 0; q < nodes.size(); ++q)
         add_node_magnitude<T>(m, offsets, point_on_segment<T>(w, delta, nodes[q]), x1, weights[q], a, out);
     return out;
@@ -321,8 +401,27 @@ template <Real T>
 void add_nodes(const model_spec& m, std::span<const T> w, std::span<const T> delta, const matrix<T>& x1,
                std::span<const T> ts, std::span<const T> ws, matrix<T>& acc, T& scale, std::size_t& evaluations,
                std::vector<T>* nodes, std::vector<T>* weights, std::vector<double>* magnitude = nullptr) {
-    const auto offsets = parameter_offsets(m);
     std::vector<double> abs_delta;  // |Δ| in binary64, for the magnitude
+    if (!m.is_mlp()) {  // a tree model: J from one reverse sweep per output (network.hpp, jacobian)
+        const tree_segment::analysis an = tree_segment::analyse(m);
+        for (std::size_t q = 0; q < ts.size(); ++q) {
+            const std::vector<T> wt = point_on_segment<T>(w, delta, ts[q]);
+            const matrix<T> jac = jacobian<T>(m, wt, x1);
+            ++evaluations;
+            for (std::size_t e = 0; e < jac.data.size(); ++e) {
+                add_product(acc.data[e], ws[q], jac.data[e]);
+                max_abs_into(scale, jac.data[e]);
+            }
+            if (nodes) { nodes->push_back(ts[q]); weights->push_back(ws[q]); }
+            if (magnitude != nullptr) {
+                if (abs_delta.empty())
+                    for (const T& d : delta) abs_delta.push_back(std::abs(scalar_traits<T>::to_double(d)));
+                add_tree_node_magnitude<T>(an, wt, x1, ws[q], abs_delta, *magnitude);
+            }
+        }
+        return;
+    }
+    const auto offsets = parameter_offsets(m);
     for (std::size_t q = 0; q < ts.size(); ++q) {
         const T& t = ts[q];
         const T& wq = ws[q];
@@ -490,9 +589,16 @@ std::vector<T> segment_cuts(const model_spec& m, const segment_structure& st, st
                             T* uncertainty = nullptr) {
     std::vector<T> cuts;
     T located(0);
-    detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts, located);
+    std::size_t node_count = m.layers.size();
+    if (m.is_mlp()) {
+        detail::polynomial_cuts<T>(m, st, w, delta, x1.row(0), T(0), T(1), 0, cuts, located);
+    } else {
+        const tree_segment::analysis an = tree_segment::analyse(m);
+        detail::tree_polynomial_cuts<T>(an, w, delta, x1.row(0), T(0), T(1), 0, cuts, located);
+        node_count = an.nodes.size();
+    }
     if (uncertainty != nullptr) *uncertainty = located;
-    if (st.first_smooth < m.layers.size() && kink_samples > 0) {
+    if (st.first_smooth < node_count && kink_samples > 0) {
         std::vector<T> ends{T(0)};
         std::vector<T> sorted = cuts;
         std::sort(sorted.begin(), sorted.end());

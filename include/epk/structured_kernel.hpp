@@ -513,7 +513,9 @@ template <Real T>
 path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     if (uses_optimizer_state<T>(rq.schedule, rq.initial_state)) return compute_path_kernel_optimizer<T>(rq, progress);
-    return rq.structured ? compute_path_kernel_structured<T>(rq, progress) : compute_path_kernel_unstructured<T>(rq, progress);
+    // Tree models (conv, pooling, residual, layer norm) have no structured path yet: full Jacobians.
+    const bool structured = rq.structured && rq.problem->model.is_mlp();
+    return structured ? compute_path_kernel_structured<T>(rq, progress) : compute_path_kernel_unstructured<T>(rq, progress);
 }
 
 }  // namespace epk

@@ -1,0 +1,423 @@
+// epk/tree_segment.hpp — what the exact path kernel needs of a tree model (layer_tree.hpp)
+// along one training step w + tΔ, t ∈ [0, 1]: the pieces on which it is polynomial, the
+// Jacobian at the quadrature nodes, and the magnitudes of the rounding budget.
+// segment.hpp and path_kernel.hpp call these for every model that is not a plain MLP.
+//
+// 1. Switching nodes.  relu, leaky_relu and max_pool2d are piecewise linear: between the
+//    zeros of their switching functions — a relu's input entries; a max pool's pairwise
+//    differences h_i − h_j within each window (the window's whole order, hence its first
+//    maximiser, is fixed between them) — the network's values are polynomials in t.
+//    Every other node is linear in its input for fixed parameters (linear, conv2d, avg
+//    pool, flatten, identity, residual sums) or analytic (tanh, sigmoid, softplus, gelu,
+//    layer_norm: "smooth").  Switching nodes are taken in pre-order (a residual's body
+//    before its shortcut), a topological order of the tree.
+// 2. Polynomial propagation (`switching_polynomials`): on a piece t = a + len·u, the
+//    Taylor coefficients in u of every value up to a switching node, with the patterns
+//    of the switching nodes before it read at u = 1/2.  A bilinear node (linear, conv2d)
+//    maps coefficient rows H_k by
+//        Z_k = A(w)H_k + a·A(Δ)H_k + len·A(Δ)H_{k−1},  + b + a·Δb at k = 0, + len·Δb at k = 1,
+//    where A(v) is the node's linear map with parameters v (its unit's apply without bias).
+// 3. The cuts of a piecewise-polynomial prefix are the roots of those polynomials
+//    (quadrature.hpp), found node by node on ever finer pieces, as segment.hpp does for
+//    MLPs; switching nodes after the first smooth node are found by sampling (`probe`).
+// 4. Degree: J is a polynomial of degree ≤ D − 1 on a piece, D the largest number of
+//    bilinear nodes on a path from input to output (a residual: the larger branch).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "epk/layer_tree.hpp"
+#include "epk/quadrature.hpp"
+
+namespace epk::tree_segment {
+
+inline bool is_switching(layer_kind k) {
+    return k == layer_kind::relu || k == layer_kind::leaky_relu || k == layer_kind::max_pool2d;
+}
+inline bool is_smooth(layer_kind k) {
+    return k == layer_kind::tanh || k == layer_kind::sigmoid || k == layer_kind::softplus || k == layer_kind::gelu ||
+           k == layer_kind::layer_norm;
+}
+
+// The tree with its nodes in pre-order and what the quadrature needs of them.
+struct analysis {
+    layer_tree tree;
+    std::vector<const tree_node*> nodes;      // pre-order
+    std::vector<std::size_t> switching;       // indices into nodes
+    std::size_t first_smooth = 0;             // index into nodes (nodes.size() if none)
+    std::size_t degree = 0;                   // D
+    double chain = 0;                         // longest chain of roundings of a J entry (budget's γ)
+    double tolerance = 16;                    // τ of the adaptive rule
+};
+
+namespace detail {
+inline std::size_t sequence_degree(const std::vector<tree_node>& seq) {
+    std::size_t d = 0;
+    for (const tree_node& n : seq) {
+        if (n.spec.kind == layer_kind::linear || n.spec.kind == layer_kind::conv2d) ++d;
+        if (n.spec.kind == layer_kind::residual) d += std::max(sequence_degree(n.body), sequence_degree(n.shortcut));
+    }
+    return d;
+}
+}  // namespace detail
+
+inline analysis analyse(const model_spec& m) {
+    analysis a;
+    a.tree = compile_tree(m);
+    a.nodes = tree_nodes(a.tree);
+    a.first_smooth = a.nodes.size();
+    for (std::size_t k = 0; k < a.nodes.size(); ++k) {
+        const tree_node& n = *a.nodes[k];
+        if (is_switching(n.spec.kind)) a.switching.push_back(k);
+        if (is_smooth(n.spec.kind) && a.first_smooth == a.nodes.size()) a.first_smooth = k;
+        // γ: every rounded sum a J entry or an output passes through (proofs-notes/008 §3)
+        switch (n.spec.kind) {
+            case layer_kind::linear:
+            case layer_kind::conv2d:
+                a.chain += static_cast<double>(n.in_size + n.out_size + n.count / std::max<std::size_t>(1, n.spec.out_features));
+                break;
+            case layer_kind::avg_pool2d: a.chain += static_cast<double>(n.spec.kernel[0] * n.spec.kernel[1] + 2); break;
+            case layer_kind::layer_norm: a.chain += static_cast<double>(2 * n.norm().n + 16); break;
+            case layer_kind::residual: a.chain += 1; break;
+            case layer_kind::flatten: case layer_kind::max_pool2d: break;
+            default: a.chain += 10; break;
+        }
+    }
+    a.degree = detail::sequence_degree(a.tree.layers);
+    a.tolerance = 16 + a.chain;
+    return a;
+}
+
+// ---------------------------------------------------------------- polynomials
+
+namespace detail {
+
+// Coefficients of a value on a piece: row k = coefficient of u^k, one column per entry.
+template <Real T>
+using poly = matrix<T>;
+
+template <Real T>
+std::vector<T> at_half(const poly<T>& h) {
+    std::vector<T> out(h.cols), c(h.rows);
+    const T half = T(1) / T(2);
+    for (std::size_t j = 0; j < h.cols; ++j) {
+        for (std::size_t k = 0; k < h.rows; ++k) c[k] = h(k, j);
+        out[j] = horner<T>(std::span<const T>(c), half);
+    }
+    return out;
+}
+
+struct target_reached {};  // unwinds the walk once the target node's input is known
+
+template <Real T>
+struct poly_walk {
+    std::span<const T> w, delta;
+    T a, len;
+    const tree_node* target;
+    poly<T> found;
+
+    // Z = A(w)H + a·A(Δ)H + len·A(Δ)H shifted, plus the bias terms.
+    template <class Apply>
+    poly<T> bilinear(const tree_node& n, const poly<T>& h, Apply&& apply) {
+        const std::size_t deg = h.rows;
+        poly<T> z(deg + 1, n.out_size);
+        std::vector<T> wh(n.out_size), dh(n.out_size);
+        const T* wp = w.data() + n.offset;
+        const T* dp = delta.data() + n.offset;
+        for (std::size_t k = 0; k < deg; ++k) {
+            apply(wp, &h(k, 0), wh.data());
+            apply(dp, &h(k, 0), dh.data());
+            for (std::size_t e = 0; e < n.out_size; ++e) {
+                T acc = wh[e];
+                add_product(acc, a, dh[e]);
+                z(k, e) += acc;
+                add_product(z(k + 1, e), len, dh[e]);
+            }
+        }
+        if (n.spec.bias) {
+            const std::size_t nb = n.spec.out_features, per = n.out_size / nb;
+            const std::size_t at = n.count - nb;  // the bias follows the weight
+            for (std::size_t e = 0; e < n.out_size; ++e) {
+                // linear: entry e is (row, o) with o = e % out; conv: (o, y, x) with o = e / (Ho·Wo)
+                const std::size_t o = n.spec.kind == layer_kind::linear ? e % nb : e / per;
+                T b0 = w[n.offset + at + o];
+                add_product(b0, a, delta[n.offset + at + o]);
+                z(0, e) += b0;
+                add_product(z(1, e), len, delta[n.offset + at + o]);
+            }
+        }
+        return z;
+    }
+
+    poly<T> sequence(const std::vector<tree_node>& seq, poly<T> h) {
+        for (const tree_node& n : seq) h = node(n, h);
+        return h;
+    }
+
+    poly<T> node(const tree_node& n, const poly<T>& h) {
+        if (&n == target) {
+            found = h;
+            throw target_reached{};
+        }
+        switch (n.spec.kind) {
+            case layer_kind::linear: {
+                const auto g = n.linear();
+                return bilinear(n, h, [&](const T* p, const T* in, T* out) { layers::linear_apply<T>(g, p, in, out, false); });
+            }
+            case layer_kind::conv2d: {
+                const auto g = n.conv();
+                return bilinear(n, h, [&](const T* p, const T* in, T* out) { layers::conv_apply<T>(g, p, in, out, false); });
+            }
+            case layer_kind::avg_pool2d: {
+                poly<T> z(h.rows, n.out_size);
+                for (std::size_t k = 0; k < h.rows; ++k) layers::avg_pool_apply<T>(n.pool(), &h(k, 0), &z(k, 0));
+                return z;
+            }
+            case layer_kind::max_pool2d: {
+                // the pattern of the piece: the first maximiser at u = 1/2
+                const std::vector<T> mid = at_half(h);
+                std::vector<std::size_t> arg(n.out_size);
+                layers::max_pool_argmax<T>(n.pool(), mid.data(), arg.data());
+                poly<T> z(h.rows, n.out_size);
+                for (std::size_t k = 0; k < h.rows; ++k)
+                    for (std::size_t e = 0; e < n.out_size; ++e) z(k, e) = h(k, arg[e]);
+                return z;
+            }
+            case layer_kind::relu:
+            case layer_kind::leaky_relu:
+            case layer_kind::identity: {
+                // on the piece each unit is on one side of its kink: h = slope · z
+                const activation<T> act(n.spec);
+                const std::vector<T> mid = at_half(h);
+                poly<T> z = h;
+                for (std::size_t j = 0; j < h.cols; ++j) {
+                    const T sl = act.derivative(mid[j]);
+                    for (std::size_t k = 0; k < h.rows; ++k) z(k, j) = sl * z(k, j);
+                }
+                return z;
+            }
+            case layer_kind::flatten: return h;
+            case layer_kind::residual: {
+                const poly<T> b = sequence(n.body, h), s = sequence(n.shortcut, h);
+                poly<T> z(std::max(b.rows, s.rows), n.out_size);
+                for (std::size_t k = 0; k < z.rows; ++k)
+                    for (std::size_t e = 0; e < n.out_size; ++e) {
+                        if (k < b.rows && k < s.rows) z(k, e) = b(k, e) + s(k, e);
+                        else z(k, e) = k < b.rows ? b(k, e) : s(k, e);
+                    }
+                return z;
+            }
+            default: throw usage_error("switching_polynomials: a smooth layer (" + n.path + ") before the target");
+        }
+    }
+};
+
+}  // namespace detail
+
+// The switching functions of node `target` (a relu / leaky_relu / max_pool2d reached before
+// any smooth node) on the piece t = a + len·u, as polynomials in u (coefficients ascending):
+// its input entries (relu), or the pairwise differences within each window (max pool).
+template <Real T>
+std::vector<std::vector<T>> switching_polynomials(const analysis& an, std::span<const T> w, std::span<const T> delta,
+                                                  const T& a, const T& len, std::span<const T> x,
+                                                  const tree_node& target) {
+    detail::poly_walk<T> walk{w, delta, a, len, &target, {}};
+    detail::poly<T> h(1, x.size());
+    for (std::size_t j = 0; j < x.size(); ++j) h(0, j) = x[j];
+    try {
+        walk.sequence(an.tree.layers, h);
+    } catch (const detail::target_reached&) {
+    }
+    const detail::poly<T>& in = walk.found;
+    std::vector<std::vector<T>> out;
+    const auto column = [&](std::size_t j) {
+        std::vector<T> c(in.rows);
+        for (std::size_t k = 0; k < in.rows; ++k) c[k] = in(k, j);
+        return c;
+    };
+    if (target.spec.kind != layer_kind::max_pool2d) {
+        for (std::size_t j = 0; j < in.cols; ++j) out.push_back(column(j));
+        return out;
+    }
+    const auto g = target.pool();
+    for (std::size_t c = 0; c < g.C; ++c)
+        for (std::size_t y = 0; y < g.Ho; ++y)
+            for (std::size_t xx = 0; xx < g.Wo; ++xx) {
+                std::vector<std::size_t> win;
+                layers::pool_window(g, c, y, xx, [&](std::size_t i) { win.push_back(i); });
+                for (std::size_t p = 0; p < win.size(); ++p)
+                    for (std::size_t q = p + 1; q < win.size(); ++q) {
+                        std::vector<T> d(in.rows);
+                        for (std::size_t k = 0; k < in.rows; ++k) d[k] = in(k, win[p]) - in(k, win[q]);
+                        out.push_back(std::move(d));
+                    }
+            }
+    return out;
+}
+
+// ---------------------------------------------------------------- magnitudes (binary64)
+
+// One pass from the input carrying, per entry, the value h, its forward error magnitude M
+// (proofs-notes/008 §2: M_x = 0; bilinear M_z = |A|(M_h + |h|) + |b|; activations
+// M = |σ′(z)|M_z + |σ(z)|; max pool the maximiser's M; avg pool Σ(M + |h|)/k²; residual
+// M_b + M_s + |b| + |s|; layer norm the bound of §2.4), and — when `a` is given — the
+// magnitude tangent τ = Σ_p |J|_mag[·][p]·a_p: bilinear τ_z = |A(w)|τ_h + |A(a)|(M_h + |h|)
+// + a_b, activations |σ′(z)|τ, max pool the maximiser's, avg pool its average, layer norm
+// ρ|γ|(τ + mean τ + |x̂| mean(|x̂|τ)) + |x̂| a_γ + a_β.
+struct magnitude_pass {
+    std::vector<double> h, m, tau;
+};
+
+namespace detail {
+inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double> w, const double* a,
+                                     const magnitude_pass& in);
+
+inline magnitude_pass magnitude_sequence(const std::vector<tree_node>& seq, std::span<const double> w, const double* a,
+                                         magnitude_pass v) {
+    for (const tree_node& n : seq) v = magnitude_node(n, w, a, v);
+    return v;
+}
+
+inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double> w, const double* a,
+                                     const magnitude_pass& in) {
+    magnitude_pass out;
+    const std::size_t N = n.out_size;
+    out.h.assign(N, 0.0);
+    out.m.assign(N, 0.0);
+    if (a != nullptr) out.tau.assign(N, 0.0);
+    const double* wp = w.data() + n.offset;
+    auto absv = [](std::span<const double> v) {
+        std::vector<double> r(v.size());
+        for (std::size_t e = 0; e < v.size(); ++e) r[e] = std::abs(v[e]);
+        return r;
+    };
+    switch (n.spec.kind) {
+        case layer_kind::linear:
+        case layer_kind::conv2d: {
+            const bool lin = n.spec.kind == layer_kind::linear;
+            auto apply = [&](const double* p, const double* x, double* z, bool bias) {
+                if (lin) layers::linear_apply<double>(n.linear(), p, x, z, bias);
+                else layers::conv_apply<double>(n.conv(), p, x, z, bias);
+            };
+            apply(wp, in.h.data(), out.h.data(), true);
+            const std::vector<double> aw = absv(std::span<const double>(wp, n.count));
+            std::vector<double> mh(in.h.size());
+            for (std::size_t e = 0; e < mh.size(); ++e) mh[e] = in.m[e] + std::abs(in.h[e]);
+            apply(aw.data(), mh.data(), out.m.data(), true);  // |A|(M_h + |h|) + |b|
+            if (a != nullptr) {
+                std::vector<double> t1(N), t2(N);
+                apply(aw.data(), in.tau.data(), t1.data(), false);
+                apply(a + n.offset, mh.data(), t2.data(), true);
+                for (std::size_t e = 0; e < N; ++e) out.tau[e] = t1[e] + t2[e];
+            }
+            return out;
+        }
+        case layer_kind::max_pool2d: {
+            std::vector<std::size_t> arg(N);
+            layers::max_pool_argmax<double>(n.pool(), in.h.data(), arg.data());
+            for (std::size_t e = 0; e < N; ++e) {
+                out.h[e] = in.h[arg[e]];
+                out.m[e] = in.m[arg[e]];
+                if (a != nullptr) out.tau[e] = in.tau[arg[e]];
+            }
+            return out;
+        }
+        case layer_kind::avg_pool2d: {
+            layers::avg_pool_apply<double>(n.pool(), in.h.data(), out.h.data());
+            std::vector<double> mh(in.h.size());
+            for (std::size_t e = 0; e < mh.size(); ++e) mh[e] = in.m[e] + std::abs(in.h[e]);
+            layers::avg_pool_apply<double>(n.pool(), mh.data(), out.m.data());
+            if (a != nullptr) layers::avg_pool_apply<double>(n.pool(), in.tau.data(), out.tau.data());
+            return out;
+        }
+        case layer_kind::flatten: return in;
+        case layer_kind::residual: {
+            const magnitude_pass b = magnitude_sequence(n.body, w, a, in), s = magnitude_sequence(n.shortcut, w, a, in);
+            for (std::size_t e = 0; e < N; ++e) {
+                out.h[e] = b.h[e] + s.h[e];
+                out.m[e] = b.m[e] + s.m[e] + std::abs(b.h[e]) + std::abs(s.h[e]);
+                if (a != nullptr) out.tau[e] = b.tau[e] + s.tau[e];
+            }
+            return out;
+        }
+        case layer_kind::layer_norm: {
+            const auto g = n.norm();
+            layers::layer_norm_forward<double>(g, wp, in.h.data(), out.h.data());
+            std::vector<double> xhat(g.n);
+            const double nn = static_cast<double>(g.n);
+            for (std::size_t q = 0; q < g.groups; ++q) {
+                const double* x = in.h.data() + q * g.n;
+                const double* mx = in.m.data() + q * g.n;
+                const double rho = layers::normalise_group<double>(g, x, xhat.data());
+                // §2.4: |x̂_j err| ≤ ρ(M_j + mean M) + |x̂_j| ρ² mean((M + |d|)|d|)·2 + (n+8)·(|x̂_j| + ρ·mean|x|)·u-terms,
+                // the last folded into γ (chain 2n + 16); here the propagated part.
+                double mean_m = 0, cross = 0, mean_abs = 0;
+                for (std::size_t j = 0; j < g.n; ++j) {
+                    const double d = xhat[j] / rho;
+                    mean_m += mx[j];
+                    cross += (mx[j] + std::abs(x[j])) * std::abs(d);
+                    mean_abs += std::abs(x[j]);
+                }
+                mean_m /= nn;
+                cross /= nn;
+                mean_abs /= nn;
+                double mean_tau = 0, mean_xtau = 0;
+                if (a != nullptr) {
+                    for (std::size_t j = 0; j < g.n; ++j) {
+                        mean_tau += in.tau[q * g.n + j];
+                        mean_xtau += std::abs(xhat[j]) * in.tau[q * g.n + j];
+                    }
+                    mean_tau /= nn;
+                    mean_xtau /= nn;
+                }
+                for (std::size_t j = 0; j < g.n; ++j) {
+                    const double gam = g.affine ? std::abs(wp[j]) : 1.0, bet = (g.affine && g.bias) ? std::abs(wp[g.n + j]) : 0.0;
+                    const double mxh = rho * (mx[j] + mean_m + std::abs(x[j]) + mean_abs) +
+                                       std::abs(xhat[j]) * (2 * rho * rho * cross + 1);
+                    out.m[q * g.n + j] = gam * mxh + bet + std::abs(out.h[q * g.n + j]);
+                    if (a != nullptr) {
+                        double t = gam * rho * (in.tau[q * g.n + j] + mean_tau + std::abs(xhat[j]) * mean_xtau);
+                        if (g.affine) {
+                            t += std::abs(xhat[j]) * a[n.offset + j];
+                            if (g.bias) t += a[n.offset + g.n + j];
+                        }
+                        out.tau[q * g.n + j] = t;
+                    }
+                }
+            }
+            return out;
+        }
+        default: {  // activations
+            const activation<double> act(n.spec);
+            for (std::size_t e = 0; e < N; ++e) {
+                const double z = in.h[e];
+                const double s = std::abs(act.derivative(z));
+                out.h[e] = act.value(z);
+                out.m[e] = s * in.m[e] + std::abs(out.h[e]);
+                if (a != nullptr) out.tau[e] = s * in.tau[e];
+            }
+            return out;
+        }
+    }
+}
+}  // namespace detail
+
+// M of the outputs at one input row (binary64).
+inline std::vector<double> forward_magnitude(const analysis& an, std::span<const double> w, std::span<const double> x) {
+    magnitude_pass v{{x.begin(), x.end()}, std::vector<double>(x.size(), 0.0), {}};
+    return detail::magnitude_sequence(an.tree.layers, w, nullptr, v).m;
+}
+
+// Σ_p |J|_mag(x; w)[c][p]·a_p for a ≥ 0 (binary64, C entries).
+inline std::vector<double> jacobian_magnitude(const analysis& an, std::span<const double> w, std::span<const double> x,
+                                              std::span<const double> a) {
+    magnitude_pass v{{x.begin(), x.end()}, std::vector<double>(x.size(), 0.0), std::vector<double>(x.size(), 0.0)};
+    return detail::magnitude_sequence(an.tree.layers, w, a.data(), v).tau;
+}
+
+}  // namespace epk::tree_segment
