@@ -137,6 +137,7 @@ dataset embedded_dataset(const std::string& name) {
         dataset d = parse_csv_dataset(
             std::string(reinterpret_cast<const char*>(embedded::digits_csv), embedded::digits_csv_size), name);
         for (double& v : d.x) v /= 16;  // exact: a power of two
+        d.image_shape = {1, 8, 8};      // each row an 8×8 image, row-major
         return d;
     }
     if (name == "iris")

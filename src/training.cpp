@@ -1,4 +1,5 @@
 #include "epk/training.hpp"
+#include "epk/layer_tree.hpp"
 
 #include <cmath>
 #include <numeric>
@@ -49,6 +50,28 @@ std::size_t bounded(std::mt19937_64& rng, std::size_t n) {
 std::vector<double> torch_default_init(const model_spec& m, std::uint64_t seed) {
     m.validate();
     std::mt19937_64 rng(seed);
+    if (!m.is_mlp()) {
+        // torch's defaults: Linear and Conv2d weight and bias U(−1/√fan_in, 1/√fan_in)
+        // (kaiming_uniform with a = √5), fan_in = in_features or in_channels/groups·kh·kw;
+        // LayerNorm γ = 1, β = 0.  Parameters in the tree's (torch's) order.
+        std::vector<double> w;
+        const layer_tree tree = compile_tree(m);
+        for (const tree_node* n : tree_nodes(tree)) {
+            if (n->count == 0) continue;
+            if (n->spec.kind == layer_kind::layer_norm) {
+                const std::size_t k = n->norm().n;
+                for (std::size_t e = 0; e < n->count; ++e) w.push_back(e < k ? 1.0 : 0.0);
+                continue;
+            }
+            const std::size_t fan_in = n->spec.kind == layer_kind::linear
+                                           ? n->in_shape.back()
+                                           : n->conv().in_per_group() * n->spec.kernel[0] * n->spec.kernel[1];
+            const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+            for (std::size_t e = 0; e < n->count; ++e)
+                w.push_back(static_cast<double>(static_cast<float>(bound * (2.0 * uniform01(rng) - 1.0))));
+        }
+        return w;
+    }
     std::vector<double> w;
     w.reserve(m.parameter_count());
     std::size_t in = m.input_dim;

@@ -19,6 +19,7 @@ struct dataset {
     std::size_t rows = 0, features = 0, classes = 0;
     std::vector<double> x;              // rows * features, row-major
     std::vector<std::int64_t> labels;   // rows
+    std::vector<std::size_t> image_shape;  // [C, H, W] when the rows are images (digits: [1, 8, 8]); else empty
 };
 
 // Embedded: "digits" (1797 x 64, pixels scaled by 1/16 so they lie in [0, 1])

@@ -20,6 +20,7 @@
 #include "epk/dataset.hpp"
 #include "epk/engine.hpp"
 #include "epk/error.hpp"
+#include "epk/file_io.hpp"
 #include "epk/npy.hpp"
 #include "epk/study.hpp"
 #include "epk/trace.hpp"
@@ -44,6 +45,10 @@ commands
       --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
       --n-train N            training rows (default: min(500, rows - n-test))
       --n-test M             held-out rows written as x_test.npy (default: min(100, rows/5))
+      --model FILE.json      the layers, as a version 3 manifest's model (a list of layers, or
+                             {"input_shape": [1, 8, 8], "layers": [...]}; docs/trace-format.md):
+                             conv2d, pooling, residual, layer_norm, ... instead of an MLP; the
+                             digits are [1, 8, 8] images to a list starting with a conv or pool
       --hidden LIST          hidden widths, e.g. 32,16 (default 32; empty = no hidden layer)
       --activation NAME      relu leaky_relu tanh sigmoid softplus gelu identity (default tanh)
       --negative-slope A     leaky_relu slope (default 0.01)
@@ -220,6 +225,49 @@ std::string optimizer_text(const epk::optimizer_spec& o) {
     return s.str();
 }
 
+// --model FILE.json: a layer list as in a version 3 manifest's "model" — either the list of
+// layers or {"input_shape": [...], "layers": [...]} — read by the manifest reader (its rules and
+// messages, naming FILE).  Without input_shape the samples are vectors of the data set's width,
+// or its images when it has them (digits: [1, 8, 8]) and the first layer is a conv or a pool;
+// with it, its product must be that width.
+epk::model_spec model_from_file(const std::string& file, const epk::dataset& d) {
+    const std::string text = epk::read_file_capped(file, std::uintmax_t{16} << 20);
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+        std::string what = e.what();
+        std::replace(what.begin(), what.end(), '\n', ' ');
+        throw epk::input_error(file, "not valid JSON: " + what);
+    }
+    nlohmann::json model = j.is_array() ? nlohmann::json{{"layers", j}} : j;
+    if (!model.is_object()) throw epk::input_error(file, "must be a list of layers or {\"input_shape\": ..., \"layers\": [...]}");
+    if (!model.contains("input_shape") && !model.contains("input_dim")) {
+        // The digits are 1×8×8 images to a model that starts with a convolution or a pool.
+        bool image = false;
+        if (d.image_shape.size() == 3 && model.contains("layers") && model["layers"].is_array() &&
+            !model["layers"].empty() && model["layers"][0].is_object() && model["layers"][0].contains("type") &&
+            model["layers"][0]["type"].is_string())
+            if (const auto k = epk::parse_layer_type(model["layers"][0]["type"].get<std::string>()))
+                image = *k == epk::layer_kind::conv2d || *k == epk::layer_kind::max_pool2d ||
+                        *k == epk::layer_kind::avg_pool2d;
+        model["input_shape"] = image ? d.image_shape : std::vector<std::size_t>{d.features};
+    }
+    nlohmann::json manifest = {{"format", "epk-trace"}, {"version", 3}, {"model", model},
+                               {"loss", {{"type", "cross_entropy"}, {"reduction", "mean"}}},
+                               {"optimizer", {{"type", "sgd"}, {"learning_rate", 0.1}, {"steps", 1}}}};
+    epk::trace t;
+    epk::parse_manifest(manifest.dump(), file, t);
+    if (t.model.input_dim != d.features)
+        throw epk::input_error(file, "input_shape " + epk::shape_string(t.model.sample_shape()) + " has " +
+                                         std::to_string(t.model.input_dim) + " entries but the data have " +
+                                         std::to_string(d.features) + " features");
+    if (t.model.output_dim() != d.classes)
+        throw epk::input_error(file, "the model's output has " + std::to_string(t.model.output_dim()) +
+                                         " entries but the data have " + std::to_string(d.classes) + " classes");
+    return t.model;
+}
+
 built_run build_training_trace(const args& a) {
     const std::string data = a.get("data", "digits");
     epk::dataset d = (data == "digits" || data == "iris") ? epk::embedded_dataset(data)
@@ -256,8 +304,22 @@ built_run build_training_trace(const args& a) {
 
     built_run run;
     epk::trace& t = run.trace;
-    std::vector<std::size_t> hidden_sz(hidden.begin(), hidden.end());
-    t.model = epk::make_mlp(d.features, hidden_sz, d.classes, *act, slope, !a.flags.count("no-bias"));
+    if (a.has("model")) {
+        for (const char* mlp_only : {"hidden", "activation", "negative-slope"})
+            if (a.has(mlp_only))
+                throw epk::input_error(std::string("--") + mlp_only, "is an MLP option; --model gives the layers");
+        if (a.flags.count("no-bias")) throw epk::input_error("--no-bias", "is an MLP option; --model gives the layers");
+        t.model = model_from_file(a.get("model", ""), d);
+    } else {
+        std::vector<std::size_t> hidden_sz(hidden.begin(), hidden.end());
+        t.model = epk::make_mlp(d.features, hidden_sz, d.classes, *act, slope, !a.flags.count("no-bias"));
+    }
+    std::vector<std::size_t> sample = t.model.sample_shape();
+    const auto shape_of = [&](std::size_t rows) {
+        std::vector<std::size_t> shape{rows};
+        shape.insert(shape.end(), sample.begin(), sample.end());
+        return shape;
+    };
     t.loss = {*loss, *red};
     t.optimizer.learning_rate = lr;
     t.optimizer.steps = steps;
@@ -268,7 +330,7 @@ built_run build_training_trace(const args& a) {
             for (std::size_t j = 0; j < d.features; ++j) v.push_back(d.x[order[k] * d.features + j]);
         return v;
     };
-    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {n_train, d.features}, rows_of(0, n_train));
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, shape_of(n_train), rows_of(0, n_train));
     std::vector<std::int64_t> labels;
     for (std::size_t k = 0; k < n_train; ++k) labels.push_back(d.labels[order[k]]);
     if (*loss == epk::loss_kind::cross_entropy) {
@@ -279,7 +341,7 @@ built_run build_training_trace(const args& a) {
         t.y_train = epk::make_real_array(epk::npy_dtype::f8, {n_train, d.classes}, std::move(onehot));
     }
     if (n_test > 0) {
-        t.x_test = epk::make_real_array(epk::npy_dtype::f8, {n_test, d.features}, rows_of(n_train, n_test));
+        t.x_test = epk::make_real_array(epk::npy_dtype::f8, shape_of(n_test), rows_of(n_train, n_test));
         for (std::size_t k = n_train; k < n_train + n_test; ++k) run.test_labels.push_back(d.labels[order[k]]);
     }
     if (batch > 0 && batch < n_train) {
@@ -307,7 +369,7 @@ std::string accuracy_text(const epk::real_table& out, const std::vector<std::int
 
 int cmd_train(int argc, char** argv) {
     const args a = parse_args(argc, argv,
-                              {"out", "data", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
+                              {"out", "data", "model", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
                                "reduction", "steps", "lr", "lr-decay", "batch-size", "seed", "precision", "optimizer",
                                "momentum", "dampening", "weight-decay", "betas", "eps"},
                               {"no-bias", "init-only", "nesterov", "amsgrad"}, 0, 0);

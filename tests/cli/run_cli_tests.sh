@@ -679,5 +679,44 @@ expect_fail "train --weight-decay inf" --weight-decay "finite" --absent "$W/newd
 expect_fail "train --data missing.csv" missing.csv "" --absent "$W/newdir" \
     -- "$EPK" train --out "$W/newdir" --data "$W/missing.csv"
 
+# ---- version 3: a CNN from --model, every command on it -------------------
+cat >"$W/cnn.json" <<'JSON'
+{"input_shape": [1, 8, 8], "layers": [
+  {"type": "Conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
+  {"type": "MaxPool2d", "kernel_size": 2},
+  {"type": "residual", "body": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}, {"type": "tanh"}],
+   "shortcut": []},
+  {"type": "avg_pool2d", "kernel_size": 2}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}
+JSON
+expect_ok "train --model cnn.json" "$EPK" train --out "$W/cnn" --model "$W/cnn.json" --n-train 12 --n-test 3 --steps 2 --lr 0.2 --momentum 0.9
+manifest_has "train --model writes a version 3 manifest with input_shape and canonical names" "$W/cnn/manifest.json" \
+    '"version":3,' '"input_shape":[1,8,8]' '"type":"conv2d"' '"type":"residual"' '"momentum":0.9' -- Conv2d ReLU input_dim
+expect_ok "predict on a version 3 CNN" "$EPK" predict "$W/cnn"
+expect_ok "verify on a version 3 CNN" "$EPK" verify "$W/cnn"
+expect_ok "verify --precision mpfr:80 on a version 3 CNN" "$EPK" verify "$W/cnn" --precision mpfr:80
+expect_ok "kernel on a version 3 CNN" "$EPK" kernel "$W/cnn" --out "$W/cnn-k"
+expect_ok "check on a version 3 CNN" "$EPK" check "$W/cnn" --against "$W/cnn-k"
+expect_ok "compare on a version 3 CNN" "$EPK" compare "$W/cnn" --methods exact,gauss:2
+expect_fail "train --model with --hidden" --hidden "MLP option" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/cnn.json" --hidden 8
+printf '%s' '[{"type": "Conv2d", "out_channels": 2, "kernel_size": 3}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]' >"$W/list.json"
+expect_ok "train --model: a bare list starting with a conv takes the digits as 1x8x8 images" \
+    "$EPK" train --out "$W/cnnlist" --model "$W/list.json" --n-train 6 --n-test 2 --steps 1
+printf '%s' '[{"type": "conv2d", "out_channels": 2, "kernel_size": 3}, {"type": "flatten"}, {"type": "linear", "out_features": 3}]' >"$W/vec.json"
+expect_fail "train --model: a conv on vectors (iris)" vec.json "needs a \[C, H, W\] input" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/vec.json" --data iris
+printf '%s' '{"input_shape": [1, 8, 8], "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 3}]}' >"$W/three.json"
+expect_fail "train --model: outputs != classes" three.json "3 entries but the data have 10 classes" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/three.json"
+printf '%s' '{"input_shape": [1, 4, 4], "layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10}]}' >"$W/small.json"
+expect_fail "train --model: input_shape != features" small.json "has 16 entries but the data have 64 features" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/small.json"
+printf '%s' '{"input_shape": [1, 8, 8], "layers": [{"type": "residual", "body": [{"type": "BatchNorm2d"}]}, {"type": "flatten"}, {"type": "linear", "out_features": 10}]}' >"$W/bn.json"
+expect_fail "train --model: batch norm refused with the layer's path" bn.json "layers\[0\]\.body\[0\]: BatchNorm2d is not supported" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/bn.json"
+printf '%s' '{"input_shape": [1, 8' >"$W/broken.json"
+expect_fail "train --model: not JSON" broken.json "not valid JSON" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --model "$W/broken.json"
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
