@@ -41,6 +41,7 @@ usage: epk COMMAND [OPTIONS]
 commands
   demo                       train an MLP on the embedded digits and write it exactly as a
                              kernel machine, in double and in mpfr:256  [--precision P]
+                             [--cnn: a small ReLU CNN with a residual block instead]
   train --out DIR [OPTIONS]  train a network and write a trace (spec: docs/trace-format.md)
       --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
       --n-train N            training rows (default: min(500, rows - n-test))
@@ -896,20 +897,49 @@ int cmd_study(int argc, char** argv) {
 // ---------------------------------------------------------------- demo
 
 int cmd_demo(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"precision"}, {}, 0, 0);
+    const args a = parse_args(argc, argv, {"precision"}, {"cnn"}, 0, 0);
     const epk::precision hi = epk::parse_precision(a.get("precision", "mpfr:256"));
     const epk::precision lo = epk::parse_precision("double");
-    // The demo's run: digits, 64-16-10 tanh, 200 training digits, 30 SGD steps of batch 20.
-    const char* demo_argv[] = {"epk", "train", "--n-train", "200", "--n-test", "100", "--hidden", "16",
-                               "--activation", "tanh", "--steps", "30", "--lr", "0.5", "--batch-size", "20",
-                               "--seed", "1", "--out", "-"};
-    const args da = parse_args(static_cast<int>(std::size(demo_argv)), const_cast<char**>(demo_argv),
-                               {"out", "n-train", "n-test", "hidden", "activation", "steps", "lr", "batch-size", "seed"},
+    const bool cnn = a.flags.count("cnn") != 0;
+    // The demo's run: digits, 64-16-10 tanh, 200 training digits, 30 SGD steps of batch 20; or
+    // (--cnn) a small ReLU CNN with a residual block on 1x8x8 digits, 100 digits, 40 steps.
+    std::string model_file;
+    if (cnn) {
+        char name[] = "/tmp/epk-demo-cnn-XXXXXX";
+        const int fd = mkstemp(name);
+        if (fd < 0) throw std::runtime_error("demo: cannot create a temporary file");
+        const std::string spec =
+            R"({"input_shape": [1, 8, 8], "layers": [)"
+            R"({"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "relu"},)"
+            R"({"type": "max_pool2d", "kernel_size": 2},)"
+            R"({"type": "residual", "body": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},)"
+            R"({"type": "relu"}], "shortcut": []},)"
+            R"({"type": "flatten"}, {"type": "linear", "out_features": 10}]})";
+        const bool written = write(fd, spec.data(), spec.size()) == static_cast<ssize_t>(spec.size());
+        close(fd);
+        model_file = name;
+        if (!written) throw std::runtime_error("demo: cannot write a temporary file");
+    }
+    std::vector<const char*> demo_argv{"epk", "train", "--n-test", "100", "--seed", "1", "--out", "-"};
+    if (cnn) {
+        for (const char* o : {"--model", model_file.c_str(), "--n-train", "100", "--steps", "40", "--lr", "1",
+                              "--batch-size", "20"})
+            demo_argv.push_back(o);
+    } else {
+        for (const char* o : {"--n-train", "200", "--hidden", "16", "--activation", "tanh", "--steps", "30", "--lr",
+                              "0.5", "--batch-size", "20"})
+            demo_argv.push_back(o);
+    }
+    const args da = parse_args(static_cast<int>(demo_argv.size()), const_cast<char**>(demo_argv.data()),
+                               {"out", "model", "n-train", "n-test", "hidden", "activation", "steps", "lr", "batch-size",
+                                "seed"},
                                {}, 0, 0);
     const built_run run = build_training_trace(da);
+    if (cnn) std::remove(model_file.c_str());
     const epk::trace& t = run.trace;
-    const std::size_t shown = 4;  // held-out digits whose kernel expansion is computed
-    std::cout << "epk demo: an MLP trained by SGD on the embedded 8x8 digits, written exactly as a kernel machine\n"
+    const std::size_t shown = cnn ? 2 : 4;  // held-out digits whose kernel expansion is computed
+    std::cout << "epk demo: " << (cnn ? "a CNN with a residual block" : "an MLP")
+              << " trained by SGD on the embedded 8x8 digits, written exactly as a kernel machine\n"
               << "  f(x; w[S]) = f(x; w[0]) + sum_s sum_i K_s(x, x_i) a_{i,s}   (exact path kernel)\n"
               << "  model " << shape_string(t.model) << " (P = " << t.model.parameter_count()
               << "), cross_entropy/mean, " << t.n_train() << " training digits, " << t.steps()
@@ -921,9 +951,11 @@ int cmd_demo(int argc, char** argv) {
 
     // The kernel at the first few held-out digits, in double and in `hi`.
     epk::trace kt = t;
-    std::vector<double> rows(t.x_test->real.begin(),
-                             t.x_test->real.begin() + static_cast<std::ptrdiff_t>(shown * t.x_test->shape[1]));
-    kt.x_test = epk::make_real_array(epk::npy_dtype::f8, {shown, t.x_test->shape[1]}, std::move(rows));
+    const std::size_t width = t.model.input_dim;
+    std::vector<double> rows(t.x_test->real.begin(), t.x_test->real.begin() + static_cast<std::ptrdiff_t>(shown * width));
+    std::vector<std::size_t> shape = t.x_test->shape;
+    shape[0] = shown;
+    kt.x_test = epk::make_real_array(epk::npy_dtype::f8, shape, std::move(rows));
     auto secs = [](auto x, auto y) { return std::chrono::duration<double>(y - x).count(); };
     const auto t0 = std::chrono::steady_clock::now();
     const epk::kernel_report kd = epk::compute_kernel(kt, lo, {}, make_progress("exact path kernel in " + lo.name()));
