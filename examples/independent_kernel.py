@@ -39,6 +39,25 @@ Jacobians J(x; w) = df/dw come from torch autograd (one backward pass per
 output over a batch of independent parameter rows). softplus is evaluated as
 logaddexp(z, 0), i.e. exactly log(1 + e^z) as the trace format prescribes.
 
+Version 3 traces (conv2d, max_pool2d, avg_pool2d, flatten, layer_norm, residual;
+plain SGD only: other optimizers are refused) use the torch modules that
+examples/pytorch_trace.py builds from the manifest's layers (read_layers,
+torch_sequential; nn.Softplus replaced by the exact log(1 + e^z)), in float64, as
+functions of the flat parameter vector (functional_call), with one parameter
+vector per row through functorch.vmap and J = vmap(jacrev(f)). The activation
+pattern of a point is recorded by forward hooks: the sign of every ReLU /
+LeakyReLU input and, for every MaxPool2d, the argmax of every window
+(--pool-pattern argmax, what J depends on) or the order of every pair of entries
+of every window (--pool-pattern pairs: the switching functions epk cuts at, so
+that the breakpoint counts are comparable). The pattern of the whole network is
+sampled at --kink-grid + 1 equally spaced t; every interval whose ends differ is
+bisected on the whole pattern vector (each half whose ends differ is kept) to
+width <= --bisect-tol or adjacent doubles. Pieces are integrated by a
+max(--gl-nodes, number of linear and conv2d modules)-point Gauss-Legendre rule
+(piecewise-linear nets), composite Gauss-Legendre --smooth-subintervals x
+--smooth-nodes (smooth nets: tanh, sigmoid, softplus, gelu, layer_norm), or that
+composite rule on every piece (both), with the same guard as above.
+
 Self-check (independent of epk): for every step and test point the fundamental
 theorem of calculus requires int J dt . (w_{s+1} - w_s) = f(x; w_{s+1}) - f(x; w_s);
 the largest violation is reported as ftc_max_abs, and the reconstruction
@@ -49,21 +68,27 @@ Outputs, in --out (created; existing files of the same names are replaced):
   remainder.npy [M,C], outputs_final.npy [M,C], summary.json.
 
 Requires Python 3, NumPy and PyTorch (Debian: /usr/bin/python3 with python3-torch),
-and examples/epk_trace.py beside this script.
+and examples/epk_trace.py beside this script; for version 3 traces also functorch
+(part of python3-torch 1.13) and examples/pytorch_trace.py beside this script.
 
 Example:
     /usr/bin/python3 examples/pytorch_trace.py --out /tmp/t --activation relu --hidden 16,16 --steps 20
     /usr/bin/python3 examples/independent_kernel.py /tmp/t --out /tmp/t-indep --steps 0,10,19
+    /usr/bin/python3 examples/pytorch_trace.py --out /tmp/c --model examples/models/cnn_relu_maxpool.json \
+        --data digits --input-shape 1,8,8 --steps 10 --lr 0.2 --n-train 32 --n-test 4
+    /usr/bin/python3 examples/independent_kernel.py /tmp/c --out /tmp/c-indep --steps 0,9
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from epk_trace import DT, KINK_ACTIVATIONS, Model, Trace  # noqa: E402  (examples/epk_trace.py)
@@ -195,6 +220,8 @@ def find_breakpoints(model, x, w0, dw, a, b, grid, tol):
 
 def segment_integral(model, x, w0, dw, opt, stats):
     """int_0^1 J(x[m]; w0 + t dw) dt for every point: [M, C, P]."""
+    if getattr(model, "v3", False):
+        return segment_integral_v3(model, x, w0, dw, opt, stats)
     M = x.shape[0]
     if model.has_kinks:
         xi, om = gauss_legendre(opt.gl_nodes)
@@ -270,6 +297,270 @@ def segment_integral(model, x, w0, dw, opt, stats):
     return out
 
 
+# ------------------------------------------------------------------ version 3 models (torch modules)
+
+def plain_sgd(optimizer):
+    """Whether the manifest's optimizer object is plain SGD: type sgd/SGD, no momentum, no weight decay."""
+    return (str(optimizer.get("type", "")).lower() == "sgd" and float(optimizer.get("momentum", 0) or 0) == 0
+            and float(optimizer.get("weight_decay", 0) or 0) == 0 and not optimizer.get("maximize", False))
+
+
+class Unsupported(ValueError):
+    """A version 3 trace this script does not handle (an optimizer other than plain SGD)."""
+
+
+class ExactSoftplus(torch.nn.Module):
+    """log(1 + e^z) with no threshold, as the trace format prescribes (nn.Softplus returns z above 20)."""
+
+    def forward(self, z):
+        return torch.logaddexp(z, torch.zeros_like(z))
+
+
+class TorchKernelModel:
+    """A trace format version 3 model (conv2d, pools, layer norm, residual, ...): the torch module
+    examples/pytorch_trace.py builds from the manifest's layers (read_layers, torch_sequential), in
+    float64, as a function of the flat parameter vector w in parameters_to_vector order. Per-row
+    parameters (one w per input row) go through functorch.vmap; the Jacobians are
+    vmap(jacrev(f)). The activation pattern of a row is recorded by forward hooks: the sign of
+    every ReLU / LeakyReLU input, and for every MaxPool2d either the argmax of every window
+    (pool_pattern "argmax": what J depends on) or the order of every pair of entries in every
+    window (pool_pattern "pairs": the switching functions h_p - h_q epk cuts at, which makes
+    the breakpoint counts comparable)."""
+
+    v3 = True
+    SWITCHING = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.MaxPool2d)
+    SMOOTH = (torch.nn.Tanh, torch.nn.Sigmoid, ExactSoftplus, torch.nn.Softplus, torch.nn.GELU, torch.nn.LayerNorm)
+
+    def __init__(self, manifest, pool_pattern="argmax"):
+        from pytorch_trace import read_layers, torch_sequential  # examples/pytorch_trace.py (its builder)
+        import functorch
+        from torch.nn.utils.stateless import functional_call
+        self._vmap, self._jacrev, self._call = functorch.vmap, functorch.jacrev, functional_call
+        if not plain_sgd(manifest["optimizer"]):
+            raise Unsupported("only plain SGD is supported for version 3 traces (optimizer %s)"
+                              % json.dumps(manifest["optimizer"]))
+        m = manifest["model"]
+        self.input_shape = [int(v) for v in m["input_shape"]] if "input_shape" in m else [int(m["input_dim"])]
+        layers, out_shape = read_layers(m["layers"], "model.layers", self.input_shape)
+        if len(out_shape) != 1:
+            raise ValueError("the model's output is %s, not a vector" % out_shape)
+        net = torch_sequential(layers, self.input_shape).to(DT)
+        self._exact_softplus(net)
+        net.eval()
+        self.net = net
+        self.names = [n for n, _ in net.named_parameters()]
+        self.shapes = [tuple(p.shape) for _, p in net.named_parameters()]
+        self.P = sum(int(np.prod(s)) for s in self.shapes)
+        self.C = int(out_shape[0])
+        mods = list(net.modules())
+        self.has_kinks = any(isinstance(q, self.SWITCHING) for q in mods)
+        self.smooth = any(isinstance(q, self.SMOOTH) for q in mods)
+        # bilinear modules: J is a polynomial in t of degree < this on a piece of a piecewise-linear net
+        self.n_linear = sum(isinstance(q, (torch.nn.Linear, torch.nn.Conv2d)) for q in mods)
+        self.pool_pattern = pool_pattern
+        self._stash = []
+        for q in mods:
+            if isinstance(q, self.SWITCHING):
+                q.register_forward_hook(self._hook)
+
+    @staticmethod
+    def _exact_softplus(module):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Softplus):
+                setattr(module, name, ExactSoftplus())
+            else:
+                TorchKernelModel._exact_softplus(child)
+
+    def _hook(self, mod, inp, out):
+        h = inp[0]
+        if not isinstance(mod, torch.nn.MaxPool2d):
+            self._stash.append((h > 0).reshape(h.shape[0], -1).to(torch.int64))
+            return
+        two = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        k, s, p, d = two(mod.kernel_size), two(mod.stride), two(mod.padding), two(mod.dilation)
+        if self.pool_pattern == "argmax":  # torch's own argmax (first maximal entry of the window)
+            _, idx = F.max_pool2d(h, k, s, p, d, return_indices=True)
+            self._stash.append(idx.reshape(h.shape[0], -1))
+            return
+        # every pair of window entries: h_p > h_q (padding -inf, never chosen)
+        hp = F.pad(h, (p[1], p[1], p[0], p[0]), value=-math.inf)
+        Ho, Wo = out.shape[-2], out.shape[-1]
+        ent = [hp[..., ky * d[0]: ky * d[0] + s[0] * (Ho - 1) + 1: s[0],
+                  kx * d[1]: kx * d[1] + s[1] * (Wo - 1) + 1: s[1]]
+               for ky in range(k[0]) for kx in range(k[1])]
+        cmp = [(ent[a] > ent[b]).reshape(h.shape[0], -1) for a in range(len(ent)) for b in range(a + 1, len(ent))]
+        self._stash.append(torch.cat(cmp, dim=1).to(torch.int64))
+
+    def unflat(self, w):
+        """Flat w [P] -> {name: view} in parameters_to_vector order."""
+        out, off = {}, 0
+        for n, s in zip(self.names, self.shapes):
+            k = int(np.prod(s))
+            out[n] = w[off:off + k].view(s)
+            off += k
+        return out
+
+    def forward(self, x, w):
+        """f(x[b]; w) for one flat vector w [P] (differentiable in w)."""
+        self._stash.clear()
+        f = self._call(self.net, self.unflat(w), (x,))
+        self._stash.clear()
+        return f
+
+    def outputs(self, x, w):
+        """f(x; w) without autograd: [B, C]."""
+        with torch.no_grad():
+            return self.forward(x, w)
+
+    def _one(self, x, w):
+        return self._call(self.net, self.unflat(w), (x.unsqueeze(0),))[0]
+
+    def _pattern_one(self, x, w):
+        self._stash.clear()
+        self._call(self.net, self.unflat(w), (x.unsqueeze(0),))
+        pat = torch.cat([p[0] for p in self._stash]) if self._stash else torch.zeros(0, dtype=torch.int64)
+        self._stash.clear()
+        return pat
+
+    def rows_per_chunk(self, limit):
+        return max(1, min(limit, (1 << 22) // max(1, self.C * self.P)))
+
+    def pattern_rows(self, x, w, chunk=4096):
+        """Activation pattern of x[b] at w[b]: [B, Q] int64."""
+        with torch.no_grad():
+            return torch.cat([self._vmap(self._pattern_one)(x[c:c + chunk], w[c:c + chunk])
+                              for c in range(0, x.shape[0], chunk)])
+
+    def jacobian_rows(self, x, w, chunk=4096):
+        """J(x[b]; w[b]) for every row: [B, C, P]."""
+        chunk = self.rows_per_chunk(chunk)
+        jac = self._vmap(self._jacrev(self._one, argnums=1))
+        with torch.enable_grad():
+            return torch.cat([jac(x[c:c + chunk], w[c:c + chunk]).detach() for c in range(0, x.shape[0], chunk)])
+
+
+def make_kernel_model(manifest, pool_pattern="argmax"):
+    """KernelModel (the MLP of versions 1 and 2) or TorchKernelModel (version 3)."""
+    if manifest.get("version") == 3:
+        return TorchKernelModel(manifest, pool_pattern)
+    return KernelModel(manifest)
+
+
+def pattern_at(model, x_rows, t_rows, w0, dw):
+    return model.pattern_rows(x_rows, w0.unsqueeze(0) + t_rows[:, None] * dw.unsqueeze(0))
+
+
+def find_breakpoints_v3(model, x, w0, dw, a, b, grid, tol):
+    """Breakpoints in (a, b) of the activation pattern of the whole network at each point x[m]
+    along w0 + t dw: the pattern is sampled at grid + 1 equally spaced t; every interval where it
+    differs is bisected on the whole pattern vector (a half whose ends differ is kept; both halves
+    when both do) down to width <= tol or adjacent doubles. Returns a list (per point) of sorted
+    float tensors."""
+    M = x.shape[0]
+    ts = torch.linspace(a, b, grid + 1, dtype=DT)
+    ts[0], ts[-1] = a, b
+    T = ts.shape[0]
+    rows_x = x.repeat((T,) + (1,) * (x.dim() - 1))            # row k*M + m: x[m] at ts[k]
+    pat = pattern_at(model, rows_x, ts.repeat_interleave(M), w0, dw).reshape(T, M, -1)
+    k, m = torch.nonzero((pat[1:] != pat[:-1]).any(dim=2), as_tuple=True)
+    lo, hi = ts[k].clone(), ts[k + 1].clone()
+    p_lo, p_hi = pat[k, m], pat[k + 1, m]
+    roots = [[] for _ in range(M)]
+    for _ in range(400):
+        if m.numel() == 0:
+            break
+        mid = 0.5 * (lo + hi)
+        done = ((hi - lo) <= tol) | (mid == lo) | (mid == hi)
+        for mi, r in zip(m[done].tolist(), mid[done].tolist()):
+            roots[mi].append(r)
+        keep = ~done
+        m, lo, hi, mid, p_lo, p_hi = m[keep], lo[keep], hi[keep], mid[keep], p_lo[keep], p_hi[keep]
+        if m.numel() == 0:
+            break
+        p_mid = pattern_at(model, x[m], mid, w0, dw)
+        left, right = (p_mid != p_lo).any(dim=1), (p_mid != p_hi).any(dim=1)
+        m = torch.cat([m[left], m[right]])
+        lo, hi = torch.cat([lo[left], mid[right]]), torch.cat([mid[left], hi[right]])
+        p_lo, p_hi = torch.cat([p_lo[left], p_mid[right]]), torch.cat([p_mid[left], p_hi[right]])
+    else:
+        raise RuntimeError("bisection did not terminate")
+    return [torch.sort(torch.tensor(r, dtype=DT)).values for r in roots]
+
+
+def segment_integral_v3(model, x, w0, dw, opt, stats):
+    """int_0^1 J(x[m]; w0 + t dw) dt for every point of a version 3 model: [M, C, P].
+    Piecewise-linear nets (relu, leaky_relu, max pool; no smooth module): --gl-nodes Gauss-Legendre
+    on every piece between pattern changes (J is a polynomial of degree < number of linear/conv
+    modules there). Smooth nets: composite Gauss-Legendre, --smooth-subintervals x --smooth-nodes.
+    Both (kinks and smooth modules): the composite rule on every piece, ceil(k * length) subintervals."""
+    M = x.shape[0]
+    xi_k, om_k = gauss_legendre(max(opt.gl_nodes, model.n_linear))
+    xi_s, om_s = gauss_legendre(opt.smooth_nodes)
+    k_s = opt.smooth_subintervals
+
+    def piece_rule(pa, pb):
+        if not model.smooth:
+            return map_rule(pa, pb, xi_k, om_k)
+        k = k_s if (pa, pb) == (0.0, 1.0) else max(1, math.ceil(k_s * (pb - pa)))
+        ts, ws = zip(*(map_rule(pa + (pb - pa) * j / k, pa + (pb - pa) * (j + 1) / k, xi_s, om_s)
+                       for j in range(k)))
+        return torch.cat(ts), torch.cat(ws)
+
+    pieces = [[(0.0, 1.0)] for _ in range(M)]
+    if model.has_kinks:
+        bps = find_breakpoints_v3(model, x, w0, dw, 0.0, 1.0, opt.kink_grid, opt.bisect_tol)
+        for mi in range(M):
+            edges = [0.0] + [float(v) for v in bps[mi]] + [1.0]
+            pieces[mi] = [(edges[j], edges[j + 1]) for j in range(len(edges) - 1)]
+        # Guard: the pattern must be constant over the nodes of each piece; if not, a pair of
+        # changes hid between two samples -- resample that piece densely and bisect again.
+        for _round in range(5):
+            rows_x, rows_t, owner = [], [], []
+            for mi in range(M):
+                for pj, (pa, pb) in enumerate(pieces[mi]):
+                    tn, _ = piece_rule(pa, pb)
+                    rows_t.append(tn)
+                    owner.append((mi, pj, tn.shape[0]))
+                    rows_x.append(x[mi].expand((tn.shape[0],) + tuple(x.shape[1:])))
+            pat = pattern_at(model, torch.cat(rows_x), torch.cat(rows_t), w0, dw)
+            bad, start = [], 0
+            for mi, pj, n in owner:
+                if bool((pat[start:start + n] != pat[start]).any()):
+                    bad.append((mi, pj))
+                start += n
+            if not bad:
+                break
+            if _round == 4:
+                stats["unresolved_pieces"] += len(bad)
+                break
+            stats["refined_pieces"] += len(bad)
+            for mi, pj in sorted(bad, reverse=True):
+                pa, pb = pieces[mi][pj]
+                sub = find_breakpoints_v3(model, x[mi:mi + 1], w0, dw, pa, pb, opt.kink_grid, opt.bisect_tol)[0]
+                edges = [pa] + [float(v) for v in sub if pa < float(v) < pb] + [pb]
+                pieces[mi][pj:pj + 1] = [(edges[j], edges[j + 1]) for j in range(len(edges) - 1)]
+        for mi in range(M):
+            stats["breakpoints"][mi] += len(pieces[mi]) - 1
+
+    rows_x, rows_t, rows_w, rows_m = [], [], [], []
+    for mi in range(M):
+        for pa, pb in pieces[mi]:
+            tn, wn = piece_rule(pa, pb)
+            rows_t.append(tn)
+            rows_w.append(wn)
+            rows_m.append(torch.full((tn.shape[0],), mi, dtype=torch.int64))
+            rows_x.append(x[mi].expand((tn.shape[0],) + tuple(x.shape[1:])))
+    xx, tt, ww, mm = torch.cat(rows_x), torch.cat(rows_t), torch.cat(rows_w), torch.cat(rows_m)
+    stats["jacobian_evaluations"] += int(tt.shape[0])
+    out = torch.zeros((M, model.C, model.P), dtype=DT)
+    chunk = model.rows_per_chunk(max(1, opt.chunk_rows))
+    for c0 in range(0, tt.shape[0], chunk):
+        sl = slice(c0, c0 + chunk)
+        J = model.jacobian_rows(xx[sl], w0.unsqueeze(0) + tt[sl, None] * dw.unsqueeze(0))
+        out.index_add_(0, mm[sl], ww[sl, None, None] * J)
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 def main(argv=None):
@@ -286,11 +577,18 @@ def main(argv=None):
     p.add_argument("--smooth-nodes", type=int, default=16, help="GL nodes per subinterval (smooth nets)")
     p.add_argument("--chunk-rows", type=int, default=4096, help="Jacobian rows per autograd batch")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--pool-pattern", choices=("argmax", "pairs"), default="argmax",
+                   help="version 3: a max pool's part of the activation pattern: the argmax of every window, "
+                        "or the order of every pair of window entries (epk's switching functions)")
     opt = p.parse_args(argv)
     torch.set_num_threads(opt.threads)
     t_start = time.time()
 
-    tr = Trace(opt.trace, KernelModel)
+    try:
+        tr = Trace(opt.trace, lambda manifest: make_kernel_model(manifest, opt.pool_pattern))
+    except Unsupported as e:
+        print("independent_kernel.py: %s: %s" % (opt.trace, e), file=sys.stderr)
+        return 2
     model = tr.model
     S, N = tr.S, tr.N
     X, Y, XE = tr.x_train, tr.y_train, tr.x_eval
@@ -358,6 +656,17 @@ def main(argv=None):
         "step_remainder_max_abs": remainder_step_max,
         "kernel_steps": sorted(kernels), "seconds": time.time() - t_start,
     }
+    if getattr(model, "v3", False):
+        summary["method"] = "version 3 (torch modules, vmap(jacrev)): " + (
+            ("composite Gauss-Legendre %d x %d on every piece between bisected pattern changes (max pool %s), "
+             "grid %d, tol %g" % (opt.smooth_subintervals, opt.smooth_nodes, opt.pool_pattern, opt.kink_grid,
+                                  opt.bisect_tol)) if model.has_kinks and model.smooth else
+            ("piecewise Gauss-Legendre (%d nodes) between bisected pattern changes (max pool %s), grid %d, tol %g"
+             % (max(opt.gl_nodes, model.n_linear), opt.pool_pattern, opt.kink_grid, opt.bisect_tol))
+            if model.has_kinks else
+            ("composite Gauss-Legendre %d x %d" % (opt.smooth_subintervals, opt.smooth_nodes)) if model.smooth else
+            "Gauss-Legendre (%d nodes, polynomial integrand)" % max(opt.gl_nodes, model.n_linear))
+        summary["pool_pattern"] = opt.pool_pattern
     with open(os.path.join(opt.out, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
         fh.write("\n")

@@ -306,15 +306,8 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
     for (std::size_t li = 0; li < layers.size(); ++li) {
         const std::size_t k = layers[li];
         if (kinds[li].kind == layer_kind::max_pool2d) {  // every pair of a window: its order
-            const auto g = pools[li].pool();
-            for (std::size_t c = 0; c < g.C; ++c)
-                for (std::size_t y = 0; y < g.Ho; ++y)
-                    for (std::size_t xx = 0; xx < g.Wo; ++xx) {
-                        std::vector<std::size_t> win;
-                        epk::layers::pool_window(g, c, y, xx, [&](std::size_t i) { win.push_back(i); });
-                        for (std::size_t p = 0; p < win.size(); ++p)
-                            for (std::size_t q = p + 1; q < win.size(); ++q) targets.push_back({k, win[p], T(0), win[q]});
-                    }
+            epk::layers::window_pairs(pools[li].pool(),
+                                      [&](std::size_t i, std::size_t j) { targets.push_back({k, i, T(0), j}); });
             continue;
         }
         for (std::size_t j = 0; j < passes[0].values[k].cols; ++j) {

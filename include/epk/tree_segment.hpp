@@ -244,19 +244,11 @@ std::vector<std::vector<T>> switching_polynomials(const analysis& an, std::span<
         for (std::size_t j = 0; j < in.cols; ++j) out.push_back(column(j));
         return out;
     }
-    const auto g = target.pool();
-    for (std::size_t c = 0; c < g.C; ++c)
-        for (std::size_t y = 0; y < g.Ho; ++y)
-            for (std::size_t xx = 0; xx < g.Wo; ++xx) {
-                std::vector<std::size_t> win;
-                layers::pool_window(g, c, y, xx, [&](std::size_t i) { win.push_back(i); });
-                for (std::size_t p = 0; p < win.size(); ++p)
-                    for (std::size_t q = p + 1; q < win.size(); ++q) {
-                        std::vector<T> d(in.rows);
-                        for (std::size_t k = 0; k < in.rows; ++k) d[k] = in(k, win[p]) - in(k, win[q]);
-                        out.push_back(std::move(d));
-                    }
-            }
+    layers::window_pairs(target.pool(), [&](std::size_t i, std::size_t j) {
+        std::vector<T> d(in.rows);
+        for (std::size_t k = 0; k < in.rows; ++k) d[k] = in(k, i) - in(k, j);
+        out.push_back(std::move(d));
+    });
     return out;
 }
 

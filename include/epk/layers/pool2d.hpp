@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "epk/scalar.hpp"
 
@@ -31,6 +32,21 @@ void pool_window(const pool_geometry& g, std::size_t c, std::size_t y, std::size
             f((c * g.H + static_cast<std::size_t>(iy)) * g.W + static_cast<std::size_t>(ix));
         }
     }
+}
+
+// Calls f(i, j) for every pair i < j (in window order) of in-bounds entries of every window:
+// a max pool's switching functions are the differences h_i − h_j (tree_segment.hpp).
+template <class F>
+void window_pairs(const pool_geometry& g, F&& f) {
+    std::vector<std::size_t> win;
+    for (std::size_t c = 0; c < g.C; ++c)
+        for (std::size_t y = 0; y < g.Ho; ++y)
+            for (std::size_t x = 0; x < g.Wo; ++x) {
+                win.clear();
+                pool_window(g, c, y, x, [&](std::size_t i) { win.push_back(i); });
+                for (std::size_t p = 0; p < win.size(); ++p)
+                    for (std::size_t q = p + 1; q < win.size(); ++q) f(win[p], win[q]);
+            }
 }
 
 // The maximiser's input index of every output (torch's tie rule), one sample.
