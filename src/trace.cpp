@@ -1,6 +1,7 @@
-// src/trace.cpp — training traces, docs/trace-format.md version 2 (see epk/trace.hpp).
+// src/trace.cpp — training traces, docs/trace-format.md version 3 (see epk/trace.hpp).
 //
-// Contract: parse_manifest accepts exactly what versions 1 and 2 define and
+// Contract: parse_manifest accepts exactly what versions 1, 2 and 3 define (version 3's
+// layers only in a manifest that says version 3) and
 // rejects by name every layer type, loss, optimizer and optimizer/loss/layer
 // field it does not implement; validate_trace checks every array (the recorded
 // optimizer state included) against the manifest;

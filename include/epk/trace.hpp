@@ -1,5 +1,5 @@
-// epk/trace.hpp — training traces, docs/trace-format.md (version 2; version 1
-// traces read as before).
+// epk/trace.hpp — training traces, docs/trace-format.md (version 3; versions 1
+// and 2 read as before).
 //
 // Contract of read_trace: either returns a trace every field of which obeys
 // the spec (shapes agree with the manifest, indices in range, no NaN/inf in
@@ -16,7 +16,8 @@
 // trace (write -> read -> write is byte-identical).  The manifest says version 1,
 // in exactly version 1's bytes, for plain SGD from a fresh start
 // (optimizer.rule.is_plain_sgd(), initial_step 0, no recorded state); otherwise
-// version 2 with every field of the optimizer's kind written out.
+// version 2 with every field of the optimizer's kind written out; a model that is not an
+// MLP (version 3's layers) makes it version 3, every layer field written out.
 #pragma once
 
 #include <filesystem>
@@ -36,13 +37,13 @@ struct trace {
     loss_spec loss;
     sgd_spec optimizer;  // optimizer.steps is S
 
-    npy_array x_train;                      // [N, D]
+    npy_array x_train;                      // [N, D] or [N, *input_shape]
     npy_array y_train;                      // [N] i8 (cross_entropy) or [N, C] / [N] real (mse)
     std::optional<npy_array> params;        // [S+1, P]
     std::optional<npy_array> init_params;   // [P]
     std::optional<npy_array> batches;       // [S, B] i8
     std::optional<npy_array> learning_rates;// [S] f8
-    std::optional<npy_array> x_test;        // [M, D]
+    std::optional<npy_array> x_test;        // [M, D] or [M, *input_shape]
     // Version 2, optional: the optimizer's state before step 0 (a run resumed from a
     // checkpoint), torch's state_dict names; optimizer.initial_step is its step count.
     // <f4 or <f8, [P], finite; read_trace guarantees each is present exactly when
