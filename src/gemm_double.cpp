@@ -18,6 +18,18 @@ using view = Eigen::Map<row_major, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 void gemm_fast_double(bool b_transposed, std::size_t m, std::size_t n, std::size_t k, const double* a,
                       std::size_t lda, const double* b, std::size_t ldb, double* c, std::size_t ldc, bool accumulate) {
+    // Vectors and tiny products: Eigen evaluates these coefficient by coefficient (GEMV, lazy
+    // products) with reductions that peel to the data's alignment, so their rounding would
+    // depend on where malloc put the operands — and so on the thread.  Plain sums instead.
+    if (m == 1 || n == 1 || m + n + k < 20) {
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                double acc = accumulate ? c[i * ldc + j] : 0.0;
+                for (std::size_t p = 0; p < k; ++p) acc += a[i * lda + p] * (b_transposed ? b[j * ldb + p] : b[p * ldb + j]);
+                c[i * ldc + j] = acc;
+            }
+        return;
+    }
     const auto em = static_cast<Eigen::Index>(m), en = static_cast<Eigen::Index>(n), ek = static_cast<Eigen::Index>(k);
     const_view av(a, em, ek, Eigen::OuterStride<>(static_cast<Eigen::Index>(lda)));
     view cv(c, em, en, Eigen::OuterStride<>(static_cast<Eigen::Index>(ldc)));
