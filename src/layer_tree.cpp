@@ -53,6 +53,7 @@ std::vector<tree_node> compile_sequence(const std::vector<layer_spec>& seq, cons
             n.offset = offset;
             n.count = layer_parameter_count(seq[k], shape);
             offset += n.count;
+            if (n.spec.kind == layer_kind::conv2d) n.patches = layers::conv_patch_runs(n.conv());
         }
         n.out_size = numel(n.out_shape);
         shape = n.out_shape;

@@ -40,6 +40,7 @@ struct tree_node {
     std::size_t in_size = 0, out_size = 0;
     std::size_t offset = 0, count = 0;   // this node's own parameters in w
     std::vector<tree_node> body, shortcut;
+    layers::patch_runs patches;  // conv2d: im2col's index runs (layers::conv_patch_runs)
 
     layers::linear_geometry linear() const;
     layers::conv_geometry conv() const;

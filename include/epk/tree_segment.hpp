@@ -31,6 +31,7 @@
 #include <span>
 #include <vector>
 
+#include "epk/bilinear.hpp"
 #include "epk/layer_tree.hpp"
 #include "epk/quadrature.hpp"
 
@@ -121,35 +122,47 @@ struct poly_walk {
     const tree_node* target;
     poly<T> found;
 
-    // Z = A(w)H + a·A(Δ)H + len·A(Δ)H shifted, plus the bias terms.
-    template <class Apply>
-    poly<T> bilinear(const tree_node& n, const poly<T>& h, Apply&& apply) {
+    // Z = A(w)H + a·A(Δ)H + len·A(Δ)H shifted, plus the bias terms; A(·)H for all the
+    // coefficient rows at once as products (bilinear.hpp).
+    poly<T> bilinear(const tree_node& n, const poly<T>& h) {
         const std::size_t deg = h.rows;
-        poly<T> z(deg + 1, n.out_size);
-        std::vector<T> wh(n.out_size), dh(n.out_size);
-        const T* wp = w.data() + n.offset;
-        const T* dp = delta.data() + n.offset;
-        for (std::size_t k = 0; k < deg; ++k) {
-            apply(wp, &h(k, 0), wh.data());
-            apply(dp, &h(k, 0), dh.data());
-            for (std::size_t e = 0; e < n.out_size; ++e) {
-                T acc = wh[e];
-                add_product(acc, a, dh[e]);
-                z(k, e) += acc;
-                add_product(z(k + 1, e), len, dh[e]);
-            }
+        const bilinear::bilinear_shape s = bilinear::shape_of(n);
+        const std::size_t Q = deg * s.pos;
+        matrix<T> zw, zd;  // conv [O × (k, p)], linear [(k, p) × O]
+        if (s.conv) {
+            const matrix<T> XT = bilinear::patches_t(s, h);
+            zw = matrix<T>(s.O, Q);
+            zd = matrix<T>(s.O, Q);
+            bilinear::conv_products<T>(s, XT, 0, Q, w.data() + n.offset, zw.data.data(), Q, nullptr);
+            bilinear::conv_products<T>(s, XT, 0, Q, delta.data() + n.offset, zd.data.data(), Q, nullptr);
+        } else {
+            zw = bilinear::linear_products<T>(s, h.data.data(), Q, w.data() + n.offset, nullptr);
+            zd = bilinear::linear_products<T>(s, h.data.data(), Q, delta.data() + n.offset, nullptr);
         }
-        if (n.spec.bias) {
-            const std::size_t nb = n.spec.out_features, per = n.out_size / nb;
-            const std::size_t at = n.count - nb;  // the bias follows the weight
-            for (std::size_t e = 0; e < n.out_size; ++e) {
-                // linear: entry e is (row, o) with o = e % out; conv: (o, y, x) with o = e / (Ho·Wo)
-                const std::size_t o = n.spec.kind == layer_kind::linear ? e % nb : e / per;
-                T b0 = w[n.offset + at + o];
-                add_product(b0, a, delta[n.offset + at + o]);
-                z(0, e) += b0;
-                add_product(z(1, e), len, delta[n.offset + at + o]);
-            }
+        auto at = [&](const matrix<T>& z, std::size_t k, std::size_t p, std::size_t o) -> const T& {
+            return s.conv ? z(o, k * s.pos + p) : z(k * s.pos + p, o);
+        };
+        poly<T> z(deg + 1, n.out_size);
+        for (std::size_t k = 0; k < deg; ++k)
+            for (std::size_t p = 0; p < s.pos; ++p)
+                for (std::size_t o = 0; o < s.O; ++o) {
+                    const std::size_t e = s.out_index(o, p);
+                    const T& dh = at(zd, k, p, o);
+                    T acc = at(zw, k, p, o);
+                    add_product(acc, a, dh);
+                    z(k, e) += acc;
+                    add_product(z(k + 1, e), len, dh);
+                }
+        if (s.bias) {
+            const std::size_t at = n.offset + s.weight_count;  // the bias follows the weight
+            for (std::size_t p = 0; p < s.pos; ++p)
+                for (std::size_t o = 0; o < s.O; ++o) {
+                    const std::size_t e = s.out_index(o, p);
+                    T b0 = w[at + o];
+                    add_product(b0, a, delta[at + o]);
+                    z(0, e) += b0;
+                    add_product(z(1, e), len, delta[at + o]);
+                }
         }
         return z;
     }
@@ -165,14 +178,8 @@ struct poly_walk {
             throw target_reached{};
         }
         switch (n.spec.kind) {
-            case layer_kind::linear: {
-                const auto g = n.linear();
-                return bilinear(n, h, [&](const T* p, const T* in, T* out) { layers::linear_apply<T>(g, p, in, out, false); });
-            }
-            case layer_kind::conv2d: {
-                const auto g = n.conv();
-                return bilinear(n, h, [&](const T* p, const T* in, T* out) { layers::conv_apply<T>(g, p, in, out, false); });
-            }
+            case layer_kind::linear:
+            case layer_kind::conv2d: return bilinear(n, h);
             case layer_kind::avg_pool2d: {
                 poly<T> z(h.rows, n.out_size);
                 for (std::size_t k = 0; k < h.rows; ++k) layers::avg_pool_apply<T>(n.pool(), &h(k, 0), &z(k, 0));
@@ -266,6 +273,56 @@ struct magnitude_pass {
 };
 
 namespace detail {
+// One sample's layer norm (§2.4): M and, when tau is given, τ of the outputs from the input
+// x with its M (mx) and τ, the outputs y, and bounds par ≥ |γ| (then ≥ |β|) and the
+// parameters' tangent magnitudes a_par (γ's, then β's; nullptr without τ).  The rounding of
+// the group statistics themselves, (n+8)·(|x̂_j| + ρ·mean|x|)·u, is folded into γ (chain 2n + 16).
+inline void layer_norm_magnitude(const layers::norm_geometry& g, const double* par, const double* a_par,
+                                 const double* xin, const double* min, const double* tauin, const double* yout,
+                                 double* mout, double* tauout) {
+    std::vector<double> xhat(g.n);
+    const double nn = static_cast<double>(g.n);
+    for (std::size_t q = 0; q < g.groups; ++q) {
+        const double* x = xin + q * g.n;
+        const double* mx = min + q * g.n;
+        const double rho = layers::normalise_group<double>(g, x, xhat.data());
+        // |x̂_j err| ≤ ρ(M_j + mean M) + |x̂_j| ρ² mean((M + |d|)|d|)·2 + the u-terms above.
+        double mean_m = 0, cross = 0, mean_abs = 0;
+        for (std::size_t j = 0; j < g.n; ++j) {
+            const double d = xhat[j] / rho;
+            mean_m += mx[j];
+            cross += (mx[j] + std::abs(x[j])) * std::abs(d);
+            mean_abs += std::abs(x[j]);
+        }
+        mean_m /= nn;
+        cross /= nn;
+        mean_abs /= nn;
+        double mean_tau = 0, mean_xtau = 0;
+        if (tauout != nullptr) {
+            for (std::size_t j = 0; j < g.n; ++j) {
+                mean_tau += tauin[q * g.n + j];
+                mean_xtau += std::abs(xhat[j]) * tauin[q * g.n + j];
+            }
+            mean_tau /= nn;
+            mean_xtau /= nn;
+        }
+        for (std::size_t j = 0; j < g.n; ++j) {
+            const double gam = g.affine ? par[j] : 1.0, bet = (g.affine && g.bias) ? par[g.n + j] : 0.0;
+            const double mxh = rho * (mx[j] + mean_m + std::abs(x[j]) + mean_abs) +
+                               std::abs(xhat[j]) * (2 * rho * rho * cross + 1);
+            mout[q * g.n + j] = gam * mxh + bet + std::abs(yout[q * g.n + j]);
+            if (tauout != nullptr) {
+                double t = gam * rho * (tauin[q * g.n + j] + mean_tau + std::abs(xhat[j]) * mean_xtau);
+                if (g.affine) {
+                    t += std::abs(xhat[j]) * a_par[j];
+                    if (g.bias) t += a_par[g.n + j];
+                }
+                tauout[q * g.n + j] = t;
+            }
+        }
+    }
+}
+
 inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double> w, const double* a,
                                      const magnitude_pass& in);
 
@@ -340,48 +397,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
         case layer_kind::layer_norm: {
             const auto g = n.norm();
             layers::layer_norm_forward<double>(g, wp, in.h.data(), out.h.data());
-            std::vector<double> xhat(g.n);
-            const double nn = static_cast<double>(g.n);
-            for (std::size_t q = 0; q < g.groups; ++q) {
-                const double* x = in.h.data() + q * g.n;
-                const double* mx = in.m.data() + q * g.n;
-                const double rho = layers::normalise_group<double>(g, x, xhat.data());
-                // §2.4: |x̂_j err| ≤ ρ(M_j + mean M) + |x̂_j| ρ² mean((M + |d|)|d|)·2 + (n+8)·(|x̂_j| + ρ·mean|x|)·u-terms,
-                // the last folded into γ (chain 2n + 16); here the propagated part.
-                double mean_m = 0, cross = 0, mean_abs = 0;
-                for (std::size_t j = 0; j < g.n; ++j) {
-                    const double d = xhat[j] / rho;
-                    mean_m += mx[j];
-                    cross += (mx[j] + std::abs(x[j])) * std::abs(d);
-                    mean_abs += std::abs(x[j]);
-                }
-                mean_m /= nn;
-                cross /= nn;
-                mean_abs /= nn;
-                double mean_tau = 0, mean_xtau = 0;
-                if (a != nullptr) {
-                    for (std::size_t j = 0; j < g.n; ++j) {
-                        mean_tau += in.tau[q * g.n + j];
-                        mean_xtau += std::abs(xhat[j]) * in.tau[q * g.n + j];
-                    }
-                    mean_tau /= nn;
-                    mean_xtau /= nn;
-                }
-                for (std::size_t j = 0; j < g.n; ++j) {
-                    const double gam = g.affine ? std::abs(wp[j]) : 1.0, bet = (g.affine && g.bias) ? std::abs(wp[g.n + j]) : 0.0;
-                    const double mxh = rho * (mx[j] + mean_m + std::abs(x[j]) + mean_abs) +
-                                       std::abs(xhat[j]) * (2 * rho * rho * cross + 1);
-                    out.m[q * g.n + j] = gam * mxh + bet + std::abs(out.h[q * g.n + j]);
-                    if (a != nullptr) {
-                        double t = gam * rho * (in.tau[q * g.n + j] + mean_tau + std::abs(xhat[j]) * mean_xtau);
-                        if (g.affine) {
-                            t += std::abs(xhat[j]) * a[n.offset + j];
-                            if (g.bias) t += a[n.offset + g.n + j];
-                        }
-                        out.tau[q * g.n + j] = t;
-                    }
-                }
-            }
+            const std::vector<double> par = absv(std::span<const double>(wp, n.count));
+            layer_norm_magnitude(g, par.data(), a != nullptr ? a + n.offset : nullptr, in.h.data(), in.m.data(),
+                                 a != nullptr ? in.tau.data() : nullptr, out.h.data(), out.m.data(),
+                                 a != nullptr ? out.tau.data() : nullptr);
             return out;
         }
         default: {  // activations

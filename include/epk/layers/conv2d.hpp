@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "epk/scalar.hpp"
 
@@ -69,6 +70,50 @@ void conv_backward(const conv_geometry& g, const T* w, const T* h, const T* adj,
                 });
                 if (g.bias) gw[g.weight_count() + o] += a;
             }
+}
+
+// im2col's index map as runs: patch row k (group g's block, then c, ky, kx) reads, at the
+// output positions p0 … p0+len−1 (y·Wo + x), the inputs src0 … src0+len−1; positions no run
+// covers read padding (zero).  runs[start[k] … start[k+1]) are row k's.
+struct index_run {
+    std::size_t p0, src0, len;
+};
+struct patch_runs {
+    std::vector<index_run> runs;
+    std::vector<std::size_t> start;  // K + 1 entries
+};
+
+inline patch_runs conv_patch_runs(const conv_geometry& g) {
+    const std::size_t Kg = g.in_per_group() * g.kh * g.kw, K = g.groups * Kg, pos = g.Ho * g.Wo;
+    std::vector<std::ptrdiff_t> map(K * pos, -1);  // [k][p]
+    for (std::size_t y = 0; y < g.Ho; ++y)
+        for (std::size_t x = 0; x < g.Wo; ++x)
+            for (std::size_t gi = 0; gi < g.groups; ++gi) {
+                const std::size_t o = gi * g.out_per_group(), base = o * Kg, p = y * g.Wo + x;
+                conv_terms(g, o, y, x, [&](std::size_t wi, std::size_t hi) {
+                    map[(gi * Kg + wi - base) * pos + p] = static_cast<std::ptrdiff_t>(hi);
+                });
+            }
+    patch_runs out;
+    for (std::size_t k = 0; k < K; ++k) {
+        out.start.push_back(out.runs.size());
+        const std::size_t first = out.runs.size();
+        for (std::size_t p = 0; p < pos; ++p) {
+            const std::ptrdiff_t v = map[k * pos + p];
+            if (v < 0) continue;
+            const auto src = static_cast<std::size_t>(v);
+            if (out.runs.size() > first) {
+                index_run& u = out.runs.back();
+                if (u.p0 + u.len == p && u.src0 + u.len == src) {
+                    ++u.len;
+                    continue;
+                }
+            }
+            out.runs.push_back({p, src, 1});
+        }
+    }
+    out.start.push_back(out.runs.size());
+    return out;
 }
 
 }  // namespace epk::layers
