@@ -694,7 +694,9 @@ segment_integral<T> integrate_segment(const model_spec& m, const segment_structu
 //    knows max|J| from its factors).
 //  * smooth networks: the adaptive rule of integrate_segment, whose
 //    acceptance test compares whole rules entry by entry, so Ī is formed here
-//    for the node search (C·P per node); the estimate is final.
+//    for the node search (C·P per node); the estimate is final.  A caller
+//    that needs that Ī (structured_tree.hpp) passes `integral` and receives
+//    it instead of re-evaluating the factors at the nodes.
 template <Real T>
 struct step_rule {
     std::vector<T> nodes, weights;
@@ -707,7 +709,8 @@ struct step_rule {
 
 template <Real T>
 step_rule<T> segment_rule(const model_spec& m, const segment_structure& st, std::span<const T> w,
-                          std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo) {
+                          std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo,
+                          segment_integral<T>* integral = nullptr) {
     step_rule<T> r;
     if (qo.fixed_nodes > 0) {
         const gauss_rule<T>& g = gauss_legendre<T>(qo.fixed_nodes);
@@ -740,6 +743,7 @@ step_rule<T> segment_rule(const model_spec& m, const segment_structure& st, std:
         r.error_estimate = seg.error_estimate;
         r.converged = seg.converged;
         r.estimate_is_final = true;
+        if (integral != nullptr) *integral = std::move(seg);  // Ī and its magnitude, already formed
         return r;
     }
     r.evaluations = r.nodes.size();

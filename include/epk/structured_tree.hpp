@@ -1,0 +1,593 @@
+// epk/structured_tree.hpp — the structured path kernel of a tree model (conv2d, pooling,
+// residual, layer norm; layer_tree.hpp), the default path of compute_path_kernel for every
+// model that is not a plain MLP (structured_kernel.hpp keeps the MLP's own factors).
+//
+// A bilinear node (conv2d, linear on any shape) computes z = A(θ)h + b, and its weight
+// gradient for an output adjoint D is a sum over output positions p of outer products:
+//   ∂⟨D, z⟩/∂θ[o][k] = Σ_p D[o, p] · X[p, k],   ∂/∂b[o] = Σ_p D[o, p],
+// X the node's patches (conv: im2col of h, one row per output position, one column per
+// (input channel of the group, ky, kx); linear: the rows of h).  So the integral of a test
+// point's Jacobian over a step, restricted to the node, is one product per output c:
+//   Ī_s(x)[c][θ_node] = Σ_q ω_q Σ_p D_q[c][·, p] X_q[p, ·]   = Dω (O × Q·pos) · X (Q·pos × K),
+// the nodes q of the point's rule stacked along the inner dimension (Dω: the adjoints at the
+// nodes scaled by ω_q).  The adjoints D_q come from one reverse sweep with C seeds per node,
+// whose conv steps are products too: adj_h = col2im(Dᵀ (pos × O) · A(θ) (O × K)).  Every
+// node t_q is at w + t_qΔ: A(w + tΔ)h = A(w)h + t·A(Δ)h (two products, rows scaled after),
+// as the MLP's path does.  Layer norm's parameters (2n numbers) take their gradient from
+// their unit per row.  Then, per test point, with the training side's per-sample gradients
+// g_{i,s} (b × P, trained order: bit-identical to the unstructured path's) and r_s:
+//   K_s(x, x_i) a_{i,s} = Ī[c] · g_i     (one product C × b × P)
+//   Ī_s(x) r_s           = Ī[c] · r_s
+//   K_s(x, x_i)[c][d]    = Ī[c] · J(x_i)[d]   (stored kernel steps: C × b·C × P)
+// No Jacobian is formed at a node: only its integral Ī (C × P per test point, one point per
+// work item), by products whose inner dimension is (nodes × positions).
+//
+// Magnitudes (the budget's path_magnitude, proofs-notes/008 §2 and 006): the forward error
+// magnitude M and the tangent τ along |Δ| of tree_segment.hpp, with |A(w + tΔ)| ≤ |A(w)| +
+// |A(Δ)| for t ∈ [0, 1], so τ here ≥ the unstructured path's; the bilinear steps are products
+// in binary64, the rest per entry.  Smooth networks (layer norm, tanh, gelu, ...): the adaptive
+// node search of segment_rule already forms Ī and its magnitude (its acceptance test is
+// entrywise); they are contracted by the same products.
+//
+// Arithmetic: the test side's products use gemm<T> (Eigen in double, the reference order in
+// every other type); test points are independent work items and a point's rows go in fixed
+// blocks, so results do not depend on the number of threads.  Agreement with the unstructured
+// path is to rounding (tests/test_structured_tree.cpp), within the budget of both.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "epk/bilinear.hpp"
+#include "epk/gemm.hpp"
+#include "epk/layer_tree.hpp"
+#include "epk/path_kernel.hpp"
+#include "epk/tree_segment.hpp"
+
+namespace epk {
+
+namespace structured_tree {
+
+inline constexpr std::size_t block_rows = 64;  // rule nodes of one test point per pass
+
+using bilinear::bilinear_shape;
+using bilinear::conv_adjoint;
+using bilinear::shape_of;
+using bilinear::with_data;
+
+// What the forward sweep keeps of one node for the reverse sweep (pre-order, as forward_node's tape).
+template <Real T>
+struct node_tape {
+    matrix<T> input;                 // R × in_size
+    matrix<T> X;                     // conv: the input's patches Xᵀ (linear: `input` itself)
+    matrix<T> deriv;                 // activation: σ′(input)
+    std::vector<std::size_t> arg;    // max pool: the maximisers, R × out_size
+    matrix<T> theta;                 // bilinear, layer norm: its parameters w + t_rΔ, R × count
+};
+
+// Values of the rows flowing through the forward sweep, with one magnitude row for all of
+// them (binary64): M and τ of tree_segment.hpp's pass taken entrywise over the rows' maxima —
+// |h| → max_r |h_r|, |σ′|, |σ| → their maxima over the rows, a max pool's chosen entry → the
+// largest M, τ in its window, |A(w + t_rΔ)| → |A(w)| + |A(Δ)|.  Every recurrence is monotone in
+// these (sums and products of non-negative terms), so the row bounds every row's M and τ, and
+// Σ_r |ω_r| τ_r ≤ (Σ_r |ω_r|) τ.  Layer norm's bound is not monotone in its input: with a layer
+// norm the magnitude is taken per row (integrate_block).
+template <Real T>
+struct flow {
+    matrix<T> h;
+    std::vector<double> m, tau;
+};
+
+// One block of rows of one test point: x at w + t_r Δ, weights ω_r.
+template <Real T>
+struct block_context {
+    std::span<const T> w, delta, t, omega;
+    std::span<const double> abs_plus, abs_delta;  // |w| + |Δ| and |Δ| (binary64)
+    std::size_t C = 0, P = 0, R = 0;
+    bool row_magnitudes = false;                 // a layer norm: magnitudes per row (tree_segment)
+    std::vector<T>* ibar = nullptr;              // [C][P], accumulated
+    std::vector<double>* magnitude = nullptr;    // [C], accumulated
+    T* scale = nullptr;                          // max over rows of a bound on |J| entries
+    gemm_counter* ctr = nullptr;
+    double* elementwise = nullptr;
+    std::vector<node_tape<T>> tape;
+};
+
+template <Real T>
+flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in);
+
+template <Real T>
+flow<T> forward_sequence(block_context<T>& cx, const std::vector<tree_node>& seq, flow<T> v) {
+    for (const tree_node& n : seq) v = forward_node(cx, n, v);
+    return v;
+}
+
+// max_r |v(r, e)| for every entry e (binary64).
+template <Real T>
+std::vector<double> row_max_abs(const matrix<T>& v) {
+    std::vector<double> out(v.cols, 0.0);
+    for (std::size_t r = 0; r < v.rows; ++r)
+        for (std::size_t e = 0; e < v.cols; ++e) out[e] = std::max(out[e], std::abs(scalar_traits<T>::to_double(v(r, e))));
+    return out;
+}
+
+template <Real T>
+flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in) {
+    const std::size_t R = cx.R, N = n.out_size;
+    const bool mag = !cx.row_magnitudes;
+    cx.tape.push_back({});
+    const std::size_t me = cx.tape.size() - 1;
+    cx.tape[me].input = in.h;
+    flow<T> out;
+    out.h = matrix<T>(R, N);
+    out.m.assign(N, 0.0);
+    out.tau.assign(N, 0.0);
+    switch (n.spec.kind) {
+        case layer_kind::residual: {
+            const flow<T> b = forward_sequence(cx, n.body, in), s = forward_sequence(cx, n.shortcut, in);
+            for (std::size_t e = 0; e < out.h.data.size(); ++e) out.h.data[e] = b.h.data[e] + s.h.data[e];
+            if (mag) {
+                const std::vector<double> bh = row_max_abs(b.h), sh = row_max_abs(s.h);
+                for (std::size_t e = 0; e < N; ++e) {
+                    out.m[e] = b.m[e] + s.m[e] + bh[e] + sh[e];
+                    out.tau[e] = b.tau[e] + s.tau[e];
+                }
+            }
+            return out;
+        }
+        case layer_kind::linear:
+        case layer_kind::conv2d: {
+            const bilinear_shape s = shape_of(n);
+            // Per row: A(w + tΔ)h + (b + tΔb), the row's parameters w_t formed first (as the
+            // unstructured path's point_on_segment), one product per row.
+            matrix<T>& theta = cx.tape[me].theta;
+            theta = matrix<T>(R, n.count);
+            for (std::size_t r = 0; r < R; ++r) {
+                T* th = &theta(r, 0);
+                for (std::size_t k = 0; k < n.count; ++k) {
+                    th[k] = cx.w[n.offset + k];
+                    add_product(th[k], cx.t[r], cx.delta[n.offset + k]);
+                }
+            }
+            if (s.conv) {
+                cx.tape[me].X = bilinear::patches_t(s, in.h);
+                const matrix<T>& XT = cx.tape[me].X;
+                for (std::size_t r = 0; r < R; ++r)
+                    bilinear::conv_products<T>(s, XT, r * s.pos, s.pos, &theta(r, 0), &out.h(r, 0), s.pos, cx.ctr);
+            } else {
+                for (std::size_t r = 0; r < R; ++r) {
+                    const matrix<T> z = bilinear::linear_products<T>(s, &in.h(r, 0), s.pos, &theta(r, 0), cx.ctr);
+                    std::copy(z.data.begin(), z.data.end(), &out.h(r, 0));
+                }
+            }
+            if (s.bias)
+                for (std::size_t r = 0; r < R; ++r)
+                    for (std::size_t p = 0; p < s.pos; ++p)
+                        for (std::size_t o = 0; o < s.O; ++o) out.h(r, s.out_index(o, p)) += theta(r, s.weight_count + o);
+            *cx.elementwise += static_cast<double>(R * (n.count + N));
+            if (!mag) return out;
+            // M = |A|₊(M_h + |h|) + |b|₊, τ = |A|₊τ_h + |A(Δ)|(M_h + |h|) + |Δb|, |·|₊ = |w| + |Δ|.
+            const std::vector<double> hmax = row_max_abs(in.h);
+            matrix<double> mh(1, n.in_size), th(1, n.in_size);
+            for (std::size_t e = 0; e < n.in_size; ++e) {
+                mh.data[e] = in.m[e] + hmax[e];
+                th.data[e] = in.tau[e];
+            }
+            const double* ap = cx.abs_plus.data() + n.offset;
+            const double* ad = cx.abs_delta.data() + n.offset;
+            std::vector<double> t1(N);
+            if (s.conv) {
+                const matrix<double> Xm = bilinear::patches_t(s, mh), Xt = bilinear::patches_t(s, th);
+                bilinear::conv_products<double>(s, Xm, 0, s.pos, ap, out.m.data(), s.pos, nullptr);
+                bilinear::conv_products<double>(s, Xt, 0, s.pos, ap, out.tau.data(), s.pos, nullptr);
+                bilinear::conv_products<double>(s, Xm, 0, s.pos, ad, t1.data(), s.pos, nullptr);
+            } else {
+                const matrix<double> m0 = bilinear::linear_products<double>(s, mh.data.data(), s.pos, ap, nullptr);
+                const matrix<double> t0 = bilinear::linear_products<double>(s, th.data.data(), s.pos, ap, nullptr);
+                const matrix<double> d1 = bilinear::linear_products<double>(s, mh.data.data(), s.pos, ad, nullptr);
+                out.m = m0.data;
+                out.tau = t0.data;
+                t1 = d1.data;
+            }
+            for (std::size_t p = 0; p < s.pos; ++p)
+                for (std::size_t o = 0; o < s.O; ++o) {
+                    const std::size_t e = s.out_index(o, p);
+                    out.tau[e] += t1[e];
+                    if (s.bias) {
+                        out.m[e] += ap[s.weight_count + o];
+                        out.tau[e] += ad[s.weight_count + o];
+                    }
+                }
+            return out;
+        }
+        case layer_kind::max_pool2d: {
+            const layers::pool_geometry g = n.pool();
+            std::vector<std::size_t>& arg = cx.tape[me].arg;
+            arg.resize(R * N);
+            for (std::size_t r = 0; r < R; ++r) {
+                layers::max_pool_argmax<T>(g, &in.h(r, 0), &arg[r * N]);
+                for (std::size_t e = 0; e < N; ++e) out.h(r, e) = in.h(r, arg[r * N + e]);
+            }
+            if (mag)  // the rows' maximisers differ: the largest M, τ of the window
+                for (std::size_t c = 0; c < g.C; ++c)
+                    for (std::size_t y = 0; y < g.Ho; ++y)
+                        for (std::size_t x = 0; x < g.Wo; ++x) {
+                            const std::size_t e = (c * g.Ho + y) * g.Wo + x;
+                            layers::pool_window(g, c, y, x, [&](std::size_t i) {
+                                out.m[e] = std::max(out.m[e], in.m[i]);
+                                out.tau[e] = std::max(out.tau[e], in.tau[i]);
+                            });
+                        }
+            return out;
+        }
+        case layer_kind::avg_pool2d: {
+            const layers::pool_geometry g = n.pool();
+            for (std::size_t r = 0; r < R; ++r) layers::avg_pool_apply<T>(g, &in.h(r, 0), &out.h(r, 0));
+            if (mag) {
+                const std::vector<double> hmax = row_max_abs(in.h);
+                std::vector<double> mh(n.in_size);
+                for (std::size_t e = 0; e < n.in_size; ++e) mh[e] = in.m[e] + hmax[e];
+                layers::avg_pool_apply<double>(g, mh.data(), out.m.data());
+                layers::avg_pool_apply<double>(g, in.tau.data(), out.tau.data());
+            }
+            return out;
+        }
+        case layer_kind::layer_norm: {  // magnitudes per row (row_magnitudes)
+            const layers::norm_geometry g = n.norm();
+            matrix<T>& theta = cx.tape[me].theta;
+            theta = matrix<T>(R, n.count);
+            for (std::size_t r = 0; r < R; ++r) {
+                for (std::size_t k = 0; k < n.count; ++k) {
+                    T v = cx.w[n.offset + k];
+                    add_product(v, cx.t[r], cx.delta[n.offset + k]);
+                    theta(r, k) = v;
+                }
+                layers::layer_norm_forward<T>(g, &theta(r, 0), &in.h(r, 0), &out.h(r, 0));
+            }
+            return out;
+        }
+        case layer_kind::flatten:
+            out.h.data = in.h.data;
+            out.m = in.m;
+            out.tau = in.tau;
+            return out;
+        default: {  // activations: M = |σ′|M + |σ|, τ = |σ′|τ
+            const activation<T> act(n.spec);
+            matrix<T>& dv = cx.tape[me].deriv;
+            dv = matrix<T>(R, N);
+            for (std::size_t e = 0; e < in.h.data.size(); ++e) {
+                out.h.data[e] = act.value(in.h.data[e]);
+                dv.data[e] = act.derivative_given_value(in.h.data[e], out.h.data[e]);
+            }
+            if (mag) {
+                const std::vector<double> smax = row_max_abs(dv), ymax = row_max_abs(out.h);
+                for (std::size_t e = 0; e < N; ++e) {
+                    out.m[e] = smax[e] * in.m[e] + ymax[e];
+                    out.tau[e] = smax[e] * in.tau[e];
+                }
+            }
+            return out;
+        }
+    }
+}
+
+// Reverse sweep of one node for C adjoint rows per row (adj [(R·C) × out_size]): returns the
+// adjoint of its input (empty when `need_input` is false) and adds the node's share of Ī.
+template <Real T>
+matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, const matrix<T>& adj,
+                        bool need_input);
+
+template <Real T>
+matrix<T> backward_sequence(block_context<T>& cx, const std::vector<tree_node>& seq, std::size_t& at, matrix<T> adj,
+                            bool top) {
+    for (std::size_t k = seq.size(); k-- > 0;) adj = backward_node(cx, seq[k], at, adj, !(top && k == 0));
+    return adj;
+}
+
+template <Real T>
+matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, const matrix<T>& adj,
+                        bool need_input) {
+    const std::size_t R = cx.R, C = cx.C, RC = R * C, P = cx.P;
+    if (n.spec.kind == layer_kind::residual) {
+        const matrix<T> as = backward_sequence(cx, n.shortcut, at, adj, false);
+        matrix<T> ab = backward_sequence(cx, n.body, at, adj, false);
+        --at;
+        for (std::size_t e = 0; e < ab.data.size(); ++e) ab.data[e] += as.data[e];
+        return ab;
+    }
+    const node_tape<T>& tp = cx.tape[--at];
+    const matrix<T>& h = tp.input;
+    switch (n.spec.kind) {
+        case layer_kind::linear:
+        case layer_kind::conv2d: {
+            const bilinear_shape s = shape_of(n);
+            const std::size_t Q = R * s.pos;  // stacked (row, position)
+            // Ī[c][o][k] += Σ_(r,p) ω_r D_rc[o, p] X[(r, p), k]: one product per group with rows
+            // (c, o ∈ group) and inner dimension (r, p); the bias Σ_(r,p) ω_r D_rc[o, p].
+            // Scale: |Σ_p D[o,p] X[p,k]| ≤ (Σ_p |D[o,p]|)·max|X|, the bias's Σ_p |D[o,p]|; the
+            // patches hold input entries (and zeros), so max|X| ≤ max|h|.
+            const std::size_t Og = s.Og(), G = s.groups;
+            matrix<T> Dw(C * s.O, Q);  // row (g, c, o') = (gi·C + c)·Og + o'
+            std::vector<T> dsum(R, T(0)), bsum(C * s.O, T(0));  // per row max_(c,o) Σ_p |D|; per (c, o) Σ ω D
+            const std::size_t so = s.conv ? s.pos : 1, sp = s.conv ? 1 : s.O;  // D[o, p] at o·so + p·sp
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t c = 0; c < C; ++c)
+                    for (std::size_t o = 0; o < s.O; ++o) {
+                        T* dst = &Dw(((o / Og) * C + c) * Og + o % Og, r * s.pos);
+                        const T* src = &adj(r * C + c, o * so);
+                        const T& om = cx.omega[r];
+                        T sum(0), bs(0);
+                        for (std::size_t p = 0; p < s.pos; ++p) {
+                            const T& v = src[p * sp];
+                            sum += rm::abs(v);
+                            dst[p] = om * v;
+                            bs += dst[p];
+                        }
+                        dsum[r] = rm::max(dsum[r], sum);
+                        bsum[c * s.O + o] += bs;
+                    }
+            for (std::size_t r = 0; r < R; ++r) {
+                T xmax = s.bias ? T(1) : T(0);
+                for (std::size_t e = 0; e < n.in_size; ++e) max_abs_into(xmax, h(r, e));
+                max_abs_into(*cx.scale, T(dsum[r] * xmax));
+            }
+            matrix<T> gi_out(C * Og, s.Kg);
+            for (std::size_t gi = 0; gi < G; ++gi) {
+                if (s.conv)  // B = Xᵀ's group block, stored [Kg × Q]
+                    gemm<T>(true, C * Og, s.Kg, Q, &Dw(gi * C * Og, 0), Q, &tp.X(gi * s.Kg, 0), Q, gi_out.data.data(), s.Kg,
+                            false, cx.ctr);
+                else  // B = the rows of h, [Q × in]
+                    gemm<T>(false, C * Og, s.Kg, Q, &Dw(gi * C * Og, 0), Q, h.data.data(), s.Kg, gi_out.data.data(), s.Kg,
+                            false, cx.ctr);
+                for (std::size_t c = 0; c < C; ++c) {
+                    T* dst = cx.ibar->data() + c * P + n.offset + gi * Og * s.Kg;
+                    const T* src = &gi_out(c * Og, 0);
+                    for (std::size_t e = 0; e < Og * s.Kg; ++e) dst[e] += src[e];
+                }
+            }
+            if (s.bias)
+                for (std::size_t c = 0; c < C; ++c)
+                    for (std::size_t o = 0; o < s.O; ++o) cx.ibar->data()[c * P + n.offset + s.weight_count + o] += bsum[c * s.O + o];
+            *cx.elementwise += static_cast<double>(RC * s.O * s.pos + C * s.O * s.Kg);
+            if (!need_input) return {};
+            // adj_h of row r with its parameters w + t_rΔ: conv Aᵀ·D then the runs' scatter-add,
+            // linear D·A.
+            matrix<T> prev(RC, n.in_size);
+            std::optional<conv_adjoint<T>> ca;
+            if (s.conv) ca.emplace(s, C);
+            for (std::size_t r = 0; r < R; ++r) {
+                const T* Dr = &adj(r * C, 0);
+                if (s.conv)
+                    ca->apply(s, Dr, C, &tp.theta(r, 0), &prev(r * C, 0), n.in_size, cx.ctr);
+                else  // rows (c, p) of D are [O]
+                    gemm<T>(false, C * s.pos, s.K(), s.O, Dr, s.O, &tp.theta(r, 0), s.K(), &prev(r * C, 0), s.K(), false,
+                            cx.ctr);
+            }
+            *cx.elementwise += static_cast<double>(RC * s.pos * s.K());
+            return prev;
+        }
+        case layer_kind::layer_norm: {
+            const layers::norm_geometry g = n.norm();
+            matrix<T> prev(RC, n.in_size);
+            std::vector<T> gw(n.count);
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                const std::size_t r = rc / C, c = rc % C;
+                std::fill(gw.begin(), gw.end(), T(0));
+                layers::layer_norm_backward<T>(g, &tp.theta(r, 0), &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
+                T* dst = cx.ibar->data() + c * P + n.offset;
+                for (std::size_t k = 0; k < n.count; ++k) {
+                    add_product(dst[k], cx.omega[r], gw[k]);
+                    max_abs_into(*cx.scale, gw[k]);
+                }
+            }
+            return prev;
+        }
+        case layer_kind::max_pool2d: {
+            matrix<T> prev(RC, n.in_size);
+            const std::size_t N = n.out_size;
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                const std::size_t* arg = &tp.arg[(rc / C) * N];
+                for (std::size_t e = 0; e < N; ++e) prev(rc, arg[e]) += adj(rc, e);
+            }
+            return prev;
+        }
+        case layer_kind::avg_pool2d: {
+            const layers::pool_geometry g = n.pool();
+            matrix<T> prev(RC, n.in_size);
+            for (std::size_t rc = 0; rc < RC; ++rc) layers::avg_pool_backward<T>(g, &adj(rc, 0), &prev(rc, 0));
+            return prev;
+        }
+        case layer_kind::flatten: return with_data(RC, n.in_size, adj.data);
+        default: {
+            matrix<T> prev(RC, n.in_size);
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                const T* dv = &tp.deriv(rc / C, 0);
+                for (std::size_t e = 0; e < n.in_size; ++e) prev(rc, e) = dv[e] * adj(rc, e);
+            }
+            return prev;
+        }
+    }
+}
+
+// Adds one block of a test point's rows into its Ī, magnitude and scale.
+template <Real T>
+void integrate_block(const layer_tree& tree, const tree_segment::analysis* an, block_context<T>& cx,
+                     const matrix<T>& x_rows) {
+    const std::size_t R = cx.R, C = cx.C;
+    cx.tape.clear();
+    flow<T> v{x_rows, std::vector<double>(x_rows.cols, 0.0), std::vector<double>(x_rows.cols, 0.0)};
+    const flow<T> out = forward_sequence(cx, tree.layers, std::move(v));
+    if (cx.row_magnitudes) {  // tree_segment's pass at every row's w + t_rΔ (binary64)
+        std::vector<double> wt(cx.P), x(x_rows.cols);
+        for (std::size_t j = 0; j < x_rows.cols; ++j) x[j] = scalar_traits<T>::to_double(x_rows(0, j));
+        for (std::size_t r = 0; r < R; ++r) {
+            for (std::size_t q = 0; q < cx.P; ++q) {
+                T v = cx.w[q];
+                add_product(v, cx.t[r], cx.delta[q]);
+                wt[q] = scalar_traits<T>::to_double(v);
+            }
+            const std::vector<double> jm = tree_segment::jacobian_magnitude(*an, wt, x, cx.abs_delta);
+            const double wq = std::abs(scalar_traits<T>::to_double(cx.omega[r]));
+            for (std::size_t c = 0; c < C; ++c) (*cx.magnitude)[c] += wq * jm[c];
+        }
+    } else {
+        double wsum = 0;
+        for (std::size_t r = 0; r < R; ++r) wsum += std::abs(scalar_traits<T>::to_double(cx.omega[r]));
+        for (std::size_t c = 0; c < C; ++c) (*cx.magnitude)[c] += wsum * out.tau[c];
+    }
+    matrix<T> seed(R * C, C);
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t c = 0; c < C; ++c) seed(r * C + c, c) = T(1);
+    std::size_t at = cx.tape.size();
+    backward_sequence(cx, tree.layers, at, std::move(seed), true);
+}
+
+}  // namespace structured_tree
+
+// compute_path_kernel_structured for a tree model (see the header comment).
+template <Real T>
+path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_request<T>& rq,
+                                                          const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    detail::validate_request<T>(rq);
+    detail::require_plain_sgd<T>(rq);
+    const training_problem<T>& pr = *rq.problem;
+    const model_spec& model = pr.model;
+    const sgd_schedule& sch = rq.schedule;
+    if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
+    const segment_structure st = analyse_segment_structure(model);
+    const layer_tree tree = compile_tree(model);
+    const tree_segment::analysis an = tree_segment::analyse(model);
+    bool has_norm = false;
+    for (const tree_node* n : tree_nodes(tree)) has_norm = has_norm || n->spec.kind == layer_kind::layer_norm;
+    path_kernel_result<T> res = detail::start_result<T>(rq);
+    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p, D0 = rq.x_test.cols;
+    std::vector<matrix<T>> x_rows;
+    for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
+
+    matrix<T> kernel_sum(rq.store_contributions ? 0 : M, C);
+    std::vector<T> w = rq.w0;
+    std::size_t next_kernel = 0;
+    std::vector<std::size_t> rule_nodes(M, 0);
+    std::vector<char> converged(M, 1);
+    for (std::size_t s = 0; s < sch.steps; ++s) {
+        // The training side, as the unstructured path: a_{i,s}, g_{i,s} (one vjp per row), Σ_i g_{i,s}.
+        const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
+        const std::vector<std::size_t>& batch = st0.batch;
+        const std::size_t b = batch.size();
+        matrix<T> g(b, P);
+        auto sample_gradient = [&](std::size_t k) {  // rows are independent: any thread count
+            matrix<T> a(1, C);
+            for (std::size_t c = 0; c < C; ++c) a(0, c) = -(st0.eta * st0.grad_out(k, c));
+            const std::vector<T> gk = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
+            std::copy(gk.begin(), gk.end(), g.row(k).begin());
+        };
+        detail::for_each_point_t<T>(b, rq.threads, sample_gradient);
+        std::vector<T> g_sum(P, T(0));
+        for (std::size_t k = 0; k < b; ++k) {
+            if (rq.store_coefficients)
+                for (std::size_t c = 0; c < C; ++c) res.coefficients[(s * N + batch[k]) * C + c] += -(st0.eta * st0.grad_out(k, c));
+            for (std::size_t q = 0; q < P; ++q) g_sum[q] += g(k, q);
+        }
+        std::vector<T> w_next = detail::next_point<T>(rq, w, st0.fp, st0.grad_out, st0.eta, s);
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
+        std::vector<double> abs_plus(P), abs_delta(P);
+        for (std::size_t q = 0; q < P; ++q) {
+            abs_delta[q] = std::abs(scalar_traits<T>::to_double(sd.delta[q]));
+            abs_plus[q] = std::abs(scalar_traits<T>::to_double(w[q])) + abs_delta[q];
+        }
+        const bool store_kernel = next_kernel < rq.kernel_steps.size() && rq.kernel_steps[next_kernel] == s;
+        matrix<T> jac_train;  // [(b·C) × P]: J(x_i)[d] rows
+        std::vector<T> kernel;
+        if (store_kernel) {
+            jac_train = matrix<T>(b * C, P);
+            for (std::size_t k = 0; k < b; ++k) {
+                const matrix<T> jk = jacobian<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)));
+                std::copy(jk.data.begin(), jk.data.end(), jac_train.data.begin() + static_cast<std::ptrdiff_t>(k * C * P));
+            }
+            kernel.assign(M * N * C * C, T(0));
+        }
+
+        std::vector<double> point_contribution(M, 0.0);
+        std::vector<gemm_counter> counters(M);
+        std::vector<double> elementwise(M, 0.0);
+        auto process_point = [&](std::size_t mm) {
+            segment_integral<T> seg;
+            const step_rule<T> rule = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature, &seg);
+            detail::point_step<T> ps;
+            ps.cuts = rule.cuts;
+            ps.evaluations = rule.evaluations;
+            ps.nodes = rule.nodes.size();
+            ps.converged = rule.converged;
+            std::vector<T> ibar;
+            if (rule.estimate_is_final) {  // smooth: the adaptive search formed Ī and its magnitude
+                ibar = std::move(seg.value.data);
+                ps.magnitude = std::move(seg.magnitude);
+                ps.estimate = rule.error_estimate;
+            } else {
+                ibar.assign(C * P, T(0));
+                ps.magnitude.assign(C, 0.0);
+                T scale(0);
+                structured_tree::block_context<T> cx;
+                cx.w = wv;
+                cx.delta = delta;
+                cx.abs_plus = abs_plus;
+                cx.abs_delta = abs_delta;
+                cx.row_magnitudes = has_norm;
+                cx.C = C;
+                cx.P = P;
+                cx.ibar = &ibar;
+                cx.magnitude = &ps.magnitude;
+                cx.scale = &scale;
+                cx.ctr = &counters[mm];
+                cx.elementwise = &elementwise[mm];
+                const std::size_t Q = rule.nodes.size();
+                for (std::size_t r0 = 0; r0 < Q; r0 += structured_tree::block_rows) {
+                    const std::size_t r1 = std::min(Q, r0 + structured_tree::block_rows);
+                    cx.R = r1 - r0;
+                    cx.t = std::span<const T>(rule.nodes).subspan(r0, r1 - r0);
+                    cx.omega = std::span<const T>(rule.weights).subspan(r0, r1 - r0);
+                    matrix<T> xr(cx.R, D0);
+                    for (std::size_t r = 0; r < cx.R; ++r)
+                        for (std::size_t j = 0; j < D0; ++j) xr(r, j) = rq.x_test(mm, j);
+                    structured_tree::integrate_block<T>(tree, &an, cx, xr);
+                }
+                // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
+                ps.estimate = T(T(2) * rule.located * scale);
+            }
+            // Contractions with the training side: C × b, C × 1 and (stored steps) C × b·C products.
+            matrix<T> contrib(C, b), rr(C, 1);
+            gemm<T>(true, C, b, P, ibar.data(), P, g.data.data(), P, contrib.data.data(), b, false, &counters[mm]);
+            gemm<T>(true, C, 1, P, ibar.data(), P, rem.data(), P, rr.data.data(), 1, false, &counters[mm]);
+            ps.contribution = std::move(contrib.data);
+            ps.remainder = std::move(rr.data);
+            if (store_kernel) {
+                matrix<T> kt(C, b * C);
+                gemm<T>(true, C, b * C, P, ibar.data(), P, jac_train.data.data(), P, kt.data.data(), b * C, false,
+                        &counters[mm]);
+                for (std::size_t k = 0; k < b; ++k)
+                    for (std::size_t c = 0; c < C; ++c)
+                        for (std::size_t dd = 0; dd < C; ++dd)
+                            kernel[((mm * N + batch[k]) * C + c) * C + dd] = kt(c, k * C + dd);
+            }
+            detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
+                                      point_contribution[mm]);
+        };
+        detail::for_each_point_t<T>(M, rq.threads, process_point);
+        for (std::size_t mm = 0; mm < M; ++mm) {
+            res.gemm_flops += counters[mm].flops;
+            res.gemm_seconds += counters[mm].seconds;
+            res.elementwise_madds += elementwise[mm];
+        }
+        detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
+    }
+    detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
+    return res;
+}
+
+}  // namespace epk
