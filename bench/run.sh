@@ -8,6 +8,9 @@
 #              200 SGD steps (lr 0.05), 100 held-out test points
 #   synthetic  MLP 784-256-256-10, ReLU, 600 rows of synthetic 784-pixel data
 #              (bench/synthetic_data.py): the same split, batch, steps and rate
+#   cnn        bench/cnn_digits.json on the digits as 1x8x8 images: conv 16 (3x3, pad 1), relu,
+#              conv 16, relu, max pool 2, a residual block of two 16-channel convs, avg pool 2,
+#              linear 10 (7 770 parameters); the same split, batch, steps and rate; double only
 # For each, in double and in mpfr:256, epk-bench measures in one process: the structured
 # path kernel (seconds, GFLOP/s of its products per thread), the machine's DGEMM rate (the
 # same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
@@ -45,13 +48,15 @@ results="$work/results.jsonl"
 : > "$results"
 
 steps=200
-workloads=(digits synthetic)
-if [ "$quick" = 1 ]; then steps=4; workloads=(digits); fi
-train_common=(--n-train 500 --n-test 100 --batch-size 100 --activation relu --lr 0.05 --seed 0 --init-only)
-make_trace() {  # name data hidden steps [recorded]: init-only (replayed), or with params.npy
-  local dir="$work/$1-$4${5:+-recorded}" opts=() o
+workloads=(digits synthetic cnn)
+if [ "$quick" = 1 ]; then steps=4; workloads=(digits cnn); fi
+train_common=(--n-train 500 --n-test 100 --batch-size 100 --lr 0.05 --seed 0 --init-only)
+make_trace() {  # name data shape steps [recorded]: init-only (replayed), or with params.npy
+  # shape: the hidden widths of a ReLU MLP, or a model file (*.json)
+  local dir="$work/$1-$4${5:+-recorded}" opts=() o shape=(--hidden "$3" --activation relu)
+  case "$3" in *.json) shape=(--model "$3") ;; esac
   for o in "${train_common[@]}"; do [ -n "${5:-}" ] && [ "$o" = --init-only ] || opts+=("$o"); done
-  [ -d "$dir" ] || "$epk" train --out "$dir" --data "$2" --hidden "$3" --steps "$4" "${opts[@]}" >/dev/null 2>&1
+  [ -d "$dir" ] || "$epk" train --out "$dir" --data "$2" "${shape[@]}" --steps "$4" "${opts[@]}" >/dev/null 2>&1
   echo "$dir"
 }
 if [ "$quick" = 0 ] && [ ! -f "$work/synthetic.csv" ]; then python3 bench/synthetic_data.py > "$work/synthetic.csv"; fi
@@ -67,6 +72,12 @@ have_torch=0
 /usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
 
 for w in "${workloads[@]}"; do
+  if [ "$w" = cnn ]; then  # double only; the naive path costs about 30 s per step here
+    t1=$(make_trace "$w" digits bench/cnn_digits.json "$steps")
+    if [ "$quick" = 1 ]; then record "$w" speed "$t1" --precision double --threads 2 --steps 1
+    else record "$w" speed "$t1" --precision double --threads 2 --naive-steps 2; fi
+    continue
+  fi
   if [ "$w" = digits ]; then data=digits; hidden=128,128; naive=2; mp_steps=2
   else data="$work/synthetic.csv"; hidden=256,256; naive=1; mp_steps=1; fi
   if [ "$quick" = 1 ]; then naive=1; mp_steps=1; fi

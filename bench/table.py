@@ -17,7 +17,7 @@ def main(path):
                "| peak RSS S / 4S steps | functorch / epk |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     checks = []
-    for w in ("digits", "synthetic"):
+    for w in ("digits", "synthetic", "cnn"):
         speed = [r for r in rows if r.get("workload") == w and r.get("kind") == "speed"]
         mem = [r for r in rows if r.get("workload") == w and r.get("kind") == "memory"]
         fx = [r for r in rows if r.get("workload") == w and r.get("kind") == "functorch"]
