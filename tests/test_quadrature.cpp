@@ -148,7 +148,9 @@ std::vector<double> poly_from_roots(const std::vector<double>& roots, double lea
 RC_GTEST_PROP(PolynomialRoots, FindsEverySimpleRootInTheOpenInterval, ()) {
     // Roots well separated (≥ 1/64 apart) so that the double coefficients keep them simple.
     const auto count = *rc::gen::inRange<std::size_t>(0, 6);
-    std::vector<int> grid = *rc::gen::unique<std::vector<int>>(count, rc::gen::inRange(-40, 104));
+    // No root exactly at 0 or 1: rounding the coefficients decides on which side it falls.
+    std::vector<int> grid = *rc::gen::unique<std::vector<int>>(
+        count, rc::gen::suchThat(rc::gen::inRange(-40, 104), [](int g) { return g != 0 && g != 64; }));
     std::vector<double> roots;
     for (int g : grid) roots.push_back(g / 64.0);
     const double lead = *rc::gen::element(1.0, -2.5, 1e-3, 7.0);
@@ -190,6 +192,59 @@ TEST(PolynomialRoots, RootsToTheWorkingPrecisionInMpfr) {
     const mpfr_real expect[] = {r1, r2, r3};
     for (std::size_t k = 0; k < 3; ++k)
         EXPECT_LT(epk::rm::abs(mpfr_real(found[k] - expect[k])).to_double(), std::ldexp(1.0, -390)) << k;
+}
+
+// proofs-notes/009 §5: when the exclusion fires, the full search finds no root either — on
+// polynomials whose |c0| sits at the test's edge (within a few g of Σ_{k≥1}|c_k|), where a
+// wrong margin would show.  And a polynomial with a root in (0, 1) is never excluded.
+RC_GTEST_PROP(PolynomialRoots, ExclusionChangesNothing, ()) {
+    const auto d = *rc::gen::inRange<std::size_t>(2, 7);
+    // Half the cases adversarial: every c_k (k ≥ 1) of the sign opposite to c0 > 0, so that
+    // p(1) = c0 − Σ|c_k| is as small as the edge allows and rounding could flip its sign.
+    const bool adversarial = *rc::gen::arbitrary<bool>();
+    std::vector<double> c(d);
+    for (std::size_t k = 1; k < d; ++k) {
+        const double mag = std::ldexp(1.0 + *rc::gen::inRange(0, 1000) / 1000.0, *rc::gen::inRange(-8, 8));
+        c[k] = adversarial || *rc::gen::arbitrary<bool>() ? -mag : mag;
+    }
+    double s = 0;
+    for (std::size_t k = 1; k < d; ++k) s += std::abs(c[k]);
+    const double g = 8.0 * static_cast<double>(d) * std::ldexp(1.0, -53);
+    // |c0| = s·(1 + m·g): m within ±1/16, ±1 or ±4 of the edge in 128 steps (where a margin that
+    // is too small would let rounding flip the sign of p(1)), sometimes far from it.
+    const double m = *rc::gen::inRange(-64, 65) / 64.0 * *rc::gen::element(1.0 / 16, 1.0, 4.0) +
+                     (*rc::gen::inRange(0, 10) == 0 ? 1e6 : 0.0);
+    c[0] = s * (1.0 + m * g) * (adversarial || *rc::gen::arbitrary<bool>() ? 1.0 : -1.0);
+    const std::span<const double> cs(c);
+    const std::vector<double> found = epk::detail::roots_search<double>(cs, nullptr);
+    if (epk::detail::roots_excluded<double>(cs)) RC_ASSERT(found.empty());
+    RC_TAG(epk::detail::roots_excluded<double>(cs) ? "excluded" : "searched");
+    // With a root r ∈ (0, 1) built in: never excluded.
+    const double r = *rc::gen::inRange(1, 1000) / 1000.0;
+    const std::vector<double> with_root = poly_from_roots({r}, 1.0);
+    std::vector<double> prod(d + 1, 0.0);  // c·(u − r)
+    for (std::size_t k = 0; k < d; ++k) {
+        prod[k + 1] += c[k] * with_root[1];
+        prod[k] += c[k] * with_root[0];
+    }
+    if (epk::detail::roots_excluded<double>(std::span<const double>(prod))) {
+        // Only possible if rounding moved the product's sign change out of (0, 1): the search agrees.
+        RC_ASSERT(epk::detail::roots_search<double>(std::span<const double>(prod), nullptr).empty());
+    }
+}
+
+TEST(PolynomialRoots, ExclusionInMpfrAtTheEdge) {
+    epk::mpfr_precision_scope scope(200);
+    // c = (c0, 1, −1, 1) with |c0| just above and just below 3·(1 + g)/(1 − g).
+    const mpfr_real u = scalar_traits<mpfr_real>::unit_roundoff(), g = mpfr_real(32) * u;
+    const mpfr_real edge = mpfr_real(3) * (mpfr_real(1) + g) / (mpfr_real(1) - g);
+    for (int k : {-4, 4}) {
+        const mpfr_real c0 = edge * (mpfr_real(1) + mpfr_real(k) * u);
+        const std::vector<mpfr_real> c{c0, mpfr_real(1), mpfr_real(-1), mpfr_real(1)};
+        const bool excluded = epk::detail::roots_excluded<mpfr_real>(std::span<const mpfr_real>(c));
+        EXPECT_EQ(excluded, k > 0) << k;
+        EXPECT_TRUE(epk::detail::roots_search<mpfr_real>(std::span<const mpfr_real>(c), nullptr).empty());
+    }
 }
 
 }  // namespace

@@ -175,13 +175,23 @@ std::vector<T> roots_in_unit_interval(std::span<const T> coef) {
     return roots_in_unit_interval<T>(coef, nullptr);
 }
 
+namespace detail {
+// Exclusion (proofs-notes/009 §5): for the d coefficients c (c[d−1] ≠ 0, d ≥ 2),
+// |c0|(1 − g) > (Σ_{k≥1} |c_k|)(1 + g), g = 8·d·u, implies that p has no root in [0, 1] and
+// that every Horner value of p on [0, 1] has c0's sign, so roots_search returns nothing.
 template <Real T>
-std::vector<T> roots_in_unit_interval(std::span<const T> coef, std::vector<T>* uncertainty) {
-    std::size_t deg = coef.size();
-    while (deg > 0 && coef[deg - 1] == T(0)) --deg;
+bool roots_excluded(std::span<const T> c) {
+    T s(0);
+    for (std::size_t k = 1; k < c.size(); ++k) s += rm::abs(c[k]);
+    const T g = T(static_cast<double>(8 * c.size())) * scalar_traits<T>::unit_roundoff();
+    return rm::abs(c[0]) * (T(1) - g) > s * (T(1) + g);
+}
+
+// The search itself (critical points, then one bracketed root per monotone interval).
+template <Real T>
+std::vector<T> roots_search(std::span<const T> c, std::vector<T>* uncertainty) {
+    const std::size_t deg = c.size();
     std::vector<T> roots;
-    if (deg <= 1) return roots;  // constant (or zero)
-    std::span<const T> c = coef.subspan(0, deg);
     auto with_uncertainty = [&](std::vector<T> rs) {
         if (uncertainty != nullptr) {
             const T gamma = T(static_cast<double>(4 * deg)) * scalar_traits<T>::unit_roundoff();
@@ -217,6 +227,17 @@ std::vector<T> roots_in_unit_interval(std::span<const T> coef, std::vector<T>* u
         roots.push_back(detail::bracketed_root<T>(c, ends[k], ends[k + 1], neg_l ? -1 : 1));
     }
     return with_uncertainty(std::move(roots));
+}
+}  // namespace detail
+
+template <Real T>
+std::vector<T> roots_in_unit_interval(std::span<const T> coef, std::vector<T>* uncertainty) {
+    std::size_t deg = coef.size();
+    while (deg > 0 && coef[deg - 1] == T(0)) --deg;
+    if (deg <= 1) return {};  // constant (or zero)
+    const std::span<const T> c = coef.subspan(0, deg);
+    if (detail::roots_excluded<T>(c)) return {};  // what roots_search would return, at once
+    return detail::roots_search<T>(c, uncertainty);
 }
 
 }  // namespace epk
