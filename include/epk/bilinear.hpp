@@ -85,17 +85,21 @@ matrix<V> patches_t(const bilinear_shape& s, const matrix<V>& h) {
     return XT;
 }
 
-// adj[c] += the scatter of Tᵀ's columns (c, ·) through the runs: T [K × (count·pos)], adj
-// [count × in] (conv; the transpose of patches_t).
+// adj[c] += the scatter of Tᵀ's columns (c, ·) through the runs: T [K × (count·pos)] with
+// leading dimension ld, adj [count × in] (conv; the transpose of patches_t).
 template <Real T>
-void add_patches_t(const bilinear_shape& s, const matrix<T>& Tm, std::size_t count, T* adj, std::size_t in_size) {
-    for (std::size_t k = 0; k < s.K(); ++k) {
-        const T* row = &Tm(k, 0);
-        for (std::size_t u = s.runs->start[k]; u < s.runs->start[k + 1]; ++u) {
-            const layers::index_run& run = s.runs->runs[u];
-            for (std::size_t c = 0; c < count; ++c) {
-                const T* src = row + c * s.pos + run.p0;
-                T* dst = adj + c * in_size + run.src0;
+void add_patches_t(const bilinear_shape& s, const T* Tm, std::size_t ld, std::size_t count, T* adj,
+                   std::size_t in_size) {
+    // One adjoint row c at a time (it stays in L1); each entry still receives its terms in
+    // k ascending order (for one k, distinct positions read distinct inputs).
+    for (std::size_t c = 0; c < count; ++c) {
+        T* const out = adj + c * in_size;
+        for (std::size_t k = 0; k < s.K(); ++k) {
+            const T* row = Tm + k * ld + c * s.pos;
+            for (std::size_t u = s.runs->start[k]; u < s.runs->start[k + 1]; ++u) {
+                const layers::index_run& run = s.runs->runs[u];
+                const T* src = row + run.p0;
+                T* dst = out + run.src0;
                 for (std::size_t e = 0; e < run.len; ++e) dst[e] += src[e];
             }
         }
@@ -122,26 +126,30 @@ matrix<V> linear_products(const bilinear_shape& s, const V* X, std::size_t rows,
 
 // conv: the input adjoint of `count` adjoint rows D [count × O·pos] with weights θ, added to
 // adj [count × in]: Tm = Aᵀ (K × O, per group) · D (O × count·pos), then add_patches_t.
-// One scratch serves every call of a node and count.
+// Scratch that lives across calls (every entry it uses is written before it is read), so a
+// sweep allocates it once.
 template <Real T>
 struct conv_adjoint {
-    matrix<T> D2, At, Tm;
-
-    conv_adjoint(const bilinear_shape& s, std::size_t count)
-        : D2(s.O, count * s.pos), At(s.K(), s.Og()), Tm(s.K(), count * s.pos) {}
+    std::vector<T> D2, At, Tm;
 
     void apply(const bilinear_shape& s, const T* D, std::size_t count, const T* theta, T* adj, std::size_t in_size,
                gemm_counter* ctr) {
-        const std::size_t n = count * s.pos, Og = s.Og();
+        const std::size_t n = count * s.pos, Og = s.Og(), K = s.K();
+        if (D2.size() < s.O * n) D2.resize(s.O * n);
+        if (At.size() < K * Og) At.resize(K * Og);
+        if (Tm.size() < K * n) Tm.resize(K * n);
+        // D2 [O × n]: column (c, p) of output o.
         for (std::size_t c = 0; c < count; ++c)
-            for (std::size_t o = 0; o < s.O; ++o) std::copy(D + (c * s.O + o) * s.pos, D + (c * s.O + o + 1) * s.pos, &D2(o, c * s.pos));
-        // Aᵀ rows k of group g: At[k][o'] = θ[g·Og + o'][k − g·Kg].
+            for (std::size_t o = 0; o < s.O; ++o)
+                std::copy(D + (c * s.O + o) * s.pos, D + (c * s.O + o + 1) * s.pos, D2.data() + o * n + c * s.pos);
+        // Aᵀ [K × Og], rows k of group g: At[k][o'] = θ[g·Og + o'][k − g·Kg].
         for (std::size_t gi = 0; gi < s.groups; ++gi)
             for (std::size_t o = 0; o < Og; ++o)
-                for (std::size_t k = 0; k < s.Kg; ++k) At(gi * s.Kg + k, o) = theta[(gi * Og + o) * s.Kg + k];
+                for (std::size_t k = 0; k < s.Kg; ++k) At[(gi * s.Kg + k) * Og + o] = theta[(gi * Og + o) * s.Kg + k];
         for (std::size_t gi = 0; gi < s.groups; ++gi)
-            gemm<T>(false, s.Kg, n, Og, &At(gi * s.Kg, 0), Og, &D2(gi * Og, 0), n, &Tm(gi * s.Kg, 0), n, false, ctr);
-        add_patches_t(s, Tm, count, adj, in_size);
+            gemm<T>(false, s.Kg, n, Og, At.data() + gi * s.Kg * Og, Og, D2.data() + gi * Og * n, n, Tm.data() + gi * s.Kg * n,
+                    n, false, ctr);
+        add_patches_t(s, Tm.data(), n, count, adj, in_size);
     }
 };
 

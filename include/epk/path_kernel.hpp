@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <exception>
@@ -168,8 +169,11 @@ std::vector<double> forward_magnitude(const model_spec& m, std::span<const T> w,
 
 namespace detail {
 // Runs fn(0..count−1) on up to `threads` threads (0: hardware concurrency),
-// point k on thread k mod threads; the first exception is rethrown.  For
-// mpfr_real the workers take the caller's working precision.
+// each thread taking the next point not yet taken (points cost very different
+// amounts: a test point's cuts), so fn(k) must not depend on the thread that
+// runs it — every caller writes point k's results to slots of its own.  The
+// first exception is rethrown and stops the handing out.  For mpfr_real the
+// workers take the caller's working precision.
 template <Real T, class Fn>
 void for_each_point_t(std::size_t count, std::size_t threads, Fn& fn) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -180,13 +184,15 @@ void for_each_point_t(std::size_t count, std::size_t threads, Fn& fn) {
     }
     const long bits = scalar_traits<T>::mantissa_bits();
     std::vector<std::exception_ptr> errors(threads);
+    std::atomic<std::size_t> next{0};
     auto work = [&](std::size_t tid) {
         try {
             std::optional<mpfr_precision_scope> scope;
             if constexpr (std::is_same_v<T, mpfr_real>) scope.emplace(bits);
-            for (std::size_t k = tid; k < count; k += threads) fn(k);
+            for (std::size_t k = next.fetch_add(1); k < count; k = next.fetch_add(1)) fn(k);
         } catch (...) {
             errors[tid] = std::current_exception();
+            next.store(count);
         }
         if constexpr (std::is_same_v<T, mpfr_real>)
             if (tid != 0) mpfr_release_thread_caches();  // the thread ends: its MPFR caches with it

@@ -39,7 +39,6 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
-#include <optional>
 #include <span>
 #include <vector>
 
@@ -96,14 +95,16 @@ struct block_context {
     gemm_counter* ctr = nullptr;
     double* elementwise = nullptr;
     std::vector<node_tape<T>> tape;
+    std::vector<T> dw;                           // scratch of the reverse sweep (backward_node)
+    conv_adjoint<T> ca;
 };
 
 template <Real T>
-flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in);
+flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in);
 
 template <Real T>
 flow<T> forward_sequence(block_context<T>& cx, const std::vector<tree_node>& seq, flow<T> v) {
-    for (const tree_node& n : seq) v = forward_node(cx, n, v);
+    for (const tree_node& n : seq) v = forward_node(cx, n, std::move(v));
     return v;
 }
 
@@ -117,19 +118,24 @@ std::vector<double> row_max_abs(const matrix<T>& v) {
 }
 
 template <Real T>
-flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in) {
+flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
     const std::size_t R = cx.R, N = n.out_size;
     const bool mag = !cx.row_magnitudes;
     cx.tape.push_back({});
     const std::size_t me = cx.tape.size() - 1;
-    cx.tape[me].input = in.h;
+    // The reverse sweep reads the input of bilinear nodes and layer norms only.  (No entry is
+    // pushed while `h` is in use: a residual, whose branches push, does not use it.)
+    const layer_kind kind = n.spec.kind;
+    const bool keep = kind == layer_kind::linear || kind == layer_kind::conv2d || kind == layer_kind::layer_norm;
+    if (keep) cx.tape[me].input = std::move(in.h);
+    const matrix<T>& h = keep ? cx.tape[me].input : in.h;
     flow<T> out;
     out.h = matrix<T>(R, N);
     out.m.assign(N, 0.0);
     out.tau.assign(N, 0.0);
     switch (n.spec.kind) {
         case layer_kind::residual: {
-            const flow<T> b = forward_sequence(cx, n.body, in), s = forward_sequence(cx, n.shortcut, in);
+            const flow<T> b = forward_sequence(cx, n.body, in), s = forward_sequence(cx, n.shortcut, std::move(in));
             for (std::size_t e = 0; e < out.h.data.size(); ++e) out.h.data[e] = b.h.data[e] + s.h.data[e];
             if (mag) {
                 const std::vector<double> bh = row_max_abs(b.h), sh = row_max_abs(s.h);
@@ -155,13 +161,13 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
                 }
             }
             if (s.conv) {
-                cx.tape[me].X = bilinear::patches_t(s, in.h);
+                cx.tape[me].X = bilinear::patches_t(s, h);
                 const matrix<T>& XT = cx.tape[me].X;
                 for (std::size_t r = 0; r < R; ++r)
                     bilinear::conv_products<T>(s, XT, r * s.pos, s.pos, &theta(r, 0), &out.h(r, 0), s.pos, cx.ctr);
             } else {
                 for (std::size_t r = 0; r < R; ++r) {
-                    const matrix<T> z = bilinear::linear_products<T>(s, &in.h(r, 0), s.pos, &theta(r, 0), cx.ctr);
+                    const matrix<T> z = bilinear::linear_products<T>(s, &h(r, 0), s.pos, &theta(r, 0), cx.ctr);
                     std::copy(z.data.begin(), z.data.end(), &out.h(r, 0));
                 }
             }
@@ -172,7 +178,7 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
             *cx.elementwise += static_cast<double>(R * (n.count + N));
             if (!mag) return out;
             // M = |A|₊(M_h + |h|) + |b|₊, τ = |A|₊τ_h + |A(Δ)|(M_h + |h|) + |Δb|, |·|₊ = |w| + |Δ|.
-            const std::vector<double> hmax = row_max_abs(in.h);
+            const std::vector<double> hmax = row_max_abs(h);
             matrix<double> mh(1, n.in_size), th(1, n.in_size);
             for (std::size_t e = 0; e < n.in_size; ++e) {
                 mh.data[e] = in.m[e] + hmax[e];
@@ -210,8 +216,8 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
             std::vector<std::size_t>& arg = cx.tape[me].arg;
             arg.resize(R * N);
             for (std::size_t r = 0; r < R; ++r) {
-                layers::max_pool_argmax<T>(g, &in.h(r, 0), &arg[r * N]);
-                for (std::size_t e = 0; e < N; ++e) out.h(r, e) = in.h(r, arg[r * N + e]);
+                layers::max_pool_argmax<T>(g, &h(r, 0), &arg[r * N]);
+                for (std::size_t e = 0; e < N; ++e) out.h(r, e) = h(r, arg[r * N + e]);
             }
             if (mag)  // the rows' maximisers differ: the largest M, τ of the window
                 for (std::size_t c = 0; c < g.C; ++c)
@@ -227,9 +233,9 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
         }
         case layer_kind::avg_pool2d: {
             const layers::pool_geometry g = n.pool();
-            for (std::size_t r = 0; r < R; ++r) layers::avg_pool_apply<T>(g, &in.h(r, 0), &out.h(r, 0));
+            for (std::size_t r = 0; r < R; ++r) layers::avg_pool_apply<T>(g, &h(r, 0), &out.h(r, 0));
             if (mag) {
-                const std::vector<double> hmax = row_max_abs(in.h);
+                const std::vector<double> hmax = row_max_abs(h);
                 std::vector<double> mh(n.in_size);
                 for (std::size_t e = 0; e < n.in_size; ++e) mh[e] = in.m[e] + hmax[e];
                 layers::avg_pool_apply<double>(g, mh.data(), out.m.data());
@@ -247,12 +253,12 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
                     add_product(v, cx.t[r], cx.delta[n.offset + k]);
                     theta(r, k) = v;
                 }
-                layers::layer_norm_forward<T>(g, &theta(r, 0), &in.h(r, 0), &out.h(r, 0));
+                layers::layer_norm_forward<T>(g, &theta(r, 0), &h(r, 0), &out.h(r, 0));
             }
             return out;
         }
         case layer_kind::flatten:
-            out.h.data = in.h.data;
+            out.h.data = std::move(in.h.data);
             out.m = in.m;
             out.tau = in.tau;
             return out;
@@ -260,9 +266,9 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
             const activation<T> act(n.spec);
             matrix<T>& dv = cx.tape[me].deriv;
             dv = matrix<T>(R, N);
-            for (std::size_t e = 0; e < in.h.data.size(); ++e) {
-                out.h.data[e] = act.value(in.h.data[e]);
-                dv.data[e] = act.derivative_given_value(in.h.data[e], out.h.data[e]);
+            for (std::size_t e = 0; e < h.data.size(); ++e) {
+                out.h.data[e] = act.value(h.data[e]);
+                dv.data[e] = act.derivative_given_value(h.data[e], out.h.data[e]);
             }
             if (mag) {
                 const std::vector<double> smax = row_max_abs(dv), ymax = row_max_abs(out.h);
@@ -279,23 +285,23 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, const flow<T>& in
 // Reverse sweep of one node for C adjoint rows per row (adj [(R·C) × out_size]): returns the
 // adjoint of its input (empty when `need_input` is false) and adds the node's share of Ī.
 template <Real T>
-matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, const matrix<T>& adj,
+matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, matrix<T> adj,
                         bool need_input);
 
 template <Real T>
 matrix<T> backward_sequence(block_context<T>& cx, const std::vector<tree_node>& seq, std::size_t& at, matrix<T> adj,
                             bool top) {
-    for (std::size_t k = seq.size(); k-- > 0;) adj = backward_node(cx, seq[k], at, adj, !(top && k == 0));
+    for (std::size_t k = seq.size(); k-- > 0;) adj = backward_node(cx, seq[k], at, std::move(adj), !(top && k == 0));
     return adj;
 }
 
 template <Real T>
-matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, const matrix<T>& adj,
+matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, matrix<T> adj,
                         bool need_input) {
     const std::size_t R = cx.R, C = cx.C, RC = R * C, P = cx.P;
     if (n.spec.kind == layer_kind::residual) {
         const matrix<T> as = backward_sequence(cx, n.shortcut, at, adj, false);
-        matrix<T> ab = backward_sequence(cx, n.body, at, adj, false);
+        matrix<T> ab = backward_sequence(cx, n.body, at, std::move(adj), false);
         --at;
         for (std::size_t e = 0; e < ab.data.size(); ++e) ab.data[e] += as.data[e];
         return ab;
@@ -312,25 +318,58 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             // Scale: |Σ_p D[o,p] X[p,k]| ≤ (Σ_p |D[o,p]|)·max|X|, the bias's Σ_p |D[o,p]|; the
             // patches hold input entries (and zeros), so max|X| ≤ max|h|.
             const std::size_t Og = s.Og(), G = s.groups;
-            matrix<T> Dw(C * s.O, Q);  // row (g, c, o') = (gi·C + c)·Og + o'
+            // Dw [C·O × Q], row (g, c, o') = (gi·C + c)·Og + o' (scratch: every entry is written)
+            if (cx.dw.size() < C * s.O * Q) cx.dw.resize(C * s.O * Q);
+            T* const Dw = cx.dw.data();
             std::vector<T> dsum(R, T(0)), bsum(C * s.O, T(0));  // per row max_(c,o) Σ_p |D|; per (c, o) Σ ω D
             const std::size_t so = s.conv ? s.pos : 1, sp = s.conv ? 1 : s.O;  // D[o, p] at o·so + p·sp
+            // Per (c, o) the sums run over p ascending, four outputs at a time in local
+            // accumulators (independent chains instead of one latency-bound chain after another).
             for (std::size_t r = 0; r < R; ++r)
-                for (std::size_t c = 0; c < C; ++c)
-                    for (std::size_t o = 0; o < s.O; ++o) {
-                        T* dst = &Dw(((o / Og) * C + c) * Og + o % Og, r * s.pos);
-                        const T* src = &adj(r * C + c, o * so);
-                        const T& om = cx.omega[r];
-                        T sum(0), bs(0);
+                for (std::size_t c = 0; c < C; ++c) {
+                    const T& om = cx.omega[r];
+                    const T* src = &adj(r * C + c, 0);
+                    auto dst = [&](std::size_t o) { return Dw + (((o / Og) * C + c) * Og + o % Og) * Q + r * s.pos; };
+                    std::size_t o = 0;
+                    for (; o + 4 <= s.O; o += 4) {
+                        T s0(0), s1(0), s2(0), s3(0), b0(0), b1(0), b2(0), b3(0);
+                        T *d0 = dst(o), *d1 = dst(o + 1), *d2 = dst(o + 2), *d3 = dst(o + 3);
+                        const T *v0 = src + o * so, *v1 = src + (o + 1) * so, *v2 = src + (o + 2) * so,
+                                *v3 = src + (o + 3) * so;
                         for (std::size_t p = 0; p < s.pos; ++p) {
-                            const T& v = src[p * sp];
-                            sum += rm::abs(v);
-                            dst[p] = om * v;
-                            bs += dst[p];
+                            const std::size_t e = p * sp;
+                            s0 += rm::abs(v0[e]);
+                            s1 += rm::abs(v1[e]);
+                            s2 += rm::abs(v2[e]);
+                            s3 += rm::abs(v3[e]);
+                            d0[p] = om * v0[e];
+                            d1[p] = om * v1[e];
+                            d2[p] = om * v2[e];
+                            d3[p] = om * v3[e];
+                            b0 += d0[p];
+                            b1 += d1[p];
+                            b2 += d2[p];
+                            b3 += d3[p];
+                        }
+                        dsum[r] = rm::max(rm::max(dsum[r], rm::max(s0, s1)), rm::max(s2, s3));
+                        bsum[c * s.O + o] += b0;
+                        bsum[c * s.O + o + 1] += b1;
+                        bsum[c * s.O + o + 2] += b2;
+                        bsum[c * s.O + o + 3] += b3;
+                    }
+                    for (; o < s.O; ++o) {
+                        T sum(0), bs(0);
+                        T* d = dst(o);
+                        const T* v = src + o * so;
+                        for (std::size_t p = 0; p < s.pos; ++p) {
+                            sum += rm::abs(v[p * sp]);
+                            d[p] = om * v[p * sp];
+                            bs += d[p];
                         }
                         dsum[r] = rm::max(dsum[r], sum);
                         bsum[c * s.O + o] += bs;
                     }
+                }
             for (std::size_t r = 0; r < R; ++r) {
                 T xmax = s.bias ? T(1) : T(0);
                 for (std::size_t e = 0; e < n.in_size; ++e) max_abs_into(xmax, h(r, e));
@@ -339,10 +378,10 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             matrix<T> gi_out(C * Og, s.Kg);
             for (std::size_t gi = 0; gi < G; ++gi) {
                 if (s.conv)  // B = Xᵀ's group block, stored [Kg × Q]
-                    gemm<T>(true, C * Og, s.Kg, Q, &Dw(gi * C * Og, 0), Q, &tp.X(gi * s.Kg, 0), Q, gi_out.data.data(), s.Kg,
+                    gemm<T>(true, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, &tp.X(gi * s.Kg, 0), Q, gi_out.data.data(), s.Kg,
                             false, cx.ctr);
                 else  // B = the rows of h, [Q × in]
-                    gemm<T>(false, C * Og, s.Kg, Q, &Dw(gi * C * Og, 0), Q, h.data.data(), s.Kg, gi_out.data.data(), s.Kg,
+                    gemm<T>(false, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, h.data.data(), s.Kg, gi_out.data.data(), s.Kg,
                             false, cx.ctr);
                 for (std::size_t c = 0; c < C; ++c) {
                     T* dst = cx.ibar->data() + c * P + n.offset + gi * Og * s.Kg;
@@ -358,12 +397,10 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             // adj_h of row r with its parameters w + t_rΔ: conv Aᵀ·D then the runs' scatter-add,
             // linear D·A.
             matrix<T> prev(RC, n.in_size);
-            std::optional<conv_adjoint<T>> ca;
-            if (s.conv) ca.emplace(s, C);
             for (std::size_t r = 0; r < R; ++r) {
                 const T* Dr = &adj(r * C, 0);
                 if (s.conv)
-                    ca->apply(s, Dr, C, &tp.theta(r, 0), &prev(r * C, 0), n.in_size, cx.ctr);
+                    cx.ca.apply(s, Dr, C, &tp.theta(r, 0), &prev(r * C, 0), n.in_size, cx.ctr);
                 else  // rows (c, p) of D are [O]
                     gemm<T>(false, C * s.pos, s.K(), s.O, Dr, s.O, &tp.theta(r, 0), s.K(), &prev(r * C, 0), s.K(), false,
                             cx.ctr);
@@ -402,14 +439,14 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             for (std::size_t rc = 0; rc < RC; ++rc) layers::avg_pool_backward<T>(g, &adj(rc, 0), &prev(rc, 0));
             return prev;
         }
-        case layer_kind::flatten: return with_data(RC, n.in_size, adj.data);
-        default: {
-            matrix<T> prev(RC, n.in_size);
+        case layer_kind::flatten: return with_data(RC, n.in_size, std::move(adj.data));
+        default: {  // in place
             for (std::size_t rc = 0; rc < RC; ++rc) {
                 const T* dv = &tp.deriv(rc / C, 0);
-                for (std::size_t e = 0; e < n.in_size; ++e) prev(rc, e) = dv[e] * adj(rc, e);
+                T* a = &adj(rc, 0);
+                for (std::size_t e = 0; e < n.in_size; ++e) a[e] = dv[e] * a[e];
             }
-            return prev;
+            return adj;
         }
     }
 }
