@@ -1,5 +1,7 @@
 // epk/structured_kernel.hpp — the exact path kernel by per-layer factors and
-// dense products (design.md §4), the default path of compute_path_kernel.
+// dense products (design.md §4), the default path of compute_path_kernel for
+// MLPs; tree models (conv, pooling, residual, layer norm) take
+// structured_tree.hpp's, which compute_path_kernel below dispatches to.
 //
 // For a dense layer l with input h_l and output z_l = W_l h_l + b_l, the
 // Jacobian is a sum of outer products (network.hpp, layer_factors):
