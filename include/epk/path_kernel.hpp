@@ -384,6 +384,37 @@ step_start<T> begin_step(const path_kernel_request<T>& rq, std::span<const T> w,
     return {std::move(batch), T(rq.schedule.learning_rates[s]), std::move(fp), std::move(grad_out)};
 }
 
+// The training side of a plain-SGD step: a_{i,s} = −η ∂ℓ/∂f(x_i) (added to res.coefficients
+// when stored), the per-sample gradients g_{i,s} = J(x_i)ᵀ a_{i,s} as the rows of `g` (one vjp
+// per row; rows are independent, so any thread count) and their sum Σ_i g_{i,s}, i ascending —
+// the trainer's arithmetic.
+template <Real T>
+struct step_gradients {
+    matrix<T> g;         // b × P
+    std::vector<T> sum;  // P
+};
+template <Real T>
+step_gradients<T> training_gradients(const path_kernel_request<T>& rq, std::span<const T> w, const step_start<T>& st0,
+                                     std::size_t s, path_kernel_result<T>& res) {
+    const training_problem<T>& pr = *rq.problem;
+    const std::size_t b = st0.batch.size(), C = res.c, N = res.n, P = res.p;
+    step_gradients<T> out{matrix<T>(b, P), std::vector<T>(P, T(0))};
+    auto sample_gradient = [&](std::size_t k) {
+        matrix<T> a(1, C);
+        for (std::size_t c = 0; c < C; ++c) a(0, c) = -(st0.eta * st0.grad_out(k, c));
+        const std::vector<T> gk = vjp<T>(pr.model, w, gather_rows(pr.x, std::span<const std::size_t>(&st0.batch[k], 1)), a);
+        std::copy(gk.begin(), gk.end(), out.g.row(k).begin());
+    };
+    for_each_point_t<T>(b, rq.threads, sample_gradient);
+    for (std::size_t k = 0; k < b; ++k) {
+        if (rq.store_coefficients)
+            for (std::size_t c = 0; c < C; ++c)
+                res.coefficients[(s * N + st0.batch[k]) * C + c] += -(st0.eta * st0.grad_out(k, c));
+        for (std::size_t q = 0; q < P; ++q) out.sum[q] += out.g(k, q);
+    }
+    return out;
+}
+
 // A test point's step record from its segment integral: counters, estimate, magnitude.
 template <Real T>
 point_step<T> point_step_of(const segment_integral<T>& seg) {
@@ -464,7 +495,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
 
     const segment_structure st = analyse_segment_structure(model);
     path_kernel_result<T> res = detail::start_result<T>(rq);
-    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
+    const std::size_t M = res.m, N = res.n, C = res.c;
     std::vector<matrix<T>> x_rows;
     for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
 
@@ -480,18 +511,10 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
         const T& eta = st0.eta;
         const forward_pass<T>& fp = st0.fp;
         const matrix<T>& grad_out = st0.grad_out;
-        std::vector<std::vector<T>> g(batch.size());
-        std::vector<T> g_sum(P, T(0));
-        for (std::size_t k = 0; k < batch.size(); ++k) {
-            matrix<T> a(1, C);
-            for (std::size_t c = 0; c < C; ++c) a(0, c) = -(eta * grad_out(k, c));
-            if (rq.store_coefficients)
-                for (std::size_t c = 0; c < C; ++c) res.coefficients[(s * N + batch[k]) * C + c] += a(0, c);
-            g[k] = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
-            for (std::size_t q = 0; q < P; ++q) g_sum[q] += g[k][q];
-        }
+        const detail::step_gradients<T> grads = detail::training_gradients<T>(rq, w, st0, s, res);
+        const matrix<T>& g = grads.g;
         std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s);
-        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, grads.sum, s, res);
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;
         const T& delta_l1 = sd.delta_l1;
@@ -510,7 +533,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.contribution.resize(C * batch.size());
             for (std::size_t k = 0; k < batch.size(); ++k) {
-                const std::vector<T> ck = contract_rows<T>(seg.value, g[k]);
+                const std::vector<T> ck = contract_rows<T>(seg.value, g.row(k));
                 for (std::size_t c = 0; c < C; ++c) ps.contribution[c * batch.size() + k] = ck[c];
                 if (store_kernel) {
                     const matrix<T> kk = step_kernel_from_jacobians<T>(seg.value, jac_train[k]);

@@ -516,20 +516,9 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
         const std::vector<std::size_t>& batch = st0.batch;
         const std::size_t b = batch.size();
-        matrix<T> g(b, P);
-        auto sample_gradient = [&](std::size_t k) {  // rows are independent: any thread count
-            matrix<T> a(1, C);
-            for (std::size_t c = 0; c < C; ++c) a(0, c) = -(st0.eta * st0.grad_out(k, c));
-            const std::vector<T> gk = vjp<T>(model, w, gather_rows(pr.x, std::span<const std::size_t>(&batch[k], 1)), a);
-            std::copy(gk.begin(), gk.end(), g.row(k).begin());
-        };
-        detail::for_each_point_t<T>(b, rq.threads, sample_gradient);
-        std::vector<T> g_sum(P, T(0));
-        for (std::size_t k = 0; k < b; ++k) {
-            if (rq.store_coefficients)
-                for (std::size_t c = 0; c < C; ++c) res.coefficients[(s * N + batch[k]) * C + c] += -(st0.eta * st0.grad_out(k, c));
-            for (std::size_t q = 0; q < P; ++q) g_sum[q] += g(k, q);
-        }
+        const detail::step_gradients<T> grads = detail::training_gradients<T>(rq, w, st0, s, res);
+        const matrix<T>& g = grads.g;
+        const std::vector<T>& g_sum = grads.sum;
         std::vector<T> w_next = detail::next_point<T>(rq, w, st0.fp, st0.grad_out, st0.eta, s);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
