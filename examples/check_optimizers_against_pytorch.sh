@@ -17,7 +17,7 @@
 #             (torch = reference_outputs.npy, the torch model after the last step);
 #   rem/u     recorded float64 paths only: verify's audit says every recorded step
 #             is the optimizer's step to rounding (audit.at_rounding_level, i.e.
-#             remainder_max_over_recording_u <= 32). Without this a recorded run
+#             deviation_max_over_recording_u <= 32). Without this a recorded run
 #             would pass the two checks above even if epk read the optimizer
 #             wrongly, because the step remainder absorbs any difference;
 #   indep     examples/independent_optimizer_replay.py (NumPy update rules written
@@ -102,10 +102,10 @@ if jv is not None:
     if not jv.get("ok", False):
         fails.append("verify: ok false")
     audit = jv.get("audit") or {}
-    rem = audit.get("remainder_max_over_recording_u")
+    rem = audit.get("deviation_max_over_recording_u")
     if record == "params" and not float32:
         if rem is None:
-            fails.append("verify: no audit.remainder_max_over_recording_u")
+            fails.append("verify: no audit.deviation_max_over_recording_u")
         elif not audit.get("at_rounding_level", False):
             fails.append("recorded steps are not the optimizer's (%.3g u_rec)" % rem)
 if jp is not None:
@@ -180,7 +180,7 @@ fi
 echo
 echo "columns: residual = epk verify's residual_max_abs (checked <= $TOL); replay = epk predict's outputs_final"
 echo "  vs torch's, max|epk - torch| / max|torch| (checked <= $TOL; 'params' evaluates the recorded final"
-echo "  row, 'init' replays the optimizer in double); rem/u = verify's audit remainder_max_over_recording_u"
+echo "  row, 'init' replays the optimizer in double); rem/u = verify's audit deviation_max_over_recording_u"
 echo "  (recorded float64 paths: checked at_rounding_level, <= 32); indep = the NumPy replay of"
 echo "  independent_optimizer_replay.py vs torch (checked <= $TOL) and 1step/u its largest one-step"
 echo "  difference from the recorded path in units of u (checked <= 32); seconds = epk verify + predict."

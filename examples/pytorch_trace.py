@@ -10,6 +10,14 @@ Plain SGD (the default) writes format version 1, exactly as before the
 optimizer options existed; any other optimizer, or a recorded optimizer state,
 writes version 2 (below); a model given with --model writes version 3 (below).
 
+--misdescribe KIND writes a trace that does NOT describe the training, to test a verifier
+(``epk verify`` must exit 1 on it): ``clip`` clips the gradient norm to half its first
+value on every step (``clip_grad_norm_``); ``schedule`` decays the rate by 0.9 per step
+with ``ExponentialLR`` and writes the constant rate; ``dropout`` trains with
+``Dropout(0.2)`` after the first activation, left out of the manifest; ``skip`` (a --model
+with a residual block of identity shortcut) writes the block's body without its skip
+connection.
+
 In addition it writes ``reference_outputs.npy`` (not part of the format):
 the torch model's outputs after the last step, as float64 [M, C], at
 ``x_test`` or, when there is no test set, at the first min(10, N) training
@@ -584,6 +592,18 @@ def make_data(args, rng):
     return x, labels, targets
 
 
+def without_skips(layers):
+    """The layer list with every residual block of identity shortcut replaced by its body."""
+    out = []
+    for l in layers:
+        kind = l.get("type")
+        if kind in ("residual", "Residual") and not l.get("shortcut"):
+            out += without_skips(l["body"])
+        else:
+            out.append(l)
+    return out
+
+
 def learning_rate_schedule(args):
     """Per-step rates: a cosine decay from lr to lr/10 with a small ripple."""
     s = args.steps
@@ -784,6 +804,8 @@ def main(argv=None):
     v.add_argument("--manifest-layers", choices=("canonical", "torch"), default="canonical",
                    help="the manifest's layers: canonical names with every field explicit, or torch's class "
                         "names with the module's attributes (Conv2d, ReLU, ...)")
+    p.add_argument("--misdescribe", choices=("clip", "schedule", "dropout", "skip"), default=None,
+                   help="write a trace that does not describe the training (for testing verifiers)")
     g = p.add_argument_group("optimizer (anything but plain SGD writes trace format version 2)")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd",
                    help="torch.optim.SGD, Adam or AdamW")
@@ -911,6 +933,16 @@ def main(argv=None):
     model, model_manifest = make_model()
     if layers is not None:
         check_model_v3(model, layers, input_shape, model_manifest["layers"], args.classes)
+    if args.misdescribe == "dropout":
+        # trained with dropout after the first activation; the manifest keeps the model without it
+        mods = list(model.children())
+        model = torch.nn.Sequential(*mods[:2], torch.nn.Dropout(0.2), *mods[2:]).to(dtype)
+        model.train()
+    elif args.misdescribe == "skip":
+        stripped = without_skips(model_manifest["layers"])
+        if stripped == model_manifest["layers"]:
+            raise SystemExit("--misdescribe skip needs a --model with a residual block of identity shortcut")
+        model_manifest = dict(model_manifest, layers=stripped)
 
     full_batch = args.batch_size == 0
     batches = pre_batches = None
@@ -930,6 +962,12 @@ def main(argv=None):
             return torch.nn.functional.cross_entropy(out, target, reduction=args.reduction)
         return torch.nn.functional.mse_loss(out, target, reduction=args.reduction)
 
+    if args.misdescribe and (args.resume_after > 0 or args.per_step_lr):
+        raise SystemExit("--misdescribe: not with --resume-after or --per-step-lr")
+    misdescribe = args.misdescribe
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9) if misdescribe == "schedule" else None
+    clip_norm = []
+
     def run(model, opt, step_batches, step_rates, count):
         """`count` optimizer steps; returns the parameters after each one and the last loss."""
         after, loss = [], None
@@ -945,7 +983,13 @@ def main(argv=None):
             opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            if misdescribe == "clip":
+                if not clip_norm:  # half the first step's gradient norm: every step is clipped
+                    clip_norm.append(0.5 * float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm[0])
             opt.step()
+            if scheduler is not None:
+                scheduler.step()
             after.append(flat(model))
             if not torch.isfinite(loss):
                 print("warning: non-finite loss at step %d" % s, file=sys.stderr)

@@ -1,9 +1,9 @@
 // Precision parsing and dispatch to the per-scalar instantiations.
-#include <cstdio>
 #include <malloc.h>
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -112,6 +112,41 @@ kernel_report compute_kernel(const trace& t, const precision& p, const kernel_op
             default: return detail::compute_kernel_mpfr(t, o, progress);
         }
     });
+}
+
+audit_verdict judge_audit(const kernel_report& k) {
+    audit_verdict v;
+    v.units = k.deviation_max_over_recording_u;
+    // NaN is not at the rounding level.
+    v.explained = k.deviation_max_over_recording_u <= audit_rounding_units;
+    if (!k.worst_steps.empty()) {
+        v.worst_step = k.worst_steps.front();
+        v.relative = k.audit[v.worst_step].deviation_relative;
+    }
+    return v;
+}
+
+std::string unexplained_steps_message(const std::string& name, const kernel_report& k) {
+    const audit_verdict v = judge_audit(k);
+    std::size_t above = 0;
+    for (const auto& a : k.audit) above += a.over_recording_u <= audit_rounding_units ? 0 : 1;
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "%s: the recorded path is not the declared training: step %zu differs from a step of %s on this "
+                  "model, loss and batch by %.3g units u_rec*max|w[s+1]| (limit %g; %.3g of the step; %zu of %zu "
+                  "steps above the limit) -- gradient clipping, a learning-rate schedule left out, a layer dropped "
+                  "or changed, another batch?",
+                  name.c_str(), v.worst_step, k.optimizer.c_str(), v.units, audit_rounding_units, v.relative, above,
+                  k.audit.size());
+    return buf;
+}
+
+kernel_report audit_trace(const trace& t, const precision& p, std::size_t threads, const progress_fn& progress) {
+    kernel_options o;
+    o.audit_only = true;
+    o.contributions = false;
+    o.threads = threads;
+    return compute_kernel(t, p, o, progress);
 }
 
 const std::vector<std::string>& default_methods() {

@@ -101,7 +101,9 @@ trace replay_trace_t(const trace& t, std::vector<double>* losses, const progress
     }, initial_optimizer_state<T>(t));
     trace out = t;
     out.init_params.reset();
-    out.params = make_real_array(npy_dtype::f8, {sch.steps + 1, p}, std::move(rows));
+    // A float path is written as float32: every value is a binary32 number, and the dtype tells
+    // the recorded-path audit the precision the path was taken in.
+    out.params = make_real_array(std::is_same_v<T, float> ? npy_dtype::f4 : npy_dtype::f8, {sch.steps + 1, p}, std::move(rows));
     return out;
 }
 
@@ -166,6 +168,10 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     if (t.params) rq.recorded_row = [&t](std::size_t s) { return row_of<T>(*t.params, s); };
     kernel_report rep;
     rq.x_test = test_inputs<T>(t, rep.test_points);
+    if (o.audit_only) {
+        rq.x_test = matrix<T>(0, rq.x_test.cols);
+        rep.test_points = "none (audit only)";
+    }
     rq.kernel_steps = o.kernel_steps;
     rq.store_coefficients = o.coefficients;
     rq.store_contributions = o.contributions;
@@ -233,10 +239,17 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
         row.remainder_max_abs = a.remainder_max_abs;
         row.remainder_norm2 = a.remainder_norm2;
         row.relative = a.step_max_abs > 0 ? a.remainder_max_abs / a.step_max_abs : 0.0;
-        const double unit = rep.recording_unit_roundoff * a.weight_max_abs;
-        row.over_recording_u = unit > 0 ? a.remainder_max_abs / unit : (a.remainder_max_abs > 0 ? HUGE_VAL : 0.0);
+        row.deviation_max_abs = a.deviation_max_abs;
+        row.deviation_relative = a.step_max_abs > 0 ? a.deviation_max_abs / a.step_max_abs : 0.0;
+        // The rounding level of the comparison: the coarser of the recorded path's precision and
+        // the working precision (epk's own step is rounded in the latter).
+        const double unit = std::max(rep.recording_unit_roundoff, rep.unit_roundoff_value) * a.weight_max_abs;
+        // NaN stays NaN (and fails the verdict).
+        row.over_recording_u = unit > 0 ? a.deviation_max_abs / unit : (a.deviation_max_abs > 0 ? HUGE_VAL : a.deviation_max_abs);
         row.contribution_max_abs = a.contribution_max_abs;
-        rep.remainder_max_over_recording_u = std::max(rep.remainder_max_over_recording_u, row.over_recording_u);
+        rep.deviation_max_over_recording_u = std::isnan(row.over_recording_u)
+                                                ? row.over_recording_u
+                                                : std::max(rep.deviation_max_over_recording_u, row.over_recording_u);
         rep.audit.push_back(row);
     }
     {

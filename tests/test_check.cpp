@@ -62,11 +62,11 @@ TEST(Audit, Float32RecordedPathAtFloat32RoundingAndExactWithTheRemainder) {
             ASSERT_EQ(k.audit.size(), 8u);
             // Remainders: present (the float32 rounding of every step) and at its level.
             EXPECT_GT(k.remainder_max_abs, 0.0);
-            EXPECT_LE(k.remainder_max_over_recording_u, 2.0) << "seed " << seed << " " << prec;
-            worst_units = std::max(worst_units, k.remainder_max_over_recording_u);
+            EXPECT_LE(k.deviation_max_over_recording_u, 2.0) << "seed " << seed << " " << prec;
+            worst_units = std::max(worst_units, k.deviation_max_over_recording_u);
             for (const auto& a : k.audit) {
                 EXPECT_LE(a.remainder_max_abs, a.remainder_norm2 * (1 + 1e-12));
-                EXPECT_LE(a.over_recording_u, k.remainder_max_over_recording_u);
+                EXPECT_LE(a.over_recording_u, k.deviation_max_over_recording_u);
             }
             // With the remainder the reconstruction is exact to the working precision; without it
             // it misses by the float32 rounding of the path.
@@ -94,6 +94,89 @@ TEST(Audit, AnAlteredStepIsFoundAndTheReconstructionStaysExact) {
     EXPECT_GT(k.audit[2].contribution_max_abs, 1e-9);
     EXPECT_TRUE(k.ok);  // the remainder is a term of the reconstruction
     EXPECT_GT(k.kernel_residual_max_abs, 1e-9);
+}
+
+// The strict verdict (judge_audit): d_s = w[s+1] − the declared optimizer's step.
+TEST(Audit, AReplayedPathHasNoDeviationAndIsExplained) {
+    const epk::trace t = make_trace(epk::layer_kind::tanh, 6, 0.5, 3);  // init_params only: replayed
+    const epk::kernel_report k = epk::compute_kernel(t, epk::parse_precision("double"), {});
+    for (const auto& a : k.audit) EXPECT_EQ(a.deviation_max_abs, 0.0);
+    EXPECT_TRUE(epk::judge_audit(k).explained);
+}
+
+TEST(Audit, MisdescribedRunsAreUnexplainedAndNameTheStep) {
+    const epk::precision dbl = epk::parse_precision("double");
+    for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+        const epk::trace rec = epk::replay_trace(make_trace(epk::layer_kind::relu, 6, 0.5, seed), dbl);
+        {
+            const epk::audit_verdict v = epk::judge_audit(epk::audit_trace(rec, dbl));
+            EXPECT_TRUE(v.explained) << v.units;
+            EXPECT_LE(v.units, 4.0);
+        }
+        // The learning rate off by 1 %: every step is off by about 1 % of itself.
+        epk::trace lr = rec;
+        lr.optimizer.learning_rate *= 1.01;
+        const epk::kernel_report k = epk::audit_trace(lr, dbl);
+        const epk::audit_verdict v = epk::judge_audit(k);
+        EXPECT_FALSE(v.explained);
+        EXPECT_GT(v.units, 1e6);
+        EXPECT_NEAR(v.relative, 0.01 / 1.01, 2e-3) << "seed " << seed;
+        const std::string msg = epk::unexplained_steps_message("RUN", k);
+        EXPECT_NE(msg.find("RUN: the recorded path is not the declared training: step " + std::to_string(v.worst_step)),
+                  std::string::npos)
+            << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos);
+        // One step shrunk (a clipped step): that step, and no earlier one, is the worst.
+        epk::trace clip = rec;
+        const std::size_t P = clip.model.parameter_count();
+        std::vector<double>& w = clip.params->real;
+        for (std::size_t q = 0; q < P; ++q) w[4 * P + q] = w[3 * P + q] + 0.9 * (w[4 * P + q] - w[3 * P + q]);
+        const epk::kernel_report kc = epk::audit_trace(clip, dbl);
+        const epk::audit_verdict vc = epk::judge_audit(kc);
+        EXPECT_FALSE(vc.explained);
+        EXPECT_TRUE(vc.worst_step == 3 || vc.worst_step == 4) << vc.worst_step;
+        for (std::size_t s = 0; s < 3; ++s) EXPECT_LE(kc.audit[s].over_recording_u, 4.0);
+        // The audit alone gives the numbers of the full computation.
+        const epk::kernel_report full = epk::compute_kernel(clip, dbl, {});
+        ASSERT_EQ(full.audit.size(), kc.audit.size());
+        for (std::size_t s = 0; s < kc.audit.size(); ++s)
+            EXPECT_EQ(full.audit[s].deviation_max_abs, kc.audit[s].deviation_max_abs);
+    }
+}
+
+// An AdamW run recorded in double: the per-point split of its update sums shares that can be
+// much larger than the step (m_i / √v̂ under cancellation), so r_s = Δ_s − Σ_i φ_i may be well
+// above u·‖w‖ while the run is exactly the declared one: the verdict is on d_s, not r_s.
+TEST(Audit, AnAdamRunWithPerPointSharesIsExplained) {
+    const epk::precision dbl = epk::parse_precision("double");
+    for (std::uint64_t seed = 1; seed <= 6; ++seed) {
+        epk::trace t = make_trace(epk::layer_kind::tanh, 5, 0.1, seed);
+        t.optimizer.rule.type = epk::optimizer_spec::kind::adamw;
+        t.optimizer.rule.weight_decay = 0.01;
+        t.optimizer.rule.beta1 = 0.8;
+        t.optimizer.rule.beta2 = 0.99;
+        t.optimizer.rule.amsgrad = seed % 2 == 0;
+        const epk::trace rec = epk::replay_trace(t, dbl);
+        epk::kernel_options o;
+        o.contributions = true;
+        o.coefficients = true;
+        const epk::kernel_report k = epk::compute_kernel(rec, dbl, o);
+        EXPECT_TRUE(epk::judge_audit(k).explained) << "seed " << seed << ": " << epk::judge_audit(k).units;
+        EXPECT_TRUE(k.ok);
+        // Declared as plain SGD, the same rows are not explained.
+        epk::trace sgd = rec;
+        sgd.optimizer.rule = epk::optimizer_spec{};
+        EXPECT_FALSE(epk::judge_audit(epk::audit_trace(sgd, dbl)).explained) << "seed " << seed;
+    }
+}
+
+// A double-recorded path audited in float: the comparison is at float's rounding level.
+TEST(Audit, ACoarserWorkingPrecisionSetsTheLevel) {
+    const epk::trace rec = epk::replay_trace(make_trace(epk::layer_kind::sigmoid, 6, 0.5, 5), epk::parse_precision("double"));
+    const epk::kernel_report k = epk::audit_trace(rec, epk::parse_precision("float"));
+    const epk::audit_verdict v = epk::judge_audit(k);
+    EXPECT_TRUE(v.explained) << v.units;
+    EXPECT_GT(v.units, 0.0);
 }
 
 // epk's own arrays as another implementation would hand them over.

@@ -43,7 +43,7 @@ std::size_t test_point_count(const trace& t);
 
 // Replays S steps of SGD from the trace's initial parameters (init_params.npy
 // or params.npy row 0) in precision p.  Returns the same trace with
-// params.npy = the replayed path (each row rounded to binary64) and no
+// params.npy = the replayed path (each row rounded to binary64; float32 for p = float, whose rows are binary32 numbers) and no
 // init_params.  `losses` receives L_s(w[s]) for s = 0..S−1.
 trace replay_trace(const trace& t, const precision& p, std::vector<double>* losses = nullptr,
                    const progress_fn& progress = {});
@@ -75,6 +75,7 @@ struct kernel_options {
     quadrature_options quadrature;
     std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
     bool structured = true;   // false: the unstructured full-Jacobian path (path_kernel.hpp), for cross-checks
+    bool audit_only = false;  // no test points: the training side of every step and the recorded-path audit only
 };
 
 // The trace's optimizer in one line: "sgd", "sgd (momentum 0.9, nesterov, weight_decay 0.001)",
@@ -113,18 +114,23 @@ struct kernel_report {
     std::size_t remainder_worst_step = 0;
     // Recorded-path audit: per step, the remainder r_s = Δ_s − Σ_i J(x_i; w_s)ᵀ a_{i,s} between
     // the path's step and the exact gradient step recomputed in this precision.
+    // And the deviation d_s = w[s+1] − (the declared optimizer's step from w[s], taken as epk's
+    // trainer takes it in this precision): zero for a replayed path; for a recorded one, what
+    // the recorded row did beyond the declared training.  The verdict (judge_audit) is on d_s.
     struct step_audit {
         std::size_t step = 0;
         double remainder_max_abs = 0;     // ‖r_s‖_∞
         double remainder_norm2 = 0;       // ‖r_s‖_2
         double relative = 0;              // ‖r_s‖_∞ / ‖Δ_s‖_∞
-        double over_recording_u = 0;      // ‖r_s‖_∞ / (u_rec · ‖w[s+1]‖_∞)
+        double deviation_max_abs = 0;     // ‖d_s‖_∞
+        double deviation_relative = 0;    // ‖d_s‖_∞ / ‖Δ_s‖_∞
+        double over_recording_u = 0;      // ‖d_s‖_∞ / (max(u_rec, u) · ‖w[s+1]‖_∞), u the working precision's
         double contribution_max_abs = 0;  // max over test points and outputs of |Ī_s r_s|
     };
     std::vector<step_audit> audit;
     std::string path_precision;            // "float32"/"float64" (recorded params.npy) or the working precision (replayed)
     double recording_unit_roundoff = 0;    // u_rec: unit roundoff of path_precision
-    double remainder_max_over_recording_u = 0;
+    double deviation_max_over_recording_u = 0;
     std::vector<std::size_t> worst_steps;  // up to 5 steps, largest over_recording_u first
     double kernel_residual_max_abs = 0;    // max |f(x; w_S) − kernel_reconstruction|: without the remainder
     std::vector<double> contributions;  // c(x_m, x_i)  [M][N][C]
@@ -138,6 +144,31 @@ struct kernel_report {
 
 kernel_report compute_kernel(const trace& t, const precision& p, const kernel_options& o,
                              const progress_fn& progress = {});
+
+// ------------------------------------------------------------------ the audit's verdict
+
+// A recorded step is "at the rounding level of the recorded path" when its deviation
+// ‖d_s‖∞ = ‖w[s+1] − (the declared optimizer's step from w[s])‖∞ is at most this many
+// units u_rec·‖w[s+1]‖∞ (proofs-notes/004 §8: measured 0.5–3.8 units on PyTorch float32 and
+// float64 runs; a misdescribed run — clipping, a schedule left out, another model — is off by
+// orders of magnitude more).
+inline constexpr double audit_rounding_units = 32.0;
+
+struct audit_verdict {
+    bool explained = true;      // every step within audit_rounding_units
+    double units = 0;           // max_s ‖d_s‖∞ / (u_rec·‖w[s+1]‖∞)
+    std::size_t worst_step = 0; // the step attaining it
+    double relative = 0;        // that step's ‖d_s‖∞ / ‖Δ_s‖∞
+};
+audit_verdict judge_audit(const kernel_report& k);
+
+// The one-line reason a strict command fails: "NAME: the recorded path is not the declared
+// training: step 17 ... (limit 32 units); ..." (no trailing newline).
+std::string unexplained_steps_message(const std::string& name, const kernel_report& k);
+
+// The audit alone (compute_kernel with audit_only): the training side of every step, no test
+// point; the same numbers as compute_kernel's audit.
+kernel_report audit_trace(const trace& t, const precision& p, std::size_t threads = 0, const progress_fn& progress = {});
 
 // ------------------------------------------------------------------ memory
 

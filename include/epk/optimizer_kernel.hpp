@@ -234,8 +234,14 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         std::vector<T> w_pred = w;
         optimizer_update<T>(pr, sch, state, w_pred, fp, grad_out, eta);
         split.step(batch, grads, w, eta, state, first);
-        std::vector<T> w_next = rq.recorded_row ? detail::next_point<T>(rq, w, fp, grad_out, eta, s) : std::move(w_pred);
-        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, split.total(), s, res);
+        std::vector<T> w_next = w_pred;
+        double deviation = 0;  // ‖recorded row − the optimizer's step‖_∞
+        if (rq.recorded_row) {
+            w_next = rq.recorded_row(s + 1);
+            if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+            deviation = detail::max_abs_difference(w_next, w_pred);
+        }
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, split.total(), s, res, deviation);
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;
 

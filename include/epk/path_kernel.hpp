@@ -87,8 +87,11 @@ struct path_kernel_result {
     std::size_t remainder_worst_step = 0;
     // The recorded-path audit, one entry per step (binary64 summaries of T values):
     // ‖r_s‖_∞, ‖r_s‖_2, ‖Δ_s‖_∞, ‖w[s+1]‖_∞ and max_{m,c} |Ī_s(x_m) r_s|_c.
+    // deviation_max_abs = ‖w[s+1] − (the declared optimizer's step from w[s], as the trainer
+    // takes it)‖_∞: zero for a replayed path, what a recorded row does beyond the declared training.
     struct step_audit {
-        double remainder_max_abs = 0, remainder_norm2 = 0, step_max_abs = 0, weight_max_abs = 0, contribution_max_abs = 0;
+        double remainder_max_abs = 0, remainder_norm2 = 0, step_max_abs = 0, weight_max_abs = 0, contribution_max_abs = 0,
+               deviation_max_abs = 0;
     };
     std::vector<step_audit> audit;
     std::vector<T> losses;            // L_s(w[s])
@@ -218,7 +221,8 @@ struct step_difference {
 
 template <Real T>
 step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector<T>& w_next,
-                                      const std::vector<T>& g_sum, std::size_t s, path_kernel_result<T>& res) {
+                                      const std::vector<T>& g_sum, std::size_t s, path_kernel_result<T>& res,
+                                      double deviation) {
     const std::size_t P = w.size();
     step_difference<T> sd;
     sd.delta.resize(P);
@@ -250,23 +254,35 @@ step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector
         au.remainder_norm2 = std::sqrt(scalar_traits<T>::to_double(rem_sq));
         au.step_max_abs = scalar_traits<T>::to_double(delta_inf);
         au.weight_max_abs = scalar_traits<T>::to_double(w_inf);
+        au.deviation_max_abs = deviation;
     }
     return sd;
 }
 
+// max_q |a_q − b_q| in binary64.
+template <Real T>
+double max_abs_difference(const std::vector<T>& a, const std::vector<T>& b) {
+    T m(0);
+    for (std::size_t q = 0; q < a.size(); ++q) m = rm::max(m, rm::abs(T(a[q] - b[q])));
+    return scalar_traits<T>::to_double(m);
+}
+
 // The path's next point w[s+1]: recorded, or trained here exactly as train_sgd does
 // (sgd_update from the batch's forward pass at w[s] and ∂L/∂f, which the caller has).
+// `deviation` = ‖recorded w[s+1] − the trained step‖_∞ (0 for a replayed path): the audit's measure.
 template <Real T>
 std::vector<T> next_point(const path_kernel_request<T>& rq, const std::vector<T>& w, const forward_pass<T>& fp,
-                          const matrix<T>& g_out, const T& eta, std::size_t s) {
+                          const matrix<T>& g_out, const T& eta, std::size_t s, double& deviation) {
+    std::vector<T> w_pred = w;
+    sgd_update<T>(*rq.problem, w_pred, fp, g_out, eta);
+    deviation = 0;
     if (rq.recorded_row) {
         std::vector<T> w_next = rq.recorded_row(s + 1);
         if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+        deviation = max_abs_difference(w_next, w_pred);
         return w_next;
     }
-    std::vector<T> w_next = w;
-    sgd_update<T>(*rq.problem, w_next, fp, g_out, eta);
-    return w_next;
+    return w_pred;
 }
 
 // The checks every path kernel computation starts with.
@@ -513,8 +529,9 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
         const matrix<T>& grad_out = st0.grad_out;
         const detail::step_gradients<T> grads = detail::training_gradients<T>(rq, w, st0, s, res);
         const matrix<T>& g = grads.g;
-        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s);
-        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, grads.sum, s, res);
+        double deviation = 0;
+        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s, deviation);
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, grads.sum, s, res, deviation);
         const std::vector<T>& delta = sd.delta;
         const std::vector<T>& rem = sd.rem;
         const T& delta_l1 = sd.delta_l1;

@@ -430,8 +430,9 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const std::vector<T> g_sum = structured::summed_gradient<T>(offs, train, P);
         forward_pass<T> fp;  // the reference-order forward pass: bit-identical to forward(), the trainer's
         fp.values = std::move(bp.values);
-        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s);
-        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        double deviation = 0;
+        std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s, deviation);
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res, deviation);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         const structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
 

@@ -519,8 +519,9 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
         const detail::step_gradients<T> grads = detail::training_gradients<T>(rq, w, st0, s, res);
         const matrix<T>& g = grads.g;
         const std::vector<T>& g_sum = grads.sum;
-        std::vector<T> w_next = detail::next_point<T>(rq, w, st0.fp, st0.grad_out, st0.eta, s);
-        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res);
+        double deviation = 0;
+        std::vector<T> w_next = detail::next_point<T>(rq, w, st0.fp, st0.grad_out, st0.eta, s, deviation);
+        detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res, deviation);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         std::vector<double> abs_plus(P), abs_delta(P);
         for (std::size_t q = 0; q < P; ++q) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <unistd.h>
@@ -74,16 +75,17 @@ commands
   replay TRACE --out DIR     replay the trace's SGD from its initial parameters and write the
                              replayed path as params.npy  [--precision P]
   predict TRACE              network outputs at the test points before and after training
-                             [--precision P] [--json]
+                             [--precision P] [--json] [--threads N] [--allow-unexplained-steps]
   verify TRACE               the exact path kernel's reconstruction of f(x; w[S]) at the test
                              points, its residual and budget; exit 1 if a residual exceeds
                              its budget  [--precision P] [--json] [--threads N]
-                             [--unstructured]
+                             [--unstructured] [--allow-unexplained-steps]
   kernel TRACE --out DIR     write bias.npy [M,C], contributions.npy [M,N,C], coefficients.npy
                              [S,N,C], remainder.npy, outputs_final.npy and
                              kernel_step_<s>.npy [M,N,C,C] for the
                              steps in --steps LIST (e.g. 0,5,10-12 or all)
-                             [--precision P] [--threads N] [--unstructured]
+                             and audit.json  [--precision P] [--threads N] [--unstructured]
+                             [--allow-unexplained-steps]
   compare TRACE              the exact kernel against the per-step tangent kernel, the NTK at
                              initialisation, the linearised model and fixed rules along each
                              step: each reconstruction's error  [--methods LIST] [--precision P]
@@ -102,13 +104,17 @@ commands
                              relative error, worst entries; exit 0 within --tolerance T
                              (default 1e-10, relative to max|epk's array|; the remainder to
                              max|f(x; w[S])|), 1 outside, 2 bad input
-                             [--precision P] [--threads N] [--json]
+                             [--precision P] [--threads N] [--json] [--allow-unexplained-steps]
   help, --help               this text
   version, --version         the version
 
 precision P: float | double | long-double | float128 | mpfr:BITS (2 <= BITS <= 100000)
 --unstructured: full C x P Jacobian integrals contracted entry by entry instead of per-layer
   factors and dense products (the default); slow, for cross-checks (README, "Performance")
+--allow-unexplained-steps: predict, verify, kernel and check audit a recorded path (params.npy)
+  step by step against the declared training; a step further from it than 32 units of
+  rounding (gradient clipping, a schedule left out, a layer dropped...) fails the command
+  (exit 1, one line naming the step, kernel writes nothing) unless this flag is given
 exit status: 0 success, 1 a check failed, 2 bad input (nothing written), 3 internal error
 )";
 
@@ -463,24 +469,84 @@ void put_outputs_json(nlohmann::json& j, const std::string& precision_name, doub
     }
 }
 
+// ---------------------------------------------------------------- the audit's verdict
+
+using epk::audit_rounding_units;
+
+// Strict commands (verify, kernel, check, predict): a recorded path that is not the declared
+// training is a failed check (exit 1) unless --allow-unexplained-steps; either way one line on
+// stderr names the worst step.  Returns true when the command must fail.
+constexpr const char* allow_unexplained = "allow-unexplained-steps";
+bool unexplained_fails(const args& a, const epk::kernel_report& k, const std::string& name) {
+    if (epk::judge_audit(k).explained) return false;
+    const bool allowed = a.flags.count(allow_unexplained) != 0;
+    std::fprintf(stderr, "epk %s: %s%s\n", a.command.c_str(), allowed ? "note: " : "FAILED: ",
+                 (epk::unexplained_steps_message(name, k) +
+                  (allowed ? " (accepted: --allow-unexplained-steps)" : "; --allow-unexplained-steps accepts it"))
+                     .c_str());
+    return !allowed;
+}
+
+// The audit's summary as it appears in every command's JSON.
+nlohmann::json audit_summary_json(const epk::kernel_report& k) {
+    const epk::audit_verdict v = epk::judge_audit(k);
+    return {{"path_precision", k.path_precision},
+            {"recording_unit_roundoff", k.recording_unit_roundoff},
+            {"deviation_max_over_recording_u", k.deviation_max_over_recording_u},
+            {"at_rounding_level", v.explained},
+            {"rounding_level_units", audit_rounding_units},
+            {"worst_step", v.worst_step},
+            {"worst_step_relative_to_step", v.relative},
+            {"worst_steps", k.worst_steps}};
+}
+
+// One line for the text output: "recorded-path audit: 0.62 units (limit 32) at step 3: at the rounding level".
+std::string audit_summary_line(const epk::kernel_report& k) {
+    const epk::audit_verdict v = epk::judge_audit(k);
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "recorded-path audit (%s path): max remainder %.3g units u_rec*max|w| at step %zu (limit %g): %s",
+                  k.path_precision.c_str(), v.units, v.worst_step, audit_rounding_units,
+                  v.explained ? "the recorded steps are the declared training" : "NOT the declared training");
+    return buf;
+}
+
+// ---------------------------------------------------------------- predict
+
 int cmd_predict(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"precision"}, {"json"}, 1, 1);
+    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json", allow_unexplained}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const std::size_t threads = a.get_count("threads", 0, 0, 1024);
     const epk::trace t = epk::read_trace(a.positional[0]);
     epk::check_memory(t, p, {}, false, a.positional[0]);
-    const epk::evaluation ev = epk::evaluate_trace(t, p, a.flags.count("json") ? epk::progress_fn{} : make_progress("replaying in " + p.name()));
-    if (a.flags.count("json")) {
+    const bool json = a.flags.count("json") != 0;
+    const epk::evaluation ev = epk::evaluate_trace(t, p, json ? epk::progress_fn{} : make_progress("replaying in " + p.name()));
+    // A recorded path is audited (the training side of every step): its last row is only the
+    // declared network's prediction if the rows are the declared training.  A replayed trace is
+    // the declared training by construction.
+    std::optional<epk::kernel_report> audit;
+    if (t.params) audit = epk::audit_trace(t, p, threads, json ? epk::progress_fn{} : make_progress("auditing the recorded path"));
+    const bool ok = !audit || epk::judge_audit(*audit).explained || a.flags.count(allow_unexplained) != 0;
+    if (json) {
         nlohmann::json j;
         put_outputs_json(j, ev.precision_name, ev.unit_roundoff_value, ev.unit_roundoff, ev.steps, ev.recorded_path,
                          ev.test_points, ev.outputs_initial, ev.outputs_final, p.bits > 53);
         if (!ev.losses.empty()) j["losses"] = ev.losses;
+        if (audit) {
+            j["audit"] = audit_summary_json(*audit);
+            j["path_explained"] = epk::judge_audit(*audit).explained;
+        }
+        j["ok"] = ok;
         std::cout << j.dump(2) << "\n";
-        return 0;
+        std::cout.flush();
+        if (audit) unexplained_fails(a, *audit, a.positional[0]);
+        return ok ? 0 : 1;
     }
     std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << ev.steps << " steps, "
               << (ev.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << "\n"
               << "precision " << ev.precision_name << " (u = " << ev.unit_roundoff_value << "), test points "
-              << ev.test_points << "\n\n";
+              << ev.test_points << "\n";
+    if (audit) std::cout << audit_summary_line(*audit) << "\n";
+    std::cout << "\n";
     std::printf("%6s  %9s  %s\n", "point", "argmax", "f(x; w[S])");
     for (std::size_t r = 0; r < ev.outputs_final.rows; ++r) {
         std::printf("%6zu  %9zu ", r, argmax_row(ev.outputs_final, r));
@@ -488,7 +554,9 @@ int cmd_predict(int argc, char** argv) {
             std::printf(" %+.6e", ev.outputs_final.values[r * ev.outputs_final.cols + c]);
         std::printf("\n");
     }
-    return 0;
+    std::fflush(stdout);
+    if (audit) unexplained_fails(a, *audit, a.positional[0]);
+    return ok ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- verify
@@ -543,18 +611,8 @@ double row_max_abs(const std::vector<double>& v, std::size_t r, std::size_t cols
     return m;
 }
 
-// The recorded-path audit is "at rounding level" when every step's remainder is within
-// this many units u_rec·‖w[s+1]‖_∞ (proofs-notes/004 §3).
-constexpr double audit_rounding_units = 32.0;
-
 nlohmann::json audit_json(const epk::kernel_report& k) {
-    nlohmann::json a;
-    a["path_precision"] = k.path_precision;
-    a["recording_unit_roundoff"] = k.recording_unit_roundoff;
-    a["remainder_max_over_recording_u"] = k.remainder_max_over_recording_u;
-    a["at_rounding_level"] = k.remainder_max_over_recording_u <= audit_rounding_units;
-    a["rounding_level_units"] = audit_rounding_units;
-    a["worst_steps"] = k.worst_steps;
+    nlohmann::json a = audit_summary_json(k);
     a["residual_with_remainder_max_abs"] = k.residual_max_abs;
     a["residual_without_remainder_max_abs"] = k.kernel_residual_max_abs;
     nlohmann::json steps = nlohmann::json::array();
@@ -563,6 +621,8 @@ nlohmann::json audit_json(const epk::kernel_report& k) {
                          {"remainder_max_abs", s.remainder_max_abs},
                          {"remainder_norm2", s.remainder_norm2},
                          {"relative_to_step", s.relative},
+                         {"deviation_max_abs", s.deviation_max_abs},
+                         {"deviation_relative_to_step", s.deviation_relative},
                          {"over_recording_u", s.over_recording_u},
                          {"contribution_max_abs", s.contribution_max_abs}});
     a["steps"] = steps;
@@ -578,8 +638,8 @@ void print_audit(const epk::kernel_report& k) {
                     "epk's gradients and state)\n",
                     k.path_precision.c_str(), k.recording_unit_roundoff, k.optimizer.c_str());
     std::printf("  max |r_s| = %.3e (%.3g of the step) = %.2f u_rec*max|w[s+1]|: %s\n", k.remainder_max_abs,
-                k.remainder_max_rel, k.remainder_max_over_recording_u,
-                k.remainder_max_over_recording_u <= audit_rounding_units
+                k.remainder_max_rel, k.deviation_max_over_recording_u,
+                k.deviation_max_over_recording_u <= audit_rounding_units
                     ? "at the rounding level of the recorded path"
                     : "ABOVE the rounding level of the recorded path (the recorded steps are not plain SGD steps "
                       "of this loss in this precision)");
@@ -659,7 +719,7 @@ void print_verify_table(const epk::kernel_report& k) {
 }
 
 int cmd_verify(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json", "unstructured"}, 1, 1);
+    const args a = parse_args(argc, argv, {"precision", "threads"}, {"json", "unstructured", allow_unexplained}, 1, 1);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
@@ -670,9 +730,19 @@ int cmd_verify(int argc, char** argv) {
     const bool json = a.flags.count("json") != 0;
     const epk::kernel_report k =
         epk::compute_kernel(t, p, o, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    const bool explained = epk::judge_audit(k).explained;
+    // ok: every residual within its budget, and the recorded path is the declared training
+    // (or --allow-unexplained-steps).
+    const bool ok = k.ok && (explained || a.flags.count(allow_unexplained) != 0);
     if (json) {
-        std::cout << kernel_report_json(k, p).dump(2) << "\n";
-        return k.ok ? 0 : 1;
+        nlohmann::json j = kernel_report_json(k, p);
+        j["residual_within_budget"] = k.ok;
+        j["path_explained"] = explained;
+        j["ok"] = ok;
+        std::cout << j.dump(2) << "\n";
+        std::cout.flush();
+        unexplained_fails(a, k, a.positional[0]);
+        return ok ? 0 : 1;
     }
     std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << k.steps << " steps, "
               << (k.recorded_path ? "recorded path (params.npy)" : "replayed from init_params.npy") << ", optimizer "
@@ -684,16 +754,19 @@ int cmd_verify(int argc, char** argv) {
     std::printf("\nmax |f(x; w[S]) - reconstruction| = %.3e = %.1f u (point %zu, output %zu); max residual/budget = %.3g\n",
                 k.residual_max_abs, k.residual_max_over_u, k.worst_point, k.worst_output, k.residual_max_over_budget);
     if (!k.quadrature_converged) std::printf("note: some segment did not meet the quadrature tolerance (its estimate is in the budget)\n");
-    std::printf("%s\n", k.ok ? (k.optimizer_term.rows > 0 ? "OK: every residual is within its budget (proofs-notes/004, 007)"
-                                                           : "OK: every residual is within its budget (proofs-notes/004)")
-                             : "FAILED: some residual exceeds its budget");
-    return k.ok ? 0 : 1;
+    std::printf("%s\n", !k.ok ? "FAILED: some residual exceeds its budget"
+                         : !ok ? "FAILED: the recorded path is not the declared training (the audit above)"
+                         : k.optimizer_term.rows > 0 ? "OK: every residual is within its budget (proofs-notes/004, 007)"
+                                                     : "OK: every residual is within its budget (proofs-notes/004)");
+    std::fflush(stdout);
+    unexplained_fails(a, k, a.positional[0]);
+    return ok ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- kernel
 
 int cmd_kernel(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"out", "steps", "precision", "threads"}, {"unstructured"}, 1, 1);
+    const args a = parse_args(argc, argv, {"out", "steps", "precision", "threads"}, {"unstructured", allow_unexplained}, 1, 1);
     if (!a.has("out")) throw epk::input_error("epk kernel", "--out DIR is required");
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
@@ -715,6 +788,9 @@ int cmd_kernel(int argc, char** argv) {
     epk::check_memory(t, p, o, true, a.positional[0]);  // before any work
     epk::check_trace_output_dir(out);
     const epk::kernel_report k = epk::compute_kernel(t, p, o, make_progress("exact path kernel in " + p.name()));
+    // A path that is not the declared training gets no kernel written (its arrays would
+    // describe a training that did not happen), unless --allow-unexplained-steps.
+    if (unexplained_fails(a, k, a.positional[0])) return 1;
 
     std::vector<std::pair<std::string, std::vector<unsigned char>>> files;
     auto add = [&](const std::string& name, std::vector<std::size_t> shape, std::vector<double> v) {
@@ -727,6 +803,17 @@ int cmd_kernel(int argc, char** argv) {
     add("outputs_final.npy", {m, c}, k.outputs_final.values);
     add("coefficients.npy", {t.steps(), n, c}, k.coefficients);
     for (const auto& [s, kern] : k.step_kernels) add("kernel_step_" + std::to_string(s) + ".npy", {m, n, c, c}, kern);
+    {
+        nlohmann::json summary;
+        summary["trace"] = a.positional[0];
+        summary["precision"] = k.precision_name;
+        summary["residual_max_abs"] = k.residual_max_abs;
+        summary["residual_within_budget"] = k.ok;
+        summary["optimizer"] = k.optimizer;
+        summary["audit"] = audit_json(k);
+        const std::string text = summary.dump(2) + "\n";
+        files.emplace_back("audit.json", std::vector<unsigned char>(text.begin(), text.end()));
+    }
     epk::write_directory(out, files);
     std::cout << "exact path kernel of " << a.positional[0] << " in " << k.precision_name << ": " << m
               << " test points x " << n << " training points, " << k.steps << " steps\n"
@@ -736,7 +823,7 @@ int cmd_kernel(int argc, char** argv) {
               << n << ", " << c << "], coefficients.npy [" << t.steps() << ", " << n << ", " << c
               << "], remainder.npy, outputs_final.npy" << (k.optimizer_term.rows > 0 ? ", optimizer_term.npy" : "");
     for (const auto& sk : k.step_kernels) std::cout << ", kernel_step_" << sk.first << ".npy";
-    std::cout << "\n";
+    std::cout << ", audit.json\n" << audit_summary_line(k) << "\n";
     return k.ok ? 0 : 1;
 }
 
@@ -803,7 +890,8 @@ int cmd_check(int argc, char** argv) {
             rest.push_back(argv[i]);
         }
     }
-    const args a = parse_args(static_cast<int>(rest.size()), rest.data(), {"precision", "tolerance", "threads"}, {"json"}, 1, 1);
+    const args a = parse_args(static_cast<int>(rest.size()), rest.data(), {"precision", "tolerance", "threads"},
+                              {"json", allow_unexplained}, 1, 1);
     if (!any_against || against.empty()) throw epk::input_error("--against", "give the .npy files or directories to check");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
     const double tolerance = a.get_real("tolerance", 1e-10);
@@ -814,6 +902,9 @@ int cmd_check(int argc, char** argv) {
     const bool json = a.flags.count("json") != 0;
     const epk::check_report r =
         epk::check_against(t, a.positional[0], p, files, tolerance, threads, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    // The files may agree with epk and still describe a training that did not happen.
+    const bool explained = epk::judge_audit(r.reference).explained;
+    const bool ok = r.ok && (explained || a.flags.count(allow_unexplained) != 0);
     if (json) {
         nlohmann::json j;
         j["trace"] = a.positional[0];
@@ -821,7 +912,10 @@ int cmd_check(int argc, char** argv) {
         j["tolerance"] = tolerance;
         j["reference_ok"] = r.reference.ok;
         j["reference_residual_max_abs"] = r.reference.residual_max_abs;
-        j["ok"] = r.ok;
+        j["files_within_tolerance"] = r.ok;
+        j["path_explained"] = explained;
+        j["audit"] = audit_summary_json(r.reference);
+        j["ok"] = ok;
         nlohmann::json fs_json = nlohmann::json::array();
         for (const auto& c : r.results) {
             nlohmann::json worst = nlohmann::json::array();
@@ -832,13 +926,15 @@ int cmd_check(int argc, char** argv) {
         }
         j["files"] = fs_json;
         std::cout << j.dump(2) << "\n";
-        return r.ok ? 0 : 1;
+        std::cout.flush();
+        unexplained_fails(a, r.reference, a.positional[0]);
+        return ok ? 0 : 1;
     }
     std::cout << "epk check " << a.positional[0] << ": " << r.results.size() << " file(s) against the exact path kernel in "
               << r.reference.precision_name << " (tolerance " << tolerance << ", relative to max|epk's array|; the remainder to max|f(x; w[S])|)\n"
               << "reference: max |f(x; w[S]) - reconstruction| = " << r.reference.residual_max_abs << ", "
               << (r.reference.ok ? "within its budget" : "OUTSIDE its budget (the reference itself is not verified)")
-              << "\n\n";
+              << "\n" << audit_summary_line(r.reference) << "\n\n";
     int width = 20;
     for (const auto& c : r.results) width = std::max(width, static_cast<int>(c.path.size()));
     std::printf("%-*s %-16s %12s %12s %12s\n", width, "file", "quantity", "max|diff|", "max|epk|", "relative");
@@ -856,8 +952,12 @@ int cmd_check(int argc, char** argv) {
                             std::abs(w.theirs - w.reference));
             }
     }
-    std::printf("%s\n", r.ok ? "OK: every array within tolerance" : "FAILED: some array is outside the tolerance");
-    return r.ok ? 0 : 1;
+    std::printf("%s\n", !r.ok ? "FAILED: some array is outside the tolerance"
+                         : !ok ? "FAILED: the arrays match, but the recorded path is not the declared training"
+                               : "OK: every array within tolerance");
+    std::fflush(stdout);
+    unexplained_fails(a, r.reference, a.positional[0]);
+    return ok ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- study

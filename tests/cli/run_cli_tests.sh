@@ -476,7 +476,12 @@ if [ -f adamw/manifest.json ]; then
     D=$(mk adamw v2resume); sed -i 's/"amsgrad": true/"amsgrad": true, "initial_step": 3/' "$D/manifest.json"
     bad_trace "v2: resumed (initial_step 3) without the recorded state" "$D" init_exp_avg.npy "missing required file" replay
     state_npy "$D/init_exp_avg.npy"; state_npy "$D/init_exp_avg_sq.npy"; state_npy "$D/init_max_exp_avg_sq.npy"
-    expect_ok "control: a resumed adamw trace with its recorded state is accepted by predict" "$EPK" predict "$D" --json
+    # (the recorded rows are a fresh run's, so the strict audit would fail it: the reader is what is tested here)
+    expect_ok "control: a resumed adamw trace with its recorded state is accepted by predict" "$EPK" predict "$D" --json --allow-unexplained-steps
+    run "$EPK" predict "$D"
+    if [ "$RC" -eq 1 ] && grep -q "not the declared training: step 0" "$W/err"; then
+        ok "predict: a fresh run's rows declared as a resumed run fail the audit (exit 1)"
+    else fail "predict: a fresh run's rows declared as a resumed run fail the audit (exit 1)" "exit $RC -- $(err1)"; fi
     expect_ok "replay of a resumed adamw trace: exit 0" "$EPK" replay "$D" --out "$W/rep_resumed"
     has_files "replay of a resumed adamw trace keeps the recorded state" "$W/rep_resumed" init_exp_avg.npy init_exp_avg_sq.npy \
         init_max_exp_avg_sq.npy params.npy -- init_momentum_buffer.npy
@@ -625,6 +630,86 @@ if [ "$RC" -eq 0 ] && grep -q '"audit"' "$W/out" && grep -q '"at_rounding_level"
     && grep -q '"residual_without_remainder_max_abs"' "$W/out" && grep -q '"over_recording_u"' "$W/out"; then
     ok "verify --json: the recorded-path audit"
 else fail "verify --json: the recorded-path audit" "exit $RC -- $(err1)"; fi
+
+# ---- strict audit: a recorded path that is not the declared training fails ----------
+# Misdescribed runs: the learning rate changed, the schedule left out, a layer dropped, the
+# momentum left out, every step shrunk (as gradient clipping does).  verify, kernel, check
+# and predict exit 1 with one line naming the worst step; kernel writes nothing;
+# --allow-unexplained-steps accepts the run (exit 0, a note).
+mis() { rm -rf "$W/mis/$2"; mkdir -p "$W/mis"; cp -r "$W/$1" "$W/mis/$2"; echo "$W/mis/$2"; }
+D=$(mis full lr); sed -i 's/"learning_rate": *0\.1\b/"learning_rate": 0.105/' "$D/manifest.json"
+D=$(mis decay noschedule); rm "$D/learning_rates.npy"
+D=$(mis full droplayer)
+python3 - "$D/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["model"]["layers"] = [l for l in m["model"]["layers"] if l["type"] != "tanh"]
+json.dump(m, open(sys.argv[1], "w"), indent=2)
+PY
+D=$(mis momentum nomomentum)
+python3 - "$D/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for k in ("momentum", "nesterov", "dampening"): m["optimizer"].pop(k, None)
+json.dump(m, open(sys.argv[1], "w"), indent=2)
+PY
+D=$(mis full clipped)
+python3 - "$D/params.npy" <<'PY'
+import struct, sys
+# float64 rows [S+1, P]: w'[s+1] = w'[s] + 0.8 (w[s+1] - w[s]), as a clipped run would record
+b = open(sys.argv[1], "rb").read()
+hl = struct.unpack("<H", b[8:10])[0]; off = 10 + hl
+hdr = b[10:off].decode(); shape = eval(hdr[hdr.index("(") : hdr.index(")") + 1])
+v = list(struct.unpack("<%dd" % (shape[0] * shape[1]), b[off:]))
+P = shape[1]; out = v[:P]
+for s in range(1, shape[0]):
+    out += [out[(s - 1) * P + q] + 0.8 * (v[s * P + q] - v[(s - 1) * P + q]) for q in range(P)]
+open(sys.argv[1], "wb").write(b[:off] + struct.pack("<%dd" % len(out), *out))
+PY
+# stderr without progress lines
+err_lines() { grep -v '^  ' "$W/err"; }
+for c in lr noschedule droplayer nomomentum clipped; do
+    D="$W/mis/$c"
+    for cmd in verify predict; do
+        for js in "" --json; do
+            run "$EPK" $cmd "$D" $js
+            if [ "$RC" -eq 1 ] && [ "$(err_lines | wc -l)" -eq 1 ] \
+                && err_lines | grep -q "$c: the recorded path is not the declared training: step [0-9]"; then
+                ok "$cmd $js: misdescribed run ($c) fails, exit 1, one line naming the step"
+            else fail "$cmd $js: misdescribed run ($c) fails, exit 1, one line naming the step" "exit $RC -- $(err1)"; fi
+        done
+    done
+    run "$EPK" kernel "$D" --out "$W/mis_k"
+    if [ "$RC" -eq 1 ] && [ ! -e "$W/mis_k" ] && err_lines | grep -q "not the declared training: step"; then
+        ok "kernel: misdescribed run ($c) fails, nothing written"
+    else fail "kernel: misdescribed run ($c) fails, nothing written" "exit $RC -- $(err1)"; rm -rf "$W/mis_k"; fi
+    run "$EPK" verify "$D" --json --allow-unexplained-steps
+    if [ "$RC" -eq 0 ] && grep -q '"path_explained": false' "$W/out" && grep -q '"at_rounding_level": false' "$W/out" \
+        && err_lines | grep -q "note: .*accepted: --allow-unexplained-steps"; then
+        ok "verify --allow-unexplained-steps: misdescribed run ($c) accepted with a note"
+    else fail "verify --allow-unexplained-steps: misdescribed run ($c) accepted with a note" "exit $RC -- $(err1)"; fi
+done
+# check: arrays that match epk's (written with --allow-unexplained-steps) still fail on the audit
+run "$EPK" kernel "$W/mis/lr" --out "$W/mis_lr_k" --allow-unexplained-steps
+RC1=$RC
+run "$EPK" check "$W/mis/lr" --against "$W/mis_lr_k" --json
+if [ "$RC1" -eq 0 ] && [ "$RC" -eq 1 ] && grep -q '"files_within_tolerance": true' "$W/out" \
+    && grep -q '"path_explained": false' "$W/out" && [ "$(err_lines | wc -l)" -eq 1 ]; then
+    ok "check: matching arrays of a misdescribed run fail on the audit (exit 1)"
+else fail "check: matching arrays of a misdescribed run fail on the audit (exit 1)" "exit $RC1/$RC -- $(err1)"; fi
+run "$EPK" check "$W/mis/lr" --against "$W/mis_lr_k" --allow-unexplained-steps
+if [ "$RC" -eq 0 ] && grep -q "recorded-path audit" "$W/out"; then ok "check --allow-unexplained-steps: exit 0, the audit line shown"
+else fail "check --allow-unexplained-steps: exit 0, the audit line shown" "exit $RC -- $(err1)"; fi
+# the faithful runs pass everywhere, with the audit in kernel's output
+for c in full decay momentum adamw; do
+    run "$EPK" kernel "$W/$c" --out "$W/strict_k_$c"
+    if [ "$RC" -eq 0 ] && grep -q '"at_rounding_level": true' "$W/strict_k_$c/audit.json" \
+        && grep -q "the recorded steps are the declared training" "$W/out"; then ok "kernel: $c passes the strict audit, audit.json written"
+    else fail "kernel: $c passes the strict audit, audit.json written" "exit $RC -- $(err1)"; fi
+    run "$EPK" predict "$W/$c" --json
+    if [ "$RC" -eq 0 ] && grep -q '"path_explained": true' "$W/out"; then ok "predict --json: $c audited, explained"
+    else fail "predict --json: $c audited, explained" "exit $RC -- $(err1)"; fi
+done
 
 expect_fail "study: unknown sweep" --sweeps "unknown sweep" --absent "$W/newdir" -- "$EPK" study --sweeps step_size,bogus --out "$W/newdir"
 expect_fail "study: empty sweep list" --sweeps "" --absent "$W/newdir" -- "$EPK" study --sweeps "" --out "$W/newdir"
