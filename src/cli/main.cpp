@@ -23,6 +23,7 @@
 #include "epk/error.hpp"
 #include "epk/file_io.hpp"
 #include "epk/npy.hpp"
+#include "epk/report_json.hpp"
 #include "epk/study.hpp"
 #include "epk/trace.hpp"
 #include "epk/training.hpp"
@@ -30,6 +31,11 @@
 namespace fs = std::filesystem;
 using epk::cli::args;
 using epk::cli::parse_args;
+using epk::audit_json;
+using epk::audit_summary_json;
+using epk::kernel_report_json;
+using epk::put_outputs_json;
+using epk::table_json;
 
 namespace {
 
@@ -436,39 +442,6 @@ int cmd_replay(int argc, char** argv) {
 
 // ---------------------------------------------------------------- predict
 
-nlohmann::json table_json(const epk::real_table& t) {
-    nlohmann::json rows = nlohmann::json::array();
-    for (std::size_t r = 0; r < t.rows; ++r)
-        rows.push_back(std::vector<double>(t.values.begin() + static_cast<std::ptrdiff_t>(r * t.cols),
-                                           t.values.begin() + static_cast<std::ptrdiff_t>((r + 1) * t.cols)));
-    return rows;
-}
-nlohmann::json table_decimal_json(const epk::real_table& t) {
-    nlohmann::json rows = nlohmann::json::array();
-    for (std::size_t r = 0; r < t.rows; ++r)
-        rows.push_back(std::vector<std::string>(t.decimal.begin() + static_cast<std::ptrdiff_t>(r * t.cols),
-                                                t.decimal.begin() + static_cast<std::ptrdiff_t>((r + 1) * t.cols)));
-    return rows;
-}
-
-// The keys predict and verify share.
-void put_outputs_json(nlohmann::json& j, const std::string& precision_name, double u, const std::string& u_decimal,
-                      std::size_t steps, bool recorded, const std::string& test_points, const epk::real_table& initial,
-                      const epk::real_table& final_, bool decimals) {
-    j["precision"] = precision_name;
-    j["unit_roundoff"] = u;
-    j["unit_roundoff_decimal"] = u_decimal;
-    j["steps"] = steps;
-    j["path"] = recorded ? "recorded" : "replayed";
-    j["test_points"] = test_points;
-    j["outputs_initial"] = table_json(initial);
-    j["outputs_final"] = table_json(final_);
-    if (decimals) {
-        j["outputs_initial_decimal"] = table_decimal_json(initial);
-        j["outputs_final_decimal"] = table_decimal_json(final_);
-    }
-}
-
 // ---------------------------------------------------------------- the audit's verdict
 
 using epk::audit_rounding_units;
@@ -485,19 +458,6 @@ bool unexplained_fails(const args& a, const epk::kernel_report& k, const std::st
                   (allowed ? " (accepted: --allow-unexplained-steps)" : "; --allow-unexplained-steps accepts it"))
                      .c_str());
     return !allowed;
-}
-
-// The audit's summary as it appears in every command's JSON.
-nlohmann::json audit_summary_json(const epk::kernel_report& k) {
-    const epk::audit_verdict v = epk::judge_audit(k);
-    return {{"path_precision", k.path_precision},
-            {"recording_unit_roundoff", k.recording_unit_roundoff},
-            {"deviation_max_over_recording_u", k.deviation_max_over_recording_u},
-            {"at_rounding_level", v.explained},
-            {"rounding_level_units", audit_rounding_units},
-            {"worst_step", v.worst_step},
-            {"worst_step_relative_to_step", v.relative},
-            {"worst_steps", k.worst_steps}};
 }
 
 // One line for the text output: "recorded-path audit: 0.62 units (limit 32) at step 3: at the rounding level".
@@ -527,16 +487,8 @@ int cmd_predict(int argc, char** argv) {
     if (t.params) audit = epk::audit_trace(t, p, threads, json ? epk::progress_fn{} : make_progress("auditing the recorded path"));
     const bool ok = !audit || epk::judge_audit(*audit).explained || a.flags.count(allow_unexplained) != 0;
     if (json) {
-        nlohmann::json j;
-        put_outputs_json(j, ev.precision_name, ev.unit_roundoff_value, ev.unit_roundoff, ev.steps, ev.recorded_path,
-                         ev.test_points, ev.outputs_initial, ev.outputs_final, p.bits > 53);
-        if (!ev.losses.empty()) j["losses"] = ev.losses;
-        if (audit) {
-            j["audit"] = audit_summary_json(*audit);
-            j["path_explained"] = epk::judge_audit(*audit).explained;
-        }
-        j["ok"] = ok;
-        std::cout << j.dump(2) << "\n";
+        std::cout << epk::predict_json(ev, audit ? &*audit : nullptr, p, a.flags.count(allow_unexplained) != 0).dump(2)
+                  << "\n";
         std::cout.flush();
         if (audit) unexplained_fails(a, *audit, a.positional[0]);
         return ok ? 0 : 1;
@@ -596,37 +548,11 @@ std::vector<std::size_t> parse_steps(const std::string& text, std::size_t steps)
     return out;
 }
 
-nlohmann::json vector_rows(const std::vector<double>& v, std::size_t cols) {
-    nlohmann::json rows = nlohmann::json::array();
-    for (std::size_t r = 0; r * cols < v.size(); ++r)
-        rows.push_back(std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(r * cols),
-                                           v.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols)));
-    return rows;
-}
-
 // max_c |v[r][c]|
 double row_max_abs(const std::vector<double>& v, std::size_t r, std::size_t cols) {
     double m = 0;
     for (std::size_t c = 0; c < cols; ++c) m = std::max(m, std::abs(v[r * cols + c]));
     return m;
-}
-
-nlohmann::json audit_json(const epk::kernel_report& k) {
-    nlohmann::json a = audit_summary_json(k);
-    a["residual_with_remainder_max_abs"] = k.residual_max_abs;
-    a["residual_without_remainder_max_abs"] = k.kernel_residual_max_abs;
-    nlohmann::json steps = nlohmann::json::array();
-    for (const auto& s : k.audit)
-        steps.push_back({{"step", s.step},
-                         {"remainder_max_abs", s.remainder_max_abs},
-                         {"remainder_norm2", s.remainder_norm2},
-                         {"relative_to_step", s.relative},
-                         {"deviation_max_abs", s.deviation_max_abs},
-                         {"deviation_relative_to_step", s.deviation_relative},
-                         {"over_recording_u", s.over_recording_u},
-                         {"contribution_max_abs", s.contribution_max_abs}});
-    a["steps"] = steps;
-    return a;
 }
 
 void print_audit(const epk::kernel_report& k) {
@@ -669,38 +595,6 @@ void print_audit(const epk::kernel_report& k) {
     std::printf("\n");
 }
 
-nlohmann::json kernel_report_json(const epk::kernel_report& k, const epk::precision& p) {
-    nlohmann::json j;
-    put_outputs_json(j, k.precision_name, k.unit_roundoff_value, k.unit_roundoff, k.steps, k.recorded_path,
-                     k.test_points, k.outputs_initial, k.outputs_final, p.bits > 53);
-    j["reconstruction"] = table_json(k.reconstruction);
-    j["kernel_reconstruction"] = table_json(k.kernel_reconstruction);
-    j["remainder_term"] = table_json(k.remainder_term);
-    j["optimizer"] = k.optimizer;
-    if (k.optimizer_term.rows > 0) j["optimizer_term"] = table_json(k.optimizer_term);
-    j["residual"] = table_json(k.residual);
-    j["budget"] = vector_rows(k.budget, k.classes);
-    j["quadrature_error_estimate"] = vector_rows(k.quadrature_estimate, k.classes);
-    j["quadrature_converged"] = k.quadrature_converged;
-    j["breakpoints"] = k.breakpoints;
-    j["jacobian_evaluations"] = k.evaluations;
-    j["residual_max_abs"] = k.residual_max_abs;
-    j["residual_max_over_u"] = k.residual_max_over_u;
-    j["residual_max_over_budget"] = k.residual_max_over_budget;
-    j["worst"] = {{"point", k.worst_point}, {"output", k.worst_output}};
-    j["remainder_max"] = k.remainder_max_abs;
-    j["remainder_max_relative"] = k.remainder_max_rel;
-    j["remainder_worst_step"] = k.remainder_worst_step;
-    j["losses"] = k.losses;
-    j["ok"] = k.ok;
-    j["audit"] = audit_json(k);
-    if (p.bits > 53) {
-        j["reconstruction_decimal"] = table_decimal_json(k.reconstruction);
-        j["residual_decimal"] = table_decimal_json(k.residual);
-    }
-    return j;
-}
-
 void print_verify_table(const epk::kernel_report& k) {
     const std::size_t C = k.classes;
     std::printf("%5s %5s  %-24s %-24s %10s %8s %9s %10s %6s %7s\n", "point", "class", "f_c(x; w[S])", "reconstruction",
@@ -735,11 +629,7 @@ int cmd_verify(int argc, char** argv) {
     // (or --allow-unexplained-steps).
     const bool ok = k.ok && (explained || a.flags.count(allow_unexplained) != 0);
     if (json) {
-        nlohmann::json j = kernel_report_json(k, p);
-        j["residual_within_budget"] = k.ok;
-        j["path_explained"] = explained;
-        j["ok"] = ok;
-        std::cout << j.dump(2) << "\n";
+        std::cout << epk::verify_json(k, p, a.flags.count(allow_unexplained) != 0).dump(2) << "\n";
         std::cout.flush();
         unexplained_fails(a, k, a.positional[0]);
         return ok ? 0 : 1;
@@ -906,26 +796,7 @@ int cmd_check(int argc, char** argv) {
     const bool explained = epk::judge_audit(r.reference).explained;
     const bool ok = r.ok && (explained || a.flags.count(allow_unexplained) != 0);
     if (json) {
-        nlohmann::json j;
-        j["trace"] = a.positional[0];
-        j["precision"] = r.reference.precision_name;
-        j["tolerance"] = tolerance;
-        j["reference_ok"] = r.reference.ok;
-        j["reference_residual_max_abs"] = r.reference.residual_max_abs;
-        j["files_within_tolerance"] = r.ok;
-        j["path_explained"] = explained;
-        j["audit"] = audit_summary_json(r.reference);
-        j["ok"] = ok;
-        nlohmann::json fs_json = nlohmann::json::array();
-        for (const auto& c : r.results) {
-            nlohmann::json worst = nlohmann::json::array();
-            for (const auto& w : c.worst) worst.push_back({{"index", w.index}, {"theirs", w.theirs}, {"epk", w.reference}});
-            fs_json.push_back({{"file", c.path}, {"quantity", c.quantity}, {"shape", c.shape},
-                               {"max_abs_error", c.max_abs_error}, {"reference_max_abs", c.reference_max_abs},
-                               {"max_relative_error", c.max_relative_error}, {"relative_to", c.relative_to}, {"within", c.within}, {"worst", worst}});
-        }
-        j["files"] = fs_json;
-        std::cout << j.dump(2) << "\n";
+        std::cout << epk::check_json(r, a.positional[0], tolerance, a.flags.count(allow_unexplained) != 0).dump(2) << "\n";
         std::cout.flush();
         unexplained_fails(a, r.reference, a.positional[0]);
         return ok ? 0 : 1;
