@@ -13,7 +13,10 @@ packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohm
           libgtest-dev librapidcheck-dev)
 # test: bench/ (google-benchmark; run.sh and table.py need python3), the fuzz targets (clang, fuzz/README.md).
 # tools/minimal-root.sh checks on a minimal Debian 12 root that nothing else is needed.
-[ "$mode" = test ] && packages+=(libbenchmark-dev python3 clang libclang-rt-14-dev)
+# test also: the Python package (python/: pybind11, its pytest suite; python3-torch for the
+# recorder epk.torch).
+[ "$mode" = test ] && packages+=(libbenchmark-dev python3 clang libclang-rt-14-dev
+                                 python3-dev pybind11-dev python3-numpy python3-pytest python3-torch)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,7 +34,9 @@ if [ "$mode" = demo ]; then
   cmake --build build -j"$jobs" --target epk
   ./build/epk demo
 else
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON -DEPK_BUILD_BENCH=ON
+  # Debian's interpreter, where apt puts numpy, pytest and torch (a python3 earlier on PATH may lack them).
+  py=(); [ -x /usr/bin/python3 ] && py=(-DPython3_EXECUTABLE=/usr/bin/python3)
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DEPK_BUILD_TESTS=ON -DEPK_BUILD_BENCH=ON "${py[@]}"
   cmake --build build -j"$jobs"
   ctest --test-dir build --output-on-failure -j"$jobs"
   # The same suite under AddressSanitizer + UndefinedBehaviorSanitizer (-O1; 100 RapidCheck
