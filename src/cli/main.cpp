@@ -50,7 +50,10 @@ commands
                              kernel machine, in double and in mpfr:256  [--precision P]
                              [--cnn: a small ReLU CNN with a residual block instead]
   train --out DIR [OPTIONS]  train a network and write a trace (spec: docs/trace-format.md)
-      --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label)
+      --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label;
+                             its features standardised with the training rows' mean and
+                             standard deviation)
+      --no-scale             keep a CSV's features as they are
       --n-train N            training rows (default: min(500, rows - n-test))
       --n-test M             held-out rows written as x_test.npy (default: min(100, rows/5))
       --model FILE.json      the layers, as a version 3 manifest's model (a list of layers, or
@@ -172,6 +175,7 @@ std::size_t argmax_row(const epk::real_table& t, std::size_t r) {
 struct built_run {
     epk::trace trace;               // with init_params (not yet trained)
     std::vector<std::int64_t> test_labels;
+    bool standardised = false;      // a CSV's features scaled to mean 0, sd 1 over the training rows
 };
 
 // --optimizer and its hyper-parameters, with torch's defaults and checks (the trace
@@ -315,7 +319,26 @@ built_run build_training_trace(const args& a) {
     std::mt19937_64 rng(seed ^ 0x5eed5a1175ULL);
     for (std::size_t i = d.rows; i-- > 1;) std::swap(order[i], order[std::uniform_int_distribution<std::size_t>(0, i)(rng)]);
 
+    // A CSV's features are standardised with the training rows' mean and standard deviation
+    // (population; a constant feature is only centred), unless --no-scale; the embedded sets
+    // are kept as they are (digits already in [0, 1]).
+    const bool csv = !(data == "digits" || data == "iris");
+    if (csv && !a.flags.count("no-scale")) {
+        for (std::size_t j = 0; j < d.features; ++j) {
+            double mean = 0, var = 0;
+            for (std::size_t k = 0; k < n_train; ++k) mean += d.x[order[k] * d.features + j];
+            mean /= static_cast<double>(n_train);
+            for (std::size_t k = 0; k < n_train; ++k) {
+                const double e = d.x[order[k] * d.features + j] - mean;
+                var += e * e;
+            }
+            const double sd = std::sqrt(var / static_cast<double>(n_train));
+            const double div = sd > 0 ? sd : 1.0;
+            for (std::size_t r = 0; r < d.rows; ++r) d.x[r * d.features + j] = (d.x[r * d.features + j] - mean) / div;
+        }
+    }
     built_run run;
+    run.standardised = csv && !a.flags.count("no-scale");
     epk::trace& t = run.trace;
     if (a.has("model")) {
         for (const char* mlp_only : {"hidden", "activation", "negative-slope"})
@@ -385,7 +408,7 @@ int cmd_train(int argc, char** argv) {
                               {"out", "data", "model", "n-train", "n-test", "hidden", "activation", "negative-slope", "loss",
                                "reduction", "steps", "lr", "lr-decay", "batch-size", "seed", "precision", "optimizer",
                                "momentum", "dampening", "weight-decay", "betas", "eps"},
-                              {"no-bias", "init-only", "nesterov", "amsgrad"}, 0, 0);
+                              {"no-bias", "init-only", "nesterov", "amsgrad", "no-scale"}, 0, 0);
     if (!a.has("out")) throw epk::input_error("epk train", "--out DIR is required");
     const fs::path out = a.get("out", "");
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
@@ -404,6 +427,8 @@ int cmd_train(int argc, char** argv) {
               << " steps of " << optimizer_text(t.optimizer.rule) << " (lr " << t.optimizer.learning_rate << ", "
               << (t.batches ? "batch " + std::to_string(t.batches->shape[1]) : std::string("full batch")) << ") in "
               << p.name() << "\n";
+    if (run.standardised)
+        std::cout << "  features standardised: mean 0, standard deviation 1 over the training rows (--no-scale: raw)\n";
     if (!ev.losses.empty())
         std::cout << "  training loss " << ev.losses.front() << " -> " << ev.losses.back() << " (last step)\n";
     if (t.x_test && !run.test_labels.empty())

@@ -631,6 +631,25 @@ if [ "$RC" -eq 0 ] && grep -q '"audit"' "$W/out" && grep -q '"at_rounding_level"
     ok "verify --json: the recorded-path audit"
 else fail "verify --json: the recorded-path audit" "exit $RC -- $(err1)"; fi
 
+# ---- train --data FILE.csv: features standardised over the training rows (--no-scale: raw)
+printf 'a,b,label\n100,0.001,0\n200,0.002,1\n300,0.003,0\n400,0.004,1\n500,0.005,0\n600,0.006,1\n700,0.007,1\n800,0.001,0\n' >"$W/scale.csv"
+run "$EPK" train --out "$W/csv_scaled" --data "$W/scale.csv" --n-train 6 --n-test 2 --steps 2; RC1=$RC; cp "$W/out" "$W/out_scaled"
+run "$EPK" train --out "$W/csv_raw" --data "$W/scale.csv" --n-train 6 --n-test 2 --steps 2 --no-scale
+if [ "$RC1" -eq 0 ] && [ "$RC" -eq 0 ] && grep -q "features standardised" "$W/out_scaled" && ! grep -q "standardised" "$W/out" \
+    && python3 - "$W/csv_scaled/x_train.npy" "$W/csv_raw/x_train.npy" <<'PY'
+import struct, sys
+def rows(path):
+    b = open(path, "rb").read(); hl = struct.unpack("<H", b[8:10])[0]; off = 10 + hl
+    v = struct.unpack("<%dd" % ((len(b) - off) // 8), b[off:]); return [v[i:i + 2] for i in range(0, len(v), 2)]
+s, r = rows(sys.argv[1]), rows(sys.argv[2])
+for j in range(2):
+    col = [x[j] for x in s]; m = sum(col) / len(col); sd = (sum((c - m) ** 2 for c in col) / len(col)) ** 0.5
+    assert abs(m) < 1e-12 and abs(sd - 1) < 1e-12, (j, m, sd)
+assert all(x[0] in (100, 200, 300, 400, 500, 600, 700, 800) for x in r), r
+PY
+then ok "train --data FILE.csv: features standardised over the training rows; --no-scale keeps them raw"
+else fail "train --data FILE.csv: features standardised over the training rows; --no-scale keeps them raw" "exit $RC1/$RC -- $(err1)"; fi
+
 # ---- strict audit: a recorded path that is not the declared training fails ----------
 # Misdescribed runs: the learning rate changed, the schedule left out, a layer dropped, the
 # momentum left out, every step shrunk (as gradient clipping does).  verify, kernel, check
