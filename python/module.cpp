@@ -140,6 +140,20 @@ py::tuple check(const epk::trace& t, const std::string& name, const std::vector<
                           unexplained(r.reference, name));
 }
 
+py::tuple explain(const epk::trace& t, const std::string& name, const std::string& precision, std::size_t threads,
+                  bool structured, std::size_t top) {
+    const epk::precision p = epk::parse_precision(precision);
+    if (top < 1) throw epk::input_error("top", "must be >= 1");
+    const epk::kernel_options o = options(threads, structured);
+    epk::check_memory(t, p, o, true, name);
+    epk::kernel_report k;
+    {
+        py::gil_scoped_release release;
+        k = epk::compute_kernel(t, p, o);
+    }
+    return py::make_tuple(to_python(epk::explain_json(k, t, top)), unexplained(k, name));
+}
+
 epk::trace parse(const std::map<std::string, py::bytes>& files, const std::string& name) {
     std::map<std::string, std::string> bytes;
     for (const auto& [k, v] : files) bytes[k] = std::string(v);
@@ -190,6 +204,8 @@ PYBIND11_MODULE(_epk, m) {
           py::arg("structured"), py::arg("steps"), py::arg("allow_unexplained"));
     m.def("check", &check, py::arg("trace"), py::arg("name"), py::arg("against"), py::arg("precision"),
           py::arg("tolerance"), py::arg("threads"), py::arg("allow_unexplained"));
+    m.def("explain", &explain, py::arg("trace"), py::arg("name"), py::arg("precision"), py::arg("threads"),
+          py::arg("structured"), py::arg("top"));
     m.def("keep_freed_memory", &epk::keep_freed_memory);
     m.attr("audit_rounding_units") = epk::audit_rounding_units;
     m.attr("__version__") = "0.1.0";

@@ -1,6 +1,11 @@
 // The JSON of the command line's reports (include/epk/report_json.hpp).
 #include "epk/report_json.hpp"
 
+#include <algorithm>
+#include <numeric>
+
+#include "epk/error.hpp"
+
 namespace epk {
 
 nlohmann::json table_json(const real_table& t) {
@@ -161,6 +166,54 @@ nlohmann::json check_json(const check_report& r, const std::string& trace_name, 
                            {"within", c.within}, {"worst", worst}});
     }
     j["files"] = fs_json;
+    return j;
+}
+
+nlohmann::json explain_json(const kernel_report& k, const trace& t, std::size_t top) {
+    const std::size_t M = k.outputs_final.rows, C = k.classes, N = k.n_train;
+    if (k.contributions.size() != M * N * C) throw usage_error("explain_json: the report holds no contributions");
+    const bool labels = t.y_train.shape.size() == 1 && t.y_train.dtype == npy_dtype::i8 && t.y_train.integer.size() == N;
+    nlohmann::json points = nlohmann::json::array();
+    for (std::size_t m = 0; m < M; ++m) {
+        const double* f = &k.outputs_final.values[m * C];
+        const std::size_t c = static_cast<std::size_t>(std::max_element(f, f + C) - f);
+        std::vector<std::size_t> order(N);
+        std::iota(order.begin(), order.end(), std::size_t{0});
+        auto v = [&](std::size_t i) { return k.contributions[(m * N + i) * C + c]; };
+        // Largest first; equal contributions by ascending index.
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return v(a) > v(b); });
+        auto entry = [&](std::size_t i) {
+            nlohmann::json e{{"train_index", i}, {"contribution", v(i)}};
+            if (labels) e["label"] = t.y_train.integer.at(i);
+            return e;
+        };
+        nlohmann::json pro = nlohmann::json::array(), con = nlohmann::json::array();
+        for (std::size_t r = 0; r < N && pro.size() < top && v(order[r]) > 0; ++r) pro.push_back(entry(order[r]));
+        for (std::size_t r = N; r-- > 0 && con.size() < top && v(order[r]) < 0;) con.push_back(entry(order[r]));
+        const double bias = k.outputs_initial.values[m * C + c];
+        const double kernel_sum = k.kernel_reconstruction.values[m * C + c] - bias;
+        nlohmann::json p{{"test_point", m},
+                         {"predicted_class", c},
+                         {"output", f[c]},
+                         {"bias", bias},
+                         {"training_points", kernel_sum},
+                         {"optimizer_term", k.optimizer_term.rows ? k.optimizer_term.values[m * C + c] : 0.0},
+                         {"remainder", k.remainder_term.values[m * C + c]},
+                         {"reconstruction", k.reconstruction.values[m * C + c]},
+                         {"proponents", pro},
+                         {"opponents", con}};
+        points.push_back(p);
+    }
+    nlohmann::json j;
+    j["precision"] = k.precision_name;
+    j["steps"] = k.steps;
+    j["n_train"] = N;
+    j["top"] = top;
+    j["optimizer"] = k.optimizer;
+    j["residual_max_abs"] = k.residual_max_abs;
+    j["residual_within_budget"] = k.ok;
+    j["audit"] = audit_summary_json(k);
+    j["points"] = points;
     return j;
 }
 

@@ -8,6 +8,7 @@
 
 #include "epk/check.hpp"
 #include "epk/engine.hpp"
+#include "epk/trace.hpp"
 
 namespace epk {
 
@@ -37,5 +38,12 @@ nlohmann::json predict_json(const evaluation& ev, const kernel_report* audit, co
 // check: per file the errors and worst entries, the reference's own verdict, the audit.
 nlohmann::json check_json(const check_report& r, const std::string& trace_name, double tolerance,
                           bool allow_unexplained);
+
+// explain: for each test point, the training points that pushed its predicted class (the
+// argmax of f(x; w_S)) most (proponents) and most against it (opponents), top `top` each by
+// their contribution c(x, x_i) to that output, with their labels (cross_entropy traces), and
+// the split of f(x; w_S) into f(x; w_0), Σ_i c(x, x_i), the optimizer term and the remainder.
+// `k` must hold the contributions (kernel_options::contributions).
+nlohmann::json explain_json(const kernel_report& k, const trace& t, std::size_t top);
 
 }  // namespace epk

@@ -12,6 +12,7 @@ that the two sides agree to the last bits of the chosen precision.  The same eng
     k = epk.kernel("RUN", precision="mpfr:256")
     k["contributions"]                        # [M, N, C]: c(x_m, x_i)
     epk.predict("RUN"); epk.check("RUN", against=["theirs/contributions.npy"])
+    epk.explain("RUN", top=5)                 # proponents and opponents of each prediction
 
 Every function returns what ``epk COMMAND --json`` prints (the same keys and the same binary64
 numbers) with the M x C tables as NumPy float64 arrays; the engine runs with the GIL released.
@@ -32,6 +33,7 @@ from . import _epk
 from ._epk import Trace, TraceError
 
 __all__ = ["Trace", "TraceError", "UnexplainedStepsError", "load", "save", "verify", "predict", "kernel", "check",
+           "explain",
            "audit_rounding_units", "__version__"]
 __version__ = _epk.__version__
 audit_rounding_units = _epk.audit_rounding_units
@@ -200,4 +202,14 @@ def check(trace, against, precision="double", tolerance=1e-10, threads=0, allow_
     else:
         report, info = _epk.check(t, n, [os.fspath(p) for p in against], precision, tolerance, threads,
                                   allow_unexplained_steps)
+    return _strict(report, info, allow_unexplained_steps)
+
+
+def explain(trace, top=5, precision="double", threads=0, structured=True, allow_unexplained_steps=False, name=None):
+    """``epk explain --json``: per test point the ``top`` training points that pushed its predicted class most
+    (``proponents``) and most against it (``opponents``), by their contribution c(x, x_i) to that output, and
+    f(x; w_S) split into ``bias`` (f(x; w_0)), ``training_points`` (the sum of the contributions),
+    ``optimizer_term`` and ``remainder``."""
+    n = _name(trace, name)
+    report, info = _epk.explain(load(trace, n), n, precision, threads, structured, int(top))
     return _strict(report, info, allow_unexplained_steps)

@@ -209,3 +209,23 @@ def test_the_gil_is_released(traces):
     assert result["r"]["ok"] is True
     if elapsed > 0.05:  # long enough to tell
         assert ticks > 10, (ticks, elapsed)
+
+
+def test_explain_is_the_cli_and_adds_up(traces):
+    status, cli = cli_json("explain", traces["sgd_relu"], "--top", "4")
+    assert status == 0
+    py = epk.explain(traces["sgd_relu"], top=4)
+    same(py, cli)
+    k = epk.kernel(traces["sgd_relu"])
+    y = np.load(os.path.join(traces["sgd_relu"], "y_train.npy"))
+    for p in py["points"]:
+        m, c = p["test_point"], p["predicted_class"]
+        assert c == int(np.argmax(k["outputs_final"][m]))
+        v = k["contributions"][m, :, c]
+        assert [e["train_index"] for e in p["proponents"]] == [int(i) for i in np.argsort(-v, kind="stable")[:4] if v[i] > 0]
+        assert [e["contribution"] for e in p["opponents"]] == sorted(v[v < 0])[:len(p["opponents"])]
+        assert all(e["label"] == y[e["train_index"]] for e in p["proponents"] + p["opponents"])
+        total = p["bias"] + p["training_points"] + p["optimizer_term"] + p["remainder"]
+        assert abs(total - p["output"]) < 1e-12
+    with pytest.raises(epk.UnexplainedStepsError):
+        epk.explain(traces["lr_wrong"])

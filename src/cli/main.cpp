@@ -114,6 +114,11 @@ commands
                              (default 1e-10, relative to max|epk's array|; the remainder to
                              max|f(x; w[S])|), 1 outside, 2 bad input
                              [--precision P] [--threads N] [--json] [--allow-unexplained-steps]
+  explain TRACE              for each test point, the training points that pushed its predicted
+                             class most and most against it (their contributions c(x, x_i)),
+                             and f(x; w[S]) split into f(x; w[0]), the training points, the
+                             optimizer term and the remainder  [--top K] [--json | --csv]
+                             [--precision P] [--threads N] [--allow-unexplained-steps]
   help, --help               this text
   version, --version         the version
 
@@ -742,6 +747,66 @@ int cmd_kernel(int argc, char** argv) {
     return k.ok ? 0 : 1;
 }
 
+// ---------------------------------------------------------------- explain
+
+int cmd_explain(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"top", "precision", "threads"}, {"json", "csv", "unstructured", allow_unexplained},
+                              1, 1);
+    if (a.flags.count("json") && a.flags.count("csv")) throw epk::input_error("--csv", "give --json or --csv, not both");
+    const std::size_t top = a.get_count("top", 5, 1, 1u << 20);
+    const epk::precision p = epk::parse_precision(a.get("precision", "double"));
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    epk::kernel_options o;
+    o.threads = a.get_count("threads", 0, 0, 1024);
+    o.structured = a.flags.count("unstructured") == 0;
+    epk::check_memory(t, p, o, true, a.positional[0]);
+    const bool quiet = a.flags.count("json") || a.flags.count("csv");
+    const epk::kernel_report k =
+        epk::compute_kernel(t, p, o, quiet ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    if (unexplained_fails(a, k, a.positional[0])) return 1;
+    const nlohmann::json j = epk::explain_json(k, t, top);
+    if (a.flags.count("json")) {
+        std::cout << j.dump(2) << "\n";
+    } else if (a.flags.count("csv")) {
+        std::cout << "test_point,predicted_class,kind,rank,train_index,train_label,contribution\n";
+        for (const auto& pt : j["points"]) {
+            for (const char* kind : {"proponent", "opponent"}) {
+                std::size_t rank = 0;
+                for (const auto& e : pt[std::string(kind) + "s"]) {
+                    std::printf("%zu,%zu,%s,%zu,%zu,%s,%.17g\n", pt["test_point"].get<std::size_t>(),
+                                pt["predicted_class"].get<std::size_t>(), kind, ++rank, e["train_index"].get<std::size_t>(),
+                                e.contains("label") ? std::to_string(e["label"].get<std::int64_t>()).c_str() : "",
+                                e["contribution"].get<double>());
+                }
+            }
+        }
+    } else {
+        std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << k.steps << " steps, "
+                  << k.n_train << " training points, optimizer " << k.optimizer << "; precision " << k.precision_name
+                  << ", max |f(x; w[S]) - reconstruction| = " << k.residual_max_abs << "\n"
+                  << "f_c(x; w[S]) = f_c(x; w[0]) + sum_i c(x, x_i)_c + optimizer term + remainder, c the predicted class;"
+                  << " the " << top << " training points pushing c most and most against it\n";
+        for (const auto& pt : j["points"]) {
+            std::printf("\ntest point %zu: class %zu, f = %.6g = %.6g (f(x; w[0])) %+.6g (training points) %+.3g (optimizer) "
+                        "%+.2g (remainder)\n",
+                        pt["test_point"].get<std::size_t>(), pt["predicted_class"].get<std::size_t>(), pt["output"].get<double>(),
+                        pt["bias"].get<double>(), pt["training_points"].get<double>(), pt["optimizer_term"].get<double>(),
+                        pt["remainder"].get<double>());
+            for (const char* kind : {"proponents", "opponents"}) {
+                std::printf("  %-11s", kind);
+                if (pt[kind].empty()) std::printf(" (none)");
+                for (const auto& e : pt[kind]) {
+                    std::printf(" #%zu", e["train_index"].get<std::size_t>());
+                    if (e.contains("label")) std::printf(" (y=%lld)", static_cast<long long>(e["label"].get<std::int64_t>()));
+                    std::printf(" %+.3g", e["contribution"].get<double>());
+                }
+                std::printf("\n");
+            }
+        }
+    }
+    return k.ok ? 0 : 1;
+}
+
 // ---------------------------------------------------------------- compare
 
 int cmd_compare(int argc, char** argv) {
@@ -1028,6 +1093,7 @@ int run(int argc, char** argv) {
     if (cmd == "compare") return cmd_compare(argc, argv);
     if (cmd == "study") return cmd_study(argc, argv);
     if (cmd == "check") return cmd_check(argc, argv);
+    if (cmd == "explain") return cmd_explain(argc, argv);
     throw epk::input_error("'" + cmd + "'", "unknown command (see epk help)");
 }
 

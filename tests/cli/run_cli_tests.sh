@@ -650,6 +650,22 @@ PY
 then ok "train --data FILE.csv: features standardised over the training rows; --no-scale keeps them raw"
 else fail "train --data FILE.csv: features standardised over the training rows; --no-scale keeps them raw" "exit $RC1/$RC -- $(err1)"; fi
 
+# ---- explain: proponents and opponents of each prediction ------------------------
+run "$EPK" explain full --top 3
+if [ "$RC" -eq 0 ] && grep -q "^test point 0: class" "$W/out" && grep -q "proponents  #" "$W/out" && grep -q "opponents" "$W/out"; then
+    ok "explain: per test point, proponents and opponents"
+else fail "explain: per test point, proponents and opponents" "exit $RC -- $(err1)"; fi
+run "$EPK" explain full --top 2 --csv
+if [ "$RC" -eq 0 ] && [ "$(head -n 1 "$W/out")" = "test_point,predicted_class,kind,rank,train_index,train_label,contribution" ] \
+    && [ "$(grep -c ',proponent,' "$W/out")" -le 20 ] && grep -q ',opponent,1,' "$W/out"; then ok "explain --csv: one row per listed training point"
+else fail "explain --csv: one row per listed training point" "exit $RC -- $(head -n 2 "$W/out")"; fi
+run "$EPK" explain momentum --json
+if [ "$RC" -eq 0 ] && grep -q '"proponents"' "$W/out" && grep -q '"optimizer_term"' "$W/out" && grep -q '"training_points"' "$W/out"; then
+    ok "explain --json: a momentum run, with its optimizer term"
+else fail "explain --json: a momentum run, with its optimizer term" "exit $RC -- $(err1)"; fi
+expect_fail "explain: --json and --csv" --csv "not both" -- "$EPK" explain full --json --csv
+expect_fail "explain: --top 0" --top "" -- "$EPK" explain full --top 0
+
 # ---- strict audit: a recorded path that is not the declared training fails ----------
 # Misdescribed runs: the learning rate changed, the schedule left out, a layer dropped, the
 # momentum left out, every step shrunk (as gradient clipping does).  verify, kernel, check
@@ -698,6 +714,10 @@ for c in lr noschedule droplayer nomomentum clipped; do
             else fail "$cmd $js: misdescribed run ($c) fails, exit 1, one line naming the step" "exit $RC -- $(err1)"; fi
         done
     done
+    run "$EPK" explain "$D" --json
+    if [ "$RC" -eq 1 ] && [ "$(err_lines | wc -l)" -eq 1 ] && err_lines | grep -q "not the declared training: step"; then
+        ok "explain: misdescribed run ($c) fails, exit 1"
+    else fail "explain: misdescribed run ($c) fails, exit 1" "exit $RC -- $(err1)"; fi
     run "$EPK" kernel "$D" --out "$W/mis_k"
     if [ "$RC" -eq 1 ] && [ ! -e "$W/mis_k" ] && err_lines | grep -q "not the declared training: step"; then
         ok "kernel: misdescribed run ($c) fails, nothing written"
