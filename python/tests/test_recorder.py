@@ -191,3 +191,36 @@ def test_bad_setups_are_refused():
     rec = epk.torch.Recorder(m, torch.optim.SGD(m.parameters(), lr=0.1), nn.CrossEntropyLoss(), X, y)
     with pytest.raises(RuntimeError, match="without an optimizer.step"):
         rec.step()
+
+
+def test_a_saved_trace_edited_to_misdescribe_the_run_is_caught(tmp_path):
+    """A schedule left out of the trace, a skip connection dropped from it: verify raises naming the step."""
+    X, y = data((1, 6, 6), n=16)
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(),
+                          epk.torch.Residual(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Tanh())),
+                          nn.Flatten(), nn.Linear(72, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.8)
+    rec = train(model, opt, X, y, steps=4, batch=8, sched=sched)
+    rec.save(tmp_path / "run")
+    assert epk.verify(tmp_path / "run")["ok"]
+    # the schedule left out: the trace says a constant rate (the first step's)
+    d = epk.load(tmp_path / "run").manifest
+    arrays = {"manifest": dict(d, optimizer=dict(d["optimizer"], learning_rate=0.1))}
+    for name in ("x_train", "y_train", "params", "batches"):
+        arrays[name] = np.load(tmp_path / "run" / (name + ".npy"))
+    with pytest.raises(epk.UnexplainedStepsError) as e:
+        epk.verify(arrays)
+    assert e.value.step >= 1  # step 0 used the rate the trace declares
+    # the skip connection dropped: the residual's body written in its place
+    layers = []
+    for l in d["layers"] if "layers" in d else d["model"]["layers"]:
+        layers += l["body"] if l["type"] == "residual" else [l]
+    arrays["manifest"] = dict(d, model=dict(d["model"], layers=layers))
+    arrays["learning_rates"] = np.load(tmp_path / "run" / "learning_rates.npy")
+    with pytest.raises(epk.UnexplainedStepsError) as e:
+        epk.verify(arrays)
+    assert "step %d" % e.value.step in str(e.value)
+    status, _, err = run_epk("verify", tmp_path / "run", check=False)
+    assert status == 0
