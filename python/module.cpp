@@ -141,10 +141,12 @@ py::tuple check(const epk::trace& t, const std::string& name, const std::vector<
 }
 
 py::tuple explain(const epk::trace& t, const std::string& name, const std::string& precision, std::size_t threads,
-                  bool structured, std::size_t top) {
+                  bool structured, std::size_t top, bool by_layer, bool by_step) {
     const epk::precision p = epk::parse_precision(precision);
     if (top < 1) throw epk::input_error("top", "must be >= 1");
-    const epk::kernel_options o = options(threads, structured);
+    epk::kernel_options o = options(threads, structured);
+    o.split_layers = by_layer;
+    o.split_steps = by_step;
     epk::check_memory(t, p, o, true, name);
     epk::kernel_report k;
     {
@@ -205,7 +207,7 @@ PYBIND11_MODULE(_epk, m) {
     m.def("check", &check, py::arg("trace"), py::arg("name"), py::arg("against"), py::arg("precision"),
           py::arg("tolerance"), py::arg("threads"), py::arg("allow_unexplained"));
     m.def("explain", &explain, py::arg("trace"), py::arg("name"), py::arg("precision"), py::arg("threads"),
-          py::arg("structured"), py::arg("top"));
+          py::arg("structured"), py::arg("top"), py::arg("by_layer"), py::arg("by_step"));
     m.def("keep_freed_memory", &epk::keep_freed_memory);
     m.attr("audit_rounding_units") = epk::audit_rounding_units;
     m.attr("__version__") = "0.1.0";

@@ -249,6 +249,9 @@ double memory_estimate(const trace& t, const precision& p, const kernel_options&
         }
         if (o.contributions) numbers += M * N * C;
         if (o.coefficients) numbers += S * N * C;
+        // explain's splits (twice: the working values and their binary64 copies).
+        if (o.split_layers) numbers += (1 + 8 / scalar) * M * N * C * static_cast<double>(t.model.layers.size() + 1);
+        if (o.split_steps) numbers += (1 + 8 / scalar) * S * M * N * C;
         // The report holds binary64 copies of the result arrays as well.
         numbers += (8 / scalar) * ((o.contributions ? M * N * C : 0) + (o.coefficients ? S * N * C : 0) + ks * M * N * C * C);
     }

@@ -178,6 +178,20 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.quadrature = o.quadrature;
     rq.threads = o.threads;
     rq.structured = o.structured;
+    rq.split_steps = o.split_steps;
+    if (o.split_layers) {  // the parameter ranges of the layers that have parameters, in layout order
+        std::vector<const tree_node*> nodes;
+        const layer_tree tree = compile_tree(t.model);
+        for (const tree_node* n : tree_nodes(tree))
+            if (n->count > 0) nodes.push_back(n);
+        std::sort(nodes.begin(), nodes.end(), [](const tree_node* a, const tree_node* b) { return a->offset < b->offset; });
+        rq.split_layers.push_back(0);
+        for (const tree_node* n : nodes) {
+            if (n->offset != rq.split_layers.back()) throw usage_error("compute_kernel: layer parameters are not contiguous");
+            rq.split_layers.push_back(n->offset + n->count);
+            rep.layer_paths.push_back(n->path + " " + std::string(to_string(n->spec.kind)));
+        }
+    }
     const path_kernel_result<T> r = compute_path_kernel<T>(rq, progress);
     rep.gemm_flops = r.gemm_flops;
     rep.gemm_seconds = r.gemm_seconds;
@@ -267,6 +281,8 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
         rep.kernel_residual_max_abs = std::max(
             rep.kernel_residual_max_abs,
             std::abs(scalar_traits<T>::to_double(T(r.outputs_final.data[e] - r.kernel_reconstruction.data[e]))));
+    for (const T& v : r.layer_contributions) rep.layer_contributions.push_back(scalar_traits<T>::to_double(v));
+    for (const T& v : r.step_contributions) rep.step_contributions.push_back(scalar_traits<T>::to_double(v));
     rep.contributions.reserve(r.contributions.size());
     for (const T& v : r.contributions) rep.contributions.push_back(scalar_traits<T>::to_double(v));
     for (const auto& [s, k] : r.step_kernels) {

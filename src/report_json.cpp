@@ -182,9 +182,24 @@ nlohmann::json explain_json(const kernel_report& k, const trace& t, std::size_t 
         auto v = [&](std::size_t i) { return k.contributions[(m * N + i) * C + c]; };
         // Largest first; equal contributions by ascending index.
         std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return v(a) > v(b); });
+        const std::size_t L = k.layer_paths.size(), S = k.steps;
+        const bool by_layer = L > 0 && k.layer_contributions.size() == M * N * C * L;
+        const bool by_step = S > 0 && k.step_contributions.size() == S * M * N * C;
         auto entry = [&](std::size_t i) {
             nlohmann::json e{{"train_index", i}, {"contribution", v(i)}};
             if (labels) e["label"] = t.y_train.integer.at(i);
+            if (by_layer) {
+                nlohmann::json layers = nlohmann::json::array();  // in parameter-layout order
+                for (std::size_t l = 0; l < L; ++l)
+                    layers.push_back({{"layer", k.layer_paths[l]},
+                                      {"contribution", k.layer_contributions[((m * N + i) * C + c) * L + l]}});
+                e["layers"] = layers;
+            }
+            if (by_step) {
+                std::vector<double> steps(S);
+                for (std::size_t s = 0; s < S; ++s) steps[s] = k.step_contributions[((s * M + m) * N + i) * C + c];
+                e["steps"] = steps;
+            }
             return e;
         };
         nlohmann::json pro = nlohmann::json::array(), con = nlohmann::json::array();

@@ -179,6 +179,44 @@ TEST(Audit, ACoarserWorkingPrecisionSetsTheLevel) {
     EXPECT_GT(v.units, 0.0);
 }
 
+// explain's splits: by layer and by step they add up to the contributions, which are the
+// full-Jacobian path's own.
+TEST(Explain, SplitsByLayerAndStepAddUpToTheContributions) {
+    const epk::precision dbl = epk::parse_precision("double");
+    std::vector<epk::trace> traces;
+    traces.push_back(epk::replay_trace(make_trace(epk::layer_kind::relu, 5, 0.5, 11), dbl));
+    {
+        epk::trace t = make_trace(epk::layer_kind::tanh, 4, 0.05, 12);
+        t.optimizer.rule.type = epk::optimizer_spec::kind::adamw;
+        traces.push_back(t);
+    }
+    for (const epk::trace& t : traces) {
+        epk::kernel_options plain;
+        plain.structured = false;
+        const epk::kernel_report ref = epk::compute_kernel(t, dbl, plain);
+        epk::kernel_options o;
+        o.split_layers = true;
+        o.split_steps = true;
+        const epk::kernel_report k = epk::compute_kernel(t, dbl, o);
+        const std::size_t L = k.layer_paths.size(), S = k.steps, M = k.outputs_final.rows, NC = k.n_train * k.classes;
+        ASSERT_EQ(L, 2u);
+        EXPECT_EQ(k.layer_paths[0], "layers[0] linear");
+        ASSERT_EQ(k.layer_contributions.size(), M * NC * L);
+        ASSERT_EQ(k.step_contributions.size(), S * M * NC);
+        EXPECT_EQ(k.contributions, ref.contributions);  // the same arithmetic as the full-Jacobian path
+        double scale = 0;
+        for (double v : k.contributions) scale = std::max(scale, std::abs(v));
+        ASSERT_GT(scale, 0.0);
+        for (std::size_t e = 0; e < M * NC; ++e) {
+            double by_layer = 0, by_step = 0;
+            for (std::size_t l = 0; l < L; ++l) by_layer += k.layer_contributions[e * L + l];
+            for (std::size_t s = 0; s < S; ++s) by_step += k.step_contributions[s * M * NC + e];
+            EXPECT_NEAR(by_layer, k.contributions[e], 1e-13 * scale) << e;
+            EXPECT_NEAR(by_step, k.contributions[e], 1e-13 * scale) << e;
+        }
+    }
+}
+
 // epk's own arrays as another implementation would hand them over.
 std::vector<epk::check_file> files_from(const epk::kernel_report& k, std::size_t m, std::size_t n, std::size_t c,
                                         std::size_t s) {

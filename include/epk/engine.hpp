@@ -76,6 +76,8 @@ struct kernel_options {
     std::size_t threads = 0;  // over test points; 0 = all cores (results identical for any count)
     bool structured = true;   // false: the unstructured full-Jacobian path (path_kernel.hpp), for cross-checks
     bool audit_only = false;  // no test points: the training side of every step and the recorded-path audit only
+    // explain's splits of the contributions (the full-Jacobian paths): by layer, by step.
+    bool split_layers = false, split_steps = false;
 };
 
 // The trace's optimizer in one line: "sgd", "sgd (momentum 0.9, nesterov, weight_decay 0.001)",
@@ -134,6 +136,9 @@ struct kernel_report {
     std::vector<std::size_t> worst_steps;  // up to 5 steps, largest over_recording_u first
     double kernel_residual_max_abs = 0;    // max |f(x; w_S) − kernel_reconstruction|: without the remainder
     std::vector<double> contributions;  // c(x_m, x_i)  [M][N][C]
+    std::vector<double> layer_contributions;  // split_layers: [M][N][C][L], L = layer_paths.size()
+    std::vector<std::string> layer_paths;     // the layers with parameters, e.g. "layers[0] linear"
+    std::vector<double> step_contributions;   // split_steps: [S][M][N][C]
     std::vector<std::pair<std::size_t, std::vector<double>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<double> coefficients;    // a_{i,s}, [S][N][C] (when requested)
     std::vector<double> losses;          // L_s(w[s])

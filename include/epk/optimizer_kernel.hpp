@@ -267,7 +267,11 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
             ps.magnitude = detail::magnitude_at_nodes<T>(model, w, delta, x_rows[mm], seg.nodes, seg.weights, scale);
             const std::size_t b = sources.size();
             ps.contribution.resize(C * b);
+            ps.step = s;
+            const std::size_t L = rq.split_layers.empty() ? 0 : rq.split_layers.size() - 1;
+            ps.layer_contribution.resize(b * C * L);
             for (std::size_t k = 0; k < b; ++k) {
+                if (L > 0) contract_ranges<T>(seg.value, phi[k], rq.split_layers, &ps.layer_contribution[k * C * L]);
                 const std::vector<T> ck = contract_rows<T>(seg.value, phi[k]);
                 for (std::size_t c = 0; c < C; ++c) ps.contribution[c * b + k] = ck[c];
             }

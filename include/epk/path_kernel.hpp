@@ -46,6 +46,13 @@ struct path_kernel_request {
     std::vector<std::size_t> kernel_steps;  // steps whose K_s is stored (ascending, < S)
     bool store_coefficients = false;        // keep a_{i,s} for every step (memory S·N·C)
     bool store_contributions = true;        // keep c(x_m, x_i) (memory M·N·C); reconstructions need neither
+    // Splits of the contributions (epk explain; both need store_contributions and take the
+    // full-Jacobian paths): `split_layers` = ascending parameter offsets 0 = b_0 < … < b_L = P,
+    // the contribution of the parameters [b_l, b_{l+1}) kept per layer (memory M·N·C·L);
+    // `split_steps`: each step's share kept (memory S·M·N·C).  They sum to the contributions
+    // up to rounding.
+    std::vector<std::size_t> split_layers;
+    bool split_steps = false;
     quadrature_options quadrature;
     // Worker threads over the test points (0: hardware concurrency).  Each
     // test point's arithmetic is the same whatever the count, so results are
@@ -72,6 +79,8 @@ struct path_kernel_result {
     matrix<T> optimizer_term;         // Σ_s Ī_s ω_s (weight decay, state before step 0;
                                       // optimizer_kernel.hpp), empty for plain SGD
     std::vector<T> contributions;     // c(x_m, x_i) = Σ_s K_s a_{i,s}      [M][N][C]
+    std::vector<T> layer_contributions;  // split_layers: per parameter range  [M][N][C][L]
+    std::vector<T> step_contributions;   // split_steps: per step              [S][M][N][C]
     std::vector<std::pair<std::size_t, std::vector<T>>> step_kernels;  // (s, [M][N][C][C])
     std::vector<T> coefficients;      // a_{i,s} summed over i's occurrences in B_s, [S][N][C] (if requested)
     matrix<T> quadrature_bound;       // Σ_s est_s(x)·‖Δ_s‖₁                 M × C
@@ -110,6 +119,18 @@ std::vector<T> contract_rows(const matrix<T>& a, std::span<const T> v) {
         out[c] = acc;
     }
     return out;
+}
+
+// contract_rows on each parameter range [b_l, b_{l+1}) of `bounds`, added at out[c·L + l].
+template <Real T>
+void contract_ranges(const matrix<T>& a, std::span<const T> v, const std::vector<std::size_t>& bounds, T* out) {
+    const std::size_t L = bounds.size() - 1;
+    for (std::size_t c = 0; c < a.rows; ++c)
+        for (std::size_t l = 0; l < L; ++l) {
+            T acc(0);
+            for (std::size_t q = bounds[l]; q < bounds[l + 1]; ++q) add_product(acc, a(c, q), v[q]);
+            out[c * L + l] = acc;
+        }
 }
 
 // K_s(x, x') by full Jacobians: Ī(x) J(x'; w)ᵀ (C × C), sums over p ascending.
@@ -323,6 +344,16 @@ path_kernel_result<T> start_result(const path_kernel_request<T>& rq) {
     res.reconstruction = res.bias;
     res.remainder_term = matrix<T>(M, C);
     if (rq.store_contributions) res.contributions.assign(M * N * C, T(0));
+    if (!rq.split_layers.empty()) {
+        if (!rq.store_contributions || rq.split_layers.front() != 0 || rq.split_layers.back() != res.p ||
+            !std::is_sorted(rq.split_layers.begin(), rq.split_layers.end()))
+            throw usage_error("compute_path_kernel: split_layers must run from 0 to P, ascending, with contributions");
+        res.layer_contributions.assign(M * N * C * (rq.split_layers.size() - 1), T(0));
+    }
+    if (rq.split_steps) {
+        if (!rq.store_contributions) throw usage_error("compute_path_kernel: split_steps needs the contributions");
+        res.step_contributions.assign(sch.steps * M * N * C, T(0));
+    }
     res.quadrature_bound = matrix<T>(M, C);
     res.path_magnitude = matrix<double>(M, C);
     if (rq.store_coefficients) res.coefficients.assign(sch.steps * N * C, T(0));
@@ -375,6 +406,8 @@ struct point_step {
     std::vector<T> contribution;    // [C][b]: K_s(x, x_i) a_{i,s} for batch row i
     std::vector<T> remainder;       // [C]: Ī_s(x) r_s
     std::vector<T> optimizer_term;  // [C]: Ī_s(x) ω_s (optimizer_kernel.hpp; empty for plain SGD)
+    std::vector<T> layer_contribution;  // [b][C][L] with split_layers: the contribution by parameter range
+    std::size_t step = 0;
     std::vector<double> magnitude;  // [C]: the step's path magnitude
     T estimate = T(0);              // quadrature estimate of Ī's entries
 };
@@ -457,12 +490,16 @@ void add_point_step(const path_kernel_request<T>& rq, const std::vector<std::siz
     rule_nodes[mm] = std::max(rule_nodes[mm], ps.nodes);
     if (!ps.converged) converged[mm] = 0;
     std::vector<T> step(C, T(0));
+    const std::size_t M = res.m, L = rq.split_layers.empty() ? 0 : rq.split_layers.size() - 1;
     for (std::size_t k = 0; k < b; ++k) {
         T* out = rq.store_contributions ? &res.contributions[(mm * N + batch[k]) * C] : nullptr;
         for (std::size_t c = 0; c < C; ++c) {
             const T& ck = ps.contribution[c * b + k];
             if (out != nullptr) out[c] += ck;
             step[c] += ck;
+            if (rq.split_steps) res.step_contributions[((ps.step * M + mm) * N + batch[k]) * C + c] += ck;
+            for (std::size_t l = 0; l < L; ++l)
+                res.layer_contributions[((mm * N + batch[k]) * C + c) * L + l] += ps.layer_contribution[(k * C + c) * L + l];
         }
     }
     if (!rq.store_contributions)  // the kernel machine's sum, step by step (no per-point contributions kept)
@@ -549,7 +586,11 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
             detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.contribution.resize(C * batch.size());
+            ps.step = s;
+            const std::size_t L = rq.split_layers.empty() ? 0 : rq.split_layers.size() - 1;
+            ps.layer_contribution.resize(batch.size() * C * L);
             for (std::size_t k = 0; k < batch.size(); ++k) {
+                if (L > 0) contract_ranges<T>(seg.value, g.row(k), rq.split_layers, &ps.layer_contribution[k * C * L]);
                 const std::vector<T> ck = contract_rows<T>(seg.value, g.row(k));
                 for (std::size_t c = 0; c < C; ++c) ps.contribution[c * batch.size() + k] = ck[c];
                 if (store_kernel) {

@@ -43,7 +43,8 @@ nlohmann::json check_json(const check_report& r, const std::string& trace_name, 
 // argmax of f(x; w_S)) most (proponents) and most against it (opponents), top `top` each by
 // their contribution c(x, x_i) to that output, with their labels (cross_entropy traces), and
 // the split of f(x; w_S) into f(x; w_0), Σ_i c(x, x_i), the optimizer term and the remainder.
-// `k` must hold the contributions (kernel_options::contributions).
+// `k` must hold the contributions (kernel_options::contributions); each listed training point
+// also gets `layers` {path: share} and `steps` [share per step] when `k` holds those splits.
 nlohmann::json explain_json(const kernel_report& k, const trace& t, std::size_t top);
 
 }  // namespace epk

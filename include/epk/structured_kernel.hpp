@@ -517,7 +517,9 @@ template <Real T>
 path_kernel_result<T> compute_path_kernel(const path_kernel_request<T>& rq,
                                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     if (uses_optimizer_state<T>(rq.schedule, rq.initial_state)) return compute_path_kernel_optimizer<T>(rq, progress);
-    if (!rq.structured) return compute_path_kernel_unstructured<T>(rq, progress);
+    // The splits of the contributions are kept by the full-Jacobian paths.
+    if (!rq.structured || !rq.split_layers.empty() || rq.split_steps)
+        return compute_path_kernel_unstructured<T>(rq, progress);
     // Tree models (conv, pooling, residual, layer norm): structured_tree.hpp.
     return rq.problem->model.is_mlp() ? compute_path_kernel_structured<T>(rq, progress)
                                       : compute_path_kernel_structured_tree<T>(rq, progress);

@@ -205,11 +205,15 @@ def check(trace, against, precision="double", tolerance=1e-10, threads=0, allow_
     return _strict(report, info, allow_unexplained_steps)
 
 
-def explain(trace, top=5, precision="double", threads=0, structured=True, allow_unexplained_steps=False, name=None):
+def explain(trace, top=5, by_layer=True, by_step=False, precision="double", threads=0, structured=True,
+            allow_unexplained_steps=False, name=None):
     """``epk explain --json``: per test point the ``top`` training points that pushed its predicted class most
     (``proponents``) and most against it (``opponents``), by their contribution c(x, x_i) to that output, and
     f(x; w_S) split into ``bias`` (f(x; w_0)), ``training_points`` (the sum of the contributions),
-    ``optimizer_term`` and ``remainder``."""
+    ``optimizer_term`` and ``remainder``.  Each listed point's contribution is split over the layers
+    (``layers``: [{"layer", "contribution"}], unless ``by_layer=False``: the split takes the full-Jacobian
+    path) and with ``by_step`` over the steps (``steps``: one share per step)."""
     n = _name(trace, name)
-    report, info = _epk.explain(load(trace, n), n, precision, threads, structured, int(top))
+    report, info = _epk.explain(load(trace, n), n, precision, threads, structured, int(top), bool(by_layer),
+                                bool(by_step))
     return _strict(report, info, allow_unexplained_steps)

@@ -216,7 +216,7 @@ def test_explain_is_the_cli_and_adds_up(traces):
     assert status == 0
     py = epk.explain(traces["sgd_relu"], top=4)
     same(py, cli)
-    k = epk.kernel(traces["sgd_relu"])
+    k = epk.kernel(traces["sgd_relu"], structured=False)  # the split by layer takes the full-Jacobian path
     y = np.load(os.path.join(traces["sgd_relu"], "y_train.npy"))
     for p in py["points"]:
         m, c = p["test_point"], p["predicted_class"]
@@ -229,3 +229,20 @@ def test_explain_is_the_cli_and_adds_up(traces):
         assert abs(total - p["output"]) < 1e-12
     with pytest.raises(epk.UnexplainedStepsError):
         epk.explain(traces["lr_wrong"])
+
+
+def test_explain_splits_add_up(traces):
+    for name in ("sgd_relu", "momentum", "cnn"):
+        if name not in traces:
+            continue
+        py = epk.explain(traces[name], top=3, by_step=True)
+        status, cli = cli_json("explain", traces[name], "--top", "3", "--by-step")
+        assert status == 0
+        same(py, cli)
+        for p in py["points"]:
+            for e in p["proponents"] + p["opponents"]:
+                by_layer = sum(l["contribution"] for l in e["layers"])
+                assert abs(by_layer - e["contribution"]) <= 1e-13 * max(1.0, abs(e["contribution"]))
+                assert abs(sum(e["steps"]) - e["contribution"]) <= 1e-13 * max(1.0, abs(e["contribution"]))
+                assert len(e["steps"]) == py["steps"]
+        assert "layers" not in epk.explain(traces[name], top=1, by_layer=False)["points"][0]["proponents"][0]

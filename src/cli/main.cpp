@@ -117,7 +117,9 @@ commands
   explain TRACE              for each test point, the training points that pushed its predicted
                              class most and most against it (their contributions c(x, x_i)),
                              and f(x; w[S]) split into f(x; w[0]), the training points, the
-                             optimizer term and the remainder  [--top K] [--json | --csv]
+                             optimizer term and the remainder, each listed contribution split
+                             over the layers (--no-layers: not; the split takes the full-Jacobian
+                             path) and with --by-step over the steps  [--top K] [--json | --csv]
                              [--precision P] [--threads N] [--allow-unexplained-steps]
   help, --help               this text
   version, --version         the version
@@ -750,8 +752,8 @@ int cmd_kernel(int argc, char** argv) {
 // ---------------------------------------------------------------- explain
 
 int cmd_explain(int argc, char** argv) {
-    const args a = parse_args(argc, argv, {"top", "precision", "threads"}, {"json", "csv", "unstructured", allow_unexplained},
-                              1, 1);
+    const args a = parse_args(argc, argv, {"top", "precision", "threads"},
+                              {"json", "csv", "unstructured", "no-layers", "by-step", allow_unexplained}, 1, 1);
     if (a.flags.count("json") && a.flags.count("csv")) throw epk::input_error("--csv", "give --json or --csv, not both");
     const std::size_t top = a.get_count("top", 5, 1, 1u << 20);
     const epk::precision p = epk::parse_precision(a.get("precision", "double"));
@@ -759,6 +761,8 @@ int cmd_explain(int argc, char** argv) {
     epk::kernel_options o;
     o.threads = a.get_count("threads", 0, 0, 1024);
     o.structured = a.flags.count("unstructured") == 0;
+    o.split_layers = a.flags.count("no-layers") == 0;
+    o.split_steps = a.flags.count("by-step") != 0;
     epk::check_memory(t, p, o, true, a.positional[0]);
     const bool quiet = a.flags.count("json") || a.flags.count("csv");
     const epk::kernel_report k =
@@ -801,6 +805,19 @@ int cmd_explain(int argc, char** argv) {
                     std::printf(" %+.3g", e["contribution"].get<double>());
                 }
                 std::printf("\n");
+                for (const auto& e : pt[kind]) {  // the splits, one line per listed point
+                    if (e.contains("layers")) {
+                        std::printf("    #%-5zu by layer:", e["train_index"].get<std::size_t>());
+                        for (const auto& l : e["layers"])
+                            std::printf(" %s %+.3g", l["layer"].get<std::string>().c_str(), l["contribution"].get<double>());
+                        std::printf("\n");
+                    }
+                    if (e.contains("steps")) {
+                        std::printf("    #%-5zu by step: ", e["train_index"].get<std::size_t>());
+                        for (const auto& share : e["steps"]) std::printf(" %+.2g", share.get<double>());
+                        std::printf("\n");
+                    }
+                }
             }
         }
     }

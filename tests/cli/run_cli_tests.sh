@@ -663,6 +663,13 @@ run "$EPK" explain momentum --json
 if [ "$RC" -eq 0 ] && grep -q '"proponents"' "$W/out" && grep -q '"optimizer_term"' "$W/out" && grep -q '"training_points"' "$W/out"; then
     ok "explain --json: a momentum run, with its optimizer term"
 else fail "explain --json: a momentum run, with its optimizer term" "exit $RC -- $(err1)"; fi
+run "$EPK" explain full --top 1 --by-step
+if [ "$RC" -eq 0 ] && grep -q "by layer: layers\[0\] linear" "$W/out" && grep -q "by step: " "$W/out"; then
+    ok "explain: each listed contribution split by layer and, with --by-step, by step"
+else fail "explain: each listed contribution split by layer and, with --by-step, by step" "exit $RC -- $(head -c 300 "$W/out")"; fi
+run "$EPK" explain full --top 1 --no-layers
+if [ "$RC" -eq 0 ] && ! grep -q "by layer" "$W/out"; then ok "explain --no-layers: no split"
+else fail "explain --no-layers: no split" "exit $RC"; fi
 expect_fail "explain: --json and --csv" --csv "not both" -- "$EPK" explain full --json --csv
 expect_fail "explain: --top 0" --top "" -- "$EPK" explain full --top 0
 
