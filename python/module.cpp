@@ -57,17 +57,20 @@ epk::kernel_options options(std::size_t threads, bool structured) {
     return o;
 }
 
+// The memory check, then compute_kernel with the GIL released.
+epk::kernel_report run_kernel(const epk::trace& t, const epk::precision& p, const epk::kernel_options& o,
+                              const std::string& name) {
+    epk::check_memory(t, p, o, true, name);
+    py::gil_scoped_release release;
+    return epk::compute_kernel(t, p, o);
+}
+
 py::tuple verify(const epk::trace& t, const std::string& name, const std::string& precision, std::size_t threads,
                  bool structured, bool allow_unexplained) {
     const epk::precision p = epk::parse_precision(precision);
     epk::kernel_options o = options(threads, structured);
     o.contributions = false;
-    epk::check_memory(t, p, o, true, name);
-    epk::kernel_report k;
-    {
-        py::gil_scoped_release release;
-        k = epk::compute_kernel(t, p, o);
-    }
+    epk::kernel_report k = run_kernel(t, p, o, name);
     return py::make_tuple(to_python(epk::verify_json(k, p, allow_unexplained)), unexplained(k, name));
 }
 
@@ -103,12 +106,7 @@ py::tuple kernel(const epk::trace& t, const std::string& name, const std::string
                                                 std::to_string(t.steps()) + " steps, numbered from 0)");
         o.kernel_steps = s;
     }
-    epk::check_memory(t, p, o, true, name);
-    epk::kernel_report k;
-    {
-        py::gil_scoped_release release;
-        k = epk::compute_kernel(t, p, o);
-    }
+    epk::kernel_report k = run_kernel(t, p, o, name);
     const std::size_t m = k.outputs_final.rows, n = k.n_train, c = k.classes, S = k.steps;
     py::dict arrays;
     arrays["bias"] = owned_array(std::vector<double>(k.outputs_initial.values), {sz(m), sz(c)});
@@ -147,12 +145,7 @@ py::tuple explain(const epk::trace& t, const std::string& name, const std::strin
     epk::kernel_options o = options(threads, structured);
     o.split_layers = by_layer;
     o.split_steps = by_step;
-    epk::check_memory(t, p, o, true, name);
-    epk::kernel_report k;
-    {
-        py::gil_scoped_release release;
-        k = epk::compute_kernel(t, p, o);
-    }
+    epk::kernel_report k = run_kernel(t, p, o, name);
     return py::make_tuple(to_python(epk::explain_json(k, t, top)), unexplained(k, name));
 }
 
