@@ -47,7 +47,7 @@ py::object unexplained(const epk::kernel_report& k, const std::string& name) {
     d["message"] = epk::unexplained_steps_message(name, k);
     d["step"] = v.worst_step;
     d["units"] = v.units;
-    return std::move(d);
+    return d;
 }
 
 epk::kernel_options options(std::size_t threads, bool structured) {
