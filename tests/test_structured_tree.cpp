@@ -7,7 +7,8 @@
 //    (the bound test_structured.cpp states for MLPs: both sum the same terms in other orders);
 //  - the structured path magnitude never below the unstructured one (it majorises |A(w + tΔ)|
 //    by |A(w)| + |A(Δ)| and takes the rows' maxima, structured_tree.hpp);
-// and, on fixed models, that the thread count and the row blocks change no bit.
+// and, on fixed models, that the thread count and the row blocks change no bit.  The sparse
+// forms of the conv nodes' reverse sweep (structured_tree.hpp) are forced on and off too.
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
@@ -114,7 +115,32 @@ void check_paths_agree(const kernel_case& kc, const quadrature_options& qo, obse
     for (std::size_t e = 0; e < ks.size(); ++e) RC_ASSERT(std::abs(to_d(T(ks[e] - ku[e]))) <= gamma * unit * (kmax + mag));
 }
 
+// Sets the densities below which structured_tree.hpp takes its sparse forms (the gathered
+// weight integral, the sparse input adjoint) for one scope: 0 forces the dense forms, 2 the
+// sparse ones on every conv node.
+struct sparse_forms {
+    double gathered = structured_tree::gathered_max_density, adjoint = structured_tree::sparse_adjoint_max_density;
+    sparse_forms(double g, double a) {
+        structured_tree::gathered_max_density = g;
+        structured_tree::sparse_adjoint_max_density = a;
+    }
+    ~sparse_forms() {
+        structured_tree::gathered_max_density = gathered;
+        structured_tree::sparse_adjoint_max_density = adjoint;
+    }
+    sparse_forms(const sparse_forms&) = delete;
+    sparse_forms& operator=(const sparse_forms&) = delete;
+};
+
 }  // namespace
+
+// The sparse forms of the conv nodes' reverse sweep (products with exact zeros left out),
+// each forced on or off: the same agreement with the unstructured path as the default.
+RC_GTEST_PROP(StructuredTree, SparseFormsAgreeWithUnstructured, ()) {
+    const double g = *rc::gen::element(0.0, 2.0), a = *rc::gen::element(0.0, 2.0);
+    const sparse_forms forced(g, a);
+    check_paths_agree<double>(gen_tree_case(true, false), {}, seen_recon_pl, seen_contrib_pl);
+}
 
 // Exact rules on the pieces between the cuts: the rows of structured_tree.hpp.
 RC_GTEST_PROP(StructuredTree, PiecewiseLinearAgreesWithUnstructured, ()) {
@@ -174,6 +200,13 @@ TEST(StructuredTree, ThreadsAndBlocksChangeNoBit) {
         EXPECT_EQ(a.step_kernels.at(0).second, c.step_kernels.at(0).second);
         EXPECT_EQ(a.path_magnitude.data, c.path_magnitude.data);
         EXPECT_GT(a.gemm_flops, 0);
+        {  // the sparse forms forced on every conv node: no bit depends on the threads either
+            const sparse_forms forced(2, 2);
+            const auto a2 = run_kernel<double>(kc, 1, {1}, qo), c2 = run_kernel<double>(kc, 3, {1}, qo);
+            EXPECT_EQ(a2.reconstruction.data, c2.reconstruction.data);
+            EXPECT_EQ(a2.contributions, c2.contributions);
+            EXPECT_EQ(a2.step_kernels.at(0).second, c2.step_kernels.at(0).second);
+        }
         const auto u = run_kernel<double>(kc, 1, {1}, qo, false, false);
         EXPECT_EQ(u.gemm_flops, 0);
         const matrix<double> ba = reconstruction_budget(a, m), bu = reconstruction_budget(u, m);
@@ -201,32 +234,37 @@ TEST(StructuredTree, ThreadsAndBlocksChangeNoBit) {
     }
 }
 
-// MPFR-128, the fixed models with their exact / adaptive rules: the structured path within its
-// budget and within the two budgets of the unstructured one.
+// MPFR-128, the fixed models with their exact / adaptive rules: the structured path (its
+// default forms, and the sparse forms forced) within its budget and within the two budgets of
+// the unstructured one.
 TEST(StructuredTree, Mpfr128AgreesWithUnstructured) {
     mpfr_precision_scope scope(128);
     for (const model_spec& m : fixed_models()) {
-        const kernel_case kc = fixed_tree_case(m, 9);
-        const auto s = run_kernel<mpfr_real>(kc, 1, {0}, {}, false, true);
-        const auto u = run_kernel<mpfr_real>(kc, 1, {0}, {}, false, false);
-        const matrix<double> bs = reconstruction_budget(s, m), bu = reconstruction_budget(u, m);
-        for (std::size_t e = 0; e < bs.data.size(); ++e) {
-            EXPECT_LE(std::abs(to_d(mpfr_real(s.outputs_final.data[e] - s.reconstruction.data[e]))), bs.data[e]);
-            EXPECT_LE(std::abs(to_d(mpfr_real(s.reconstruction.data[e] - u.reconstruction.data[e]))), bs.data[e] + bu.data[e]);
-            EXPECT_LT(bs.data[e], 1e-25);
+        for (const double forced_density : {-1.0, 2.0}) {  // the default forms; the sparse forms forced
+            const kernel_case kc = fixed_tree_case(m, 9);
+            const sparse_forms forced(forced_density < 0 ? structured_tree::gathered_max_density : forced_density,
+                                      forced_density < 0 ? structured_tree::sparse_adjoint_max_density : forced_density);
+            const auto s = run_kernel<mpfr_real>(kc, 1, {0}, {}, false, true);
+            const auto u = run_kernel<mpfr_real>(kc, 1, {0}, {}, false, false);
+            const matrix<double> bs = reconstruction_budget(s, m), bu = reconstruction_budget(u, m);
+            for (std::size_t e = 0; e < bs.data.size(); ++e) {
+                EXPECT_LE(std::abs(to_d(mpfr_real(s.outputs_final.data[e] - s.reconstruction.data[e]))), bs.data[e]);
+                EXPECT_LE(std::abs(to_d(mpfr_real(s.reconstruction.data[e] - u.reconstruction.data[e]))), bs.data[e] + bu.data[e]);
+                EXPECT_LT(bs.data[e], 1e-25);
+            }
+            double cmax = 0, mag = 0;
+            for (const mpfr_real& v : u.contributions) cmax = std::max(cmax, std::abs(to_d(v)));
+            for (double v : s.path_magnitude.data) mag = std::max(mag, v);
+            const double tol = tree_gamma(s, m) * 0x1p-128 * (cmax + mag);
+            for (std::size_t e = 0; e < s.contributions.size(); ++e)
+                EXPECT_LE(std::abs(to_d(mpfr_real(s.contributions[e] - u.contributions[e]))), tol);
+            const auto& ks = s.step_kernels.at(0).second;
+            const auto& ku = u.step_kernels.at(0).second;
+            double kmax = 0;
+            for (const mpfr_real& v : ku) kmax = std::max(kmax, std::abs(to_d(v)));
+            for (std::size_t e = 0; e < ks.size(); ++e)
+                EXPECT_LE(std::abs(to_d(mpfr_real(ks[e] - ku[e]))), tree_gamma(s, m) * 0x1p-128 * (kmax + mag));
         }
-        double cmax = 0, mag = 0;
-        for (const mpfr_real& v : u.contributions) cmax = std::max(cmax, std::abs(to_d(v)));
-        for (double v : s.path_magnitude.data) mag = std::max(mag, v);
-        const double tol = tree_gamma(s, m) * 0x1p-128 * (cmax + mag);
-        for (std::size_t e = 0; e < s.contributions.size(); ++e)
-            EXPECT_LE(std::abs(to_d(mpfr_real(s.contributions[e] - u.contributions[e]))), tol);
-        const auto& ks = s.step_kernels.at(0).second;
-        const auto& ku = u.step_kernels.at(0).second;
-        double kmax = 0;
-        for (const mpfr_real& v : ku) kmax = std::max(kmax, std::abs(to_d(v)));
-        for (std::size_t e = 0; e < ks.size(); ++e)
-            EXPECT_LE(std::abs(to_d(mpfr_real(ks[e] - ku[e]))), tree_gamma(s, m) * 0x1p-128 * (kmax + mag));
     }
 }
 

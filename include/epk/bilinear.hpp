@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "epk/gemm.hpp"
@@ -85,25 +87,23 @@ matrix<V> patches_t(const bilinear_shape& s, const matrix<V>& h) {
     return XT;
 }
 
-// adj[c] += the scatter of Tᵀ's columns (c, ·) through the runs: T [K × (count·pos)] with
-// leading dimension ld, adj [count × in] (conv; the transpose of patches_t).
-template <Real T>
-void add_patches_t(const bilinear_shape& s, const T* Tm, std::size_t ld, std::size_t count, T* adj,
-                   std::size_t in_size) {
-    // One adjoint row c at a time (it stays in L1); each entry still receives its terms in
-    // k ascending order (for one k, distinct positions read distinct inputs).
-    for (std::size_t c = 0; c < count; ++c) {
-        T* const out = adj + c * in_size;
-        for (std::size_t k = 0; k < s.K(); ++k) {
-            const T* row = Tm + k * ld + c * s.pos;
+// X [(R·pos) × K] of every row of h [R × in] (conv): one row per (sample, output position),
+// the patch of that position in Xᵀ's order (group, input channel of the group, ky, kx).
+template <class V>
+matrix<V> patches(const bilinear_shape& s, const matrix<V>& h) {
+    const std::size_t K = s.K();
+    matrix<V> X(h.rows * s.pos, K);
+    for (std::size_t r = 0; r < h.rows; ++r) {
+        V* const base = &X(r * s.pos, 0);
+        for (std::size_t k = 0; k < K; ++k)
             for (std::size_t u = s.runs->start[k]; u < s.runs->start[k + 1]; ++u) {
                 const layers::index_run& run = s.runs->runs[u];
-                const T* src = row + run.p0;
-                T* dst = out + run.src0;
-                for (std::size_t e = 0; e < run.len; ++e) dst[e] += src[e];
+                const V* src = &h(r, run.src0);
+                V* dst = base + run.p0 * K + k;
+                for (std::size_t e = 0; e < run.len; ++e) dst[e * K] = src[e];
             }
-        }
     }
+    return X;
 }
 
 // conv: Z [O × Q] = A(θ) · Xᵀ for the Q columns of XT starting at column q0 (ld = XT.cols),
@@ -116,6 +116,15 @@ void conv_products(const bilinear_shape& s, const matrix<V>& XT, std::size_t q0,
                 z + gi * s.Og() * ldz, ldz, false, ctr);
 }
 
+// conv: Z [O × Q] = A(θ) · Xᵀ for the Q rows of X [· × K] starting at x (leading dimension ldx).
+template <Real V>
+void conv_products_rows(const bilinear_shape& s, const V* x, std::size_t ldx, std::size_t Q, const V* theta, V* z,
+                        std::size_t ldz, gemm_counter* ctr) {
+    for (std::size_t gi = 0; gi < s.groups; ++gi)
+        gemm<V>(true, s.Og(), Q, s.Kg, theta + gi * s.Og() * s.Kg, s.Kg, x + gi * s.Kg, ldx, z + gi * s.Og() * ldz, ldz,
+                false, ctr);
+}
+
 // linear: Z [(rows) × O] = X · A(θ)ᵀ for X [rows × in].
 template <Real V>
 matrix<V> linear_products(const bilinear_shape& s, const V* X, std::size_t rows, const V* theta, gemm_counter* ctr) {
@@ -124,13 +133,99 @@ matrix<V> linear_products(const bilinear_shape& s, const V* X, std::size_t rows,
     return z;
 }
 
+// adjT[pair_i[u]·ld + c] += a[pair_k[u]]·e[c] for u < pairs, c < ld (double;
+// src/sparse_double.cpp).
+void sparse_adjoint_pairs_double(std::size_t ld, const double* e, const double* a, const std::uint32_t* pair_k,
+                                 const std::uint32_t* pair_i, std::size_t pairs, double* adjT);
+
 // conv: the input adjoint of `count` adjoint rows D [count × O·pos] with weights θ, added to
-// adj [count × in]: Tm = Aᵀ (K × O, per group) · D (O × count·pos), then add_patches_t.
+// adj [count × in]:
+//   Tm = Aᵀ (K × O, per group) · D2 (O × pos·count),  D2[o][(p, c)] = D[c][o, p],
+// then the scatter-add of Tm's rows through the im2col runs into adjT [in × count], and
+// adj[c][i] += adjT[i][c].  With the rows c innermost a run of `len` positions is one
+// contiguous block of len·count entries in both Tm and adjT.  Each adjT entry receives its
+// terms in k ascending order, from zero.
 // Scratch that lives across calls (every entry it uses is written before it is read), so a
 // sweep allocates it once.
 template <Real T>
 struct conv_adjoint {
-    std::vector<T> D2, At, Tm;
+    std::vector<T> D2, At, Tm, adjT, e;
+    // apply_sparse: per output position p, its (k, input index) pairs in k order, and where
+    // each group's pairs begin ([p][g], groups + 1 entries per p); built for `pairs_of`.
+    std::vector<std::uint32_t> pair_k, pair_i;
+    std::vector<std::size_t> pair_start;
+    const layers::patch_runs* pairs_of = nullptr;
+
+    // The same sum as `apply` where D is mostly exact zeros: nz [O·pos] flags the (o, p) at
+    // which some row's D is not zero; every other term is a product with zero and is left
+    // out.  adjT[i][c] += θ[o][k]·D[c][o, p] for the (o, p) flagged (o ascending, then p),
+    // k ascending, then adj[c][i] += adjT[i][c].
+    void apply_sparse(const bilinear_shape& s, const T* D, std::size_t count, const T* theta, const unsigned char* nz,
+                      T* adj, std::size_t in_size) {
+        const std::size_t Og = s.Og(), G = s.groups, N = s.O * s.pos;
+        if (pairs_of != s.runs) {
+            std::vector<std::vector<std::pair<std::uint32_t, std::uint32_t>>> by_p(s.pos);
+            for (std::size_t k = 0; k < s.K(); ++k)
+                for (std::size_t u = s.runs->start[k]; u < s.runs->start[k + 1]; ++u) {
+                    const layers::index_run& run = s.runs->runs[u];
+                    for (std::size_t x = 0; x < run.len; ++x)
+                        by_p[run.p0 + x].emplace_back(static_cast<std::uint32_t>(k), static_cast<std::uint32_t>(run.src0 + x));
+                }
+            pair_k.clear();
+            pair_i.clear();
+            pair_start.clear();
+            for (std::size_t p = 0; p < s.pos; ++p) {  // by_p[p] is in k order
+                std::size_t u = 0;
+                for (std::size_t gi = 0; gi < G; ++gi) {
+                    pair_start.push_back(pair_k.size());
+                    for (; u < by_p[p].size() && by_p[p][u].first < (gi + 1) * s.Kg; ++u) {
+                        pair_k.push_back(static_cast<std::uint32_t>(by_p[p][u].first - gi * s.Kg));
+                        pair_i.push_back(by_p[p][u].second);
+                    }
+                }
+                pair_start.push_back(pair_k.size());
+            }
+            pairs_of = s.runs;
+        }
+        // In double, rows of adjT padded to a multiple of 4 entries and the block 32-byte
+        // aligned: sparse_adjoint_pairs_double updates a row in whole aligned 4-vectors.
+        std::size_t ld = count;
+        T* base = nullptr;
+        if constexpr (std::is_same_v<T, double>) {
+            ld = (count + 3) / 4 * 4;
+            adjT.assign(in_size * ld + 4, T(0));
+            base = adjT.data();
+            while (reinterpret_cast<std::uintptr_t>(base) % 32 != 0) ++base;
+        } else {
+            adjT.assign(in_size * count, T(0));
+            base = adjT.data();
+        }
+        e.assign(ld, T(0));
+        for (std::size_t o = 0; o < s.O; ++o) {
+            const std::size_t gi = o / Og;
+            const T* a = theta + o * s.Kg;
+            for (std::size_t p = 0; p < s.pos; ++p) {
+                if (!nz[o * s.pos + p]) continue;
+                for (std::size_t c = 0; c < count; ++c) e[c] = D[c * N + o * s.pos + p];
+                const std::size_t* ps = pair_start.data() + p * (G + 1) + gi;
+                if constexpr (std::is_same_v<T, double>) {
+                    sparse_adjoint_pairs_double(ld, e.data(), a, pair_k.data() + ps[0], pair_i.data() + ps[0], ps[1] - ps[0],
+                                                base);
+                    continue;
+                }
+                for (std::size_t u = ps[0]; u < ps[1]; ++u) {
+                    const T& av = a[pair_k[u]];
+                    T* dst = base + pair_i[u] * count;
+                    for (std::size_t c = 0; c < count; ++c) add_product(dst[c], av, e[c]);
+                }
+            }
+        }
+        for (std::size_t c = 0; c < count; ++c) {
+            T* out = adj + c * in_size;
+            const T* src = base + c;
+            for (std::size_t i = 0; i < in_size; ++i) out[i] += src[i * ld];
+        }
+    }
 
     void apply(const bilinear_shape& s, const T* D, std::size_t count, const T* theta, T* adj, std::size_t in_size,
                gemm_counter* ctr) {
@@ -138,10 +233,13 @@ struct conv_adjoint {
         if (D2.size() < s.O * n) D2.resize(s.O * n);
         if (At.size() < K * Og) At.resize(K * Og);
         if (Tm.size() < K * n) Tm.resize(K * n);
-        // D2 [O × n]: column (c, p) of output o.
+        adjT.assign(in_size * count, T(0));
         for (std::size_t c = 0; c < count; ++c)
-            for (std::size_t o = 0; o < s.O; ++o)
-                std::copy(D + (c * s.O + o) * s.pos, D + (c * s.O + o + 1) * s.pos, D2.data() + o * n + c * s.pos);
+            for (std::size_t o = 0; o < s.O; ++o) {
+                const T* src = D + (c * s.O + o) * s.pos;
+                T* dst = D2.data() + o * n + c;
+                for (std::size_t p = 0; p < s.pos; ++p) dst[p * count] = src[p];
+            }
         // Aᵀ [K × Og], rows k of group g: At[k][o'] = θ[g·Og + o'][k − g·Kg].
         for (std::size_t gi = 0; gi < s.groups; ++gi)
             for (std::size_t o = 0; o < Og; ++o)
@@ -149,7 +247,20 @@ struct conv_adjoint {
         for (std::size_t gi = 0; gi < s.groups; ++gi)
             gemm<T>(false, s.Kg, n, Og, At.data() + gi * s.Kg * Og, Og, D2.data() + gi * Og * n, n, Tm.data() + gi * s.Kg * n,
                     n, false, ctr);
-        add_patches_t(s, Tm.data(), n, count, adj, in_size);
+        for (std::size_t k = 0; k < K; ++k) {
+            const T* row = Tm.data() + k * n;
+            for (std::size_t u = s.runs->start[k]; u < s.runs->start[k + 1]; ++u) {
+                const layers::index_run& run = s.runs->runs[u];
+                const T* src = row + run.p0 * count;
+                T* dst = adjT.data() + run.src0 * count;
+                for (std::size_t e = 0; e < run.len * count; ++e) dst[e] += src[e];
+            }
+        }
+        for (std::size_t c = 0; c < count; ++c) {
+            T* out = adj + c * in_size;
+            const T* src = adjT.data() + c;
+            for (std::size_t i = 0; i < in_size; ++i) out[i] += src[i * count];
+        }
     }
 };
 

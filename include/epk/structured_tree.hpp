@@ -38,6 +38,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <span>
 #include <vector>
@@ -53,6 +55,16 @@ namespace epk {
 namespace structured_tree {
 
 inline constexpr std::size_t block_rows = 64;  // rule nodes of one test point per pass
+// The sparse forms of a conv node's reverse sweep are taken when at most this fraction of
+// its output adjoint's entries (r, o, p) is active (some seed's entry not an exact zero):
+//  * the weight integral (gathered_weight_integral), over the block's rows;
+//  * the input adjoint (conv_adjoint::apply_sparse), per row.
+// Both compute the dense form's sums without the products with zero.  Measured on the CNN
+// workload of bench/ (its conv before a max pool: 0.18 active; the others 0.4-1): the
+// gathered integral pays from about 0.5 down, the sparse adjoint from about 0.4 down.  Tests
+// set them to 0 (always dense) or 2 (always sparse); nothing else writes them.
+inline double gathered_max_density = 0.5;
+inline double sparse_adjoint_max_density = 0.3;
 
 using bilinear::bilinear_shape;
 using bilinear::conv_adjoint;
@@ -63,7 +75,7 @@ using bilinear::with_data;
 template <Real T>
 struct node_tape {
     matrix<T> input;                 // R × in_size
-    matrix<T> X;                     // conv: the input's patches Xᵀ (linear: `input` itself)
+    matrix<T> X;                     // conv: the input's patches X, (R·pos) × K (linear: `input` itself)
     matrix<T> deriv;                 // activation: σ′(input)
     std::vector<std::size_t> arg;    // max pool: the maximisers, R × out_size
     matrix<T> theta;                 // bilinear, layer norm: its parameters w + t_rΔ, R × count
@@ -95,7 +107,12 @@ struct block_context {
     gemm_counter* ctr = nullptr;
     double* elementwise = nullptr;
     std::vector<node_tape<T>> tape;
-    std::vector<T> dw;                           // scratch of the reverse sweep (backward_node)
+    std::vector<T> dw, xg;                       // scratch of the reverse sweep (backward_node)
+    std::vector<std::vector<std::uint32_t>> active;  // gathered_weight_integral's positions
+    std::vector<unsigned char> nonzero;          // mark_nonzero
+    std::vector<std::size_t> row_active;
+    std::vector<std::uint64_t> bits;
+    std::size_t tape_at = 0;                     // the tape entry of the node being reversed
     conv_adjoint<T> ca;
 };
 
@@ -161,10 +178,11 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
                 }
             }
             if (s.conv) {
-                cx.tape[me].X = bilinear::patches_t(s, h);
-                const matrix<T>& XT = cx.tape[me].X;
+                cx.tape[me].X = bilinear::patches(s, h);
+                const matrix<T>& X = cx.tape[me].X;
                 for (std::size_t r = 0; r < R; ++r)
-                    bilinear::conv_products<T>(s, XT, r * s.pos, s.pos, &theta(r, 0), &out.h(r, 0), s.pos, cx.ctr);
+                    bilinear::conv_products_rows<T>(s, &X(r * s.pos, 0), X.cols, s.pos, &theta(r, 0), &out.h(r, 0), s.pos,
+                                                    cx.ctr);
             } else {
                 for (std::size_t r = 0; r < R; ++r) {
                     const matrix<T> z = bilinear::linear_products<T>(s, &h(r, 0), s.pos, &theta(r, 0), cx.ctr);
@@ -295,6 +313,212 @@ matrix<T> backward_sequence(block_context<T>& cx, const std::vector<tree_node>& 
     return adj;
 }
 
+// cx.nonzero [R × N] := 1 where some seed's adjoint adj(r·C + c, e) is not zero (±0 are
+// zero), cx.row_active[r] := the count per row.
+template <Real T>
+void mark_nonzero(block_context<T>& cx, const matrix<T>& adj, std::size_t N) {
+    const std::size_t R = cx.R, C = cx.C;
+    std::vector<unsigned char>& nz = cx.nonzero;
+    nz.resize(R * N);
+    cx.row_active.assign(R, 0);
+    for (std::size_t r = 0; r < R; ++r) {
+        unsigned char* f = nz.data() + r * N;
+        if constexpr (std::is_same_v<T, double>) {  // OR of the bit patterns (one pass of integer ORs)
+            std::vector<std::uint64_t>& bits = cx.bits;
+            bits.assign(N, 0);
+            for (std::size_t c = 0; c < C; ++c) {
+                const double* a = &adj(r * C + c, 0);
+                for (std::size_t e = 0; e < N; ++e) {
+                    std::uint64_t u;
+                    std::memcpy(&u, a + e, sizeof u);
+                    bits[e] |= u;
+                }
+            }
+            for (std::size_t e = 0; e < N; ++e) f[e] = static_cast<unsigned char>((bits[e] << 1) != 0);  // ±0: zero
+        } else {
+            for (std::size_t e = 0; e < N; ++e) {
+                bool any = false;
+                for (std::size_t c = 0; c < C && !any; ++c) any = adj(r * C + c, e) != T(0);
+                f[e] = static_cast<unsigned char>(any);
+            }
+        }
+        for (std::size_t e = 0; e < N; ++e) cx.row_active[r] += f[e];
+    }
+}
+
+// A conv node's share of Ī when its output adjoint is mostly exact zeros (a max pool or a
+// relu after it passes the adjoint to few positions): per output channel o, only the
+// positions (r, p) where some seed's D_rc[o, p] ≠ 0 enter the sum, gathered —
+//   Ī[·][o][·] += Dg_o (C × n_o) · Xg_o (n_o × Kg),  Dg_o[c][(r, p)] = ω_r D_rc[o, p],
+// Xg_o the patches at those positions.  The omitted terms are products with an exact zero,
+// so the sum is the dense one's (rounding apart: another association).  Also accumulates
+// the scale and the bias as the dense path.  Returns false (nothing done) when more than
+// gathered_max_density of the (r, o, p) are active: the dense product is then cheaper.
+// Needs mark_nonzero's flags for `adj`.
+template <Real T>
+bool gathered_weight_integral(block_context<T>& cx, const tree_node& n, const bilinear_shape& s, const matrix<T>& adj,
+                              const matrix<T>& h) {
+    const std::size_t R = cx.R, C = cx.C, P = cx.P, O = s.O, pos = s.pos, Og = s.Og(), Kg = s.Kg, Q = R * pos;
+    const node_tape<T>& tp = cx.tape[cx.tape_at];
+    // Active positions per channel, (r, p) ascending.
+    const std::size_t N = O * pos;
+    const std::vector<unsigned char>& nz = cx.nonzero;
+    std::size_t count = 0;
+    for (std::size_t r = 0; r < R; ++r) count += cx.row_active[r];
+    if (static_cast<double>(count) > gathered_max_density * static_cast<double>(O * Q)) return false;
+    std::vector<std::vector<std::uint32_t>>& act = cx.active;
+    act.resize(O);
+    for (std::size_t o = 0; o < O; ++o) {
+        act[o].clear();
+        for (std::size_t r = 0; r < R; ++r) {
+            const unsigned char* f = nz.data() + r * N + o * pos;
+            for (std::size_t p = 0; p < pos; ++p)
+                if (f[p]) act[o].push_back(static_cast<std::uint32_t>(r * pos + p));
+        }
+    }
+    std::vector<T> dsum(R, T(0));
+    std::vector<T>& Dg = cx.dw;
+    std::vector<T>& Xg = cx.xg;
+    std::vector<T> asum(C), bsum(C);
+    for (std::size_t o = 0; o < O; ++o) {
+        const std::vector<std::uint32_t>& L = act[o];
+        const std::size_t no = L.size();
+        std::fill(bsum.begin(), bsum.end(), T(0));
+        if (no > 0) {
+            if (Dg.size() < C * no) Dg.resize(C * no);
+            if (Xg.size() < Kg * no) Xg.resize(Kg * no);
+            // Dg [C × n_o]; Σ_p |D_rc[o, p]| per (r, c) (runs of equal r), Σ ω D per c.
+            std::size_t j0 = 0;
+            while (j0 < no) {
+                const std::size_t r = L[j0] / pos;
+                std::size_t j1 = j0;
+                while (j1 < no && L[j1] / pos == r) ++j1;
+                const T& om = cx.omega[r];
+                for (std::size_t c = 0; c < C; ++c) {
+                    const T* src = &adj(r * C + c, o * pos);
+                    T* dst = Dg.data() + c * no;
+                    T a(0), b(0);
+                    for (std::size_t j = j0; j < j1; ++j) {
+                        const T& v = src[L[j] - r * pos];
+                        a += rm::abs(v);
+                        dst[j] = om * v;
+                        b += dst[j];
+                    }
+                    dsum[r] = rm::max(dsum[r], a);
+                    bsum[c] += b;
+                }
+                j0 = j1;
+            }
+            // Xg [n_o × Kg]: the group's part of the patches at the active positions.
+            const std::size_t k0 = (o / Og) * Kg;
+            for (std::size_t j = 0; j < no; ++j) {
+                const T* src = &tp.X(L[j], k0);
+                std::copy(src, src + Kg, Xg.data() + j * Kg);
+            }
+            gemm<T>(false, C, Kg, no, Dg.data(), no, Xg.data(), Kg, cx.ibar->data() + n.offset + o * Kg, P, true, cx.ctr);
+        }
+        if (s.bias)
+            for (std::size_t c = 0; c < C; ++c) cx.ibar->data()[c * P + n.offset + s.weight_count + o] += bsum[c];
+        *cx.elementwise += static_cast<double>(no * (C + Kg));
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+        T xmax = s.bias ? T(1) : T(0);
+        for (std::size_t e = 0; e < n.in_size; ++e) max_abs_into(xmax, h(r, e));
+        max_abs_into(*cx.scale, T(dsum[r] * xmax));
+    }
+    *cx.elementwise += static_cast<double>(R * C * O * pos);
+    return true;
+}
+
+// The dense share of a bilinear node in Ī (see the header comment).
+template <Real T>
+void dense_weight_integral(block_context<T>& cx, const tree_node& n, const bilinear_shape& s, const matrix<T>& adj,
+                           const matrix<T>& h) {
+    const std::size_t R = cx.R, C = cx.C, RC = R * C, P = cx.P;
+    const node_tape<T>& tp = cx.tape[cx.tape_at];
+    const std::size_t Q = R * s.pos;  // stacked (row, position)
+    // Ī[c][o][k] += Σ_(r,p) ω_r D_rc[o, p] X[(r, p), k]: one product per group with rows
+    // (c, o ∈ group) and inner dimension (r, p); the bias Σ_(r,p) ω_r D_rc[o, p].
+    // Scale: |Σ_p D[o,p] X[p,k]| ≤ (Σ_p |D[o,p]|)·max|X|, the bias's Σ_p |D[o,p]|; the
+    // patches hold input entries (and zeros), so max|X| ≤ max|h|.
+    const std::size_t Og = s.Og(), G = s.groups;
+    // Dw [C·O × Q], row (g, c, o') = (gi·C + c)·Og + o' (scratch: every entry is written)
+    if (cx.dw.size() < C * s.O * Q) cx.dw.resize(C * s.O * Q);
+    T* const Dw = cx.dw.data();
+    std::vector<T> dsum(R, T(0)), bsum(C * s.O, T(0));  // per row max_(c,o) Σ_p |D|; per (c, o) Σ ω D
+    const std::size_t so = s.conv ? s.pos : 1, sp = s.conv ? 1 : s.O;  // D[o, p] at o·so + p·sp
+    // Per (c, o) the sums run over p ascending, four outputs at a time in local
+    // accumulators (independent chains instead of one latency-bound chain after another).
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t c = 0; c < C; ++c) {
+            const T& om = cx.omega[r];
+            const T* src = &adj(r * C + c, 0);
+            auto dst = [&](std::size_t o) { return Dw + (((o / Og) * C + c) * Og + o % Og) * Q + r * s.pos; };
+            std::size_t o = 0;
+            for (; o + 4 <= s.O; o += 4) {
+                T s0(0), s1(0), s2(0), s3(0), b0(0), b1(0), b2(0), b3(0);
+                T *d0 = dst(o), *d1 = dst(o + 1), *d2 = dst(o + 2), *d3 = dst(o + 3);
+                const T *v0 = src + o * so, *v1 = src + (o + 1) * so, *v2 = src + (o + 2) * so,
+                        *v3 = src + (o + 3) * so;
+                for (std::size_t p = 0; p < s.pos; ++p) {
+                    const std::size_t e = p * sp;
+                    s0 += rm::abs(v0[e]);
+                    s1 += rm::abs(v1[e]);
+                    s2 += rm::abs(v2[e]);
+                    s3 += rm::abs(v3[e]);
+                    d0[p] = om * v0[e];
+                    d1[p] = om * v1[e];
+                    d2[p] = om * v2[e];
+                    d3[p] = om * v3[e];
+                    b0 += d0[p];
+                    b1 += d1[p];
+                    b2 += d2[p];
+                    b3 += d3[p];
+                }
+                dsum[r] = rm::max(rm::max(dsum[r], rm::max(s0, s1)), rm::max(s2, s3));
+                bsum[c * s.O + o] += b0;
+                bsum[c * s.O + o + 1] += b1;
+                bsum[c * s.O + o + 2] += b2;
+                bsum[c * s.O + o + 3] += b3;
+            }
+            for (; o < s.O; ++o) {
+                T sum(0), bs(0);
+                T* d = dst(o);
+                const T* v = src + o * so;
+                for (std::size_t p = 0; p < s.pos; ++p) {
+                    sum += rm::abs(v[p * sp]);
+                    d[p] = om * v[p * sp];
+                    bs += d[p];
+                }
+                dsum[r] = rm::max(dsum[r], sum);
+                bsum[c * s.O + o] += bs;
+            }
+        }
+    for (std::size_t r = 0; r < R; ++r) {
+        T xmax = s.bias ? T(1) : T(0);
+        for (std::size_t e = 0; e < n.in_size; ++e) max_abs_into(xmax, h(r, e));
+        max_abs_into(*cx.scale, T(dsum[r] * xmax));
+    }
+    matrix<T> gi_out(C * Og, s.Kg);
+    for (std::size_t gi = 0; gi < G; ++gi) {
+        if (s.conv)  // B = the group's columns of the patches X, [Q × Kg]
+            gemm<T>(false, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, &tp.X(0, gi * s.Kg), s.K(), gi_out.data.data(), s.Kg,
+                    false, cx.ctr);
+        else  // B = the rows of h, [Q × in]
+            gemm<T>(false, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, h.data.data(), s.Kg, gi_out.data.data(), s.Kg,
+                    false, cx.ctr);
+        for (std::size_t c = 0; c < C; ++c) {
+            T* dst = cx.ibar->data() + c * P + n.offset + gi * Og * s.Kg;
+            const T* src = &gi_out(c * Og, 0);
+            for (std::size_t e = 0; e < Og * s.Kg; ++e) dst[e] += src[e];
+        }
+    }
+    if (s.bias)
+        for (std::size_t c = 0; c < C; ++c)
+            for (std::size_t o = 0; o < s.O; ++o) cx.ibar->data()[c * P + n.offset + s.weight_count + o] += bsum[c * s.O + o];
+    *cx.elementwise += static_cast<double>(RC * s.O * s.pos + C * s.O * s.Kg);
+}
+
 template <Real T>
 matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& at, matrix<T> adj,
                         bool need_input) {
@@ -307,99 +531,23 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
         return ab;
     }
     const node_tape<T>& tp = cx.tape[--at];
+    cx.tape_at = at;
     const matrix<T>& h = tp.input;
     switch (n.spec.kind) {
         case layer_kind::linear:
         case layer_kind::conv2d: {
             const bilinear_shape s = shape_of(n);
-            const std::size_t Q = R * s.pos;  // stacked (row, position)
-            // Ī[c][o][k] += Σ_(r,p) ω_r D_rc[o, p] X[(r, p), k]: one product per group with rows
-            // (c, o ∈ group) and inner dimension (r, p); the bias Σ_(r,p) ω_r D_rc[o, p].
-            // Scale: |Σ_p D[o,p] X[p,k]| ≤ (Σ_p |D[o,p]|)·max|X|, the bias's Σ_p |D[o,p]|; the
-            // patches hold input entries (and zeros), so max|X| ≤ max|h|.
-            const std::size_t Og = s.Og(), G = s.groups;
-            // Dw [C·O × Q], row (g, c, o') = (gi·C + c)·Og + o' (scratch: every entry is written)
-            if (cx.dw.size() < C * s.O * Q) cx.dw.resize(C * s.O * Q);
-            T* const Dw = cx.dw.data();
-            std::vector<T> dsum(R, T(0)), bsum(C * s.O, T(0));  // per row max_(c,o) Σ_p |D|; per (c, o) Σ ω D
-            const std::size_t so = s.conv ? s.pos : 1, sp = s.conv ? 1 : s.O;  // D[o, p] at o·so + p·sp
-            // Per (c, o) the sums run over p ascending, four outputs at a time in local
-            // accumulators (independent chains instead of one latency-bound chain after another).
-            for (std::size_t r = 0; r < R; ++r)
-                for (std::size_t c = 0; c < C; ++c) {
-                    const T& om = cx.omega[r];
-                    const T* src = &adj(r * C + c, 0);
-                    auto dst = [&](std::size_t o) { return Dw + (((o / Og) * C + c) * Og + o % Og) * Q + r * s.pos; };
-                    std::size_t o = 0;
-                    for (; o + 4 <= s.O; o += 4) {
-                        T s0(0), s1(0), s2(0), s3(0), b0(0), b1(0), b2(0), b3(0);
-                        T *d0 = dst(o), *d1 = dst(o + 1), *d2 = dst(o + 2), *d3 = dst(o + 3);
-                        const T *v0 = src + o * so, *v1 = src + (o + 1) * so, *v2 = src + (o + 2) * so,
-                                *v3 = src + (o + 3) * so;
-                        for (std::size_t p = 0; p < s.pos; ++p) {
-                            const std::size_t e = p * sp;
-                            s0 += rm::abs(v0[e]);
-                            s1 += rm::abs(v1[e]);
-                            s2 += rm::abs(v2[e]);
-                            s3 += rm::abs(v3[e]);
-                            d0[p] = om * v0[e];
-                            d1[p] = om * v1[e];
-                            d2[p] = om * v2[e];
-                            d3[p] = om * v3[e];
-                            b0 += d0[p];
-                            b1 += d1[p];
-                            b2 += d2[p];
-                            b3 += d3[p];
-                        }
-                        dsum[r] = rm::max(rm::max(dsum[r], rm::max(s0, s1)), rm::max(s2, s3));
-                        bsum[c * s.O + o] += b0;
-                        bsum[c * s.O + o + 1] += b1;
-                        bsum[c * s.O + o + 2] += b2;
-                        bsum[c * s.O + o + 3] += b3;
-                    }
-                    for (; o < s.O; ++o) {
-                        T sum(0), bs(0);
-                        T* d = dst(o);
-                        const T* v = src + o * so;
-                        for (std::size_t p = 0; p < s.pos; ++p) {
-                            sum += rm::abs(v[p * sp]);
-                            d[p] = om * v[p * sp];
-                            bs += d[p];
-                        }
-                        dsum[r] = rm::max(dsum[r], sum);
-                        bsum[c * s.O + o] += bs;
-                    }
-                }
-            for (std::size_t r = 0; r < R; ++r) {
-                T xmax = s.bias ? T(1) : T(0);
-                for (std::size_t e = 0; e < n.in_size; ++e) max_abs_into(xmax, h(r, e));
-                max_abs_into(*cx.scale, T(dsum[r] * xmax));
-            }
-            matrix<T> gi_out(C * Og, s.Kg);
-            for (std::size_t gi = 0; gi < G; ++gi) {
-                if (s.conv)  // B = Xᵀ's group block, stored [Kg × Q]
-                    gemm<T>(true, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, &tp.X(gi * s.Kg, 0), Q, gi_out.data.data(), s.Kg,
-                            false, cx.ctr);
-                else  // B = the rows of h, [Q × in]
-                    gemm<T>(false, C * Og, s.Kg, Q, Dw + gi * C * Og * Q, Q, h.data.data(), s.Kg, gi_out.data.data(), s.Kg,
-                            false, cx.ctr);
-                for (std::size_t c = 0; c < C; ++c) {
-                    T* dst = cx.ibar->data() + c * P + n.offset + gi * Og * s.Kg;
-                    const T* src = &gi_out(c * Og, 0);
-                    for (std::size_t e = 0; e < Og * s.Kg; ++e) dst[e] += src[e];
-                }
-            }
-            if (s.bias)
-                for (std::size_t c = 0; c < C; ++c)
-                    for (std::size_t o = 0; o < s.O; ++o) cx.ibar->data()[c * P + n.offset + s.weight_count + o] += bsum[c * s.O + o];
-            *cx.elementwise += static_cast<double>(RC * s.O * s.pos + C * s.O * s.Kg);
+            if (s.conv) mark_nonzero(cx, adj, n.out_size);
+            if (!(s.conv && gathered_weight_integral(cx, n, s, adj, h))) dense_weight_integral(cx, n, s, adj, h);
             if (!need_input) return {};
             // adj_h of row r with its parameters w + t_rΔ: conv Aᵀ·D then the runs' scatter-add,
             // linear D·A.
             matrix<T> prev(RC, n.in_size);
             for (std::size_t r = 0; r < R; ++r) {
                 const T* Dr = &adj(r * C, 0);
-                if (s.conv)
+                if (s.conv && static_cast<double>(cx.row_active[r]) <= sparse_adjoint_max_density * static_cast<double>(n.out_size))
+                    cx.ca.apply_sparse(s, Dr, C, &tp.theta(r, 0), &cx.nonzero[r * n.out_size], &prev(r * C, 0), n.in_size);
+                else if (s.conv)
                     cx.ca.apply(s, Dr, C, &tp.theta(r, 0), &prev(r * C, 0), n.in_size, cx.ctr);
                 else  // rows (c, p) of D are [O]
                     gemm<T>(false, C * s.pos, s.K(), s.O, Dr, s.O, &tp.theta(r, 0), s.K(), &prev(r * C, 0), s.K(), false,
