@@ -13,33 +13,46 @@ namespace {
 typedef double v4 __attribute__((vector_size(32)));
 
 template <std::size_t W>  // W a multiple of 4; rows of adjT 32-byte aligned
-void pairs_fixed(const double* e, const double* a, const std::uint32_t* pair_k, const std::uint32_t* pair_i,
-                 std::size_t pairs, double* adjT) {
+void pairs_fixed(std::size_t n, const double* e, const double* const* rows, const std::uint32_t* pair_k,
+                 const std::uint32_t* pair_i, std::size_t pairs, double* adjT) {
     constexpr std::size_t V = W / 4;
-    v4 ev[V];
-    for (std::size_t j = 0; j < V; ++j) __builtin_memcpy(&ev[j], e + 4 * j, sizeof(v4));
     for (std::size_t u = 0; u < pairs; ++u) {
-        const double av = a[pair_k[u]];
-        const v4 avv = {av, av, av, av};
+        v4 acc[V] = {};
+        const std::uint32_t k = pair_k[u];
+        for (std::size_t j = 0; j < n; ++j) {
+            const double av = rows[j][k];
+            const v4 avv = {av, av, av, av};
+            for (std::size_t v = 0; v < V; ++v) {
+                v4 ev;
+                __builtin_memcpy(&ev, e + j * W + 4 * v, sizeof ev);
+                acc[v] += avv * ev;
+            }
+        }
         v4* dst = reinterpret_cast<v4*>(adjT + static_cast<std::size_t>(pair_i[u]) * W);
-        for (std::size_t j = 0; j < V; ++j) dst[j] += avv * ev[j];
+        for (std::size_t v = 0; v < V; ++v) dst[v] += acc[v];
     }
 }
 }  // namespace
 
-void sparse_adjoint_pairs_double(std::size_t ld, const double* e, const double* a, const std::uint32_t* pair_k,
-                                 const std::uint32_t* pair_i, std::size_t pairs, double* adjT) {
+void sparse_adjoint_pairs_double(std::size_t ld, std::size_t n, const double* e, const double* const* rows,
+                                 const std::uint32_t* pair_k, const std::uint32_t* pair_i, std::size_t pairs,
+                                 double* adjT) {
     switch (ld) {  // the widths conv_adjoint pads to: whole vectors, no remainder loop
-        case 4: pairs_fixed<4>(e, a, pair_k, pair_i, pairs, adjT); return;
-        case 8: pairs_fixed<8>(e, a, pair_k, pair_i, pairs, adjT); return;
-        case 12: pairs_fixed<12>(e, a, pair_k, pair_i, pairs, adjT); return;
-        case 16: pairs_fixed<16>(e, a, pair_k, pair_i, pairs, adjT); return;
+        case 4: pairs_fixed<4>(n, e, rows, pair_k, pair_i, pairs, adjT); return;
+        case 8: pairs_fixed<8>(n, e, rows, pair_k, pair_i, pairs, adjT); return;
+        case 12: pairs_fixed<12>(n, e, rows, pair_k, pair_i, pairs, adjT); return;
+        case 16: pairs_fixed<16>(n, e, rows, pair_k, pair_i, pairs, adjT); return;
         default: break;
     }
+    std::vector<double> acc(ld);
     for (std::size_t u = 0; u < pairs; ++u) {
-        const double av = a[pair_k[u]];
+        for (double& v : acc) v = 0;
+        for (std::size_t j = 0; j < n; ++j) {
+            const double av = rows[j][pair_k[u]];
+            for (std::size_t c = 0; c < ld; ++c) acc[c] += av * e[j * ld + c];
+        }
         double* dst = adjT + static_cast<std::size_t>(pair_i[u]) * ld;
-        for (std::size_t c = 0; c < ld; ++c) dst[c] += av * e[c];
+        for (std::size_t c = 0; c < ld; ++c) dst[c] += acc[c];
     }
 }
 

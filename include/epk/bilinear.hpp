@@ -133,10 +133,11 @@ matrix<V> linear_products(const bilinear_shape& s, const V* X, std::size_t rows,
     return z;
 }
 
-// adjT[pair_i[u]·ld + c] += a[pair_k[u]]·e[c] for u < pairs, c < ld (double;
-// src/sparse_double.cpp).
-void sparse_adjoint_pairs_double(std::size_t ld, const double* e, const double* a, const std::uint32_t* pair_k,
-                                 const std::uint32_t* pair_i, std::size_t pairs, double* adjT);
+// adjT[pair_i[u]·ld + c] += Σ_(j < n) rows[j][pair_k[u]]·e[j·ld + c] for u < pairs, c < ld, the
+// sum over j formed first, j ascending (double; src/sparse_double.cpp).
+void sparse_adjoint_pairs_double(std::size_t ld, std::size_t n, const double* e, const double* const* rows,
+                                 const std::uint32_t* pair_k, const std::uint32_t* pair_i, std::size_t pairs,
+                                 double* adjT);
 
 // conv: the input adjoint of `count` adjoint rows D [count × O·pos] with weights θ, added to
 // adj [count × in]:
@@ -149,7 +150,8 @@ void sparse_adjoint_pairs_double(std::size_t ld, const double* e, const double* 
 // sweep allocates it once.
 template <Real T>
 struct conv_adjoint {
-    std::vector<T> D2, At, Tm, adjT, e;
+    std::vector<T> D2, At, Tm, adjT, e, e_acc;
+    std::vector<const T*> theta_rows;
     // apply_sparse: per output position p, its (k, input index) pairs in k order, and where
     // each group's pairs begin ([p][g], groups + 1 entries per p); built for `pairs_of`.
     std::vector<std::uint32_t> pair_k, pair_i;
@@ -158,8 +160,8 @@ struct conv_adjoint {
 
     // The same sum as `apply` where D is mostly exact zeros: nz [O·pos] flags the (o, p) at
     // which some row's D is not zero; every other term is a product with zero and is left
-    // out.  adjT[i][c] += θ[o][k]·D[c][o, p] for the (o, p) flagged (o ascending, then p),
-    // k ascending, then adj[c][i] += adjT[i][c].
+    // out.  Per position p (ascending), per tap (k, i) of p: adjT[i][c] += Σ_o θ[o][k]·D[c][o, p]
+    // over the flagged o (ascending, summed first); then adj[c][i] += adjT[i][c].
     void apply_sparse(const bilinear_shape& s, const T* D, std::size_t count, const T* theta, const unsigned char* nz,
                       T* adj, std::size_t in_size) {
         const std::size_t Og = s.Og(), G = s.groups, N = s.O * s.pos;
@@ -200,26 +202,42 @@ struct conv_adjoint {
             adjT.assign(in_size * count, T(0));
             base = adjT.data();
         }
-        e.assign(ld, T(0));
-        for (std::size_t o = 0; o < s.O; ++o) {
-            const std::size_t gi = o / Og;
-            const T* a = theta + o * s.Kg;
-            for (std::size_t p = 0; p < s.pos; ++p) {
-                if (!nz[o * s.pos + p]) continue;
-                for (std::size_t c = 0; c < count; ++c) e[c] = D[c * N + o * s.pos + p];
+        // Per position p and group: the active outputs o (ascending) with their rows of θ and
+        // their adjoints E[j][c] = D[c][o_j, p] (rows padded to ld with zeros), then for each of
+        // p's taps (k, i): adjT[i][c] += Σ_j θ[o_j][k]·E[j][c], the sum over j formed first.
+        e.assign(Og * ld, T(0));
+        std::vector<const T*>& rows = theta_rows;
+        rows.resize(Og);
+        for (std::size_t p = 0; p < s.pos; ++p)
+            for (std::size_t gi = 0; gi < G; ++gi) {
+                std::size_t na = 0;
+                for (std::size_t o = gi * Og; o < (gi + 1) * Og; ++o) {
+                    if (!nz[o * s.pos + p]) continue;
+                    rows[na] = theta + o * s.Kg;
+                    T* ej = e.data() + na * ld;
+                    for (std::size_t c = 0; c < count; ++c) ej[c] = D[c * N + o * s.pos + p];
+                    ++na;
+                }
+                if (na == 0) continue;
                 const std::size_t* ps = pair_start.data() + p * (G + 1) + gi;
                 if constexpr (std::is_same_v<T, double>) {
-                    sparse_adjoint_pairs_double(ld, e.data(), a, pair_k.data() + ps[0], pair_i.data() + ps[0], ps[1] - ps[0],
-                                                base);
-                    continue;
-                }
-                for (std::size_t u = ps[0]; u < ps[1]; ++u) {
-                    const T& av = a[pair_k[u]];
-                    T* dst = base + pair_i[u] * count;
-                    for (std::size_t c = 0; c < count; ++c) add_product(dst[c], av, e[c]);
+                    sparse_adjoint_pairs_double(ld, na, e.data(), rows.data(), pair_k.data() + ps[0], pair_i.data() + ps[0],
+                                                ps[1] - ps[0], base);
+                } else {
+                    std::vector<T>& acc = e_acc;
+                    acc.resize(count);
+                    for (std::size_t u = ps[0]; u < ps[1]; ++u) {
+                        for (std::size_t c = 0; c < count; ++c) acc[c] = T(0);
+                        for (std::size_t j = 0; j < na; ++j) {
+                            const T& av = rows[j][pair_k[u]];
+                            const T* ej = e.data() + j * ld;
+                            for (std::size_t c = 0; c < count; ++c) add_product(acc[c], av, ej[c]);
+                        }
+                        T* dst = base + pair_i[u] * count;
+                        for (std::size_t c = 0; c < count; ++c) dst[c] += acc[c];
+                    }
                 }
             }
-        }
         for (std::size_t c = 0; c < count; ++c) {
             T* out = adj + c * in_size;
             const T* src = base + c;
