@@ -9,8 +9,9 @@
 namespace epk::bilinear {
 
 namespace {
-// Four doubles (GCC's vector extension: one AVX register, two SSE2 registers without AVX).
-typedef double v4 __attribute__((vector_size(32)));
+// Four doubles (GCC's vector extension: one AVX register, two SSE2 registers without AVX);
+// may_alias: it reads and writes arrays of double.
+typedef double v4 __attribute__((vector_size(32), may_alias));
 
 template <std::size_t W>  // W a multiple of 4; rows of adjT 32-byte aligned
 void pairs_fixed(std::size_t n, const double* e, const double* const* rows, const std::uint32_t* pair_k,
