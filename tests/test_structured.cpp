@@ -231,6 +231,81 @@ TEST(Structured, ChunksBlocksAndThreadsChangeNoBit) {
     for (std::size_t e = 0; e < p1.reconstruction.data.size(); ++e) EXPECT_TRUE(p1.reconstruction.data[e] == p2.reconstruction.data[e]);
 }
 
+// The smooth ladder (structured_kernel.hpp, ladder_chunk): a tanh net under the default
+// adaptive rule.  Results do not depend on the thread count (fixed chunks; a point's rules
+// depend on that point only), in double and MPFR; the stored kernel step too.
+TEST(Structured, SmoothLadderThreadsChangeNoBit) {
+    const epk::model_spec m = epk::make_mlp(4, {7, 5}, 3, layer_kind::tanh);
+    kernel_case kc = fixed_case(m, {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 23, 5, {0.3, 0.7}, 23);
+    ASSERT_GT(kc.x_test.rows, epk::structured::chunk_points * 2);
+    const auto a = run_kernel<double>(kc, 1, {1});
+    const auto b = run_kernel<double>(kc, 2, {1});
+    const auto c = run_kernel<double>(kc, 3, {1});
+    EXPECT_EQ(a.reconstruction.data, b.reconstruction.data);
+    EXPECT_EQ(a.reconstruction.data, c.reconstruction.data);
+    EXPECT_EQ(a.contributions, c.contributions);
+    EXPECT_EQ(a.step_kernels.at(0).second, b.step_kernels.at(0).second);
+    EXPECT_EQ(a.quadrature_bound.data, c.quadrature_bound.data);
+    EXPECT_EQ(a.evaluations, c.evaluations);
+    EXPECT_GT(a.gemm_flops, 0);
+    epk::mpfr_precision_scope scope(96);
+    const auto p1 = run_kernel<mpfr_real>(kc, 1), p3 = run_kernel<mpfr_real>(kc, 3);
+    for (std::size_t e = 0; e < p1.contributions.size(); ++e) EXPECT_TRUE(p1.contributions[e] == p3.contributions[e]);
+    for (std::size_t e = 0; e < p1.reconstruction.data.size(); ++e) EXPECT_TRUE(p1.reconstruction.data[e] == p3.reconstruction.data[e]);
+    EXPECT_EQ(p1.evaluations, p3.evaluations);
+}
+
+// The ladder's sizes: each point's accepted rule is at most its evaluations, a big step takes
+// more nodes than a small one, and with max_nodes too small for a big step the pieces are
+// bisected — the results then still agree with the unstructured adaptive rule (which bisects
+// too) within the sum of the budgets.
+TEST(Structured, SmoothLadderGrowsAndBisects) {
+    const epk::model_spec m = epk::make_mlp(3, {6, 6}, 2, layer_kind::tanh);
+    const epk::loss_spec loss{epk::loss_kind::mse, epk::reduction_kind::sum};
+    const kernel_case small = fixed_case(m, loss, 6, 11, {0.001}, 4);
+    const kernel_case big = fixed_case(m, loss, 6, 11, {3.0}, 4);
+    const auto rs = run_kernel<double>(small), rb = run_kernel<double>(big);
+    ASSERT_TRUE(all_finite(rb));
+    EXPECT_LT(rs.max_rule_nodes, rb.max_rule_nodes);
+    epk::quadrature_options qo;
+    qo.first_nodes = 2;
+    qo.max_nodes = 4;
+    const auto s = run_kernel<double>(big, 1, {}, qo), u = run_kernel<double>(big, 1, {}, qo, false, false);
+    std::size_t most = 0;
+    for (std::size_t k = 0; k < s.evaluations.size(); ++k) most = std::max(most, s.evaluations[k]);
+    EXPECT_GT(s.max_rule_nodes, qo.max_nodes) << "a big step on at most 4 nodes per piece is cut into pieces";
+    const matrix<double> bs = epk::reconstruction_budget(s, m), bu = epk::reconstruction_budget(u, m);
+    for (std::size_t e = 0; e < bs.data.size(); ++e)
+        EXPECT_LE(std::abs(s.reconstruction.data[e] - u.reconstruction.data[e]), bs.data[e] + bu.data[e]);
+    EXPECT_TRUE(s.quadrature_converged);
+    EXPECT_GT(most, s.max_rule_nodes);
+}
+
+// What the ladder's estimate means (proofs-notes/010 §2): per output, the sum over steps of
+// est_c bounds — as an estimate, not a proof — the quadrature error of the accepted rules in
+// the step terms.  Checked in MPFR-160 against a 40-node rule (its error far below 2^-160 on
+// these small steps): |ladder − reference| ≤ quadrature_bound + the rounding of both.
+TEST(Structured, SmoothLadderEstimateCoversTheQuadratureError) {
+    epk::mpfr_precision_scope scope(160);
+    for (const layer_kind act : {layer_kind::tanh, layer_kind::sigmoid, layer_kind::softplus, layer_kind::gelu}) {
+        const epk::model_spec m = epk::make_mlp(3, {5, 4}, 2, act);
+        const kernel_case kc = fixed_case(m, {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 8, 3, {0.5, 0.5, 0.5}, 5);
+        const auto s = run_kernel<mpfr_real>(kc);
+        epk::quadrature_options ref;
+        ref.fixed_nodes = 40;
+        const auto r = run_kernel<mpfr_real>(kc, 1, {}, ref);
+        double worst = 0;
+        for (std::size_t e = 0; e < s.reconstruction.data.size(); ++e) {
+            const double d = std::abs(to_d(mpfr_real(s.reconstruction.data[e] - r.reconstruction.data[e])));
+            const double bound = to_d(s.quadrature_bound.data[e]) + 1e4 * 0x1p-160 * (1 + s.path_magnitude.data[e]);
+            worst = std::max(worst, d / bound);
+            EXPECT_LE(d, bound) << epk::to_string(act) << " entry " << e;
+        }
+        std::printf("[ladder estimate, %s] worst |error| / (estimate + rounding) %.3g, most nodes %zu\n",
+                    std::string(epk::to_string(act)).c_str(), worst, s.max_rule_nodes);
+    }
+}
+
 // A recorded path (rounded to binary32): the remainder term, computed from the
 // factors, equals the unstructured one to rounding and still closes the gap.
 TEST(Structured, RecordedPathRemainderMatchesUnstructured) {

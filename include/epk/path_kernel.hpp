@@ -410,6 +410,9 @@ struct point_step {
     std::size_t step = 0;
     std::vector<double> magnitude;  // [C]: the step's path magnitude
     T estimate = T(0);              // quadrature estimate of Ī's entries
+    std::vector<T> estimate_by_output;  // [C], when set: the estimate of the step's terms
+                                        // themselves (the smooth ladder), used instead of
+                                        // estimate·‖Δ‖₁
 };
 
 // What the full-Jacobian paths (unstructured, optimizer_kernel.hpp) start each step
@@ -515,7 +518,7 @@ void add_point_step(const path_kernel_request<T>& rq, const std::vector<std::siz
         res.remainder_term(mm, c) += rr;
         step[c] += rr;
         res.reconstruction(mm, c) += step[c];
-        res.quadrature_bound(mm, c) += ps.estimate * delta_l1;
+        res.quadrature_bound(mm, c) += ps.estimate_by_output.empty() ? T(ps.estimate * delta_l1) : ps.estimate_by_output[c];
         res.path_magnitude(mm, c) += ps.magnitude[c];
     }
 }

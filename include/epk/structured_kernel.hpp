@@ -35,6 +35,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -158,9 +160,11 @@ struct training_side {
 };
 
 // |W| + |ΔW|, |ΔW|, |b| + |Δb|, |Δb| per linear layer, in binary64 (the rounding scale).
+// With `shares` (the smooth ladder's tolerance): Σ_i |g_{i,s}| + |r_s| per layer, the
+// scale of the contracted quantities' rounding (abs_sw, abs_sb).
 struct step_magnitudes {
-    std::vector<matrix<double>> abs_w_plus, abs_dw;
-    std::vector<std::vector<double>> abs_b_plus, abs_db;
+    std::vector<matrix<double>> abs_w_plus, abs_dw, abs_sw;
+    std::vector<std::vector<double>> abs_b_plus, abs_db, abs_sb;
 };
 
 template <Real T>
@@ -195,24 +199,29 @@ struct point_sums {
     std::vector<T> kernel;        // [b][C][C] (stored kernel steps only)
     std::vector<T> remainder;     // [C]: Ī_s(x) r_s
     std::vector<double> magnitude;  // [C]: Σ_q |ω_q| Σ_p |J|_mag[c][p]·|Δ_p| (binary64)
+    std::vector<double> share_magnitude;  // [C]: the same with Σ_i |g_i| + |r| for |Δ| (smooth ladder)
     T scale = T(0);               // max |J| entry over the nodes
 };
 
-// One block of test rows: rows [r0, r1) of the chunk's rows; sums added into
-// `sums[owner[r] − first]` row by row, rows ascending.
+// One block of test rows; each row's sums are added into its target, rows ascending.
+//
+// Row r's sums go to *target[r].  Rows at their own nodes t[r] take W·h + t·(ΔW·h); rows
+// that all share one node (the smooth ladder's) pass that node's parameters w_node =
+// w + tΔ instead (t empty): one product per layer instead of two.
 template <Real T>
 void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs, std::span<const T> w,
                     std::span<const T> delta, std::span<const T> rem, const training_side<T>& train,
                     const step_magnitudes& mag, const matrix<T>& x_rows, std::span<const T> t,
-                    std::span<const T> omega, std::span<const std::size_t> owner, std::size_t first,
-                    bool with_kernel, std::vector<point_sums<T>>& sums, gemm_counter* ctr, double& elementwise) {
+                    std::span<const T> omega, std::span<point_sums<T>* const> target, std::span<const T> w_node,
+                    bool with_kernel, gemm_counter* ctr, double& elementwise) {
     const std::size_t R = x_rows.rows, C = m.output_dim(), L = offs.size();
     const std::size_t b = train.input.empty() ? 0 : train.input[0].rows;
-    const batch_pass<T> bp = forward_rows<T>(m, offs, w, delta, t, x_rows, true, ctr);
+    const std::span<const T> wf = w_node.empty() ? w : w_node;
+    const batch_pass<T> bp = forward_rows<T>(m, offs, wf, delta, t, x_rows, true, ctr);
     matrix<T> seed(R * C, C);
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t c = 0; c < C; ++c) seed(r * C + c, c) = T(1);
-    const std::vector<matrix<T>> D = backward_rows<T>(m, offs, w, delta, t, bp, std::move(seed), C, true, ctr);
+    const std::vector<matrix<T>> D = backward_rows<T>(m, offs, wf, delta, t, bp, std::move(seed), C, true, ctr);
     // Inputs of each linear layer within bp.values.
     std::vector<const matrix<T>*> H(L);
     {
@@ -222,7 +231,7 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
     }
     // max |J| entry per row: max_l max|δ_l| · max(max|h_l|, 1 if bias).
     for (std::size_t r = 0; r < R; ++r) {
-        point_sums<T>& ps = sums[owner[r] - first];
+        point_sums<T>& ps = *target[r];
         for (std::size_t l = 0; l < L; ++l) {
             T hmax = offs[l].has_bias ? T(1) : T(0), dmax(0);
             for (std::size_t j = 0; j < offs[l].in; ++j) max_abs_into(hmax, (*H[l])(r, j));
@@ -250,7 +259,7 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
         elementwise += static_cast<double>(R * C * b);
     }
     for (std::size_t r = 0; r < R; ++r) {
-        point_sums<T>& ps = sums[owner[r] - first];
+        point_sums<T>& ps = *target[r];
         for (std::size_t c = 0; c < C; ++c)
             for (std::size_t i = 0; i < b; ++i) add_product(ps.contribution[c * b + i], omega[r], val(r * C + c, i));
     }
@@ -264,7 +273,7 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
             for (std::size_t r = 0; r < R; ++r)
                 for (std::size_t q = 0; q < o.out; ++q) rh(r, q) += rem[o.bias + q];
         for (std::size_t r = 0; r < R; ++r) {
-            point_sums<T>& ps = sums[owner[r] - first];
+            point_sums<T>& ps = *target[r];
             for (std::size_t c = 0; c < C; ++c) {
                 T acc(0);
                 const T* dr = &D[l](r * C + c, 0);
@@ -286,7 +295,7 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                         for (std::size_t d = 0; d < C; ++d) add_product(kv(r * C + c, i * C + d), kt(r * C + c, i * C + d), hdot[l](r, i));
         }
         for (std::size_t r = 0; r < R; ++r) {
-            point_sums<T>& ps = sums[owner[r] - first];
+            point_sums<T>& ps = *target[r];
             for (std::size_t c = 0; c < C; ++c)
                 for (std::size_t i = 0; i < b; ++i)
                     for (std::size_t d = 0; d < C; ++d) add_product(ps.kernel[(i * C + c) * C + d], omega[r], kv(r * C + c, i * C + d));
@@ -300,7 +309,8 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
     {
         auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
         const std::size_t D0 = x_rows.cols;
-        matrix<double> M(R, D0), V(R, D0), a(R, D0);
+        const bool shares = !mag.abs_sw.empty();
+        matrix<double> M(R, D0), V(R, D0), a(R, D0), V2(shares ? R : 0, D0);
         std::size_t li = 0;
         for (std::size_t k = 0; k < m.layers.size(); ++k) {
             const layer_spec& l = m.layers[k];
@@ -319,6 +329,15 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                             mz(r, q) += mag.abs_b_plus[li][q];
                             vz(r, q) += mag.abs_db[li][q];
                         }
+                if (shares) {  // V2 as V with Σ_i|g_i| + |r| in place of |Δ|
+                    matrix<double> v2(R, o.out);
+                    gemm<double>(true, R, o.out, o.in, a.data.data(), o.in, mag.abs_sw[li].data.data(), o.in, v2.data.data(), o.out, false);
+                    if (li > 0) gemm<double>(true, R, o.out, o.in, V2.data.data(), o.in, mag.abs_w_plus[li].data.data(), o.in, v2.data.data(), o.out, true);
+                    if (o.has_bias)
+                        for (std::size_t r = 0; r < R; ++r)
+                            for (std::size_t q = 0; q < o.out; ++q) v2(r, q) += mag.abs_sb[li][q];
+                    V2 = std::move(v2);
+                }
                 M = std::move(mz);
                 V = std::move(vz);
                 ++li;
@@ -329,13 +348,16 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                     const double s = d(dv.data[e]);
                     M.data[e] = s * M.data[e] + d(y.data[e]);
                     V.data[e] = s * V.data[e];
+                    if (shares) V2.data[e] = s * V2.data[e];
                 }
             }
         }
         for (std::size_t r = 0; r < R; ++r) {
-            point_sums<T>& ps = sums[owner[r] - first];
+            point_sums<T>& ps = *target[r];
             const double wq = d(omega[r]);
             for (std::size_t c = 0; c < C; ++c) ps.magnitude[c] += wq * V(r, c);
+            if (shares)
+                for (std::size_t c = 0; c < C; ++c) ps.share_magnitude[c] += wq * V2(r, c);
         }
     }
 }
@@ -386,6 +408,331 @@ std::vector<T> summed_gradient(const std::vector<linear_offsets>& offs, const tr
     return g;
 }
 
+// Σ_i |g_{i,s}| + |r_s| per layer block (binary64): the smooth ladder's tolerance scale.
+template <Real T>
+void add_share_magnitudes(const std::vector<linear_offsets>& offs, const training_side<T>& ts, std::span<const T> rem,
+                          step_magnitudes& sm) {
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    for (std::size_t l = 0; l < offs.size(); ++l) {
+        const linear_offsets& o = offs[l];
+        matrix<double> sw(o.out, o.in);
+        std::vector<double> sb(o.out, 0.0);
+        for (std::size_t e = 0; e < o.out * o.in; ++e) sw.data[e] = d(rem[o.weight + e]);
+        if (o.has_bias)
+            for (std::size_t r = 0; r < o.out; ++r) sb[r] = d(rem[o.bias + r]);
+        const matrix<T>& e = ts.adjoint[l];
+        const matrix<T>& h = ts.input[l];
+        std::vector<double> hd(o.in);
+        for (std::size_t i = 0; i < e.rows; ++i) {
+            for (std::size_t j = 0; j < o.in; ++j) hd[j] = d(h(i, j));
+            for (std::size_t r = 0; r < o.out; ++r) {
+                const double er = d(e(i, r));
+                double* row = &sw(r, 0);
+                for (std::size_t j = 0; j < o.in; ++j) row[j] += er * hd[j];
+                sb[r] += er;
+            }
+        }
+        sm.abs_sw.push_back(std::move(sw));
+        sm.abs_sb.push_back(std::move(sb));
+    }
+}
+
+// Whether segment_cuts' level-crossing search (segment.hpp, sampled_cuts) can find anything
+// for each row x of an MLP.  It sets targets only at relu / leaky relu units behind the first
+// smooth layer and at smooth units whose input spans more than 32 over its samples.  Along
+// w + tΔ, t ∈ [0, 1], with h(0), z(0) the values at t = 0 (binary64, from the rounded w, Δ, x):
+//   linear:      sup_t |z(t) − z(0)| ≤ |ΔW|·|h(0)| + (|W| + |ΔW|)·R_h + |Δb|
+//   activation:  R_h = sup_t |σ(z(t)) − σ(z(0))| ≤ min(Lip σ · sup_t |z(t) − z(0)|, sup σ − inf σ)
+// and a unit's span over any samples is ≤ 2·sup_t |z(t) − z(0)|.  A row whose bound of the span
+// is ≤ 30 at every searched unit (2 below 32: the bound's own rounding) gets no targets, and the
+// search returns no cut for it: skipping it changes nothing.
+template <Real T>
+std::vector<char> level_search_needed(const model_spec& m, const segment_structure& st,
+                                      const std::vector<linear_offsets>& offs, std::span<const T> w,
+                                      const step_magnitudes& mag, const matrix<T>& x_rows) {
+    const std::size_t R = x_rows.rows;
+    std::vector<char> need(R, 0);
+    if (st.piecewise_linear || st.first_smooth >= m.layers.size()) return need;
+    for (std::size_t k = st.first_smooth; k < m.layers.size(); ++k)
+        if (m.layers[k].kind == layer_kind::relu || m.layers[k].kind == layer_kind::leaky_relu) {
+            need.assign(R, 1);  // kinks behind a smooth layer: always searched
+            return need;
+        }
+    const batch_pass<T> bp = forward_rows<T>(m, offs, w, {}, {}, x_rows, true, nullptr);
+    auto d = [](const T& v) { return std::abs(scalar_traits<T>::to_double(v)); };
+    matrix<double> rh(R, x_rows.cols), z(R, x_rows.cols);
+    std::size_t li = 0;
+    for (std::size_t k = 0; k < m.layers.size(); ++k) {
+        const layer_spec& l = m.layers[k];
+        const matrix<T>& h = bp.values[k];
+        if (l.kind == layer_kind::linear) {
+            const linear_offsets& o = offs[li];
+            matrix<double> a(R, o.in);
+            for (std::size_t e = 0; e < a.data.size(); ++e) a.data[e] = d(h.data[e]);
+            z = matrix<double>(R, o.out);
+            gemm<double>(true, R, o.out, o.in, a.data.data(), o.in, mag.abs_dw[li].data.data(), o.in, z.data.data(), o.out, false);
+            gemm<double>(true, R, o.out, o.in, rh.data.data(), o.in, mag.abs_w_plus[li].data.data(), o.in, z.data.data(), o.out, true);
+            if (o.has_bias)
+                for (std::size_t r = 0; r < R; ++r)
+                    for (std::size_t q = 0; q < o.out; ++q) z(r, q) += mag.abs_db[li][q];
+            ++li;
+            continue;
+        }
+        double lip = 1, span = std::numeric_limits<double>::infinity();
+        switch (l.kind) {
+            case layer_kind::tanh: span = 2; break;
+            case layer_kind::sigmoid: lip = 0.25; span = 1; break;
+            case layer_kind::gelu: lip = 1.13; break;  // max gelu′ = 1.1289…
+            case layer_kind::leaky_relu: lip = std::max(1.0, std::abs(l.negative_slope)); break;
+            default: break;  // softplus, relu, identity: Lipschitz 1
+        }
+        if (k >= st.first_smooth && l.kind != layer_kind::identity)
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t j = 0; j < z.cols; ++j)
+                    if (!(2 * z(r, j) <= 30)) need[r] = 1;  // (NaN: searched)
+        rh = matrix<double>(R, z.cols);
+        for (std::size_t e = 0; e < z.data.size(); ++e) rh.data[e] = std::min(lip * z.data[e], span);
+    }
+    return need;
+}
+
+// The smooth ladder: adaptive Gauss–Legendre through the factors, for a chunk of test points
+// at once (smooth MLPs, proofs-notes/010).  Each test point's step is cut into pieces (the
+// cuts segment_cuts finds: polynomial pattern changes before the first smooth layer, level
+// crossings behind it); on each piece rules G_{n_1}, G_{n_2}, … are evaluated as rows of
+// contract_block — rows that share a node share its parameters w + tΔ, one product per
+// layer — and G_{n_{k+1}} is accepted once the quantities the step contributes, K_s(x, x_i)
+// a_{i,s} for every batch row and Ī_s r_s, differ from G_{n_k}'s by at most τ·u·V₂ per output,
+//   est_c = Σ_i |ΔK a_i|_c + |ΔĪ r|_c ≤ τ·u·V₂_c,
+// V₂ = Σ_q |ω_q| Σ_p |J|_mag[c][p]·(Σ_i |g_{i,s}| + |r_s|)_p the rounding scale of those
+// contractions.  est_c bounds the estimated quadrature error of the step's reconstruction term
+// and of each contribution; it goes into the budget as it is.  No C × P Jacobian is formed.
+// Sizes follow segment.hpp's adaptive_piece: a geometric rate measured from successive
+// estimates predicts the next size; beyond max_nodes the piece is bisected.  A point starts at
+// the size its last step accepted (`start`), so a run's steps mostly cost that rule and the one
+// below it.
+template <Real T>
+struct ladder_outcome {  // one test point's step
+    point_sums<T> sums;
+    std::vector<T> estimate;  // [C]
+    std::size_t nodes = 0, evaluations = 0, cuts = 0, accepted = 0;
+    bool converged = true;
+    bool margin = true;  // every piece accepted with est ≤ 2⁻²⁰·tol: the next step may start lower
+    T located = T(0);
+};
+
+template <Real T>
+struct ladder_piece {
+    std::size_t point = 0;  // index within the chunk
+    T a, b;
+    std::size_t depth = 0, n_coarse = 0, n_fine = 0, n_previous = 0;
+    double ratio_previous = 0;
+    bool have_previous = false, done = false, converged = true, margin = false;
+    std::unique_ptr<point_sums<T>> coarse, fine;
+    std::vector<T> estimate;
+};
+
+template <Real T>
+struct ladder_context {
+    const model_spec* m;
+    const std::vector<linear_offsets>* offs;
+    const segment_structure* st;
+    std::span<const T> w, delta, rem;
+    const training_side<T>* train;
+    const step_magnitudes* mag;
+    const quadrature_options* qo;
+    bool with_kernel;
+};
+
+template <Real T>
+std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const matrix<T>& x_chunk,
+                                            std::span<std::size_t> start, gemm_counter* ctr, double& elementwise) {
+    const model_spec& m = *cx.m;
+    const quadrature_options& qo = *cx.qo;
+    const std::size_t R = x_chunk.rows, C = m.output_dim(), D0 = x_chunk.cols;
+    const std::size_t b = cx.train->input.empty() ? 0 : cx.train->input[0].rows;
+    const T u = scalar_traits<T>::unit_roundoff();
+    const double tau = qo.tolerance_factor > 0 ? qo.tolerance_factor : cx.st->default_tolerance;
+    if (qo.first_nodes == 0 || qo.max_nodes < 2 * qo.first_nodes || qo.max_nodes > max_gauss_nodes)
+        throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
+    auto fresh = [&]() {
+        auto ps = std::make_unique<point_sums<T>>();
+        ps->contribution.assign(C * b, T(0));
+        if (cx.with_kernel) ps->kernel.assign(b * C * C, T(0));
+        ps->remainder.assign(C, T(0));
+        ps->magnitude.assign(C, 0.0);
+        ps->share_magnitude.assign(C, 0.0);
+        return ps;
+    };
+    std::vector<ladder_outcome<T>> out(R);
+    std::vector<std::size_t> evaluations(R, 0);
+    std::vector<ladder_piece<T>> pieces;
+    // The cuts, as segment_cuts finds them (its level search only where it can find something).
+    const std::vector<char> search = level_search_needed<T>(m, *cx.st, *cx.offs, cx.w, *cx.mag, x_chunk);
+    for (std::size_t r = 0; r < R; ++r) {
+        const matrix<T> x1 = gather_rows(x_chunk, std::vector<std::size_t>{r});
+        const std::vector<T> cuts =
+            segment_cuts<T>(m, *cx.st, cx.w, cx.delta, x1, search[r] ? qo.kink_samples : 0, &out[r].located);
+        out[r].cuts = cuts.size();
+        std::vector<T> ends{T(0)};
+        ends.insert(ends.end(), cuts.begin(), cuts.end());
+        ends.push_back(T(1));
+        const std::size_t n = std::max<std::size_t>(2, start[r]);
+        for (std::size_t e = 0; e + 1 < ends.size(); ++e) {
+            ladder_piece<T> lp;
+            lp.point = r;
+            lp.a = ends[e];
+            lp.b = ends[e + 1];
+            lp.n_coarse = n - 1;
+            lp.n_fine = n;
+            pieces.push_back(std::move(lp));
+        }
+    }
+    struct row {
+        T t, omega;
+        std::size_t point;
+        point_sums<T>* target;
+    };
+    for (;;) {
+        // This round's rules: both rungs of a new ladder, else its new finer rung.
+        std::vector<row> rows;
+        auto add_rule = [&](const ladder_piece<T>& lp, std::size_t n, point_sums<T>* target) {
+            const gauss_rule<T>& g = gauss_legendre<T>(n);
+            const T len = lp.b - lp.a;
+            for (std::size_t q = 0; q < n; ++q) rows.push_back({lp.a + len * g.nodes[q], len * g.weights[q], lp.point, target});
+            evaluations[lp.point] += n;
+        };
+        for (ladder_piece<T>& lp : pieces) {
+            if (lp.done) continue;
+            if (!lp.coarse) {
+                lp.coarse = fresh();
+                add_rule(lp, lp.n_coarse, lp.coarse.get());
+            }
+            lp.fine = fresh();
+            add_rule(lp, lp.n_fine, lp.fine.get());
+        }
+        if (rows.empty()) break;
+        // Rows at one node together (ties in row order), each group in blocks.
+        std::stable_sort(rows.begin(), rows.end(), [](const row& x, const row& y) { return x.t < y.t; });
+        for (std::size_t g0 = 0; g0 < rows.size();) {
+            std::size_t g1 = g0 + 1;
+            while (g1 < rows.size() && rows[g1].t == rows[g0].t) ++g1;
+            const std::vector<T> wt = detail::point_on_segment<T>(cx.w, cx.delta, rows[g0].t);
+            for (std::size_t r0 = g0; r0 < g1; r0 += block_rows) {
+                const std::size_t r1 = std::min(g1, r0 + block_rows);
+                matrix<T> xr(r1 - r0, D0);
+                std::vector<T> om;
+                std::vector<point_sums<T>*> target;
+                for (std::size_t r = r0; r < r1; ++r) {
+                    for (std::size_t j = 0; j < D0; ++j) xr(r - r0, j) = x_chunk(rows[r].point, j);
+                    om.push_back(rows[r].omega);
+                    target.push_back(rows[r].target);
+                }
+                contract_block<T>(m, *cx.offs, cx.w, cx.delta, cx.rem, *cx.train, *cx.mag, xr, {}, om, target, wt,
+                                  cx.with_kernel, ctr, elementwise);
+            }
+            g0 = g1;
+        }
+        // Compare each ladder's two rungs.
+        std::vector<ladder_piece<T>> split;
+        for (ladder_piece<T>& lp : pieces) {
+            if (lp.done) continue;
+            std::vector<T> est(C, T(0));
+            double ratio = 0;
+            bool ok = true;
+            for (std::size_t c = 0; c < C; ++c) {
+                T e = rm::abs(T(lp.fine->remainder[c] - lp.coarse->remainder[c]));
+                for (std::size_t i = 0; i < b; ++i)
+                    e += rm::abs(T(lp.fine->contribution[c * b + i] - lp.coarse->contribution[c * b + i]));
+                const T tol = T(tau) * u * T(lp.fine->share_magnitude[c]);
+                if (!(e <= tol)) ok = false;
+                const double rc = tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
+                                             : (e > T(0) ? std::numeric_limits<double>::infinity() : 0.0);
+                ratio = std::max(ratio, rc);
+                est[c] = std::move(e);
+            }
+            if (ok) {
+                lp.done = true;
+                lp.margin = ratio <= 0x1p-20;
+                lp.estimate = std::move(est);
+                continue;
+            }
+            // Predict the size that reaches tol/4 (segment.hpp, adaptive_piece): err(n) ≈ est·q^(n − n_coarse).
+            std::size_t next = 4 * lp.n_fine;
+            double log_q = 0;
+            if (lp.have_previous && ratio < lp.ratio_previous && lp.n_coarse > lp.n_previous)
+                log_q = std::log(ratio / lp.ratio_previous) / static_cast<double>(lp.n_coarse - lp.n_previous);
+            if (log_q < 0 && std::isfinite(log_q)) {
+                const double more = std::log(1.0 / (4.0 * ratio)) / log_q;
+                const double target = static_cast<double>(lp.n_coarse) + std::max(0.0, more);
+                if (target < static_cast<double>(4 * lp.n_fine)) next = static_cast<std::size_t>(std::ceil(target));
+            } else if (!lp.have_previous) {
+                next = lp.n_fine + 1;  // no rate yet: the next size up
+            }
+            next = detail::rule_size_at_least(std::max(next, lp.n_fine + 1));
+            const bool room = evaluations[lp.point] + next <= qo.max_evaluations;
+            if (next <= qo.max_nodes && room) {
+                lp.have_previous = true;
+                lp.n_previous = lp.n_coarse;
+                lp.ratio_previous = ratio;
+                lp.n_coarse = lp.n_fine;
+                lp.coarse = std::move(lp.fine);
+                lp.n_fine = next;
+                continue;
+            }
+            if (lp.depth >= qo.max_depth || !room) {  // no finer rule allowed: the last one, its estimate
+                lp.done = true;
+                lp.converged = false;
+                lp.estimate = std::move(est);
+                continue;
+            }
+            const T mid = (lp.a + lp.b) / T(2);
+            for (int half = 0; half < 2; ++half) {
+                ladder_piece<T> h;
+                h.point = lp.point;
+                h.a = half == 0 ? lp.a : mid;
+                h.b = half == 0 ? mid : lp.b;
+                h.depth = lp.depth + 1;
+                h.n_fine = std::max<std::size_t>(2, qo.first_nodes);
+                h.n_coarse = h.n_fine - 1;
+                split.push_back(std::move(h));
+            }
+            lp.done = true;
+            lp.fine.reset();  // replaced by its halves
+        }
+        for (ladder_piece<T>& h : split) pieces.push_back(std::move(h));
+    }
+    // Each point: its pieces in order along the step, summed.
+    std::stable_sort(pieces.begin(), pieces.end(), [](const ladder_piece<T>& x, const ladder_piece<T>& y) {
+        return x.point < y.point || (x.point == y.point && x.a < y.a);
+    });
+    for (std::size_t r = 0; r < R; ++r) {
+        out[r].sums = *fresh();
+        out[r].estimate.assign(C, T(0));
+        out[r].evaluations = evaluations[r];
+    }
+    for (const ladder_piece<T>& lp : pieces) {
+        if (!lp.fine) continue;  // bisected
+        ladder_outcome<T>& o = out[lp.point];
+        point_sums<T>& s = o.sums;
+        const point_sums<T>& f = *lp.fine;
+        for (std::size_t e = 0; e < s.contribution.size(); ++e) s.contribution[e] += f.contribution[e];
+        for (std::size_t e = 0; e < s.kernel.size(); ++e) s.kernel[e] += f.kernel[e];
+        for (std::size_t c = 0; c < C; ++c) {
+            s.remainder[c] += f.remainder[c];
+            s.magnitude[c] += f.magnitude[c];
+            o.estimate[c] += lp.estimate[c];
+        }
+        s.scale = rm::max(s.scale, f.scale);
+        o.nodes += lp.n_fine;
+        o.accepted = std::max(o.accepted, lp.n_fine);
+        o.converged = o.converged && lp.converged;
+        o.margin = o.margin && lp.margin;
+    }
+    for (std::size_t r = 0; r < R; ++r) start[r] = out[r].margin ? std::max<std::size_t>(2, out[r].accepted - 1) : out[r].accepted;
+    return out;
+}
+
 }  // namespace structured
 
 template <Real T>
@@ -410,6 +757,11 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     std::size_t next_kernel = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
+    // Smooth networks under the adaptive rule: the ladder through the factors (ladder_chunk),
+    // each point starting at the size its last step accepted.
+    const quadrature_options& qo = rq.quadrature;
+    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const std::vector<std::size_t> batch = sch.batch(s);
         const std::size_t b = batch.size();
@@ -434,12 +786,15 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         std::vector<T> w_next = detail::next_point<T>(rq, w, fp, grad_out, eta, s, deviation);
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, g_sum, s, res, deviation);
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
-        const structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
+        structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
+        if (ladder) structured::add_share_magnitudes<T>(offs, train, rem, mags);
+        const structured::ladder_context<T> lcx{&model, &offs, &st, wv, delta, rem, &train, &mags, &rq.quadrature, store_kernel};
 
-        // The rule of every test point (independent of the others).
+        // The rule of every test point (independent of the others); the smooth ladder finds
+        // its rules chunk by chunk below.
         std::vector<step_rule<T>> rules(M);
         auto find_rule = [&](std::size_t mm) { rules[mm] = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature); };
-        detail::for_each_point_t<T>(M, rq.threads, find_rule);
+        if (!ladder) detail::for_each_point_t<T>(M, rq.threads, find_rule);
 
         std::vector<double> point_contribution(M, 0.0);
         std::vector<gemm_counter> counters(chunks);
@@ -448,6 +803,36 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         if (store_kernel) kernel.assign(M * N * C * C, T(0));
         auto process_chunk = [&](std::size_t ch) {
             const std::size_t first = ch * structured::chunk_points, last = std::min(M, first + structured::chunk_points);
+            if (ladder) {
+                std::vector<std::size_t> idx;
+                for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
+                std::vector<structured::ladder_outcome<T>> lo = structured::ladder_chunk<T>(
+                    lcx, gather_rows(rq.x_test, idx), std::span<std::size_t>(ladder_start).subspan(first, last - first),
+                    &counters[ch], elementwise[ch]);
+                for (std::size_t mm = first; mm < last; ++mm) {
+                    structured::ladder_outcome<T>& o = lo[mm - first];
+                    detail::point_step<T> ps;
+                    ps.cuts = o.cuts;
+                    ps.evaluations = o.evaluations;
+                    ps.nodes = o.nodes;
+                    ps.converged = o.converged;
+                    // + a cut misplaced by δ: at most 2δ·max|J| per entry of Ī (segment_rule).
+                    const T cut_term = T(2) * o.located * o.sums.scale * sd.delta_l1;
+                    ps.estimate_by_output = std::move(o.estimate);
+                    for (T& e : ps.estimate_by_output) e += cut_term;
+                    ps.contribution = std::move(o.sums.contribution);
+                    ps.remainder = std::move(o.sums.remainder);
+                    ps.magnitude = std::move(o.sums.magnitude);
+                    if (store_kernel)
+                        for (std::size_t k = 0; k < b; ++k)
+                            std::copy(o.sums.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
+                                      o.sums.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
+                                      kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
+                    detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
+                                              point_contribution[mm]);
+                }
+                return;
+            }
             std::vector<structured::point_sums<T>> sums(last - first);
             for (auto& ps : sums) {
                 ps.contribution.assign(C * b, T(0));
@@ -473,9 +858,10 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
                     t.push_back(*node[r]);
                     om.push_back(*weight[r]);
                 }
-                structured::contract_block<T>(model, offs, wv, delta, rem, train, mags, xr, t, om,
-                                              std::span<const std::size_t>(owner).subspan(r0, r1 - r0), first,
-                                              store_kernel, sums, &counters[ch], elementwise[ch]);
+                std::vector<structured::point_sums<T>*> target;
+                for (std::size_t r = r0; r < r1; ++r) target.push_back(&sums[owner[r] - first]);
+                structured::contract_block<T>(model, offs, wv, delta, rem, train, mags, xr, t, om, target, {},
+                                              store_kernel, &counters[ch], elementwise[ch]);
             }
             for (std::size_t mm = first; mm < last; ++mm) {
                 structured::point_sums<T>& sum = sums[mm - first];
