@@ -337,6 +337,100 @@ RC_GTEST_PROP(OptimizerKernelDouble, RecordedFloat32PathResidualWithinBudget, ()
     }
 }
 
+// The test side through the factors (structured_kernel.hpp, optimizer_step_structured;
+// proofs-notes/010 §4) against the per-point full Jacobians, on random runs of every
+// optimizer and activation: in vector mode (no contributions kept: the batch's share, ω, r)
+// and in dense mode (per-point contributions), the reconstruction and the optimizer term
+// within the sum of the two budgets, the contributions within γ·u·(max|c| + max magnitude)
+// (test_structured.cpp's normwise tolerance), the training side bit-identical.
+template <class T>
+path_kernel_result<T> run_optimizer(const kernel_case& kc, bool structured, bool contributions, std::size_t threads = 1) {
+    const epk::training_problem<T> pr = convert_problem<T>(kc.rp.problem);
+    epk::path_kernel_request<T> rq;
+    rq.problem = &pr;
+    rq.schedule = kc.schedule;
+    rq.w0 = convert_vector<T>(kc.rp.w);
+    rq.x_test = convert_matrix<T>(kc.x_test);
+    rq.structured = structured;
+    rq.store_contributions = contributions;
+    rq.threads = threads;
+    return epk::compute_path_kernel<T>(rq);
+}
+observed_ratio seen_structured_recon, seen_structured_contrib;
+template <class T>
+void check_structured_optimizer(const kernel_case& kc) {
+    for (const bool contributions : {false, true}) {
+        const auto s = run_optimizer<T>(kc, true, contributions), u = run_optimizer<T>(kc, false, contributions);
+        RC_PRE(all_finite(s) && all_finite(u));
+        const epk::model_spec& m = kc.rp.problem.model;
+        const double unit = to_d(scalar_traits<T>::unit_roundoff());
+        RC_ASSERT(s.losses.size() == u.losses.size());
+        for (std::size_t e = 0; e < s.losses.size(); ++e) RC_ASSERT(s.losses[e] == u.losses[e]);
+        for (std::size_t e = 0; e < s.audit.size(); ++e) RC_ASSERT(s.audit[e].remainder_max_abs == u.audit[e].remainder_max_abs);
+        RC_ASSERT(s.cuts == u.cuts);
+        const matrix<double> bs = epk::reconstruction_budget(s, m), bu = epk::reconstruction_budget(u, m);
+        for (std::size_t e = 0; e < bs.data.size(); ++e) {
+            RC_PRE(std::isfinite(bs.data[e]) && std::isfinite(bu.data[e]));
+            const double tol = bs.data[e] + bu.data[e];
+            const double d = std::abs(to_d(T(s.reconstruction.data[e] - u.reconstruction.data[e])));
+            seen_structured_recon.record(d / tol, d / (unit * (s.forward_scale.data[e] + s.path_magnitude.data[e])),
+                                         describe(kc.schedule.optimizer) + " | " + kc.describe());
+            RC_ASSERT(d <= tol);
+            RC_ASSERT(std::abs(to_d(T(s.optimizer_term.data[e] - u.optimizer_term.data[e]))) <= tol);
+        }
+        if (!contributions) continue;
+        double mag = 0, cmax = 0;
+        for (double v : s.path_magnitude.data) mag = std::max(mag, v);
+        for (const T& v : u.contributions) cmax = std::max(cmax, std::abs(to_d(v)));
+        double gamma = static_cast<double>(s.p + s.steps + s.max_rule_nodes + s.max_batch) + 8;
+        for (const auto& o : epk::parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
+        // + both quadrature estimates: the two paths' rules differ for smooth networks, and each
+        // path's estimate covers every contribution's quadrature error (010 §1, 004 §4).
+        auto qmax = [](const path_kernel_result<T>& r) {
+            double q = 0;
+            for (const T& v : r.quadrature_bound.data) q = std::max(q, to_d(v));
+            return q;
+        };
+        const double tol_c = gamma * unit * (cmax + mag) + qmax(s) + qmax(u);
+        for (std::size_t e = 0; e < s.contributions.size(); ++e) {
+            const double d = std::abs(to_d(T(s.contributions[e] - u.contributions[e])));
+            seen_structured_contrib.record(d / tol_c, d / (unit * (cmax + mag)), describe(kc.schedule.optimizer));
+            RC_ASSERT(d <= tol_c);
+        }
+    }
+}
+
+RC_GTEST_PROP(OptimizerStructuredDouble, AgreesWithUnstructured, ()) {
+    check_structured_optimizer<double>(gen_optimizer_case(0.5));
+}
+
+// MPFR: rates ≤ 0.2 (a rate-0.5 smooth step costs the per-point path hundreds of adaptive
+// nodes at 128 bits: minutes for a hundred cases, the reference's cost, not the property's).
+RC_GTEST_PROP(OptimizerStructuredMpfr, AgreesWithUnstructured, ()) {
+    const kernel_case kc = gen_optimizer_case(0.2);
+    epk::mpfr_precision_scope scope(*rc::gen::element(64L, 128L));
+    check_structured_optimizer<mpfr_real>(kc);
+}
+
+// Bit-identical for any thread count, both modes, double and MPFR; an AdamW tanh run.
+TEST(OptimizerStructured, ThreadsChangeNoBit) {
+    const epk::model_spec m = epk::make_mlp(4, {7, 5}, 3, layer_kind::tanh);
+    kernel_case kc = fixed_case(m, {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 23, 5, {0.05, 0.05, 0.05}, 23);
+    kc.schedule.optimizer.type = kind::adamw;
+    kc.schedule.optimizer.weight_decay = 0.01;
+    kc.schedule.optimizer.validate();
+    for (const bool contributions : {false, true}) {
+        const auto a = run_optimizer<double>(kc, true, contributions, 1), b = run_optimizer<double>(kc, true, contributions, 3);
+        EXPECT_EQ(a.reconstruction.data, b.reconstruction.data);
+        EXPECT_EQ(a.contributions, b.contributions);
+        EXPECT_EQ(a.optimizer_term.data, b.optimizer_term.data);
+        EXPECT_GT(a.gemm_flops, 0);
+    }
+    epk::mpfr_precision_scope scope(96);
+    const auto p1 = run_optimizer<mpfr_real>(kc, true, true, 1), p2 = run_optimizer<mpfr_real>(kc, true, true, 2);
+    for (std::size_t e = 0; e < p1.contributions.size(); ++e) EXPECT_TRUE(p1.contributions[e] == p2.contributions[e]);
+}
+
 TEST(OptimizerKernel, PerStepKernelsAreRefusedWithAReason) {
     const epk::model_spec m = epk::make_mlp(3, {4}, 2, layer_kind::relu);
     kernel_case kc = fixed_case(m, {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 6, 2, {0.1, 0.1}, 2);
@@ -372,6 +466,8 @@ TEST(OptimizerKernel, PlainSgdIsUnchanged) {
 }
 
 TEST(Report, PrintObservedRatios) {
+    seen_structured_recon.print("structured optimizer: reconstruction difference / sum of budgets");
+    seen_structured_contrib.print("structured optimizer: contribution difference / normwise tolerance");
     seen_double.print("double: residual / budget, every optimizer");
     seen_mpfr.print("mpfr 64/128/256: residual / budget, every optimizer");
     seen_recorded.print("double, float32-recorded path: residual / budget");

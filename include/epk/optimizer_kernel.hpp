@@ -25,8 +25,11 @@
 // Per-training-point contributions c(x, x_i) = Σ_s Ī_s(x) φ_{i,s} stay defined; they need
 // one P-vector of optimizer memory per training point seen so far (μ ≠ 0 or Adam), which
 // is only kept when contributions are asked for — the reconstruction alone needs the
-// optimizer's own state.  Test side: Ī_s(x) formed per test point (segment.hpp), as the
-// unstructured path does.  Per-step kernels K_s are not returned: with memory the
+// optimizer's own state.  Test side: for MLPs Ī_s(x) formed from the per-layer factors at
+// the nodes of each point's rule (the smooth ladder in dense mode for smooth networks) and
+// contracted with every share by one dense product (structured_kernel.hpp,
+// optimizer_step_structured); for tree models and the splits of the contributions, per
+// test point from full Jacobians (segment.hpp).  Per-step kernels K_s are not returned: with memory the
 // representation pairs Ī_s with gradients of earlier steps (proofs-notes/007 §4).
 #pragma once
 
@@ -211,6 +214,10 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     std::size_t next_kernel = 0, most_sources = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
+    // The test side through the per-layer factors (MLPs; the splits of the contributions keep
+    // the full Jacobians): optimizer_step_structured, structured_kernel.hpp.
+    const bool structured = rq.structured && model.is_mlp() && rq.split_layers.empty() && !rq.split_steps;
+    std::vector<std::size_t> ladder_start;
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);
     for (std::size_t s = 0; s < sch.steps; ++s) {
@@ -261,6 +268,17 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         const std::vector<std::size_t> columns = rq.store_contributions ? sources : std::vector<std::size_t>(sources.size(), 0);
         std::vector<double> point_contribution(M, 0.0);
         std::vector<T> no_kernel;
+        if (structured) {  // through the factors (structured_kernel.hpp); resolved when instantiated
+            const std::function<void(std::size_t, detail::point_step<T>&)> add = [&](std::size_t mm, detail::point_step<T>& ps) {
+                ps.step = s;
+                detail::add_point_step<T>(rq, columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged,
+                                          point_contribution[mm]);
+            };
+            optimizer_step_structured(rq, st, std::span<const T>(w), std::span<const T>(delta), std::span<const T>(rem),
+                                      phi, omega, std::span<const double>(scale), scale_l1, ladder_start, add, res);
+            detail::end_step<T>(sd, point_contribution, false, no_kernel, s, next_kernel, w, w_next, res, progress);
+            continue;
+        }
         auto process_point = [&](std::size_t mm) {
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
             detail::point_step<T> ps = detail::point_step_of<T>(seg);

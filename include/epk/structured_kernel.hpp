@@ -37,7 +37,9 @@
 #include <cstddef>
 #include <limits>
 #include <memory>
+#include <functional>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "epk/gemm.hpp"
@@ -201,7 +203,42 @@ struct point_sums {
     std::vector<double> magnitude;  // [C]: Σ_q |ω_q| Σ_p |J|_mag[c][p]·|Δ_p| (binary64)
     std::vector<double> share_magnitude;  // [C]: the same with Σ_i |g_i| + |r| for |Δ| (smooth ladder)
     T scale = T(0);               // max |J| entry over the nodes
+    // Dense mode (optimizer runs): Ī itself, C × P, from the rows' factors — ω_q, and per
+    // linear layer δ_l [C × out_l] and h_l [in_l] of each row, appended (finish_dense).
+    matrix<T> integral;
+    std::vector<T> vector_out;  // vector mode: [C][K], Ī·v_k for the rows of `vectors`
+    std::vector<T> rows_omega;
+    std::vector<std::vector<T>> rows_D, rows_H;
 };
+
+// Ī += Σ_rows ω_q δ_l(q)ᵀ ⊗ h_l(q) (+ ω_q δ_l(q) for the bias) from the rows kept in `ps`,
+// one product per layer and output: [out × n]·[n × in].  The rows are then dropped.
+template <Real T>
+void finish_dense(const std::vector<linear_offsets>& offs, std::size_t C, std::size_t P, point_sums<T>& ps,
+                  gemm_counter* ctr) {
+    if (ps.integral.data.empty()) ps.integral = matrix<T>(C, P);
+    const std::size_t n = ps.rows_omega.size();
+    for (std::size_t l = 0; l < offs.size() && n > 0; ++l) {
+        const linear_offsets& o = offs[l];
+        std::vector<T> a(o.out * n);  // a[q][r] = ω_r δ_l(r)[c][q], one output c at a time
+        for (std::size_t c = 0; c < C; ++c) {
+            for (std::size_t r = 0; r < n; ++r) {
+                const T* d = &ps.rows_D[l][(r * C + c) * o.out];
+                for (std::size_t q = 0; q < o.out; ++q) a[q * n + r] = ps.rows_omega[r] * d[q];
+            }
+            gemm<T>(false, o.out, o.in, n, a.data(), n, ps.rows_H[l].data(), o.in, &ps.integral(c, o.weight), o.in, true, ctr);
+            if (o.has_bias)
+                for (std::size_t q = 0; q < o.out; ++q) {
+                    T acc(0);
+                    for (std::size_t r = 0; r < n; ++r) acc += a[q * n + r];
+                    ps.integral(c, o.bias + q) += acc;
+                }
+        }
+    }
+    ps.rows_omega.clear();
+    ps.rows_D.clear();
+    ps.rows_H.clear();
+}
 
 // One block of test rows; each row's sums are added into its target, rows ascending.
 //
@@ -213,7 +250,8 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                     std::span<const T> delta, std::span<const T> rem, const training_side<T>& train,
                     const step_magnitudes& mag, const matrix<T>& x_rows, std::span<const T> t,
                     std::span<const T> omega, std::span<point_sums<T>* const> target, std::span<const T> w_node,
-                    bool with_kernel, gemm_counter* ctr, double& elementwise) {
+                    bool with_kernel, gemm_counter* ctr, double& elementwise, bool dense = false,
+                    const matrix<T>* vectors = nullptr) {
     const std::size_t R = x_rows.rows, C = m.output_dim(), L = offs.size();
     const std::size_t b = train.input.empty() ? 0 : train.input[0].rows;
     const std::span<const T> wf = w_node.empty() ? w : w_node;
@@ -239,66 +277,111 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
             max_abs_into(ps.scale, T(dmax * hmax));
         }
     }
-    // Contributions: val[(r,c), i] = Σ_l (D_l e_{l,i})[(r,c)] · (h_l(r)·h_{l,i} + [bias]).
-    matrix<T> val(R * C, b), ddot(R * C, b);
-    std::vector<matrix<T>> hdot(L);
-    for (std::size_t l = 0; l < L; ++l) {
-        const linear_offsets& o = offs[l];
-        hdot[l] = matrix<T>(R, b);
-        gemm<T>(true, R, b, o.in, H[l]->data.data(), o.in, train.input[l].data.data(), o.in, hdot[l].data.data(), b, false, ctr);
-        if (o.has_bias)
-            for (T& v : hdot[l].data) v += T(1);
-        gemm<T>(true, R * C, b, o.out, D[l].data.data(), o.out, train.adjoint[l].data.data(), o.out, ddot.data.data(), b, false, ctr);
-        for (std::size_t r = 0; r < R; ++r)
-            for (std::size_t c = 0; c < C; ++c) {
-                T* vr = &val(r * C + c, 0);
-                const T* dr = &ddot(r * C + c, 0);
-                const T* hr = &hdot[l](r, 0);
-                for (std::size_t i = 0; i < b; ++i) add_product(vr[i], dr[i], hr[i]);
-            }
-        elementwise += static_cast<double>(R * C * b);
-    }
-    for (std::size_t r = 0; r < R; ++r) {
-        point_sums<T>& ps = *target[r];
-        for (std::size_t c = 0; c < C; ++c)
-            for (std::size_t i = 0; i < b; ++i) add_product(ps.contribution[c * b + i], omega[r], val(r * C + c, i));
-    }
-    elementwise += static_cast<double>(R * C * b);
-    // Remainder term: Σ_l D_l (R_l h_l + r_b).
-    for (std::size_t l = 0; l < L; ++l) {
-        const linear_offsets& o = offs[l];
-        matrix<T> rh(R, o.out);
-        gemm<T>(true, R, o.out, o.in, H[l]->data.data(), o.in, rem.data() + o.weight, o.in, rh.data.data(), o.out, false, ctr);
-        if (o.has_bias)
-            for (std::size_t r = 0; r < R; ++r)
-                for (std::size_t q = 0; q < o.out; ++q) rh(r, q) += rem[o.bias + q];
+    if (dense) {  // the rows' factors, kept for their targets' integrals (finish_dense)
         for (std::size_t r = 0; r < R; ++r) {
             point_sums<T>& ps = *target[r];
-            for (std::size_t c = 0; c < C; ++c) {
-                T acc(0);
-                const T* dr = &D[l](r * C + c, 0);
-                for (std::size_t q = 0; q < o.out; ++q) add_product(acc, dr[q], rh(r, q));
-                add_product(ps.remainder[c], omega[r], acc);
+            ps.rows_omega.push_back(omega[r]);
+            ps.rows_D.resize(L);
+            ps.rows_H.resize(L);
+            for (std::size_t l = 0; l < L; ++l) {
+                const std::size_t co = C * offs[l].out;
+                ps.rows_D[l].insert(ps.rows_D[l].end(), D[l].data.begin() + static_cast<std::ptrdiff_t>(r * co),
+                                    D[l].data.begin() + static_cast<std::ptrdiff_t>((r + 1) * co));
+                const T* h = &(*H[l])(r, 0);
+                ps.rows_H[l].insert(ps.rows_H[l].end(), h, h + offs[l].in);
             }
         }
-        elementwise += static_cast<double>(R * C * o.out);
-    }
-    // Stored kernel step: K[i][c][d] = Σ_q ω_q Σ_l (D_l(q)[c]·δ_l(x_i)[d]) (h_l(q)·h_{l,i} + [bias]).
-    if (with_kernel) {
-        matrix<T> kt(R * C, b * C), kv(R * C, b * C);
-        for (std::size_t l = 0; l < L; ++l) {
-            const linear_offsets& o = offs[l];
-            gemm<T>(true, R * C, b * C, o.out, D[l].data.data(), o.out, train.delta[l].data.data(), o.out, kt.data.data(), b * C, false, ctr);
-            for (std::size_t r = 0; r < R; ++r)
+    } else {
+        std::vector<matrix<T>> hdot(L);  // h_l(r)·h_{l,i} (+ 1): the contributions' and the kernel's
+        if (b > 0) {  // (none in the optimizer runs' modes)
+            // Contributions: val[(r,c), i] = Σ_l (D_l e_{l,i})[(r,c)] · (h_l(r)·h_{l,i} + [bias]).
+            matrix<T> val(R * C, b), ddot(R * C, b);
+            for (std::size_t l = 0; l < L; ++l) {
+                const linear_offsets& o = offs[l];
+                hdot[l] = matrix<T>(R, b);
+                gemm<T>(true, R, b, o.in, H[l]->data.data(), o.in, train.input[l].data.data(), o.in, hdot[l].data.data(), b, false, ctr);
+                if (o.has_bias)
+                    for (T& v : hdot[l].data) v += T(1);
+                gemm<T>(true, R * C, b, o.out, D[l].data.data(), o.out, train.adjoint[l].data.data(), o.out, ddot.data.data(), b, false, ctr);
+                for (std::size_t r = 0; r < R; ++r)
+                    for (std::size_t c = 0; c < C; ++c) {
+                        T* vr = &val(r * C + c, 0);
+                        const T* dr = &ddot(r * C + c, 0);
+                        const T* hr = &hdot[l](r, 0);
+                        for (std::size_t i = 0; i < b; ++i) add_product(vr[i], dr[i], hr[i]);
+                    }
+                elementwise += static_cast<double>(R * C * b);
+            }
+            for (std::size_t r = 0; r < R; ++r) {
+                point_sums<T>& ps = *target[r];
+                for (std::size_t c = 0; c < C; ++c)
+                    for (std::size_t i = 0; i < b; ++i) add_product(ps.contribution[c * b + i], omega[r], val(r * C + c, i));
+            }
+            elementwise += static_cast<double>(R * C * b);
+        }
+        if (!rem.empty()) {
+            // Remainder term: Σ_l D_l (R_l h_l + r_b).
+            for (std::size_t l = 0; l < L; ++l) {
+                const linear_offsets& o = offs[l];
+                matrix<T> rh(R, o.out);
+                gemm<T>(true, R, o.out, o.in, H[l]->data.data(), o.in, rem.data() + o.weight, o.in, rh.data.data(), o.out, false, ctr);
+                if (o.has_bias)
+                    for (std::size_t r = 0; r < R; ++r)
+                        for (std::size_t q = 0; q < o.out; ++q) rh(r, q) += rem[o.bias + q];
+                for (std::size_t r = 0; r < R; ++r) {
+                    point_sums<T>& ps = *target[r];
+                    for (std::size_t c = 0; c < C; ++c) {
+                        T acc(0);
+                        const T* dr = &D[l](r * C + c, 0);
+                        for (std::size_t q = 0; q < o.out; ++q) add_product(acc, dr[q], rh(r, q));
+                        add_product(ps.remainder[c], omega[r], acc);
+                    }
+                }
+                elementwise += static_cast<double>(R * C * o.out);
+            }
+        }
+        // Dense vectors v_k (optimizer runs, vector mode): J(x; w_t)·v_k = Σ_l D_l (V_{k,l} h_l + v_{k,b}).
+        if (vectors != nullptr) {
+            const std::size_t K = vectors->rows;
+            for (std::size_t l = 0; l < L; ++l) {
+                const linear_offsets& o = offs[l];
+                for (std::size_t k = 0; k < K; ++k) {
+                    const T* v = &(*vectors)(k, 0);
+                    matrix<T> rh(R, o.out);
+                    gemm<T>(true, R, o.out, o.in, H[l]->data.data(), o.in, v + o.weight, o.in, rh.data.data(), o.out, false, ctr);
+                    if (o.has_bias)
+                        for (std::size_t r = 0; r < R; ++r)
+                            for (std::size_t q = 0; q < o.out; ++q) rh(r, q) += v[o.bias + q];
+                    for (std::size_t r = 0; r < R; ++r) {
+                        point_sums<T>& ps = *target[r];
+                        for (std::size_t c = 0; c < C; ++c) {
+                            T acc(0);
+                            const T* dr = &D[l](r * C + c, 0);
+                            for (std::size_t q = 0; q < o.out; ++q) add_product(acc, dr[q], rh(r, q));
+                            add_product(ps.vector_out[c * K + k], omega[r], acc);
+                        }
+                    }
+                }
+                elementwise += static_cast<double>(R * C * o.out * K);
+            }
+        }
+        // Stored kernel step: K[i][c][d] = Σ_q ω_q Σ_l (D_l(q)[c]·δ_l(x_i)[d]) (h_l(q)·h_{l,i} + [bias]).
+        if (with_kernel) {
+            matrix<T> kt(R * C, b * C), kv(R * C, b * C);
+            for (std::size_t l = 0; l < L; ++l) {
+                const linear_offsets& o = offs[l];
+                gemm<T>(true, R * C, b * C, o.out, D[l].data.data(), o.out, train.delta[l].data.data(), o.out, kt.data.data(), b * C, false, ctr);
+                for (std::size_t r = 0; r < R; ++r)
+                    for (std::size_t c = 0; c < C; ++c)
+                        for (std::size_t i = 0; i < b; ++i)
+                            for (std::size_t d = 0; d < C; ++d) add_product(kv(r * C + c, i * C + d), kt(r * C + c, i * C + d), hdot[l](r, i));
+            }
+            for (std::size_t r = 0; r < R; ++r) {
+                point_sums<T>& ps = *target[r];
                 for (std::size_t c = 0; c < C; ++c)
                     for (std::size_t i = 0; i < b; ++i)
-                        for (std::size_t d = 0; d < C; ++d) add_product(kv(r * C + c, i * C + d), kt(r * C + c, i * C + d), hdot[l](r, i));
-        }
-        for (std::size_t r = 0; r < R; ++r) {
-            point_sums<T>& ps = *target[r];
-            for (std::size_t c = 0; c < C; ++c)
-                for (std::size_t i = 0; i < b; ++i)
-                    for (std::size_t d = 0; d < C; ++d) add_product(ps.kernel[(i * C + c) * C + d], omega[r], kv(r * C + c, i * C + d));
+                        for (std::size_t d = 0; d < C; ++d) add_product(ps.kernel[(i * C + c) * C + d], omega[r], kv(r * C + c, i * C + d));
+            }
         }
     }
     // Rounding scale (binary64): the forward error magnitude M and the tangent
@@ -542,14 +625,69 @@ struct ladder_context {
     const step_magnitudes* mag;
     const quadrature_options* qo;
     bool with_kernel;
+    // Dense mode (optimizer runs, optimizer_kernel.hpp): each rule's Ī itself, compared through
+    // share_scale = |Δ| + |ω| + |r| + Σ_i |φ_i| (P entries): est_c = Σ_p |ΔĪ[c][p]|·share_scale_p.
+    bool dense = false;
+    std::span<const double> share_scale;
+    // Vector mode (optimizer runs with few shares): Ī·v_k for the rows v_k of `vectors`
+    // [K × P], contracted row by row through the factors; the ladder compares Σ_k |ΔĪ·v_k|.
+    const matrix<T>* vectors = nullptr;
 };
+
+// A row of a rule: node t, weight ω, the chunk's point, where its sums go.
+template <Real T>
+struct rule_row {
+    T t, omega;
+    std::size_t point;
+    point_sums<T>* target;
+};
+
+// Evaluates rows through contract_block: rows at one node (ties kept in row order) that are at
+// least `shared_node_rows` share that node's parameters w + tΔ; the others go in mixed blocks
+// at their own t.  Blocks of at most block_rows.  Dense targets are finished (finish_dense).
+inline constexpr std::size_t shared_node_rows = 4;
+template <Real T>
+void evaluate_rows(const ladder_context<T>& cx, const matrix<T>& x_chunk, std::vector<rule_row<T>> rows,
+                   gemm_counter* ctr, double& elementwise) {
+    const std::size_t D0 = x_chunk.cols;
+    std::stable_sort(rows.begin(), rows.end(), [](const rule_row<T>& x, const rule_row<T>& y) { return x.t < y.t; });
+    auto run = [&](std::size_t r0, std::size_t r1, const std::vector<rule_row<T>>& rs, std::span<const T> w_node) {
+        matrix<T> xr(r1 - r0, D0);
+        std::vector<T> om, t;
+        std::vector<point_sums<T>*> target;
+        for (std::size_t r = r0; r < r1; ++r) {
+            for (std::size_t j = 0; j < D0; ++j) xr(r - r0, j) = x_chunk(rs[r].point, j);
+            om.push_back(rs[r].omega);
+            if (w_node.empty()) t.push_back(rs[r].t);
+            target.push_back(rs[r].target);
+        }
+        contract_block<T>(*cx.m, *cx.offs, cx.w, cx.delta, cx.rem, *cx.train, *cx.mag, xr, t, om, target, w_node,
+                          cx.with_kernel, ctr, elementwise, cx.dense, cx.vectors);
+    };
+    std::vector<rule_row<T>> mixed;
+    for (std::size_t g0 = 0; g0 < rows.size();) {
+        std::size_t g1 = g0 + 1;
+        while (g1 < rows.size() && rows[g1].t == rows[g0].t) ++g1;
+        if (g1 - g0 < shared_node_rows) {
+            mixed.insert(mixed.end(), rows.begin() + static_cast<std::ptrdiff_t>(g0), rows.begin() + static_cast<std::ptrdiff_t>(g1));
+        } else {
+            const std::vector<T> wt = detail::point_on_segment<T>(cx.w, cx.delta, rows[g0].t);
+            for (std::size_t r0 = g0; r0 < g1; r0 += block_rows) run(r0, std::min(g1, r0 + block_rows), rows, wt);
+        }
+        g0 = g1;
+    }
+    for (std::size_t r0 = 0; r0 < mixed.size(); r0 += block_rows) run(r0, std::min(mixed.size(), r0 + block_rows), mixed, {});
+    if (cx.dense)
+        for (const rule_row<T>& r : rows)
+            if (!r.target->rows_omega.empty()) finish_dense<T>(*cx.offs, cx.m->output_dim(), cx.w.size(), *r.target, ctr);
+}
 
 template <Real T>
 std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const matrix<T>& x_chunk,
                                             std::span<std::size_t> start, gemm_counter* ctr, double& elementwise) {
     const model_spec& m = *cx.m;
     const quadrature_options& qo = *cx.qo;
-    const std::size_t R = x_chunk.rows, C = m.output_dim(), D0 = x_chunk.cols;
+    const std::size_t R = x_chunk.rows, C = m.output_dim();
     const std::size_t b = cx.train->input.empty() ? 0 : cx.train->input[0].rows;
     const T u = scalar_traits<T>::unit_roundoff();
     const double tau = qo.tolerance_factor > 0 ? qo.tolerance_factor : cx.st->default_tolerance;
@@ -557,6 +695,8 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
         throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
     auto fresh = [&]() {
         auto ps = std::make_unique<point_sums<T>>();
+        if (cx.dense) ps->integral = matrix<T>(C, cx.w.size());
+        if (cx.vectors != nullptr) ps->vector_out.assign(C * cx.vectors->rows, T(0));
         ps->contribution.assign(C * b, T(0));
         if (cx.with_kernel) ps->kernel.assign(b * C * C, T(0));
         ps->remainder.assign(C, T(0));
@@ -588,14 +728,9 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
             pieces.push_back(std::move(lp));
         }
     }
-    struct row {
-        T t, omega;
-        std::size_t point;
-        point_sums<T>* target;
-    };
     for (;;) {
         // This round's rules: both rungs of a new ladder, else its new finer rung.
-        std::vector<row> rows;
+        std::vector<rule_row<T>> rows;
         auto add_rule = [&](const ladder_piece<T>& lp, std::size_t n, point_sums<T>* target) {
             const gauss_rule<T>& g = gauss_legendre<T>(n);
             const T len = lp.b - lp.a;
@@ -612,27 +747,7 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
             add_rule(lp, lp.n_fine, lp.fine.get());
         }
         if (rows.empty()) break;
-        // Rows at one node together (ties in row order), each group in blocks.
-        std::stable_sort(rows.begin(), rows.end(), [](const row& x, const row& y) { return x.t < y.t; });
-        for (std::size_t g0 = 0; g0 < rows.size();) {
-            std::size_t g1 = g0 + 1;
-            while (g1 < rows.size() && rows[g1].t == rows[g0].t) ++g1;
-            const std::vector<T> wt = detail::point_on_segment<T>(cx.w, cx.delta, rows[g0].t);
-            for (std::size_t r0 = g0; r0 < g1; r0 += block_rows) {
-                const std::size_t r1 = std::min(g1, r0 + block_rows);
-                matrix<T> xr(r1 - r0, D0);
-                std::vector<T> om;
-                std::vector<point_sums<T>*> target;
-                for (std::size_t r = r0; r < r1; ++r) {
-                    for (std::size_t j = 0; j < D0; ++j) xr(r - r0, j) = x_chunk(rows[r].point, j);
-                    om.push_back(rows[r].omega);
-                    target.push_back(rows[r].target);
-                }
-                contract_block<T>(m, *cx.offs, cx.w, cx.delta, cx.rem, *cx.train, *cx.mag, xr, {}, om, target, wt,
-                                  cx.with_kernel, ctr, elementwise);
-            }
-            g0 = g1;
-        }
+        evaluate_rows<T>(cx, x_chunk, std::move(rows), ctr, elementwise);
         // Compare each ladder's two rungs.
         std::vector<ladder_piece<T>> split;
         for (ladder_piece<T>& lp : pieces) {
@@ -641,9 +756,20 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
             double ratio = 0;
             bool ok = true;
             for (std::size_t c = 0; c < C; ++c) {
-                T e = rm::abs(T(lp.fine->remainder[c] - lp.coarse->remainder[c]));
-                for (std::size_t i = 0; i < b; ++i)
-                    e += rm::abs(T(lp.fine->contribution[c * b + i] - lp.coarse->contribution[c * b + i]));
+                T e(0);
+                if (cx.dense) {  // Σ_p |ΔĪ[c][p]|·share_scale_p ≥ |ΔĪ·v|_c for every share v
+                    const T* fi = &lp.fine->integral(c, 0);
+                    const T* ci = &lp.coarse->integral(c, 0);
+                    for (std::size_t p = 0; p < cx.w.size(); ++p) e += rm::abs(T(fi[p] - ci[p])) * T(cx.share_scale[p]);
+                } else if (cx.vectors != nullptr) {
+                    const std::size_t K = cx.vectors->rows;
+                    for (std::size_t k = 0; k < K; ++k)
+                        e += rm::abs(T(lp.fine->vector_out[c * K + k] - lp.coarse->vector_out[c * K + k]));
+                } else {
+                    e = rm::abs(T(lp.fine->remainder[c] - lp.coarse->remainder[c]));
+                    for (std::size_t i = 0; i < b; ++i)
+                        e += rm::abs(T(lp.fine->contribution[c * b + i] - lp.coarse->contribution[c * b + i]));
+                }
                 const T tol = T(tau) * u * T(lp.fine->share_magnitude[c]);
                 if (!(e <= tol)) ok = false;
                 const double rc = tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
@@ -718,9 +844,12 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
         const point_sums<T>& f = *lp.fine;
         for (std::size_t e = 0; e < s.contribution.size(); ++e) s.contribution[e] += f.contribution[e];
         for (std::size_t e = 0; e < s.kernel.size(); ++e) s.kernel[e] += f.kernel[e];
+        for (std::size_t e = 0; e < s.integral.data.size(); ++e) s.integral.data[e] += f.integral.data[e];
+        for (std::size_t e = 0; e < s.vector_out.size(); ++e) s.vector_out[e] += f.vector_out[e];
         for (std::size_t c = 0; c < C; ++c) {
             s.remainder[c] += f.remainder[c];
             s.magnitude[c] += f.magnitude[c];
+            s.share_magnitude[c] += f.share_magnitude[c];
             o.estimate[c] += lp.estimate[c];
         }
         s.scale = rm::max(s.scale, f.scale);
@@ -731,6 +860,30 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
     }
     for (std::size_t r = 0; r < R; ++r) start[r] = out[r].margin ? std::max<std::size_t>(2, out[r].accepted - 1) : out[r].accepted;
     return out;
+}
+
+// Given rules (segment_rule: piecewise-linear networks, fixed and composite rules), each
+// point's sums on its rule: one slot per point of the chunk.
+template <Real T>
+std::vector<point_sums<T>> rules_chunk(const ladder_context<T>& cx, const matrix<T>& x_chunk,
+                                       std::span<const step_rule<T>> rules, gemm_counter* ctr, double& elementwise) {
+    const std::size_t C = cx.m->output_dim();
+    const std::size_t b = cx.train->input.empty() ? 0 : cx.train->input[0].rows;
+    std::vector<point_sums<T>> sums(x_chunk.rows);
+    std::vector<rule_row<T>> rows;
+    for (std::size_t r = 0; r < x_chunk.rows; ++r) {
+        point_sums<T>& ps = sums[r];
+        if (cx.dense) ps.integral = matrix<T>(C, cx.w.size());
+        if (cx.vectors != nullptr) ps.vector_out.assign(C * cx.vectors->rows, T(0));
+        ps.contribution.assign(C * b, T(0));
+        if (cx.with_kernel) ps.kernel.assign(b * C * C, T(0));
+        ps.remainder.assign(C, T(0));
+        ps.magnitude.assign(C, 0.0);
+        ps.share_magnitude.assign(C, 0.0);
+        for (std::size_t q = 0; q < rules[r].nodes.size(); ++q) rows.push_back({rules[r].nodes[q], rules[r].weights[q], r, &ps});
+    }
+    evaluate_rows<T>(cx, x_chunk, std::move(rows), ctr, elementwise);
+    return sums;
 }
 
 }  // namespace structured
@@ -788,7 +941,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
         if (ladder) structured::add_share_magnitudes<T>(offs, train, rem, mags);
-        const structured::ladder_context<T> lcx{&model, &offs, &st, wv, delta, rem, &train, &mags, &rq.quadrature, store_kernel};
+        const structured::ladder_context<T> lcx{&model, &offs, &st, wv, delta, rem, &train, &mags, &rq.quadrature, store_kernel, false, {}};
 
         // The rule of every test point (independent of the others); the smooth ladder finds
         // its rules chunk by chunk below.
@@ -895,6 +1048,137 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;
+}
+
+// The test side of an optimizer run's step through the factors (MLPs; optimizer_kernel.hpp
+// calls it): for every test point Ī_s(x) on its rule — the smooth ladder in dense mode, or
+// segment_rule's — formed from the factors at the nodes (finish_dense), then one product
+// [points·C × P]·[P × (K + 2)] against the shares φ_1..φ_K, ω_s and r_s.  `add(mm, ps)` takes
+// each point's step record (from the worker threads; each point its own).  `start`: the
+// ladder's sizes per point, carried over the steps.
+template <Real T>
+void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_structure& st,
+                               std::type_identity_t<std::span<const T>> w, std::type_identity_t<std::span<const T>> delta,
+                               std::type_identity_t<std::span<const T>> rem,
+                               const std::type_identity_t<std::vector<std::vector<T>>>& phi,
+                               const std::type_identity_t<std::vector<T>>& omega, std::span<const double> scale,
+                               const std::type_identity_t<T>& scale_l1, std::vector<std::size_t>& start,
+                               const std::type_identity_t<std::function<void(std::size_t, detail::point_step<T>&)>>& add,
+                               std::type_identity_t<path_kernel_result<T>>& res) {
+    const model_spec& model = rq.problem->model;
+    const quadrature_options& qo = rq.quadrature;
+    if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
+    const std::vector<linear_offsets> offs = parameter_offsets(model);
+    const std::size_t M = rq.x_test.rows, C = model.output_dim(), P = w.size(), K = phi.size();
+    structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, w, delta);
+    for (const linear_offsets& o : offs) {  // the shares' scale in layer blocks
+        matrix<double> sw(o.out, o.in);
+        std::vector<double> sb(o.out, 0.0);
+        std::copy(scale.begin() + static_cast<std::ptrdiff_t>(o.weight),
+                  scale.begin() + static_cast<std::ptrdiff_t>(o.weight + o.out * o.in), sw.data.begin());
+        if (o.has_bias) std::copy(scale.begin() + static_cast<std::ptrdiff_t>(o.bias),
+                                  scale.begin() + static_cast<std::ptrdiff_t>(o.bias + o.out), sb.begin());
+        mags.abs_sw.push_back(std::move(sw));
+        mags.abs_sb.push_back(std::move(sb));
+    }
+    const structured::training_side<T> none;
+    // The shares, ω and r as rows of one matrix [(K + 2) × P].
+    matrix<T> shares(K + 2, P);
+    for (std::size_t k = 0; k < K; ++k) std::copy(phi[k].begin(), phi[k].end(), shares.row(k).begin());
+    std::copy(omega.begin(), omega.end(), shares.row(K).begin());
+    std::copy(rem.begin(), rem.end(), shares.row(K + 1).begin());
+    // Few shares (verify: the batch's, ω, r): contracted row by row (vector mode, (K + 2)·P per
+    // node); many (per-point contributions): Ī formed (C·P per node) and one product at the end.
+    const bool vector_mode = K + 2 <= C;
+    const structured::ladder_context<T> cx{&model, &offs, &st, w, delta, {}, &none, &mags, &qo, false,
+                                           !vector_mode, scale, vector_mode ? &shares : nullptr};
+    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    if (start.size() != M) start.assign(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+    std::vector<step_rule<T>> rules(M);
+    if (!ladder) {
+        std::vector<matrix<T>> x_rows;
+        auto find_rule = [&](std::size_t mm) {
+            rules[mm] = segment_rule<T>(model, st, w, delta, gather_rows(rq.x_test, std::vector<std::size_t>{mm}), qo);
+        };
+        detail::for_each_point_t<T>(M, rq.threads, find_rule);
+    }
+    const std::size_t chunks = (M + structured::chunk_points - 1) / structured::chunk_points;
+    std::vector<gemm_counter> counters(chunks);
+    std::vector<double> elementwise(chunks, 0.0);
+    auto process_chunk = [&](std::size_t ch) {
+        const std::size_t first = ch * structured::chunk_points, last = std::min(M, first + structured::chunk_points);
+        std::vector<std::size_t> idx;
+        for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
+        const matrix<T> xc = gather_rows(rq.x_test, idx);
+        std::vector<structured::ladder_outcome<T>> lo;
+        if (ladder) {
+            lo = structured::ladder_chunk<T>(cx, xc, std::span<std::size_t>(start).subspan(first, last - first),
+                                             &counters[ch], elementwise[ch]);
+        } else {
+            std::vector<structured::point_sums<T>> sums = structured::rules_chunk<T>(
+                cx, xc, std::span<const step_rule<T>>(rules).subspan(first, last - first), &counters[ch], elementwise[ch]);
+            lo.resize(last - first);
+            for (std::size_t mm = first; mm < last; ++mm) {
+                structured::ladder_outcome<T>& o = lo[mm - first];
+                const step_rule<T>& rule = rules[mm];
+                o.sums = std::move(sums[mm - first]);
+                o.cuts = rule.cuts;
+                o.evaluations = rule.evaluations;
+                o.nodes = rule.nodes.size();
+                o.converged = rule.converged;
+                o.located = rule.located;
+            }
+        }
+        // Ī of the chunk's points stacked [(points·C) × P], against the shares (dense mode).
+        const std::size_t n = last - first;
+        matrix<T> out(n * C, K + 2);
+        if (vector_mode) {
+            for (std::size_t k = 0; k < n; ++k)
+                std::copy(lo[k].sums.vector_out.begin(), lo[k].sums.vector_out.end(),
+                          out.data.begin() + static_cast<std::ptrdiff_t>(k * C * (K + 2)));
+        } else {
+            matrix<T> stacked(n * C, P);
+            for (std::size_t k = 0; k < n; ++k)
+                std::copy(lo[k].sums.integral.data.begin(), lo[k].sums.integral.data.end(),
+                          stacked.data.begin() + static_cast<std::ptrdiff_t>(k * C * P));
+            gemm<T>(true, n * C, K + 2, P, stacked.data.data(), P, shares.data.data(), P, out.data.data(), K + 2, false,
+                    &counters[ch]);
+        }
+        for (std::size_t mm = first; mm < last; ++mm) {
+            structured::ladder_outcome<T>& o = lo[mm - first];
+            detail::point_step<T> ps;
+            ps.cuts = o.cuts;
+            ps.evaluations = o.evaluations;
+            ps.nodes = o.nodes;
+            ps.converged = o.converged;
+            ps.step = 0;
+            // A cut misplaced by δ changes Ī by at most 2δ·max|J| per entry (segment_rule).
+            const T cut_term = T(2) * o.located * o.sums.scale;
+            if (ladder) {
+                ps.estimate_by_output = std::move(o.estimate);
+                for (T& e : ps.estimate_by_output) e += cut_term * scale_l1;
+            } else {
+                ps.estimate = cut_term;
+            }
+            ps.contribution.resize(C * K);
+            ps.optimizer_term.resize(C);
+            ps.remainder.resize(C);
+            for (std::size_t c = 0; c < C; ++c) {
+                const T* row = &out((mm - first) * C + c, 0);
+                for (std::size_t k = 0; k < K; ++k) ps.contribution[c * K + k] = row[k];
+                ps.optimizer_term[c] = row[K];
+                ps.remainder[c] = row[K + 1];
+            }
+            ps.magnitude = std::move(o.sums.share_magnitude);
+            add(mm, ps);
+        }
+    };
+    detail::for_each_point_t<T>(chunks, rq.threads, process_chunk);
+    for (std::size_t ch = 0; ch < chunks; ++ch) {
+        res.gemm_flops += counters[ch].flops;
+        res.gemm_seconds += counters[ch].seconds;
+        res.elementwise_madds += elementwise[ch];
+    }
 }
 
 // The exact path kernel: for plain SGD the structured path unless the request asks for the
