@@ -337,71 +337,12 @@ RC_GTEST_PROP(OptimizerKernelDouble, RecordedFloat32PathResidualWithinBudget, ()
     }
 }
 
-// The test side through the factors (structured_kernel.hpp, optimizer_step_structured;
-// proofs-notes/010 §4) against the per-point full Jacobians, on random runs of every
-// optimizer and activation: in vector mode (no contributions kept: the batch's share, ω, r)
-// and in dense mode (per-point contributions), the reconstruction and the optimizer term
-// within the sum of the two budgets, the contributions within γ·u·(max|c| + max magnitude)
-// (test_structured.cpp's normwise tolerance), the training side bit-identical.
-template <class T>
-path_kernel_result<T> run_optimizer(const kernel_case& kc, bool structured, bool contributions, std::size_t threads = 1) {
-    const epk::training_problem<T> pr = convert_problem<T>(kc.rp.problem);
-    epk::path_kernel_request<T> rq;
-    rq.problem = &pr;
-    rq.schedule = kc.schedule;
-    rq.w0 = convert_vector<T>(kc.rp.w);
-    rq.x_test = convert_matrix<T>(kc.x_test);
-    rq.structured = structured;
-    rq.store_contributions = contributions;
-    rq.threads = threads;
-    return epk::compute_path_kernel<T>(rq);
-}
+// The structured test side of optimizer runs against the per-point Jacobians
+// (support/kernel_checks.hpp, check_structured_optimizer), every optimizer and activation.
 observed_ratio seen_structured_recon, seen_structured_contrib;
-template <class T>
-void check_structured_optimizer(const kernel_case& kc) {
-    for (const bool contributions : {false, true}) {
-        const auto s = run_optimizer<T>(kc, true, contributions), u = run_optimizer<T>(kc, false, contributions);
-        RC_PRE(all_finite(s) && all_finite(u));
-        const epk::model_spec& m = kc.rp.problem.model;
-        const double unit = to_d(scalar_traits<T>::unit_roundoff());
-        RC_ASSERT(s.losses.size() == u.losses.size());
-        for (std::size_t e = 0; e < s.losses.size(); ++e) RC_ASSERT(s.losses[e] == u.losses[e]);
-        for (std::size_t e = 0; e < s.audit.size(); ++e) RC_ASSERT(s.audit[e].remainder_max_abs == u.audit[e].remainder_max_abs);
-        RC_ASSERT(s.cuts == u.cuts);
-        const matrix<double> bs = epk::reconstruction_budget(s, m), bu = epk::reconstruction_budget(u, m);
-        for (std::size_t e = 0; e < bs.data.size(); ++e) {
-            RC_PRE(std::isfinite(bs.data[e]) && std::isfinite(bu.data[e]));
-            const double tol = bs.data[e] + bu.data[e];
-            const double d = std::abs(to_d(T(s.reconstruction.data[e] - u.reconstruction.data[e])));
-            seen_structured_recon.record(d / tol, d / (unit * (s.forward_scale.data[e] + s.path_magnitude.data[e])),
-                                         describe(kc.schedule.optimizer) + " | " + kc.describe());
-            RC_ASSERT(d <= tol);
-            RC_ASSERT(std::abs(to_d(T(s.optimizer_term.data[e] - u.optimizer_term.data[e]))) <= tol);
-        }
-        if (!contributions) continue;
-        double mag = 0, cmax = 0;
-        for (double v : s.path_magnitude.data) mag = std::max(mag, v);
-        for (const T& v : u.contributions) cmax = std::max(cmax, std::abs(to_d(v)));
-        double gamma = static_cast<double>(s.p + s.steps + s.max_rule_nodes + s.max_batch) + 8;
-        for (const auto& o : epk::parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
-        // + both quadrature estimates: the two paths' rules differ for smooth networks, and each
-        // path's estimate covers every contribution's quadrature error (010 §1, 004 §4).
-        auto qmax = [](const path_kernel_result<T>& r) {
-            double q = 0;
-            for (const T& v : r.quadrature_bound.data) q = std::max(q, to_d(v));
-            return q;
-        };
-        const double tol_c = gamma * unit * (cmax + mag) + qmax(s) + qmax(u);
-        for (std::size_t e = 0; e < s.contributions.size(); ++e) {
-            const double d = std::abs(to_d(T(s.contributions[e] - u.contributions[e])));
-            seen_structured_contrib.record(d / tol_c, d / (unit * (cmax + mag)), describe(kc.schedule.optimizer));
-            RC_ASSERT(d <= tol_c);
-        }
-    }
-}
 
 RC_GTEST_PROP(OptimizerStructuredDouble, AgreesWithUnstructured, ()) {
-    check_structured_optimizer<double>(gen_optimizer_case(0.5));
+    check_structured_optimizer<double>(gen_optimizer_case(0.5), seen_structured_recon, seen_structured_contrib);
 }
 
 // MPFR: rates ≤ 0.2 (a rate-0.5 smooth step costs the per-point path hundreds of adaptive
@@ -409,7 +350,7 @@ RC_GTEST_PROP(OptimizerStructuredDouble, AgreesWithUnstructured, ()) {
 RC_GTEST_PROP(OptimizerStructuredMpfr, AgreesWithUnstructured, ()) {
     const kernel_case kc = gen_optimizer_case(0.2);
     epk::mpfr_precision_scope scope(*rc::gen::element(64L, 128L));
-    check_structured_optimizer<mpfr_real>(kc);
+    check_structured_optimizer<mpfr_real>(kc, seen_structured_recon, seen_structured_contrib);
 }
 
 // Bit-identical for any thread count, both modes, double and MPFR; an AdamW tanh run.

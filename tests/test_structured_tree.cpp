@@ -184,6 +184,25 @@ kernel_case fixed_tree_case(const model_spec& m, std::uint64_t seed) {
 
 // Bit-identical for 1, 2 and 3 threads, with a rule of 150 nodes (three blocks of rows), in
 // double and MPFR-96; and the rows path against the unstructured one on the same rule.
+// Optimizer runs of tree models through point_integral (proofs-notes/010 §4): momentum,
+// Nesterov with decay, Adam, AdamW on random piecewise-linear and smooth (layer norm) nets.
+observed_ratio seen_opt_recon, seen_opt_contrib;
+RC_GTEST_PROP(StructuredTree, OptimizerAgreesWithUnstructured, ()) {
+    kernel_case kc = gen_tree_case(*rc::gen::arbitrary<bool>(), true);
+    epk::optimizer_spec& o = kc.schedule.optimizer;
+    switch (*rc::gen::inRange(0, 4)) {
+        case 0: o.momentum = 0.9; break;
+        case 1: o.momentum = 0.9; o.nesterov = true; o.weight_decay = 0.01; break;
+        case 2: o.type = epk::optimizer_spec::kind::adam; o.weight_decay = 0.01; break;
+        default: o.type = epk::optimizer_spec::kind::adamw; o.weight_decay = 0.01; break;
+    }
+    if (o.type != epk::optimizer_spec::kind::sgd)
+        for (double& r : kc.schedule.learning_rates) r = 0.01;
+    o.validate();
+    RC_PRE(tame_run(kc));
+    check_structured_optimizer<double>(kc, seen_opt_recon, seen_opt_contrib);
+}
+
 TEST(StructuredTree, ThreadsAndBlocksChangeNoBit) {
     quadrature_options qo;
     qo.fixed_nodes = 150;
@@ -269,6 +288,8 @@ TEST(StructuredTree, Mpfr128AgreesWithUnstructured) {
 }
 
 TEST(StructuredTree, ObservedRatios) {
+    seen_opt_recon.print("optimizer runs: reconstruction difference / sum of budgets");
+    seen_opt_contrib.print("optimizer runs: contribution difference / normwise tolerance");
     seen_recon_pl.print("tree reconstruction (piecewise linear), |s − u| / (budget_s + budget_u)");
     seen_contrib_pl.print("tree contributions (piecewise linear), |s − u| / (γu(max|c| + magnitude))");
     seen_recon_smooth.print("tree reconstruction (smooth), |s − u| / (budget_s + budget_u)");

@@ -25,11 +25,11 @@
 // Per-training-point contributions c(x, x_i) = Σ_s Ī_s(x) φ_{i,s} stay defined; they need
 // one P-vector of optimizer memory per training point seen so far (μ ≠ 0 or Adam), which
 // is only kept when contributions are asked for — the reconstruction alone needs the
-// optimizer's own state.  Test side: for MLPs Ī_s(x) formed from the per-layer factors at
-// the nodes of each point's rule (the smooth ladder in dense mode for smooth networks) and
-// contracted with every share by one dense product (structured_kernel.hpp,
-// optimizer_step_structured); for tree models and the splits of the contributions, per
-// test point from full Jacobians (segment.hpp).  Per-step kernels K_s are not returned: with memory the
+// optimizer's own state.  Test side: Ī_s(x) through the per-layer factors at the nodes of
+// each point's rule (the smooth ladder for smooth networks), contracted with every share by
+// dense products (structured_kernel.hpp, optimizer_step_structured; tree models by
+// structured_tree.hpp's point_integral); with the splits of the contributions, per test point
+// from full Jacobians (segment.hpp).  Per-step kernels K_s are not returned: with memory the
 // representation pairs Ī_s with gradients of earlier steps (proofs-notes/007 §4).
 #pragma once
 
@@ -214,9 +214,9 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     std::size_t next_kernel = 0, most_sources = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
-    // The test side through the per-layer factors (MLPs; the splits of the contributions keep
-    // the full Jacobians): optimizer_step_structured, structured_kernel.hpp.
-    const bool structured = rq.structured && model.is_mlp() && rq.split_layers.empty() && !rq.split_steps;
+    // The test side through the per-layer factors (the splits of the contributions keep the
+    // full Jacobians): optimizer_step_structured, structured_kernel.hpp.
+    const bool structured = rq.structured && rq.split_layers.empty() && !rq.split_steps;
     std::vector<std::size_t> ladder_start;
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);

@@ -486,6 +486,28 @@ inline std::size_t rule_size_at_least(std::size_t n) {
     return k;
 }
 
+// The next rule size of a ladder that has just compared G_{n_coarse} with G_{n_fine} and found
+// their difference `ratio` times its tolerance (> 1): the size predicted to reach tol/4 from
+// the geometric rate measured on the previous comparison (ratio_previous, at n_previous), at
+// least the next size up and at most 4·n_fine; with no previous comparison, the next size up.
+// (The structured ladders of structured_kernel.hpp and structured_tree.hpp; adaptive_piece
+// below predicts the same way from its own first estimate.)
+inline std::size_t ladder_next_size(double ratio, bool have_previous, double ratio_previous, std::size_t n_previous,
+                                    std::size_t n_coarse, std::size_t n_fine) {
+    std::size_t next = 4 * n_fine;
+    double log_q = 0;
+    if (have_previous && ratio < ratio_previous && n_coarse > n_previous)
+        log_q = std::log(ratio / ratio_previous) / static_cast<double>(n_coarse - n_previous);
+    if (log_q < 0 && std::isfinite(log_q)) {
+        const double more = std::log(1.0 / (4.0 * ratio)) / log_q;
+        const double target = static_cast<double>(n_coarse) + std::max(0.0, more);
+        if (target < static_cast<double>(4 * n_fine)) next = static_cast<std::size_t>(std::ceil(target));
+    } else if (!have_previous) {
+        next = n_fine + 1;
+    }
+    return rule_size_at_least(std::max(next, n_fine + 1));
+}
+
 // Adaptive Gauss–Legendre on [a, b], added into `out`.
 //
 // Rules G_{n_0}, G_{n_1}, ...: est_k = max|G_{n_{k+1}} − G_{n_k}| estimates

@@ -783,19 +783,8 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
                 lp.estimate = std::move(est);
                 continue;
             }
-            // Predict the size that reaches tol/4 (segment.hpp, adaptive_piece): err(n) ≈ est·q^(n − n_coarse).
-            std::size_t next = 4 * lp.n_fine;
-            double log_q = 0;
-            if (lp.have_previous && ratio < lp.ratio_previous && lp.n_coarse > lp.n_previous)
-                log_q = std::log(ratio / lp.ratio_previous) / static_cast<double>(lp.n_coarse - lp.n_previous);
-            if (log_q < 0 && std::isfinite(log_q)) {
-                const double more = std::log(1.0 / (4.0 * ratio)) / log_q;
-                const double target = static_cast<double>(lp.n_coarse) + std::max(0.0, more);
-                if (target < static_cast<double>(4 * lp.n_fine)) next = static_cast<std::size_t>(std::ceil(target));
-            } else if (!lp.have_previous) {
-                next = lp.n_fine + 1;  // no rate yet: the next size up
-            }
-            next = detail::rule_size_at_least(std::max(next, lp.n_fine + 1));
+            const std::size_t next = detail::ladder_next_size(ratio, lp.have_previous, lp.ratio_previous, lp.n_previous,
+                                                              lp.n_coarse, lp.n_fine);
             const bool room = evaluations[lp.point] + next <= qo.max_evaluations;
             if (next <= qo.max_nodes && room) {
                 lp.have_previous = true;
@@ -1068,8 +1057,56 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     const model_spec& model = rq.problem->model;
     const quadrature_options& qo = rq.quadrature;
     if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
-    const std::vector<linear_offsets> offs = parameter_offsets(model);
     const std::size_t M = rq.x_test.rows, C = model.output_dim(), P = w.size(), K = phi.size();
+    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    if (start.size() != M) start.assign(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+    // The shares, ω and r as rows of one matrix [(K + 2) × P].
+    matrix<T> shares(K + 2, P);
+    for (std::size_t k = 0; k < K; ++k) std::copy(phi[k].begin(), phi[k].end(), shares.row(k).begin());
+    std::copy(omega.begin(), omega.end(), shares.row(K).begin());
+    std::copy(rem.begin(), rem.end(), shares.row(K + 1).begin());
+    // The shares' [C × (K + 2)] products at a point into its step record.
+    auto finish_point = [&](std::size_t mm, detail::point_step<T>& ps, const T* out) {
+        ps.contribution.resize(C * K);
+        ps.optimizer_term.resize(C);
+        ps.remainder.resize(C);
+        for (std::size_t c = 0; c < C; ++c) {
+            const T* row = out + c * (K + 2);
+            for (std::size_t k = 0; k < K; ++k) ps.contribution[c * K + k] = row[k];
+            ps.optimizer_term[c] = row[K];
+            ps.remainder[c] = row[K + 1];
+        }
+        add(mm, ps);
+    };
+    if (!model.is_mlp()) {  // tree models: Ī per point (structured_tree.hpp, point_integral), then the shares
+        const layer_tree tree = compile_tree(model);
+        const tree_segment::analysis an = tree_segment::analyse(model);
+        bool has_norm = false;
+        for (const tree_node* n : tree_nodes(tree)) has_norm = has_norm || n->spec.kind == layer_kind::layer_norm;
+        std::vector<double> abs_plus(P);
+        for (std::size_t q = 0; q < P; ++q)
+            abs_plus[q] = std::abs(scalar_traits<T>::to_double(w[q])) + std::abs(scalar_traits<T>::to_double(delta[q]));
+        // Magnitudes with 007's scale s in place of |Δ| (the optimizer budget's), and the ladder's s.
+        const structured_tree::step_context<T> scx{&rq, &st, &tree, &an, has_norm, w, delta, abs_plus, scale, scale, ladder};
+        std::vector<gemm_counter> counters(M);
+        std::vector<double> elementwise(M, 0.0);
+        auto process_point = [&](std::size_t mm) {
+            detail::point_step<T> ps;
+            const std::vector<T> ibar =
+                structured_tree::point_integral<T>(scx, mm, start[mm], scale_l1, ps, &counters[mm], elementwise[mm]);
+            matrix<T> out(C, K + 2);
+            gemm<T>(true, C, K + 2, P, ibar.data(), P, shares.data.data(), P, out.data.data(), K + 2, false, &counters[mm]);
+            finish_point(mm, ps, out.data.data());
+        };
+        detail::for_each_point_t<T>(M, rq.threads, process_point);
+        for (std::size_t mm = 0; mm < M; ++mm) {
+            res.gemm_flops += counters[mm].flops;
+            res.gemm_seconds += counters[mm].seconds;
+            res.elementwise_madds += elementwise[mm];
+        }
+        return;
+    }
+    const std::vector<linear_offsets> offs = parameter_offsets(model);
     structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, w, delta);
     for (const linear_offsets& o : offs) {  // the shares' scale in layer blocks
         matrix<double> sw(o.out, o.in);
@@ -1082,18 +1119,11 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
         mags.abs_sb.push_back(std::move(sb));
     }
     const structured::training_side<T> none;
-    // The shares, ω and r as rows of one matrix [(K + 2) × P].
-    matrix<T> shares(K + 2, P);
-    for (std::size_t k = 0; k < K; ++k) std::copy(phi[k].begin(), phi[k].end(), shares.row(k).begin());
-    std::copy(omega.begin(), omega.end(), shares.row(K).begin());
-    std::copy(rem.begin(), rem.end(), shares.row(K + 1).begin());
     // Few shares (verify: the batch's, ω, r): contracted row by row (vector mode, (K + 2)·P per
     // node); many (per-point contributions): Ī formed (C·P per node) and one product at the end.
     const bool vector_mode = K + 2 <= C;
     const structured::ladder_context<T> cx{&model, &offs, &st, w, delta, {}, &none, &mags, &qo, false,
                                            !vector_mode, scale, vector_mode ? &shares : nullptr};
-    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
-    if (start.size() != M) start.assign(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     std::vector<step_rule<T>> rules(M);
     if (!ladder) {
         std::vector<matrix<T>> x_rows;
@@ -1160,17 +1190,8 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
             } else {
                 ps.estimate = cut_term;
             }
-            ps.contribution.resize(C * K);
-            ps.optimizer_term.resize(C);
-            ps.remainder.resize(C);
-            for (std::size_t c = 0; c < C; ++c) {
-                const T* row = &out((mm - first) * C + c, 0);
-                for (std::size_t k = 0; k < K; ++k) ps.contribution[c * K + k] = row[k];
-                ps.optimizer_term[c] = row[K];
-                ps.remainder[c] = row[K + 1];
-            }
             ps.magnitude = std::move(o.sums.share_magnitude);
-            add(mm, ps);
+            finish_point(mm, ps, &out((mm - first) * C, 0));
         }
     };
     detail::for_each_point_t<T>(chunks, rq.threads, process_chunk);

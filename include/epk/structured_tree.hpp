@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -632,6 +633,201 @@ void integrate_block(const layer_tree& tree, const tree_segment::analysis* an, b
     backward_sequence(cx, tree.layers, at, std::move(seed), true);
 }
 
+// One rule's Ī (C × P), magnitude and max |J|; `located` (ladder_point): the cuts' bound.
+template <Real T>
+struct rule_integral {
+    std::vector<T> ibar;
+    std::vector<double> magnitude;
+    T scale = T(0), located = T(0);
+};
+
+// The smooth ladder of proofs-notes/010 §1 for one test point of a tree model: the cuts as
+// segment_cuts finds them, then on each piece rules G_{n−1}, G_n, … integrated through the
+// factors (`integrate`, with the shares' scale s for the magnitudes), G_{n_{k+1}} accepted when
+// est_c = Σ_p |ΔĪ[c][p]|·s_p (≥ |ΔĪ·g_i| + |ΔĪ·r| summed: 010 §4's dense comparison) is
+// ≤ τ·u·V₂_c; bisection and limits as adaptive_piece.  Fills ps's counters and per-output
+// estimate; `start` carries the accepted size to the next step.
+template <Real T, class Integrate>
+rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, std::span<const T> w,
+                              std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo,
+                              std::span<const double> s, std::size_t& start, Integrate&& integrate,
+                              detail::point_step<T>& ps) {
+    if (qo.first_nodes == 0 || qo.max_nodes < 2 * qo.first_nodes || qo.max_nodes > max_gauss_nodes)
+        throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
+    const std::size_t C = m.output_dim(), P = w.size();
+    const T u = scalar_traits<T>::unit_roundoff();
+    const double tau = qo.tolerance_factor > 0 ? qo.tolerance_factor : st.default_tolerance;
+    rule_integral<T> out;
+    out.ibar.assign(C * P, T(0));
+    out.magnitude.assign(C, 0.0);
+    const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples, &out.located);
+    ps.cuts = cuts.size();
+    ps.estimate_by_output.assign(C, T(0));
+    std::vector<T> ends{T(0)};
+    ends.insert(ends.end(), cuts.begin(), cuts.end());
+    ends.push_back(T(1));
+    auto rule_on = [&](const T& a, const T& b, std::size_t n) {
+        const gauss_rule<T>& g = gauss_legendre<T>(n);
+        const T len = b - a;
+        std::vector<T> ts(n), ws(n);
+        for (std::size_t q = 0; q < n; ++q) {
+            ts[q] = a + len * g.nodes[q];
+            ws[q] = len * g.weights[q];
+        }
+        ps.evaluations += n;
+        return integrate(std::span<const T>(ts), std::span<const T>(ws), s);
+    };
+    bool margin = true;
+    std::size_t accepted = 0;
+    // Pieces as a stack (bisected halves processed in order along the step).
+    struct piece {
+        T a, b;
+        std::size_t depth, n;
+    };
+    std::vector<piece> todo;
+    for (std::size_t e = ends.size() - 1; e-- > 0;) todo.push_back({ends[e], ends[e + 1], 0, std::max<std::size_t>(2, start)});
+    while (!todo.empty()) {
+        const piece pc = todo.back();
+        todo.pop_back();
+        std::size_t n_coarse = pc.n - 1, n_fine = pc.n, n_previous = 0;
+        double ratio_previous = 0;
+        bool have_previous = false;
+        rule_integral<T> coarse = rule_on(pc.a, pc.b, n_coarse), fine = rule_on(pc.a, pc.b, n_fine);
+        std::vector<T> est(C);
+        for (;;) {
+            double ratio = 0;
+            bool ok = true;
+            for (std::size_t c = 0; c < C; ++c) {
+                T e(0);
+                for (std::size_t p = 0; p < P; ++p) e += rm::abs(T(fine.ibar[c * P + p] - coarse.ibar[c * P + p])) * T(s[p]);
+                const T tol = T(tau) * u * T(fine.magnitude[c]);
+                if (!(e <= tol)) ok = false;
+                ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
+                                                   : (e > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
+                est[c] = std::move(e);
+            }
+            bool keep = ok;
+            if (!ok) {
+                const std::size_t next = detail::ladder_next_size(ratio, have_previous, ratio_previous, n_previous, n_coarse, n_fine);
+                const bool room = ps.evaluations + next <= qo.max_evaluations;
+                if (next <= qo.max_nodes && room) {
+                    have_previous = true;
+                    n_previous = n_coarse;
+                    ratio_previous = ratio;
+                    n_coarse = n_fine;
+                    coarse = std::move(fine);
+                    n_fine = next;
+                    fine = rule_on(pc.a, pc.b, n_fine);
+                    continue;
+                }
+                if (pc.depth >= qo.max_depth || !room) {  // no finer rule allowed: the last one, its estimate
+                    ps.converged = false;
+                    keep = true;
+                } else {
+                    const T mid = (pc.a + pc.b) / T(2);
+                    const std::size_t n0 = std::max<std::size_t>(2, qo.first_nodes);
+                    todo.push_back({mid, pc.b, pc.depth + 1, n0});
+                    todo.push_back({pc.a, mid, pc.depth + 1, n0});
+                }
+            }
+            if (keep) {
+                for (std::size_t e = 0; e < out.ibar.size(); ++e) out.ibar[e] += fine.ibar[e];
+                for (std::size_t c = 0; c < C; ++c) {
+                    out.magnitude[c] += fine.magnitude[c];
+                    ps.estimate_by_output[c] += est[c];
+                }
+                out.scale = rm::max(out.scale, fine.scale);
+                ps.nodes += n_fine;
+                accepted = std::max(accepted, n_fine);
+                margin = margin && ok && ratio <= 0x1p-20;
+            }
+            break;
+        }
+    }
+    start = margin ? std::max<std::size_t>(2, accepted - 1) : std::max<std::size_t>(2, accepted);
+    return out;
+}
+
+// What a step's test side needs of the whole run (compute_path_kernel_structured_tree and
+// optimizer runs of tree models).
+template <Real T>
+struct step_context {
+    const path_kernel_request<T>* rq;
+    const segment_structure* st;
+    const layer_tree* tree;
+    const tree_segment::analysis* an;
+    bool has_norm;
+    std::span<const T> w, delta;
+    std::span<const double> abs_plus, abs_delta;  // |w| + |Δ|, |Δ|
+    std::span<const double> share_scale;         // the ladder's s (010 §1), when `ladder`
+    bool ladder;
+};
+
+// Ī, its magnitude (with `abs_scale` for |Δ|) and max |J| on one rule at test point mm.
+template <Real T>
+rule_integral<T> integrate_rule(const step_context<T>& sc, std::size_t mm, std::span<const T> nodes,
+                                std::span<const T> weights, std::span<const double> abs_scale, gemm_counter* ctr,
+                                double& elementwise) {
+    const std::size_t C = sc.rq->problem->model.output_dim(), P = sc.w.size(), D0 = sc.rq->x_test.cols;
+    rule_integral<T> ri;
+    ri.ibar.assign(C * P, T(0));
+    ri.magnitude.assign(C, 0.0);
+    block_context<T> cx;
+    cx.w = sc.w;
+    cx.delta = sc.delta;
+    cx.abs_plus = sc.abs_plus;
+    cx.abs_delta = abs_scale;
+    cx.row_magnitudes = sc.has_norm;
+    cx.C = C;
+    cx.P = P;
+    cx.ibar = &ri.ibar;
+    cx.magnitude = &ri.magnitude;
+    cx.scale = &ri.scale;
+    cx.ctr = ctr;
+    cx.elementwise = &elementwise;
+    const std::size_t Q = nodes.size();
+    for (std::size_t r0 = 0; r0 < Q; r0 += block_rows) {
+        const std::size_t r1 = std::min(Q, r0 + block_rows);
+        cx.R = r1 - r0;
+        cx.t = nodes.subspan(r0, r1 - r0);
+        cx.omega = weights.subspan(r0, r1 - r0);
+        matrix<T> xr(cx.R, D0);
+        for (std::size_t r = 0; r < cx.R; ++r)
+            for (std::size_t j = 0; j < D0; ++j) xr(r, j) = sc.rq->x_test(mm, j);
+        integrate_block<T>(*sc.tree, sc.an, cx, xr);
+    }
+    return ri;
+}
+
+// Test point mm's Ī_s (C × P) on its rule — the smooth ladder (ladder_point) or segment_rule's —
+// with ps's counters, magnitude and estimate (`scale_l1` weighs the cut-location term).
+template <Real T>
+std::vector<T> point_integral(const step_context<T>& sc, std::size_t mm, std::size_t& start, const T& scale_l1,
+                              detail::point_step<T>& ps, gemm_counter* ctr, double& elementwise) {
+    const model_spec& model = sc.rq->problem->model;
+    const matrix<T> x1 = gather_rows(sc.rq->x_test, std::vector<std::size_t>{mm});
+    auto integrate = [&](std::span<const T> nodes, std::span<const T> weights, std::span<const double> abs_scale) {
+        return integrate_rule<T>(sc, mm, nodes, weights, abs_scale, ctr, elementwise);
+    };
+    if (sc.ladder) {
+        rule_integral<T> ri = ladder_point<T>(model, *sc.st, sc.w, sc.delta, x1, sc.rq->quadrature, sc.share_scale, start,
+                                              integrate, ps);
+        ps.magnitude = std::move(ri.magnitude);
+        // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
+        for (T& e : ps.estimate_by_output) e += T(2) * ri.located * ri.scale * scale_l1;
+        return std::move(ri.ibar);
+    }
+    const step_rule<T> rule = segment_rule<T>(model, *sc.st, sc.w, sc.delta, x1, sc.rq->quadrature);
+    ps.cuts = rule.cuts;
+    ps.evaluations = rule.evaluations;
+    ps.nodes = rule.nodes.size();
+    ps.converged = rule.converged;
+    rule_integral<T> ri = integrate(rule.nodes, rule.weights, sc.abs_delta);
+    ps.magnitude = std::move(ri.magnitude);
+    ps.estimate = T(T(2) * rule.located * ri.scale);
+    return std::move(ri.ibar);
+}
+
 }  // namespace structured_tree
 
 // compute_path_kernel_structured for a tree model (see the header comment).
@@ -650,7 +846,7 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     bool has_norm = false;
     for (const tree_node* n : tree_nodes(tree)) has_norm = has_norm || n->spec.kind == layer_kind::layer_norm;
     path_kernel_result<T> res = detail::start_result<T>(rq);
-    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p, D0 = rq.x_test.cols;
+    const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
     std::vector<matrix<T>> x_rows;
     for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
 
@@ -659,6 +855,9 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     std::size_t next_kernel = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
+    const quadrature_options& qo = rq.quadrature;
+    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         // The training side, as the unstructured path: a_{i,s}, g_{i,s} (one vjp per row), Σ_i g_{i,s}.
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
@@ -691,50 +890,21 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
         std::vector<double> point_contribution(M, 0.0);
         std::vector<gemm_counter> counters(M);
         std::vector<double> elementwise(M, 0.0);
+        // The smooth ladder (proofs-notes/010 §1, per test point here): rules compared through
+        // the shares' scale s = Σ_i |g_i| + |r| (≥ |Δ|), which also scales the magnitudes.
+        std::vector<double> share_scale;
+        if (ladder) {
+            share_scale.assign(P, 0.0);
+            for (std::size_t k = 0; k < b; ++k)
+                for (std::size_t q = 0; q < P; ++q) share_scale[q] += std::abs(scalar_traits<T>::to_double(g(k, q)));
+            for (std::size_t q = 0; q < P; ++q) share_scale[q] += std::abs(scalar_traits<T>::to_double(sd.rem[q]));
+        }
+        const structured_tree::step_context<T> scx{&rq, &st, &tree, &an, has_norm, wv, delta, abs_plus, abs_delta,
+                                                   share_scale, ladder};
         auto process_point = [&](std::size_t mm) {
-            segment_integral<T> seg;
-            const step_rule<T> rule = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature, &seg);
             detail::point_step<T> ps;
-            ps.cuts = rule.cuts;
-            ps.evaluations = rule.evaluations;
-            ps.nodes = rule.nodes.size();
-            ps.converged = rule.converged;
-            std::vector<T> ibar;
-            if (rule.estimate_is_final) {  // smooth: the adaptive search formed Ī and its magnitude
-                ibar = std::move(seg.value.data);
-                ps.magnitude = std::move(seg.magnitude);
-                ps.estimate = rule.error_estimate;
-            } else {
-                ibar.assign(C * P, T(0));
-                ps.magnitude.assign(C, 0.0);
-                T scale(0);
-                structured_tree::block_context<T> cx;
-                cx.w = wv;
-                cx.delta = delta;
-                cx.abs_plus = abs_plus;
-                cx.abs_delta = abs_delta;
-                cx.row_magnitudes = has_norm;
-                cx.C = C;
-                cx.P = P;
-                cx.ibar = &ibar;
-                cx.magnitude = &ps.magnitude;
-                cx.scale = &scale;
-                cx.ctr = &counters[mm];
-                cx.elementwise = &elementwise[mm];
-                const std::size_t Q = rule.nodes.size();
-                for (std::size_t r0 = 0; r0 < Q; r0 += structured_tree::block_rows) {
-                    const std::size_t r1 = std::min(Q, r0 + structured_tree::block_rows);
-                    cx.R = r1 - r0;
-                    cx.t = std::span<const T>(rule.nodes).subspan(r0, r1 - r0);
-                    cx.omega = std::span<const T>(rule.weights).subspan(r0, r1 - r0);
-                    matrix<T> xr(cx.R, D0);
-                    for (std::size_t r = 0; r < cx.R; ++r)
-                        for (std::size_t j = 0; j < D0; ++j) xr(r, j) = rq.x_test(mm, j);
-                    structured_tree::integrate_block<T>(tree, &an, cx, xr);
-                }
-                // A cut misplaced by δ changes Ī by at most δ·|J(t*+) − J(t*−)| ≤ 2δ·max|J| per entry.
-                ps.estimate = T(T(2) * rule.located * scale);
-            }
+            std::vector<T> ibar =
+                structured_tree::point_integral<T>(scx, mm, ladder_start[mm], sd.delta_l1, ps, &counters[mm], elementwise[mm]);
             // Contractions with the training side: C × b, C × 1 and (stored steps) C × b·C products.
             matrix<T> contrib(C, b), rr(C, 1);
             gemm<T>(true, C, b, P, ibar.data(), P, g.data.data(), P, contrib.data.data(), b, false, &counters[mm]);

@@ -201,4 +201,72 @@ void check_residual_within_budget(const kernel_case& kc, observed_ratio& seen) {
     }
 }
 
+// Optimizer runs (momentum, weight decay, Adam, AdamW): the structured test side
+// (structured_kernel.hpp, optimizer_step_structured; proofs-notes/010 §4) against the per-point
+// full Jacobians, with and without per-point contributions: the reconstruction and the
+// optimizer term within the sum of the two budgets, the contributions within
+// γ·u·(max|c| + max magnitude) plus both quadrature estimates (the paths' rules differ for
+// smooth networks), the training side bit-identical.
+template <class T>
+double to_double_(const T& v) { return scalar_traits<T>::to_double(v); }
+template <class T>
+path_kernel_result<T> run_optimizer(const kernel_case& kc, bool structured, bool contributions, std::size_t threads = 1) {
+    const training_problem<T> pr = convert_problem<T>(kc.rp.problem);
+    path_kernel_request<T> rq;
+    rq.problem = &pr;
+    rq.schedule = kc.schedule;
+    rq.w0 = convert_vector<T>(kc.rp.w);
+    rq.x_test = convert_matrix<T>(kc.x_test);
+    rq.structured = structured;
+    rq.store_contributions = contributions;
+    rq.threads = threads;
+    return compute_path_kernel<T>(rq);
+}
+template <class T>
+void check_structured_optimizer(const kernel_case& kc, observed_ratio& seen_recon, observed_ratio& seen_contrib) {
+    for (const bool contributions : {false, true}) {
+        const auto s = run_optimizer<T>(kc, true, contributions), u = run_optimizer<T>(kc, false, contributions);
+        RC_PRE(all_finite(s) && all_finite(u));
+        const model_spec& m = kc.rp.problem.model;
+        const double unit = to_double_(scalar_traits<T>::unit_roundoff());
+        RC_ASSERT(s.losses.size() == u.losses.size());
+        for (std::size_t e = 0; e < s.losses.size(); ++e) RC_ASSERT(s.losses[e] == u.losses[e]);
+        for (std::size_t e = 0; e < s.audit.size(); ++e) RC_ASSERT(s.audit[e].remainder_max_abs == u.audit[e].remainder_max_abs);
+        RC_ASSERT(s.cuts == u.cuts);
+        const matrix<double> bs = reconstruction_budget(s, m), bu = reconstruction_budget(u, m);
+        for (std::size_t e = 0; e < bs.data.size(); ++e) {
+            RC_PRE(std::isfinite(bs.data[e]) && std::isfinite(bu.data[e]));
+            const double tol = bs.data[e] + bu.data[e];
+            const double d = std::abs(to_double_(T(s.reconstruction.data[e] - u.reconstruction.data[e])));
+            seen_recon.record(d / tol, d / (unit * (s.forward_scale.data[e] + s.path_magnitude.data[e])),
+                                         kc.describe());
+            RC_ASSERT(d <= tol);
+            RC_ASSERT(std::abs(to_double_(T(s.optimizer_term.data[e] - u.optimizer_term.data[e]))) <= tol);
+        }
+        if (!contributions) continue;
+        double mag = 0, cmax = 0;
+        for (double v : s.path_magnitude.data) mag = std::max(mag, v);
+        for (const T& v : u.contributions) cmax = std::max(cmax, std::abs(to_double_(v)));
+        double gamma = static_cast<double>(s.p + s.steps + s.max_rule_nodes + s.max_batch) + 8;
+        if (m.is_mlp())
+            for (const auto& o : parameter_offsets(m)) gamma += static_cast<double>(o.in + o.out);
+        else
+            gamma += tree_segment::analyse(m).chain;
+        // + both quadrature estimates: the two paths' rules differ for smooth networks, and each
+        // path's estimate covers every contribution's quadrature error (010 §1, 004 §4).
+        auto qmax = [](const path_kernel_result<T>& r) {
+            double q = 0;
+            for (const T& v : r.quadrature_bound.data) q = std::max(q, to_double_(v));
+            return q;
+        };
+        const double tol_c = gamma * unit * (cmax + mag) + qmax(s) + qmax(u);
+        for (std::size_t e = 0; e < s.contributions.size(); ++e) {
+            const double d = std::abs(to_double_(T(s.contributions[e] - u.contributions[e])));
+            seen_contrib.record(d / tol_c, d / (unit * (cmax + mag)), kc.describe());
+            RC_ASSERT(d <= tol_c);
+        }
+    }
+}
+
+
 }  // namespace epk::testing
