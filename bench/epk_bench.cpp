@@ -18,6 +18,8 @@
 //   peak_rss_kib    getrusage's maximum resident set size of this process
 // --memory-only: only the structured run and the peak RSS (run.sh runs it for S and 4S
 // in separate processes: a process's peak never goes down).
+// --reconstruction-only: no per-point contributions (what `epk verify` computes; for momentum
+// and Adam-type runs one share for the batch instead of one per training point).
 #include <sys/resource.h>
 
 #include <chrono>
@@ -119,10 +121,11 @@ struct run_figures {
     epk::kernel_report report;
 };
 
-run_figures run(const epk::trace& t, const epk::precision& p, std::size_t threads, bool structured) {
+run_figures run(const epk::trace& t, const epk::precision& p, std::size_t threads, bool structured,
+                bool contributions = true) {
     epk::kernel_options o;
     o.threads = threads;
-    o.contributions = true;
+    o.contributions = contributions;
     o.structured = structured;
     const auto t0 = clock_type::now();
     run_figures f;
@@ -132,10 +135,10 @@ run_figures run(const epk::trace& t, const epk::precision& p, std::size_t thread
 }
 
 int main_impl(int argc, char** argv) {
-    if (argc < 2) throw epk::usage_error("usage: epk-bench TRACE [--precision P] [--threads T] [--steps S] [--naive-steps K] [--gemm-size N] [--memory-only]");
+    if (argc < 2) throw epk::usage_error("usage: epk-bench TRACE [--precision P] [--threads T] [--steps S] [--naive-steps K] [--gemm-size N] [--memory-only] [--reconstruction-only]");
     std::string trace_dir = argv[1], precision = "double";
     std::size_t threads = 2, steps = 0, naive_steps = 0, gemm_size = 1024;
-    bool memory_only = false;
+    bool memory_only = false, contributions = true;
     for (int i = 2; i < argc; ++i) {
         const std::string a = argv[i];
         auto value = [&]() -> std::string {
@@ -148,6 +151,7 @@ int main_impl(int argc, char** argv) {
         else if (a == "--naive-steps") naive_steps = std::stoul(value());
         else if (a == "--gemm-size") gemm_size = std::stoul(value());
         else if (a == "--memory-only") memory_only = true;
+        else if (a == "--reconstruction-only") contributions = false;
         else throw epk::usage_error("epk-bench: unknown option " + a);
     }
     const epk::precision p = epk::parse_precision(precision);
@@ -164,7 +168,8 @@ int main_impl(int argc, char** argv) {
     j["parameters"] = t.init_params ? t.init_params->shape[0] : t.params->shape[1];
     j["gemm_isa"] = epk::gemm_fast_isa();
 
-    const run_figures s = run(t, p, threads, true);
+    j["contributions"] = contributions;
+    const run_figures s = run(t, p, threads, true, contributions);
     const auto& r = s.report;
     j["structured"] = {{"seconds", s.seconds},
                        {"seconds_per_step", s.seconds / static_cast<double>(steps)},
@@ -178,8 +183,8 @@ int main_impl(int argc, char** argv) {
     if (!memory_only) {
         if (naive_steps > 0) {
             const epk::trace tk = first_steps(full, std::min(naive_steps, full.steps()));
-            const run_figures n = run(tk, p, threads, false);
-            const run_figures sk = run(tk, p, threads, true);
+            const run_figures n = run(tk, p, threads, false, contributions);
+            const run_figures sk = run(tk, p, threads, true, contributions);
             j["naive"] = {{"steps", tk.steps()},
                           {"seconds", n.seconds},
                           {"structured_seconds_same_steps", sk.seconds},

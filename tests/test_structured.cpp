@@ -237,7 +237,7 @@ TEST(Structured, ChunksBlocksAndThreadsChangeNoBit) {
 TEST(Structured, SmoothLadderThreadsChangeNoBit) {
     const epk::model_spec m = epk::make_mlp(4, {7, 5}, 3, layer_kind::tanh);
     kernel_case kc = fixed_case(m, {epk::loss_kind::cross_entropy, epk::reduction_kind::mean}, 23, 5, {0.3, 0.7}, 23);
-    ASSERT_GT(kc.x_test.rows, epk::structured::chunk_points * 2);
+    ASSERT_GT(kc.x_test.rows, epk::structured::ladder_chunk_points);
     const auto a = run_kernel<double>(kc, 1, {1});
     const auto b = run_kernel<double>(kc, 2, {1});
     const auto c = run_kernel<double>(kc, 3, {1});

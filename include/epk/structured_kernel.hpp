@@ -51,6 +51,7 @@ namespace epk {
 namespace structured {
 
 inline constexpr std::size_t chunk_points = 8;  // test points per work item
+inline constexpr std::size_t ladder_chunk_points = 16;  // the smooth ladder's (rows stacked per chunk)
 inline constexpr std::size_t block_rows = 256;  // test rows (point, node) per product
 
 // Values of a batch of rows through the network, row r at w + t_r Δ (no t: at w).
@@ -240,6 +241,15 @@ void finish_dense(const std::vector<linear_offsets>& offs, std::size_t C, std::s
     ps.rows_H.clear();
 }
 
+// Rows whose contributions are contracted later, all at once (evaluate_rows): per linear
+// layer their inputs h_l [rows × in_l] and adjoints D_l [(rows·C) × out_l], appended.
+template <Real T>
+struct contraction_stack {
+    std::vector<std::vector<T>> H, D;
+    std::vector<T> omega;
+    std::vector<point_sums<T>*> target;
+};
+
 // One block of test rows; each row's sums are added into its target, rows ascending.
 //
 // Row r's sums go to *target[r].  Rows at their own nodes t[r] take W·h + t·(ΔW·h); rows
@@ -251,7 +261,7 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                     const step_magnitudes& mag, const matrix<T>& x_rows, std::span<const T> t,
                     std::span<const T> omega, std::span<point_sums<T>* const> target, std::span<const T> w_node,
                     bool with_kernel, gemm_counter* ctr, double& elementwise, bool dense = false,
-                    const matrix<T>* vectors = nullptr) {
+                    const matrix<T>* vectors = nullptr, contraction_stack<T>* stack = nullptr) {
     const std::size_t R = x_rows.rows, C = m.output_dim(), L = offs.size();
     const std::size_t b = train.input.empty() ? 0 : train.input[0].rows;
     const std::span<const T> wf = w_node.empty() ? w : w_node;
@@ -293,7 +303,16 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
         }
     } else {
         std::vector<matrix<T>> hdot(L);  // h_l(r)·h_{l,i} (+ 1): the contributions' and the kernel's
-        if (b > 0) {  // (none in the optimizer runs' modes)
+        if (b > 0 && stack != nullptr && !with_kernel) {  // contracted later, with the other rows
+            stack->H.resize(L);
+            stack->D.resize(L);
+            for (std::size_t l = 0; l < L; ++l) {
+                stack->H[l].insert(stack->H[l].end(), H[l]->data.begin(), H[l]->data.end());
+                stack->D[l].insert(stack->D[l].end(), D[l].data.begin(), D[l].data.end());
+            }
+            stack->omega.insert(stack->omega.end(), omega.begin(), omega.end());
+            stack->target.insert(stack->target.end(), target.begin(), target.end());
+        } else if (b > 0) {  // (none in the optimizer runs' modes)
             // Contributions: val[(r,c), i] = Σ_l (D_l e_{l,i})[(r,c)] · (h_l(r)·h_{l,i} + [bias]).
             matrix<T> val(R * C, b), ddot(R * C, b);
             for (std::size_t l = 0; l < L; ++l) {
@@ -443,6 +462,39 @@ void contract_block(const model_spec& m, const std::vector<linear_offsets>& offs
                 for (std::size_t c = 0; c < C; ++c) ps.share_magnitude[c] += wq * V2(r, c);
         }
     }
+}
+
+// The stacked rows' contributions: val[(r,c), i] = Σ_l (D_l e_{l,i})[(r,c)]·(h_l(r)·h_{l,i} + [bias]),
+// contract_block's products for every row of the stack at once (taller, so nearer DGEMM's rate),
+// each row's ω·val added into its target, rows in stack order.
+template <Real T>
+void contract_stack(const std::vector<linear_offsets>& offs, std::size_t C, const training_side<T>& train,
+                    const contraction_stack<T>& st, gemm_counter* ctr, double& elementwise) {
+    const std::size_t R = st.omega.size(), L = offs.size();
+    const std::size_t b = train.input.empty() ? 0 : train.input[0].rows;
+    if (R == 0 || b == 0) return;
+    matrix<T> val(R * C, b), ddot(R * C, b), hdot(R, b);
+    for (std::size_t l = 0; l < L; ++l) {
+        const linear_offsets& o = offs[l];
+        gemm<T>(true, R, b, o.in, st.H[l].data(), o.in, train.input[l].data.data(), o.in, hdot.data.data(), b, false, ctr);
+        if (o.has_bias)
+            for (T& v : hdot.data) v += T(1);
+        gemm<T>(true, R * C, b, o.out, st.D[l].data(), o.out, train.adjoint[l].data.data(), o.out, ddot.data.data(), b, false, ctr);
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t c = 0; c < C; ++c) {
+                T* vr = &val(r * C + c, 0);
+                const T* dr = &ddot(r * C + c, 0);
+                const T* hr = &hdot(r, 0);
+                for (std::size_t i = 0; i < b; ++i) add_product(vr[i], dr[i], hr[i]);
+            }
+        elementwise += static_cast<double>(R * C * b);
+    }
+    for (std::size_t r = 0; r < R; ++r) {
+        point_sums<T>& ps = *st.target[r];
+        for (std::size_t c = 0; c < C; ++c)
+            for (std::size_t i = 0; i < b; ++i) add_product(ps.contribution[c * b + i], st.omega[r], val(r * C + c, i));
+    }
+    elementwise += static_cast<double>(R * C * b);
 }
 
 // The steps' training side (reference order, see the header comment).
@@ -651,6 +703,7 @@ void evaluate_rows(const ladder_context<T>& cx, const matrix<T>& x_chunk, std::v
                    gemm_counter* ctr, double& elementwise) {
     const std::size_t D0 = x_chunk.cols;
     std::stable_sort(rows.begin(), rows.end(), [](const rule_row<T>& x, const rule_row<T>& y) { return x.t < y.t; });
+    contraction_stack<T> stack;  // every row's contributions, contracted at the end in one set of products
     auto run = [&](std::size_t r0, std::size_t r1, const std::vector<rule_row<T>>& rs, std::span<const T> w_node) {
         matrix<T> xr(r1 - r0, D0);
         std::vector<T> om, t;
@@ -662,7 +715,7 @@ void evaluate_rows(const ladder_context<T>& cx, const matrix<T>& x_chunk, std::v
             target.push_back(rs[r].target);
         }
         contract_block<T>(*cx.m, *cx.offs, cx.w, cx.delta, cx.rem, *cx.train, *cx.mag, xr, t, om, target, w_node,
-                          cx.with_kernel, ctr, elementwise, cx.dense, cx.vectors);
+                          cx.with_kernel, ctr, elementwise, cx.dense, cx.vectors, &stack);
     };
     std::vector<rule_row<T>> mixed;
     for (std::size_t g0 = 0; g0 < rows.size();) {
@@ -677,6 +730,7 @@ void evaluate_rows(const ladder_context<T>& cx, const matrix<T>& x_chunk, std::v
         g0 = g1;
     }
     for (std::size_t r0 = 0; r0 < mixed.size(); r0 += block_rows) run(r0, std::min(mixed.size(), r0 + block_rows), mixed, {});
+    contract_stack<T>(*cx.offs, cx.m->output_dim(), *cx.train, stack, ctr, elementwise);
     if (cx.dense)
         for (const rule_row<T>& r : rows)
             if (!r.target->rows_omega.empty()) finish_dense<T>(*cx.offs, cx.m->output_dim(), cx.w.size(), *r.target, ctr);
@@ -892,8 +946,6 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     const std::size_t M = res.m, N = res.n, C = res.c, P = res.p, D0 = rq.x_test.cols;
     std::vector<matrix<T>> x_rows;
     for (std::size_t mm = 0; mm < M; ++mm) x_rows.push_back(gather_rows(rq.x_test, std::vector<std::size_t>{mm}));
-    const std::size_t chunks = (M + structured::chunk_points - 1) / structured::chunk_points;
-
     matrix<T> kernel_sum(rq.store_contributions ? 0 : M, C);
     std::vector<T> w = rq.w0;
     std::size_t next_kernel = 0;
@@ -903,6 +955,8 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     // each point starting at the size its last step accepted.
     const quadrature_options& qo = rq.quadrature;
     const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    const std::size_t chunk = ladder ? structured::ladder_chunk_points : structured::chunk_points;
+    const std::size_t chunks = (M + chunk - 1) / chunk;
     std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const std::vector<std::size_t> batch = sch.batch(s);
@@ -944,7 +998,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         std::vector<T> kernel;
         if (store_kernel) kernel.assign(M * N * C * C, T(0));
         auto process_chunk = [&](std::size_t ch) {
-            const std::size_t first = ch * structured::chunk_points, last = std::min(M, first + structured::chunk_points);
+            const std::size_t first = ch * chunk, last = std::min(M, first + chunk);
             if (ladder) {
                 std::vector<std::size_t> idx;
                 for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
