@@ -11,6 +11,8 @@
 #   cnn        bench/cnn_digits.json on the digits as 1x8x8 images: conv 16 (3x3, pad 1), relu,
 #              conv 16, relu, max pool 2, a residual block of two 16-channel convs, avg pool 2,
 #              linear 10 (7 770 parameters); the same split, batch, steps and rate; double only
+#   mlp-ACT-OPT  the digits MLP in tanh, gelu and relu with SGD and AdamW (and tanh with SGD +
+#              Nesterov + decay), recorded paths, against bench/structured_peer.py (full runs only)
 # For each, in double and in mpfr:256, epk-bench measures in one process: the structured
 # path kernel (seconds, GFLOP/s of its products per thread), the machine's DGEMM rate (the
 # same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
@@ -99,5 +101,34 @@ for w in "${workloads[@]}"; do
       | python3 -c 'import json,sys; j=json.load(sys.stdin); j["workload"]=sys.argv[1]; j["kind"]="functorch"; print(json.dumps(j))' "$w" >> "$results"
   fi
 done
+
+# Smooth networks and optimizers (issue 17): the digits MLP in tanh, gelu and relu, trained with
+# plain SGD (lr 0.05) and AdamW (lr 0.001), and tanh with SGD + Nesterov momentum + weight decay;
+# recorded paths (params.npy), so that the peer reads the same path.  For each: epk's kernel with
+# per-point contributions and its reconstruction alone (what `epk verify` computes), its own
+# full-Jacobian path over the first steps, and bench/structured_peer.py (PyTorch float64, per-layer
+# factors, 8 fixed Gauss nodes, both cores, whatever BLAS torch loads: reported).
+if [ "$quick" = 0 ]; then
+  for spec in tanh:sgd gelu:sgd relu:sgd tanh:adamw gelu:adamw relu:adamw tanh:nesterov; do
+    act=${spec%%:*} opt=${spec##*:}
+    name="mlp-$act-$opt" dir="$work/mlp-$act-$opt-$steps"
+    case "$opt" in
+      sgd) oargs=(--lr 0.05) ;;
+      adamw) oargs=(--lr 0.001 --optimizer adamw) ;;
+      nesterov) oargs=(--lr 0.05 --momentum 0.9 --nesterov --weight-decay 0.0001) ;;
+    esac
+    [ -d "$dir" ] || "$epk" train --out "$dir" --data digits --hidden 128,128 --activation "$act" --n-train 500 \
+      --n-test 100 --batch-size 100 --steps "$steps" --seed 0 "${oargs[@]}" >/dev/null 2>&1
+    naive=2; [ "$opt" = sgd ] || naive=1
+    record "$name" kernel "$dir" --precision double --threads 2 --gemm-size 0 --naive-steps "$naive"
+    record "$name" reconstruction "$dir" --precision double --threads 2 --gemm-size 0 --reconstruction-only
+    if [ "$act:$opt" = tanh:sgd ]; then record "$name" mpfr "$dir" --precision mpfr:256 --threads 2 --steps 2; fi
+    if [ "$have_torch" = 1 ] && [ "$opt" != nesterov ]; then
+      echo "bench: $name structured_peer" >&2
+      /usr/bin/python3 bench/structured_peer.py "$dir" --nodes 8 --threads 2 \
+        | python3 -c 'import json,sys; j=json.load(sys.stdin); j["workload"]=sys.argv[1]; j["kind"]="peer"; print(json.dumps(j))' "$name" >> "$results"
+    fi
+  done
+fi
 
 if [ "$quick" = 1 ]; then python3 bench/table.py "$results" || true; else python3 bench/table.py "$results"; fi

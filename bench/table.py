@@ -73,9 +73,65 @@ def main(path):
                 checks.append(("%s %s: residual within budget" % (w, prec), False, "%.3g" % s["residual_max_abs"]))
     print("\n".join(out))
     print()
+    smooth_table(rows, checks)
     for name, ok, detail in checks:
         print("%s %s: %s" % ("PASS" if ok else "FAIL", name, detail))
     return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+def smooth_table(rows, checks):
+    """Issue 17's table: the digits MLP by activation and optimizer, epk against its own
+    full-Jacobian path and against bench/structured_peer.py, with the issue's checks."""
+    names = []
+    for r in rows:
+        w = r.get("workload", "")
+        if w.startswith("mlp-") and w not in names:
+            names.append(w)
+    if not names:
+        return
+    def one(w, kind):
+        got = [r for r in rows if r.get("workload") == w and r.get("kind") == kind]
+        return got[0] if got else None
+    out = ["| network, optimizer | epk kernel s | epk reconstruction s | epk residual | naive / structured "
+           "| peer s (8 nodes) | peer residual | peer / epk kernel | peer BLAS |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    recon = {}
+    for w in names:
+        _, act, opt = w.split("-", 2)
+        k, rc, peer, mp = one(w, "kernel"), one(w, "reconstruction"), one(w, "peer"), one(w, "mpfr")
+        if not k or not rc:
+            continue
+        ks, rs = k["structured"], rc["structured"]
+        recon[(act, opt)] = rs["seconds"]
+        naive = k.get("naive")
+        ratio = peer["seconds"] / ks["seconds"] if peer else None
+        out.append("| %s, %s | %.2f | %.2f | %.2g (%.0f u) | %s | %s | %s | %s | %s |" % (
+            act, opt, ks["seconds"], rs["seconds"], ks["residual_max_abs"], ks["residual_over_u"],
+            "%.0f× (%d steps: %.1f s vs %.2f s)" % (naive["ratio"], naive["steps"], naive["seconds"],
+                                                    naive["structured_seconds_same_steps"]) if naive else "—",
+            "%.2f" % peer["seconds"] if peer else "—",
+            "%.2g" % peer["reconstruction_max_abs_error"] if peer else "—",
+            "%.2f×" % ratio if ratio else "—",
+            peer.get("blas", "?").split(" ")[0] if peer else "—"))
+        for f in (k, rc):
+            if not f["structured"]["ok"]:
+                checks.append(("%s: residual within budget" % w, False, "%.3g" % f["structured"]["residual_max_abs"]))
+        if ratio is not None and opt == "sgd":
+            need = 10 if act == "relu" else 3
+            checks.append(("%s: epk ≥ %d× faster than the structured PyTorch peer (%s)" % (
+                w, need, peer.get("blas", "?").split(" ")[0]), ratio >= need,
+                "%.2f× (%.2f s vs %.2f s)" % (ratio, peer["seconds"], ks["seconds"])))
+        if mp and mp.get("madd"):
+            m = mp["madd"]
+            checks.append(("%s: mpfr:256 ≤ 2× its multiply-adds" % w, m["cost_over_madds"] <= 2,
+                           "%.2f× (%.3g multiply-adds at %.0f ns)" % (m["cost_over_madds"], m["structured_madds"], m["ns"])))
+    for (act, opt), sec in sorted(recon.items()):
+        if opt != "sgd" and (act, "sgd") in recon:
+            base = recon[(act, "sgd")]
+            checks.append(("mlp-%s-%s: reconstruction ≤ 2× plain SGD's" % (act, opt), sec <= 2 * base,
+                           "%.2f s vs %.2f s = %.2f×" % (sec, base, sec / base)))
+    print("\n".join(out))
+    print()
 
 
 if __name__ == "__main__":

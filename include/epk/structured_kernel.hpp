@@ -1186,11 +1186,12 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
         };
         detail::for_each_point_t<T>(M, rq.threads, find_rule);
     }
-    const std::size_t chunks = (M + structured::chunk_points - 1) / structured::chunk_points;
+    // Chunks of the ladder's size: the final product [points·C × P]·[P × (K + 2)] is taller.
+    const std::size_t chunk = structured::ladder_chunk_points, chunks = (M + chunk - 1) / chunk;
     std::vector<gemm_counter> counters(chunks);
     std::vector<double> elementwise(chunks, 0.0);
     auto process_chunk = [&](std::size_t ch) {
-        const std::size_t first = ch * structured::chunk_points, last = std::min(M, first + structured::chunk_points);
+        const std::size_t first = ch * chunk, last = std::min(M, first + chunk);
         std::vector<std::size_t> idx;
         for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
         const matrix<T> xc = gather_rows(rq.x_test, idx);
