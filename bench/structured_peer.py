@@ -137,6 +137,15 @@ def blas_in_use(threads):
                 if re.search(r"blas|mkl_|libmkl|blis|accelerate|atlas", base) and parts[5] not in libs:
                     libs.append(parts[5])
     info = {"libraries": libs, "name": None, "config": None, "blas_threads": None}
+    # Debian's torch calls the BLAS behind the soname libblas.so.3 (an alternatives link);
+    # numpy may map OpenBLAS as well, so the soname decides when it resolves to a mapped file.
+    for cand in ("/usr/lib/x86_64-linux-gnu/libblas.so.3", "/lib/x86_64-linux-gnu/libblas.so.3"):
+        if os.path.exists(cand):
+            real = os.path.realpath(cand)
+            if any(os.path.realpath(p) == real for p in libs) and "openblas" not in real.lower():
+                info["name"] = ("reference BLAS " if "/blas/" in real else "") + real
+                return info
+            break
     for path in libs:
         if "openblas" in os.path.basename(path).lower():
             info["name"] = "OpenBLAS " + path

@@ -14,8 +14,9 @@
 //   Ī_s(x) r_s            = Σ_q ω_q Σ_l D_l(x,q) (R_l h_l(x,q) + r_{b,l})      (r_s in layer blocks)
 // and each is a GEMM over many test rows (x, q) and training rows i at once,
 // with inner dimensions the layer widths instead of P.  No C × P matrix is
-// formed for piecewise-linear networks or fixed rules; for smooth networks
-// the adaptive node search still forms Ī per test point (segment_rule).
+// formed: smooth networks choose their adaptive rules through the same products
+// (ladder_chunk, proofs-notes/010), and runs with momentum, weight decay or Adam
+// contract their per-point shares through the factors (optimizer_step_structured).
 //
 // What is computed how (and therefore what is bit-for-bit identical to what):
 //  * the training side — forward pass, coefficients a_{i,s}, adjoints e_{l,i},

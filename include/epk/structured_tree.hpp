@@ -25,9 +25,10 @@
 // Magnitudes (the budget's path_magnitude, proofs-notes/008 §2 and 006): the forward error
 // magnitude M and the tangent τ along |Δ| of tree_segment.hpp, with |A(w + tΔ)| ≤ |A(w)| +
 // |A(Δ)| for t ∈ [0, 1], so τ here ≥ the unstructured path's; the bilinear steps are products
-// in binary64, the rest per entry.  Smooth networks (layer norm, tanh, gelu, ...): the adaptive
-// node search of segment_rule already forms Ī and its magnitude (its acceptance test is
-// entrywise); they are contracted by the same products.
+// in binary64, the rest per entry.  Smooth networks (layer norm, tanh, gelu, ...): the ladder of
+// proofs-notes/010 per test point (ladder_point): rules of growing size integrated by these
+// products, compared through the shares' scale; optimizer runs contract Ī with their shares
+// (point_integral, called by structured_kernel.hpp's optimizer_step_structured).
 //
 // Arithmetic: the test side's products use gemm<T> (Eigen in double, the reference order in
 // every other type); test points are independent work items and a point's rows go in fixed
