@@ -51,24 +51,35 @@ Per timed step s (batch B_s of b rows, rate eta, w = w_s, Delta = w_{s+1} - w_s)
                              D_l[m,c,:] . (Phi_l,i H_l[m,:] + phi_b,l,i)
                        as the GEMM H_l [M, in] x Phi_l^T [in, N out] and a
                        batched product with D_l over the test points.
-  remainder            r = Delta - sum_i phi_i - omega; r and omega are
-                       contracted like a single share:
+  remainder and        r = Delta - sum_i phi_i - omega; r and omega are each
+  optimizer term       contracted like a single share:
                          remainder[m, c] += sum_q om_q sum_l D_l[m,c,:] . (R_l H_l[m,:] + r_b,l)
+                       (and optimizer term[m, c] likewise with omega).
 
 and reconstruction = f(x; w_0) + contributions.sum(1) + optimizer term +
 remainder, compared with f(x; w_K) after the K timed steps. The integral is
 exact only up to the fixed rule's quadrature error: geometric convergence in
 --nodes for smooth activations, not exact for relu / leaky_relu (kinks).
 
+With Adam, a point's share phi_i = -(eta/c1) m_i / (sqrt(v)/...) can be far
+larger than the step where the batch's gradients cancel (v small), so
+per-point contributions are sensitive to the rounding of v (how the batch
+gradient is summed): two correct implementations may differ there by more
+than rounding of the contributions' size. Their sum, and the reconstruction,
+are not.
+
 Node batching (--node-batch): "all" runs the test side for all n nodes in one
-set of batched products (W(t) as [n, out, in], bmm); "one" loops over the
-nodes with the same code for n = 1. Measured on the digits 64-128-128-10 net,
-100 test points, 8 nodes, 2 threads, 200 steps (OpenBLAS 0.3.21, 2-core EPYC):
-plain SGD tanh 1.76 s (all) vs 2.75 s (one); AdamW 79.8 s (all) vs 79.4 s
-(one), i.e. the same within noise there, as the dense [N, P] contraction
-dominates and has the same GEMM shapes either way, only taller. The default is
-"all"; with dense shares it holds an [n M, N out] product per layer
-(410 MB here), "one" an n-th of that.
+set of batched products (W(t) as [n, out, in]; the first layer's input, the
+same at every node, is used once); "one" loops over the nodes with the same
+code for n = 1. Measured with 8 nodes, 2 threads, 200 steps on the digits
+64-128-128-10 net (500 training rows, batch 100, 100 test points; OpenBLAS
+0.3.21, 2-core AMD EPYC VM, runs taken while the machine was otherwise idle):
+plain SGD (rank-1 shares) tanh 6.9 s (one) vs 9.0 s (all), relu 6.7 s vs
+7.7 s: the per-node products are small and stay in cache; dense shares
+(AdamW) 106 s (all) vs 167 s (one): the [n M, in] x [in, N out] GEMM
+is taller and the first layer's is done once. The default "auto" takes the
+faster: one node at a time for rank-1 shares, all nodes for dense shares
+(which then holds an [n M, N out] product per layer: 410 MB here).
 
 Timing ("seconds") covers only the kernel work of the timed steps: the
 training side, the optimizer split, the test side and the contractions. Not
@@ -80,11 +91,13 @@ final check.
 Threads: torch.set_num_threads(T); torch's BLAS is found at run time in
 /proc/self/maps after a matmul (reported as "blas"). torch built against the
 generic BLAS interface does not pass T on to OpenBLAS, so when the mapped BLAS
-is OpenBLAS its openblas_set_num_threads(T) is called as well.
+is OpenBLAS its openblas_set_num_threads(T) (or --blas-threads) is called as
+well. "cpu_seconds" is the process's CPU time over the same timed work.
 
 Usage:
     /usr/bin/python3 bench/structured_peer.py TRACE_DIR [--nodes N] [--steps K]
-                                              [--threads T] [--node-batch all|one]
+                                              [--threads T] [--blas-threads T2]
+                                              [--node-batch auto|all|one]
 Output: one JSON line on stdout. Bad input: a message on stderr, exit 2.
 Requires Python 3, NumPy and PyTorch (>= 1.13).
 """
@@ -322,12 +335,14 @@ class StructuredPathKernel:
         t, om = gauss_legendre_01(nodes)
         self.t = torch.from_numpy(t)
         self.om = torch.from_numpy(om)
+        # memoryless SGD: phi_i = -eta g_i, rank one per layer
+        self.rank1 = opt["type"] == "sgd" and opt["momentum"] == 0
+        if node_batch == "auto":   # the faster one, measured (module docstring)
+            node_batch = "one" if self.rank1 else "all"
         self.node_batch = node_batch
         self.M = tr.x_eval.shape[0]
         self.N = tr.N
         self.C = tr.model.C
-        # memoryless SGD: phi_i = -eta g_i, rank one per layer
-        self.rank1 = opt["type"] == "sgd" and opt["momentum"] == 0
         self.first = opt["initial_step"] == 0
         self.t_opt = opt["initial_step"]
         P = tr.model.P
@@ -523,8 +538,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (and OpenBLAS's)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OpenBLAS's thread count (None: --threads)")
-    p.add_argument("--node-batch", choices=("all", "one"), default="all",
-                   help="test side for all nodes in one set of batched products, or one node at a time")
+    p.add_argument("--node-batch", choices=("auto", "all", "one"), default="auto",
+                   help="test side for all nodes in one set of batched products, or one node at a "
+                        "time; auto: one for plain SGD (rank-1 shares), all for dense shares")
     return p.parse_args(argv)
 
 
@@ -614,7 +630,7 @@ def run(opt):
         "blas_threads": blas["blas_threads"],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "nodes": opt.nodes,
-        "node_batch": opt.node_batch,
+        "node_batch": kernel.node_batch,
         "optimizer": o["type"] if o["type"] != "sgd" else
         ("sgd" + (" momentum" if o["momentum"] else "") + (" nesterov" if o["nesterov"] else "")
          + (" weight_decay" if o["weight_decay"] else "")),

@@ -45,6 +45,11 @@ segment_structure analyse_segment_structure(const model_spec& m) {
         st.piecewise_linear = an.first_smooth == an.nodes.size();
         st.exact_nodes = an.degree / 2 + 1;
         st.default_tolerance = an.tolerance;
+        for (std::size_t k = an.first_smooth; k < an.nodes.size(); ++k) {
+            const layer_kind kind = an.nodes[k]->spec.kind;
+            if (kind == layer_kind::relu || kind == layer_kind::leaky_relu || kind == layer_kind::max_pool2d)
+                st.kinks_behind_smooth = true;
+        }
         return st;
     }
     st.first_smooth = m.layers.size();
@@ -54,6 +59,8 @@ segment_structure analyse_segment_structure(const model_spec& m) {
             st.piecewise_linear = false;
             break;
         }
+    for (std::size_t k = st.first_smooth; k < m.layers.size(); ++k)
+        if (m.layers[k].kind == layer_kind::relu || m.layers[k].kind == layer_kind::leaky_relu) st.kinks_behind_smooth = true;
     // J has degree ≤ L−1 on a piece; ⌊L/2⌋+1 nodes integrate degree 2⌊L/2⌋+1 ≥ L exactly.
     st.exact_nodes = m.linear_layer_count() / 2 + 1;
     double widths = 0;

@@ -52,6 +52,8 @@ struct segment_structure {
                                     // a tree model: of the first smooth node in pre-order (tree_segment.hpp)
     std::size_t exact_nodes = 1;    // ⌊L/2⌋+1: exact for degree ≤ L (J has degree ≤ L−1)
     double default_tolerance = 16;  // τ = max(16, Σ widths): the integrand's rounding floor, proofs-notes/004 §5
+    bool kinks_behind_smooth = false;  // a relu / leaky relu / max pool after the first smooth layer
+                                       // (found by sampling, 004 §4): the structured ladder is not used
 };
 segment_structure analyse_segment_structure(const model_spec& m);
 

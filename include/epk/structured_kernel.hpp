@@ -955,7 +955,8 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     // Smooth networks under the adaptive rule: the ladder through the factors (ladder_chunk),
     // each point starting at the size its last step accepted.
     const quadrature_options& qo = rq.quadrature;
-    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
+                        qo.composite == quadrature_options::simple_rule::none;
     const std::size_t chunk = ladder ? structured::ladder_chunk_points : structured::chunk_points;
     const std::size_t chunks = (M + chunk - 1) / chunk;
     std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
@@ -1113,7 +1114,8 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     const quadrature_options& qo = rq.quadrature;
     if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
     const std::size_t M = rq.x_test.rows, C = model.output_dim(), P = w.size(), K = phi.size();
-    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
+                        qo.composite == quadrature_options::simple_rule::none;
     if (start.size() != M) start.assign(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     // The shares, ω and r as rows of one matrix [(K + 2) × P].
     matrix<T> shares(K + 2, P);
@@ -1243,8 +1245,8 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
             if (ladder) {
                 ps.estimate_by_output = std::move(o.estimate);
                 for (T& e : ps.estimate_by_output) e += cut_term * scale_l1;
-            } else {
-                ps.estimate = cut_term;
+            } else {  // segment_rule's: the per-point adaptive rule (kinks behind a smooth layer) carries its own
+                ps.estimate = rules[mm].estimate_is_final ? rules[mm].error_estimate : cut_term;
             }
             ps.magnitude = std::move(o.sums.share_magnitude);
             finish_point(mm, ps, &out((mm - first) * C, 0));

@@ -825,7 +825,8 @@ std::vector<T> point_integral(const step_context<T>& sc, std::size_t mm, std::si
     ps.converged = rule.converged;
     rule_integral<T> ri = integrate(rule.nodes, rule.weights, sc.abs_delta);
     ps.magnitude = std::move(ri.magnitude);
-    ps.estimate = T(T(2) * rule.located * ri.scale);
+    // The per-point adaptive rule (kinks behind a smooth layer) carries its own estimate.
+    ps.estimate = rule.estimate_is_final ? rule.error_estimate : T(T(2) * rule.located * ri.scale);
     return std::move(ri.ibar);
 }
 
@@ -857,7 +858,8 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
     const quadrature_options& qo = rq.quadrature;
-    const bool ladder = !st.piecewise_linear && qo.fixed_nodes == 0 && qo.composite == quadrature_options::simple_rule::none;
+    const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
+                        qo.composite == quadrature_options::simple_rule::none;
     std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         // The training side, as the unstructured path: a_{i,s}, g_{i,s} (one vjp per row), Σ_i g_{i,s}.
