@@ -685,6 +685,10 @@ struct ladder_context {
     // Vector mode (optimizer runs with few shares): Ī·v_k for the rows v_k of `vectors`
     // [K × P], contracted row by row through the factors; the ladder compares Σ_k |ΔĪ·v_k|.
     const matrix<T>* vectors = nullptr;
+    // Plain SGD: `vectors` holds Δ_s alone, and a rule is accepted only if also
+    // |ΔĪ·Δ|_c ≤ τ·u·V_c (V: the magnitude with |Δ|) — the reconstruction's own term at its own
+    // rounding level, however much the per-point contributions cancel (proofs-notes/010 §1).
+    bool step_check = false;
 };
 
 // A row of a rule: node t, weight ω, the chunk's point, where its sums go.
@@ -816,7 +820,7 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
                     const T* fi = &lp.fine->integral(c, 0);
                     const T* ci = &lp.coarse->integral(c, 0);
                     for (std::size_t p = 0; p < cx.w.size(); ++p) e += rm::abs(T(fi[p] - ci[p])) * T(cx.share_scale[p]);
-                } else if (cx.vectors != nullptr) {
+                } else if (cx.vectors != nullptr && !cx.step_check) {
                     const std::size_t K = cx.vectors->rows;
                     for (std::size_t k = 0; k < K; ++k)
                         e += rm::abs(T(lp.fine->vector_out[c * K + k] - lp.coarse->vector_out[c * K + k]));
@@ -825,11 +829,15 @@ std::vector<ladder_outcome<T>> ladder_chunk(const ladder_context<T>& cx, const m
                     for (std::size_t i = 0; i < b; ++i)
                         e += rm::abs(T(lp.fine->contribution[c * b + i] - lp.coarse->contribution[c * b + i]));
                 }
-                const T tol = T(tau) * u * T(lp.fine->share_magnitude[c]);
-                if (!(e <= tol)) ok = false;
-                const double rc = tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
-                                             : (e > T(0) ? std::numeric_limits<double>::infinity() : 0.0);
-                ratio = std::max(ratio, rc);
+                auto compare = [&](const T& err, const T& tol) {
+                    if (!(err <= tol)) ok = false;
+                    ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(err / tol))
+                                                       : (err > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
+                };
+                compare(e, T(T(tau) * u * T(lp.fine->share_magnitude[c])));
+                if (cx.step_check)
+                    compare(rm::abs(T(lp.fine->vector_out[c] - lp.coarse->vector_out[c])),
+                            T(T(tau) * u * T(lp.fine->magnitude[c])));
                 est[c] = std::move(e);
             }
             if (ok) {
@@ -986,7 +994,10 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         const std::span<const T> delta(sd.delta), rem(sd.rem), wv(w);
         structured::step_magnitudes mags = structured::make_step_magnitudes<T>(offs, wv, delta);
         if (ladder) structured::add_share_magnitudes<T>(offs, train, rem, mags);
-        const structured::ladder_context<T> lcx{&model, &offs, &st, wv, delta, rem, &train, &mags, &rq.quadrature, store_kernel, false, {}};
+        matrix<T> delta_row(1, P);
+        std::copy(sd.delta.begin(), sd.delta.end(), delta_row.data.begin());
+        const structured::ladder_context<T> lcx{&model, &offs, &st, wv, delta, rem, &train, &mags, &rq.quadrature,
+                                                store_kernel, false, {}, &delta_row, true};
 
         // The rule of every test point (independent of the others); the smooth ladder finds
         // its rules chunk by chunk below.
@@ -1180,7 +1191,7 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     // node); many (per-point contributions): Ī formed (C·P per node) and one product at the end.
     const bool vector_mode = K + 2 <= C;
     const structured::ladder_context<T> cx{&model, &offs, &st, w, delta, {}, &none, &mags, &qo, false,
-                                           !vector_mode, scale, vector_mode ? &shares : nullptr};
+                                           !vector_mode, scale, vector_mode ? &shares : nullptr, false};
     std::vector<step_rule<T>> rules(M);
     if (!ladder) {
         std::vector<matrix<T>> x_rows;
