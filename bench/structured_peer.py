@@ -74,10 +74,11 @@ same at every node, is used once); "one" loops over the nodes with the same
 code for n = 1. Measured with 8 nodes, 2 threads, 200 steps on the digits
 64-128-128-10 net (500 training rows, batch 100, 100 test points; OpenBLAS
 0.3.21, 2-core AMD EPYC VM, runs taken while the machine was otherwise idle):
-plain SGD (rank-1 shares) tanh 6.9 s (one) vs 9.0 s (all), relu 6.7 s vs
-7.7 s: the per-node products are small and stay in cache; dense shares
-(AdamW) 106 s (all) vs 167 s (one): the [n M, in] x [in, N out] GEMM
-is taller and the first layer's is done once. The default "auto" takes the
+plain SGD (rank-1 shares) tanh 6.9-9.7 s (one) vs 9.0-12.2 s (all), gelu
+8.1 s vs 11.0-12.0 s, relu 6.7-9.2 s vs 7.7-9.4 s (run-to-run spread about
+30 % on this VM): the per-node products are small and stay in cache; dense
+shares (AdamW) 106 s (all, twice) vs 167 s (one): the [n M, in] x
+[in, N out] GEMM is taller and the first layer's is done once. The default "auto" takes the
 faster: one node at a time for rank-1 shares, all nodes for dense shares
 (which then holds an [n M, N out] product per layer: 410 MB here).
 
