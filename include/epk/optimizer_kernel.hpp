@@ -216,9 +216,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     std::vector<char> converged(M, 1);
     // The test side through the per-layer factors (the splits of the contributions keep the
     // full Jacobians): optimizer_step_structured, structured_kernel.hpp.
-    // Tree models keep the per-point path for now: a UBSan finding (null reference) in their
-    // structured optimizer runs is not yet understood (StructuredTree.OptimizerAgreesWithUnstructured).
-    const bool structured = rq.structured && model.is_mlp() && rq.split_layers.empty() && !rq.split_steps;
+    const bool structured = rq.structured && rq.split_layers.empty() && !rq.split_steps;
     std::vector<std::size_t> ladder_start;
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);

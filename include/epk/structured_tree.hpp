@@ -273,7 +273,9 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
                     add_product(v, cx.t[r], cx.delta[n.offset + k]);
                     theta(r, k) = v;
                 }
-                layers::layer_norm_forward<T>(g, &theta(r, 0), &h(r, 0), &out.h(r, 0));
+                // theta.data.data() + r·count, not &theta(r, 0): without affine parameters (count 0) the
+                // row is empty and indexing it binds a null reference (UBSan).
+                layers::layer_norm_forward<T>(g, theta.data.data() + r * n.count, &h(r, 0), &out.h(r, 0));
             }
             return out;
         }
@@ -565,7 +567,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             for (std::size_t rc = 0; rc < RC; ++rc) {
                 const std::size_t r = rc / C, c = rc % C;
                 std::fill(gw.begin(), gw.end(), T(0));
-                layers::layer_norm_backward<T>(g, &tp.theta(r, 0), &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
+                layers::layer_norm_backward<T>(g, tp.theta.data.data() + r * n.count, &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
                 T* dst = cx.ibar->data() + c * P + n.offset;
                 for (std::size_t k = 0; k < n.count; ++k) {
                     add_product(dst[k], cx.omega[r], gw[k]);
