@@ -10,9 +10,10 @@ mode="${1:-demo}"
 case "$mode" in demo|test) ;; *) echo "usage: ./build.sh demo|test" >&2; exit 2 ;; esac
 
 packages=(g++ cmake make libboost-dev libmpfr-dev libgmp-dev libeigen3-dev nlohmann-json3-dev
-          libgtest-dev librapidcheck-dev)
+          libgtest-dev librapidcheck-dev libflint-arb-dev)
 # test: bench/ (google-benchmark; run.sh and table.py need python3), the fuzz targets (clang, fuzz/README.md).
 # tools/minimal-root.sh checks on a minimal Debian 12 root that nothing else is needed.
+# libflint-arb-dev: Arb's ball arithmetic for `epk certify` (optional in CMake; installed by both).
 # test also: the Python package (python/: pybind11, its pytest suite; python3-torch for the
 # recorder epk.torch).
 [ "$mode" = test ] && packages+=(libbenchmark-dev python3 clang libclang-rt-14-dev

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "args.hpp"
+#include "../certify.hpp"
 #include "epk/check.hpp"
 #include "epk/dataset.hpp"
 #include "epk/engine.hpp"
@@ -95,6 +96,13 @@ commands
                              steps in --steps LIST (e.g. 0,5,10-12 or all)
                              and audit.json  [--precision P] [--threads N] [--unstructured]
                              [--allow-unexplained-steps]
+  certify TRACE              rigorous enclosures (Arb ball arithmetic) of f(x; w[0]), f(x; w[S]),
+                             the reconstruction, remainder and optimizer terms and the residual;
+                             exit 0 when every residual enclosure contains 0 and every width is
+                             at most --max-width (relative; default 2^-(bits-40)), 1 otherwise or
+                             when the trace is outside what certify covers (the reason is
+                             printed)  [--bits P (default 256)] [--json] [--contributions]
+                             [--max-width W] [--threads N]
   compare TRACE              the exact kernel against the per-step tangent kernel, the NTK at
                              initialisation, the linearised model and fixed rules along each
                              step: each reconstruction's error  [--methods LIST] [--precision P]
@@ -685,6 +693,109 @@ int cmd_verify(int argc, char** argv) {
     return ok ? 0 : 1;
 }
 
+// ---------------------------------------------------------------- certify
+
+nlohmann::json ball_json(const epk::ball_table& t, std::size_t e) {
+    return {{"mid", t.mid[e]}, {"rad", t.rad[e]}};
+}
+
+// [rows][cols] of {"mid", "rad"}; contributions: [M][N][C] (rows = M·N).
+nlohmann::json table_json(const epk::ball_table& t, std::size_t per_point = 1) {
+    nlohmann::json out = nlohmann::json::array();
+    for (std::size_t r = 0; r < t.rows; r += per_point) {
+        nlohmann::json point = nlohmann::json::array();
+        for (std::size_t i = r; i < r + per_point; ++i) {
+            nlohmann::json row = nlohmann::json::array();
+            for (std::size_t c = 0; c < t.cols; ++c) row.push_back(ball_json(t, i * t.cols + c));
+            point.push_back(std::move(row));
+        }
+        out.push_back(per_point == 1 ? point[0] : point);
+    }
+    return out;
+}
+
+int cmd_certify(int argc, char** argv) {
+    const args a = parse_args(argc, argv, {"bits", "threads", "max-width"}, {"json", "contributions"}, 1, 1);
+    epk::certify_options o;
+    o.bits = static_cast<long>(a.get_count("bits", 256, 64, 100000));
+    o.threads = a.get_count("threads", 0, 0, 1024);
+    o.contributions = a.flags.count("contributions") != 0;
+    if (a.has("max-width")) {
+        o.max_width = a.get_real("max-width", 0);
+        if (!(o.max_width > 0)) throw epk::input_error("--max-width", "must be a positive number");
+    }
+    if (!epk::certify_available())
+        throw epk::usage_error("epk certify: this build has no Arb (install libflint-arb-dev and rebuild)");
+    const epk::trace t = epk::read_trace(a.positional[0]);
+    const bool json = a.flags.count("json") != 0;
+    const epk::certify_report r =
+        epk::certify_trace(t, o, json ? epk::progress_fn{} : make_progress("certify at " + std::to_string(o.bits) + " bits"));
+    if (json) {
+        nlohmann::json j;
+        j["trace"] = a.positional[0];
+        j["bits"] = r.bits;
+        j["certified"] = r.certified;
+        j["supported"] = r.supported;
+        j["reason"] = r.reason;
+        j["seconds"] = r.seconds;
+        if (r.supported) {
+            j["path"] = r.path_note;
+            j["optimizer"] = r.optimizer;
+            j["test_points"] = r.test_points_name;
+            j["max_width"] = r.max_width;
+            j["widest_relative_width"] = r.widest;
+            j["widest_quantity"] = r.widest_quantity;
+            j["pieces"] = r.pieces;
+            j["pattern_changes"] = r.kinks;
+            j["enclosed_intervals"] = r.enclosed_intervals;
+            j["outputs_initial"] = table_json(r.outputs_initial);
+            j["outputs_final"] = table_json(r.outputs_final);
+            j["reconstruction"] = table_json(r.reconstruction);
+            j["optimizer_term"] = table_json(r.optimizer_term);
+            j["remainder_term"] = table_json(r.remainder_term);
+            j["residual"] = table_json(r.residual);
+            if (o.contributions) j["contributions"] = table_json(r.contributions, r.n_train);
+        }
+        std::cout << j.dump(2) << "\n";
+        return r.certified ? 0 : 1;
+    }
+    std::cout << "trace " << a.positional[0] << ": " << shape_string(t.model) << ", " << r.steps << " steps, optimizer "
+              << r.optimizer << "\n";
+    if (!r.supported) {
+        std::cout << "NOT CERTIFIED: " << r.reason << "\n";
+        return 1;
+    }
+    std::cout << r.path_note << "\n"
+              << "ball arithmetic (Arb) at " << r.bits << " bits, test points " << r.test_points_name << "\n\n";
+    std::printf("%-17s %14s %14s\n", "enclosure", "max radius", "contains 0");
+    auto row = [&](const char* name, const epk::ball_table& tb, bool zero) {
+        double mr = 0;
+        for (double v : tb.rad_value) mr = std::max(mr, v);
+        std::printf("%-17s %14.3e %14s\n", name, mr, zero ? (tb.contains_zero_everywhere ? "yes (all)" : "NO") : "");
+    };
+    row("outputs_initial", r.outputs_initial, false);
+    row("outputs_final", r.outputs_final, false);
+    row("reconstruction", r.reconstruction, false);
+    row("remainder_term", r.remainder_term, false);
+    row("optimizer_term", r.optimizer_term, false);
+    row("residual", r.residual, true);
+    if (o.contributions) row("contributions", r.contributions, false);
+    const std::size_t m = r.widest_point;
+    std::printf("\nwidest relative width %.3e (%s, test point %zu); asked for <= %.3e\n", r.widest,
+                r.widest_quantity.c_str(), m, r.max_width);
+    std::printf("segments: %zu pieces integrated exactly, %zu pattern changes isolated, %zu intervals enclosed; %.1f s\n",
+                r.pieces, r.kinks, r.enclosed_intervals, r.seconds);
+    std::cout << "test point " << m << ", output 0: f(x; w[S]) in [" << r.outputs_final.mid[m * r.classes] << " +/- "
+              << r.outputs_final.rad[m * r.classes] << "]\n"
+              << "                  residual in [" << r.residual.mid[m * r.classes] << " +/- "
+              << r.residual.rad[m * r.classes] << "]\n";
+    std::cout << (r.certified ? "CERTIFIED: every residual enclosure contains 0 and every width is within --max-width "
+                                "(proofs-notes/011)"
+                              : "NOT CERTIFIED: " + r.reason)
+              << "\n";
+    return r.certified ? 0 : 1;
+}
+
 // ---------------------------------------------------------------- kernel
 
 int cmd_kernel(int argc, char** argv) {
@@ -1106,6 +1217,7 @@ int run(int argc, char** argv) {
     if (cmd == "predict") return cmd_predict(argc, argv);
     if (cmd == "demo") return cmd_demo(argc, argv);
     if (cmd == "verify") return cmd_verify(argc, argv);
+    if (cmd == "certify") return cmd_certify(argc, argv);
     if (cmd == "kernel") return cmd_kernel(argc, argv);
     if (cmd == "compare") return cmd_compare(argc, argv);
     if (cmd == "study") return cmd_study(argc, argv);

@@ -849,5 +849,34 @@ printf '%s' '{"input_shape": [1, 8' >"$W/broken.json"
 expect_fail "train --model: not JSON" broken.json "not valid JSON" --absent "$W/newdir" \
     -- "$EPK" train --out "$W/newdir" --model "$W/broken.json"
 
+# ---- certify (Arb): exit 0 certified, 1 not (or outside what certify covers), 2 bad input
+run "$EPK" certify "$W/relu" --bits 64
+if grep -q "has no Arb" "$W/err"; then
+    ok "certify: this build has no Arb (skipped)"
+else
+    run "$EPK" certify "$W/relu" --bits 128 --json
+    if [ "$RC" -eq 0 ] && grep -q '"certified": true' "$W/out" && grep -q '"residual"' "$W/out" \
+        && grep -q '"outputs_final"' "$W/out" && grep -q '"rad"' "$W/out"; then
+        ok "certify --json of the big-step ReLU run: certified, enclosures written"
+    else
+        fail "certify --json of the big-step ReLU run" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
+    fi
+    run "$EPK" certify "$W/relu" --bits 128 --max-width 1e-300
+    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: the widest enclosure" "$W/out"; then
+        ok "certify --max-width tighter than the enclosures: exit 1"
+    else
+        fail "certify --max-width 1e-300" "exit $RC -- $(head -c 300 "$W/out")"
+    fi
+    run "$EPK" certify full
+    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: layers\[1\] tanh" "$W/out"; then
+        ok "certify of a tanh run: exit 1 naming the layer it cannot certify"
+    else
+        fail "certify of a tanh run" "exit $RC -- $(head -c 300 "$W/out")"
+    fi
+    expect_fail "certify --bits 8" --bits "\[64, 100000\]" -- "$EPK" certify "$W/relu" --bits 8
+    expect_fail "certify --max-width -1" --max-width "positive" -- "$EPK" certify "$W/relu" --max-width -1
+    expect_fail "certify: trace path does not exist" no-such-trace "" -- "$EPK" certify "$W/no-such-trace"
+fi
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -1,0 +1,71 @@
+// certify.hpp — `epk certify`: rigorous enclosures of every term of the kernel identity in
+// ball (midpoint–radius) arithmetic, Arb (libflint-arb-dev).  proofs-notes/011-certify.md.
+//
+// What is built (this is the first part of the issue; the rest is refused, never guessed):
+// Arithmetic: balls with P + 64-bit midpoints (P = --bits), Arb's rigorous elementary functions.
+//   * MLPs (linear layers; identity, relu, leaky_relu activations): along each step's
+//     segment w_s + tΔ_s the Jacobian is piecewise polynomial in t of degree ≤ L−1.  Every
+//     sign change of a pre-activation is isolated rigorously (interval evaluation over a
+//     t-interval, interval Newton on the one uncertain unit, bisection otherwise); each piece
+//     of constant pattern is integrated exactly by ⌈L/2⌉-node Gauss–Legendre with ball nodes
+//     and weights; an interval that cannot be resolved is enclosed by its width times the
+//     interval Jacobian over it.
+//   * plain SGD (any learning-rate schedule, minibatches), cross_entropy and mse, mean or sum.
+//   * recorded paths (params.npy rows taken as exact binary64 numbers) as given; a replayed
+//     trace is first replayed in binary64 by epk's trainer (bit-identical to `epk train`)
+//     and that path is certified.
+// Anything else (smooth activations, tree models, optimizers with state) gives
+// supported = false and the reason (the CLI exits 1): never a certificate it cannot back.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "epk/engine.hpp"
+#include "epk/trace.hpp"
+
+namespace epk {
+
+struct certify_options {
+    long bits = 256;              // working precision of the balls' midpoints
+    bool contributions = false;   // enclose every c(x_m, x_i) as well
+    double max_width = -1;        // relative width asked for; < 0: 2^-(bits-40)
+    std::size_t threads = 0;      // over test points; 0 = all cores (identical results for any count)
+    // Testing only (tests/test_certify.cpp): with `contributions`, the largest |c(x_0, x_i)_0| is
+    // moved by this many units of 2^-bits·|c| before the sums, which must then exclude the identity.
+    double perturb_contribution_ulps = 0;
+};
+
+// An M × C (or M × N × C) table of enclosures.
+struct ball_table {
+    std::size_t rows = 0, cols = 0;
+    std::vector<std::string> mid, rad;       // decimal strings; [mid ± rad] contains the value
+    std::vector<double> mid_value, rad_value;  // binary64: mid rounded, rad rounded up
+    bool contains_zero_everywhere = false;     // every entry's enclosure contains 0
+};
+
+struct certify_report {
+    long bits = 0;
+    std::size_t steps = 0, n_train = 0, classes = 0, test_points = 0;
+    bool recorded_path = false;
+    std::string test_points_name, optimizer, path_note;
+    ball_table outputs_initial, outputs_final, reconstruction, optimizer_term, remainder_term, residual;
+    ball_table contributions;  // rows = M·N, cols = C (when asked for)
+    bool supported = true;     // false: `reason` says which layer/optimizer cannot be certified
+    bool certified = false;    // every residual contains 0 and every width ≤ max_width
+    std::string reason;        // why not certified (empty when certified)
+    double max_width = 0;      // the relative width asked for
+    double widest = 0;         // the largest relative width seen
+    std::string widest_quantity;
+    std::size_t widest_point = 0;
+    std::size_t pieces = 0, kinks = 0, enclosed_intervals = 0;  // over all steps and test points
+    double seconds = 0;
+};
+
+// Whether this build has Arb (EPK_HAVE_ARB).  Without it certify_trace throws usage_error.
+bool certify_available();
+
+certify_report certify_trace(const trace& t, const certify_options& o, const progress_fn& progress = {});
+
+}  // namespace epk

@@ -1,0 +1,186 @@
+// `epk certify` (src/certify.hpp, proofs-notes/011): on random small piecewise-linear MLPs
+// trained by SGD (recorded binary64 paths with big steps, so that patterns change inside
+// segments), every enclosure contains the MPFR-1024 value of the same quantity (epk's own
+// path kernel at 1024 bits), the identity's residual encloses 0, widths fall like 2^-P from
+// 128 to 512 bits, and a contribution moved by one unit in its P-th bit is caught.  What
+// certify does not cover is refused with the layer or optimizer named.
+#include <gtest/gtest.h>
+#include <rapidcheck.h>
+#include <rapidcheck/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "../src/certify.hpp"
+#include "epk/engine.hpp"
+#include "epk/mpfr_real.hpp"
+#include "epk/training.hpp"
+
+namespace {
+
+struct certify_case {
+    epk::trace rec;  // recorded binary64 path
+    std::string text;
+};
+
+certify_case gen_case() {
+    static const std::vector<epk::layer_kind> acts{epk::layer_kind::relu, epk::layer_kind::leaky_relu,
+                                                   epk::layer_kind::identity};
+    epk::trace t;
+    epk::model_spec& m = t.model;
+    m.input_dim = *rc::gen::inRange<std::size_t>(1, 5);
+    const auto linear = *rc::gen::weightedElement<std::size_t>({{1, 1}, {4, 2}, {4, 3}});
+    for (std::size_t k = 0; k < linear; ++k) {
+        m.layers.push_back({epk::layer_kind::linear, *rc::gen::inRange<std::size_t>(1, 7), *rc::gen::arbitrary<bool>(), 0.01});
+        if (k + 1 < linear) {
+            epk::layer_spec a{*rc::gen::elementOf(acts), 0, true, 0.01};
+            if (a.kind == epk::layer_kind::leaky_relu) a.negative_slope = *rc::gen::element(0.01, 0.2, -0.5);
+            m.layers.push_back(a);
+        }
+    }
+    const std::size_t C = m.output_dim(), N = *rc::gen::inRange<std::size_t>(2, 7), D = m.input_dim;
+    const bool ce = C >= 2 && *rc::gen::arbitrary<bool>();
+    t.loss = {ce ? epk::loss_kind::cross_entropy : epk::loss_kind::mse,
+              *rc::gen::arbitrary<bool>() ? epk::reduction_kind::mean : epk::reduction_kind::sum};
+    t.optimizer.steps = *rc::gen::inRange<std::size_t>(1, 5);
+    t.optimizer.learning_rate = *rc::gen::element(0.05, 0.5, 2.0);
+    const std::uint64_t seed = *rc::gen::arbitrary<std::uint32_t>();
+    std::mt19937_64 rng(seed);
+    auto draw = [&](std::size_t count, double scale) {
+        std::vector<double> v(count);
+        for (double& e : v) e = static_cast<double>(static_cast<int>(rng() % 257) - 128) / scale;
+        return v;
+    };
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {N, D}, draw(N * D, 64.0));
+    if (ce) {
+        std::vector<std::int64_t> labels(N);
+        for (auto& l : labels) l = static_cast<std::int64_t>(rng() % C);
+        t.y_train = epk::make_int_array({N}, labels);
+    } else {
+        t.y_train = epk::make_real_array(epk::npy_dtype::f8, {N, C}, draw(N * C, 64.0));
+    }
+    t.x_test = epk::make_real_array(epk::npy_dtype::f8, {2, D}, draw(2 * D, 64.0));
+    if (N >= 3 && *rc::gen::arbitrary<bool>()) {  // minibatches of 2
+        std::vector<std::int64_t> b;
+        for (std::size_t s = 0; s < t.optimizer.steps; ++s) {
+            b.push_back(static_cast<std::int64_t>(rng() % N));
+            b.push_back(static_cast<std::int64_t>((b.back() + 1 + rng() % (N - 1)) % N));
+        }
+        t.batches = epk::make_int_array({t.optimizer.steps, 2}, b);
+    }
+    t.init_params = epk::make_real_array(epk::npy_dtype::f8, {m.parameter_count()}, epk::torch_default_init(m, seed));
+    epk::validate_trace(t, "in-memory");
+    certify_case c;
+    c.rec = epk::replay_trace(t, epk::parse_precision("double"));
+    c.text = "layers " + std::to_string(m.layers.size()) + ", C " + std::to_string(C) + ", N " + std::to_string(N) +
+             ", S " + std::to_string(t.optimizer.steps) + ", lr " + std::to_string(t.optimizer.learning_rate) + ", seed " +
+             std::to_string(seed);
+    return c;
+}
+
+// |value − mid| ≤ rad + 2^-900 |value|: the MPFR-1024 value lies in the enclosure (up to its
+// own rounding, far below any radius certify produces at ≤ 512 bits).
+bool contains(const epk::ball_table& b, std::size_t e, const std::string& value) {
+    const epk::mpfr_real v(value), mid(b.mid[e]), rad(b.rad[e]);
+    epk::mpfr_real d = v - mid;
+    if (d < epk::mpfr_real(0)) d = -d;
+    epk::mpfr_real slack = v < epk::mpfr_real(0) ? -v : v;
+    mpfr_mul_2si(slack.get(), slack.get(), -900, MPFR_RNDN);
+    return !(rad + slack < d);
+}
+
+}  // namespace
+
+RC_GTEST_PROP(Certify, EnclosesTheMpfr1024Values, ()) {
+    const certify_case c = gen_case();
+    RC_LOG() << c.text << "\n";
+    epk::certify_options o;
+    o.bits = 256;
+    o.contributions = true;
+    o.threads = 2;
+    const epk::certify_report r = epk::certify_trace(c.rec, o);
+    RC_LOG() << r.reason << "\n";
+    RC_ASSERT(r.supported);
+    RC_ASSERT(r.residual.contains_zero_everywhere);
+    RC_ASSERT(r.certified);
+    const epk::mpfr_precision_scope guard(1024);
+    epk::kernel_options ko;
+    ko.contributions = false;
+    const epk::kernel_report k = epk::compute_kernel(c.rec, epk::parse_precision("mpfr:1024"), ko);
+    for (std::size_t e = 0; e < r.outputs_final.mid.size(); ++e) {
+        RC_ASSERT(contains(r.outputs_initial, e, k.outputs_initial.decimal[e]));
+        RC_ASSERT(contains(r.outputs_final, e, k.outputs_final.decimal[e]));
+        RC_ASSERT(contains(r.reconstruction, e, k.reconstruction.decimal[e]));
+        RC_ASSERT(contains(r.remainder_term, e, k.remainder_term.decimal[e]));
+    }
+}
+
+RC_GTEST_PROP(Certify, WidthsFallLike2ToTheMinusP, ()) {
+    const certify_case c = gen_case();
+    RC_LOG() << c.text << "\n";
+    epk::certify_options lo, hi;
+    lo.bits = 128;
+    hi.bits = 512;
+    const epk::certify_report a = epk::certify_trace(c.rec, lo), b = epk::certify_trace(c.rec, hi);
+    RC_LOG() << "128 bits: " << a.reason << " (" << a.widest << ", " << a.pieces << " pieces, " << a.kinks << " kinks, " << a.enclosed_intervals << " enclosed, f " << a.outputs_final.mid[0] << ")" << "; 512 bits: " << b.reason << " (" << b.widest << ")\n";
+    RC_ASSERT(a.certified);
+    RC_ASSERT(b.certified);
+    // The widest relative width (an upper bound from base-2 exponents, within a factor 4).
+    RC_ASSERT(b.widest <= a.widest);
+    if (b.widest == 0) return;  // exact at 512 bits (small dyadic cases): nothing to compare
+    // 2^-384 between them, up to 2^16 (the operation counts are the same; the leading
+    // constants differ through the midpoints' roundings and the exponents' factor 4).
+    const double fall = std::log2(a.widest) - std::log2(b.widest);
+    RC_LOG() << "log2 fall " << fall << "\n";
+    RC_ASSERT(fall >= 384.0 - 16.0);
+    RC_ASSERT(fall <= 384.0 + 16.0);
+}
+
+RC_GTEST_PROP(Certify, OneUlpInAContributionIsCaught, ()) {
+    const certify_case c = gen_case();
+    RC_LOG() << c.text << "\n";
+    epk::certify_options o;
+    o.bits = 256;
+    o.contributions = true;
+    const epk::certify_report clean = epk::certify_trace(c.rec, o);
+    RC_LOG() << clean.reason << "\n";
+    RC_ASSERT(clean.certified);
+    double largest = 0;  // the contribution moved: the largest |c(x_0, x_i)_0|
+    for (std::size_t i = 0; i < clean.n_train; ++i)
+        largest = std::max(largest, std::abs(clean.contributions.mid_value[i * clean.classes]));
+    RC_PRE(largest > 0.0);
+    o.perturb_contribution_ulps = 1;
+    const epk::certify_report moved = epk::certify_trace(c.rec, o);
+    RC_ASSERT(!moved.residual.contains_zero_everywhere);
+    RC_ASSERT(!moved.certified);
+    o.perturb_contribution_ulps = -1;
+    RC_ASSERT(!epk::certify_trace(c.rec, o).certified);
+}
+
+TEST(Certify, RefusesWhatItCannotBack) {
+    epk::trace t;
+    t.model = epk::make_mlp(2, {3}, 2, epk::layer_kind::tanh);
+    t.loss = {epk::loss_kind::cross_entropy, epk::reduction_kind::mean};
+    t.optimizer.steps = 1;
+    t.optimizer.learning_rate = 0.1;
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {2, 2}, {0.5, -0.25, 1, 0.75});
+    t.y_train = epk::make_int_array({2}, {0, 1});
+    t.init_params = epk::make_real_array(epk::npy_dtype::f8, {t.model.parameter_count()}, epk::torch_default_init(t.model, 1));
+    epk::certify_report r = epk::certify_trace(t, {});
+    EXPECT_FALSE(r.supported);
+    EXPECT_FALSE(r.certified);
+    EXPECT_NE(r.reason.find("layers[1] tanh"), std::string::npos) << r.reason;
+
+    t.model = epk::make_mlp(2, {3}, 2, epk::layer_kind::relu);
+    t.init_params = epk::make_real_array(epk::npy_dtype::f8, {t.model.parameter_count()}, epk::torch_default_init(t.model, 1));
+    EXPECT_TRUE(epk::certify_trace(t, {}).certified);  // replayed in binary64, then certified
+    t.optimizer.rule.type = epk::optimizer_spec::kind::adamw;
+    t.optimizer.rule.weight_decay = 0.01;
+    r = epk::certify_trace(t, {});
+    EXPECT_FALSE(r.supported);
+    EXPECT_NE(r.reason.find("adamw"), std::string::npos) << r.reason;
+
+    epk::certify_options bad;
+    bad.bits = 8;
+    EXPECT_THROW(epk::certify_trace(t, bad), epk::input_error);
+}
