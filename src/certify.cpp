@@ -7,6 +7,8 @@
 #include <cstring>
 #include <stdexcept>
 #include <string_view>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "engine_impl.hpp"
@@ -14,6 +16,8 @@
 #include "epk/network.hpp"
 
 #ifdef EPK_HAVE_ARB
+#include <acb.h>
+#include <acb_hypgeom.h>
 #include <arb.h>
 #include <arb_hypgeom.h>
 #include <flint/flint.h>
@@ -90,6 +94,29 @@ void mul_binary64(arb_ptr res, arb_srcptr x, double d, slong prec) {
     arb_clear(b);
 }
 
+class acb_vec {
+public:
+    acb_vec() = default;
+    explicit acb_vec(std::size_t n) : p_(n ? _acb_vec_init(static_cast<slong>(n)) : nullptr), n_(n) {}
+    acb_vec(const acb_vec&) = delete;
+    acb_vec(acb_vec&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+    acb_vec& operator=(acb_vec&& o) noexcept { std::swap(p_, o.p_); std::swap(n_, o.n_); return *this; }
+    ~acb_vec() { if (p_) _acb_vec_clear(p_, static_cast<slong>(n_)); }
+    acb_ptr operator[](std::size_t i) { return p_ + i; }
+    std::size_t size() const { return n_; }
+
+private:
+    acb_ptr p_ = nullptr;
+    std::size_t n_ = 0;
+};
+
+struct acb_box {
+    acb_t v;
+    acb_box() { acb_init(v); }
+    acb_box(const acb_box&) = delete;
+    ~acb_box() { acb_clear(v); }
+};
+
 balls exact_balls(const std::vector<double>& v) {
     balls b(v.size());
     for (std::size_t i = 0; i < v.size(); ++i) arb_set_d(b[i], v[i]);  // binary64 → ball of radius 0
@@ -105,12 +132,14 @@ struct op {
     layer_kind kind = layer_kind::identity;             // activation
     double slope = 0;                                   // relu: 0; leaky_relu: negative_slope
     bool kinked = false;                                // relu, leaky_relu: units with signs
+    bool smooth = false;                                // tanh, sigmoid, softplus, gelu
     std::size_t width = 0;                              // activation: number of units
 };
 
 struct net {
     std::vector<op> ops;
     std::size_t P = 0, D = 0, C = 0, linear_layers = 0;
+    bool kinked = false, smooth = false;
 };
 
 net make_net(const model_spec& m) {
@@ -141,14 +170,187 @@ net make_net(const model_spec& m) {
             o.slope = l.kind == layer_kind::leaky_relu ? l.negative_slope : 0.0;
             o.kinked = l.kind != layer_kind::identity;
             o.width = width;
+        } else if (l.kind == layer_kind::tanh || l.kind == layer_kind::sigmoid || l.kind == layer_kind::softplus ||
+                   l.kind == layer_kind::gelu) {
+            o.kind = l.kind;
+            o.smooth = true;
+            o.width = width;
         } else {
             throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(l.kind)) +
-                                  ": a smooth activation; its rigorous quadrature (analytic error bound) is not built "
-                                  "yet: certify covers identity, relu and leaky_relu");
+                                  ": not an MLP activation certify knows");
         }
+        if (o.kinked) n.kinked = true;
+        if (o.smooth) n.smooth = true;
+        if (n.kinked && n.smooth)
+            throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(l.kind)) +
+                                  ": a network mixing kinks (relu, leaky_relu) and smooth activations; certify covers "
+                                  "piecewise-linear MLPs and smooth MLPs, not yet their mixtures");
         n.ops.push_back(o);
     }
     return n;
+}
+
+// ---------------------------------------------------------------- smooth activations, in balls
+
+// σ(z), real balls: tanh; sigmoid 1/(1+e^{−z}); softplus log1p(e^z); gelu z·erfc(−z/√2)/2.
+void smooth_value(layer_kind k, arb_ptr y, arb_srcptr z, slong prec) {
+    arb_t u;
+    arb_init(u);
+    switch (k) {
+        case layer_kind::tanh: arb_tanh(y, z, prec); break;
+        case layer_kind::sigmoid:
+            arb_neg(u, z);
+            arb_exp(u, u, prec);
+            arb_add_ui(u, u, 1, prec);
+            arb_inv(y, u, prec);
+            break;
+        case layer_kind::softplus:
+            arb_exp(u, z, prec);
+            arb_log1p(y, u, prec);
+            break;
+        default: {  // gelu
+            arb_rsqrt_ui(u, 2, prec);
+            arb_mul(u, u, z, prec);
+            arb_neg(u, u);
+            arb_hypgeom_erfc(u, u, prec);
+            arb_mul_2exp_si(u, u, -1);
+            arb_mul(y, z, u, prec);
+        }
+    }
+    arb_clear(u);
+}
+
+// σ′(z), real balls: 1 − tanh²; σ(1 − σ); σ(z) for softplus; Φ(z) + z e^{−z²/2}/√(2π).
+void smooth_derivative(layer_kind k, arb_ptr d, arb_srcptr z, slong prec) {
+    arb_t u, v;
+    arb_init(u);
+    arb_init(v);
+    switch (k) {
+        case layer_kind::tanh:
+            arb_tanh(u, z, prec);
+            arb_sqr(u, u, prec);
+            arb_sub_ui(d, u, 1, prec);
+            arb_neg(d, d);
+            break;
+        case layer_kind::sigmoid:
+        case layer_kind::softplus:
+            smooth_value(layer_kind::sigmoid, u, z, prec);
+            if (k == layer_kind::softplus) {
+                arb_set(d, u);
+                break;
+            }
+            arb_sub_ui(v, u, 1, prec);
+            arb_neg(v, v);
+            arb_mul(d, u, v, prec);
+            break;
+        default: {  // gelu
+            arb_rsqrt_ui(u, 2, prec);
+            arb_mul(u, u, z, prec);
+            arb_neg(u, u);
+            arb_hypgeom_erfc(u, u, prec);
+            arb_mul_2exp_si(u, u, -1);  // Φ(z)
+            arb_sqr(v, z, prec);
+            arb_mul_2exp_si(v, v, -1);
+            arb_neg(v, v);
+            arb_exp(v, v, prec);
+            arb_mul(v, v, z, prec);
+            arb_t c;
+            arb_init(c);
+            arb_const_pi(c, prec);
+            arb_mul_2exp_si(c, c, 1);
+            arb_rsqrt(c, c, prec);
+            arb_mul(v, v, c, prec);
+            arb_clear(c);
+            arb_add(d, u, v, prec);
+        }
+    }
+    arb_clear(u);
+    arb_clear(v);
+}
+
+// The same in complex balls (the analytic bound, §smooth in proofs-notes/011).  Returns false
+// when the enclosure cannot back analyticity: softplus needs Re(1 + e^z) > 0 (log1p's branch
+// cut); poles (tanh, sigmoid) give non-finite enclosures, checked by the caller.
+bool smooth_value(layer_kind k, acb_ptr y, acb_srcptr z, slong prec) {
+    acb_t u;
+    acb_init(u);
+    bool ok = true;
+    switch (k) {
+        case layer_kind::tanh: acb_tanh(y, z, prec); break;
+        case layer_kind::sigmoid:
+            acb_neg(u, z);
+            acb_exp(u, u, prec);
+            acb_add_ui(u, u, 1, prec);
+            acb_inv(y, u, prec);
+            break;
+        case layer_kind::softplus:
+            acb_exp(u, z, prec);
+            acb_add_ui(u, u, 1, prec);
+            ok = arb_is_positive(acb_realref(u));
+            acb_log(y, u, prec);
+            break;
+        default: {  // gelu (entire)
+            acb_set_ui(u, 2);
+            acb_rsqrt(u, u, prec);
+            acb_mul(u, u, z, prec);
+            acb_neg(u, u);
+            acb_hypgeom_erfc(u, u, prec);
+            acb_mul_2exp_si(u, u, -1);
+            acb_mul(y, z, u, prec);
+        }
+    }
+    acb_clear(u);
+    return ok;
+}
+
+bool smooth_derivative(layer_kind k, acb_ptr d, acb_srcptr z, slong prec) {
+    acb_t u, v;
+    acb_init(u);
+    acb_init(v);
+    bool ok = true;
+    switch (k) {
+        case layer_kind::tanh:
+            acb_tanh(u, z, prec);
+            acb_sqr(u, u, prec);
+            acb_sub_ui(d, u, 1, prec);
+            acb_neg(d, d);
+            break;
+        case layer_kind::sigmoid:
+        case layer_kind::softplus:
+            ok = smooth_value(layer_kind::sigmoid, u, z, prec);
+            if (k == layer_kind::softplus) {
+                acb_set(d, u);
+                break;
+            }
+            acb_sub_ui(v, u, 1, prec);
+            acb_neg(v, v);
+            acb_mul(d, u, v, prec);
+            break;
+        default: {  // gelu
+            acb_set_ui(u, 2);
+            acb_rsqrt(u, u, prec);
+            acb_mul(u, u, z, prec);
+            acb_neg(u, u);
+            acb_hypgeom_erfc(u, u, prec);
+            acb_mul_2exp_si(u, u, -1);
+            acb_sqr(v, z, prec);
+            acb_mul_2exp_si(v, v, -1);
+            acb_neg(v, v);
+            acb_exp(v, v, prec);
+            acb_mul(v, v, z, prec);
+            arb_t c;
+            arb_init(c);
+            arb_const_pi(c, prec);
+            arb_mul_2exp_si(c, c, 1);
+            arb_rsqrt(c, c, prec);
+            acb_mul_arb(v, v, c, prec);
+            arb_clear(c);
+            acb_add(d, u, v, prec);
+        }
+    }
+    acb_clear(u);
+    acb_clear(v);
+    return ok;
 }
 
 // Signs of the kinked units, per op (empty for the others): +1 (z > 0), −1 (z < 0, or z = 0
@@ -210,6 +412,14 @@ void forward(const net& n, arb_srcptr theta, arb_srcptr theta_dot, const balls& 
         balls a(h.size());
         balls ad(theta_dot ? h.size() : 0);
         for (std::size_t e = 0; e < h.size(); ++e) {
+            if (o.smooth) {
+                smooth_value(o.kind, a[e], h[e], prec);
+                if (theta_dot) {
+                    smooth_derivative(o.kind, t1.v, h[e], prec);
+                    arb_mul(ad[e], t1.v, f.hd[k][e], prec);
+                }
+                continue;
+            }
             if (!o.kinked) {
                 arb_set(a[e], h[e]);
                 if (theta_dot) arb_set(ad[e], f.hd[k][e]);
@@ -263,6 +473,13 @@ void reverse(const net& n, arb_srcptr theta, const pass& f, balls delta, arb_ptr
             delta = std::move(prev);
             continue;
         }
+        if (o.smooth) {
+            for (std::size_t e = 0; e < delta.size(); ++e) {
+                smooth_derivative(o.kind, d.v, h[e], prec);
+                arb_mul(delta[e], delta[e], d.v, prec);
+            }
+            continue;
+        }
         if (!o.kinked) continue;
         for (std::size_t e = 0; e < delta.size(); ++e) {
             const signed char s = f.sign[k][e];
@@ -302,16 +519,31 @@ ball_gauss make_gauss(std::size_t n, slong prec) {
     return g;
 }
 
+// Gauss rules by node count, made once (shared by the threads).
+class gauss_cache {
+public:
+    const ball_gauss& get(std::size_t n, slong prec) {
+        const std::lock_guard<std::mutex> lock(mu_);
+        auto it = rules_.find(n);
+        if (it == rules_.end()) it = rules_.emplace(n, make_gauss(n, prec)).first;
+        return it->second;
+    }
+
+private:
+    std::mutex mu_;
+    std::map<std::size_t, ball_gauss> rules_;
+};
+
 struct integral_counts {
-    std::size_t pieces = 0, kinks = 0, enclosed = 0;
+    std::size_t pieces = 0, kinks = 0, enclosed = 0, smooth_nodes = 0;
 };
 
 // Ī = ∫₀¹ J(x; w + tΔ) dt, C × P balls, for one test point.
 class ball_segment_integral {
 public:
-    ball_segment_integral(const net& n, const balls& w, const balls& delta, const balls& x, const ball_gauss& g, slong prec,
-                     std::vector<balls>& ibar, integral_counts& counts)
-        : n_(n), w_(w), delta_(delta), x_(x), g_(g), prec_(prec), ibar_(ibar), counts_(counts), theta_(n.P) {
+    ball_segment_integral(const net& n, const balls& w, const balls& delta, const balls& x, const ball_gauss& g,
+                          gauss_cache& rules, slong prec, std::vector<balls>& ibar, integral_counts& counts)
+        : n_(n), w_(w), delta_(delta), x_(x), g_(g), rules_(rules), prec_(prec), ibar_(ibar), counts_(counts), theta_(n.P) {
         arf_init(eps_);
         arf_one(eps_);
         arf_mul_2exp_si(eps_, eps_, -(prec - 8));
@@ -322,7 +554,8 @@ public:
         point a, b;
         arf_zero(a.v);
         arf_one(b.v);
-        integrate(a, b, no_signs(n_), 0);
+        if (n_.smooth) integrate_smooth(a, b, 0);
+        else integrate(a, b, no_signs(n_), 0);
     }
 
 private:
@@ -354,7 +587,9 @@ private:
 
     // Exact on [a, b] where every sign is decided: J is a polynomial of degree ≤ L−1 in t
     // there, and the ⌈L/2⌉-node Gauss rule integrates it exactly (proofs-notes/011 §2).
-    void gauss(const point& a, const point& b, const signs& pattern) {
+    void gauss(const point& a, const point& b, const signs& pattern) { gauss(a, b, pattern, g_); }
+
+    void gauss(const point& a, const point& b, const signs& pattern, const ball_gauss& g) {
         ball half, centre, t, weight;
         arb_set_arf(half.v, b.v);
         arb_sub_arf(half.v, half.v, a.v, prec_);
@@ -362,10 +597,10 @@ private:
         arb_set_arf(centre.v, a.v);
         arb_add(centre.v, centre.v, half.v, prec_);
         pass f;
-        for (std::size_t j = 0; j < g_.x.size(); ++j) {
+        for (std::size_t j = 0; j < g.x.size(); ++j) {
             arb_set(t.v, centre.v);
-            arb_addmul(t.v, half.v, g_.x[j].v, prec_);
-            arb_mul(weight.v, half.v, g_.w[j].v, prec_);
+            arb_addmul(t.v, half.v, g.x[j].v, prec_);
+            arb_mul(weight.v, half.v, g.w[j].v, prec_);
             segment_point(w_, delta_, t.v, theta_, prec_);
             forward(n_, theta_.data(), nullptr, x_, pattern, f, prec_);
             add_jacobian(f, weight);
@@ -486,9 +721,178 @@ private:
         return 1;
     }
 
+    // Smooth networks (proofs-notes/011 §7): on [a, b] = c + h[−1, 1], with J analytic in the
+    // Bernstein ellipse E_ρ and |J_c| ≤ M_c there, the n-node Gauss rule's error is at most
+    // (64/15) M_c ρ^(−2(n−1)) / (ρ² − 1) · h per entry.  M_c is bounded by evaluating the
+    // network in complex balls over a box containing E_ρ; the smallest n over a few ρ is
+    // used, its bound added to every entry's radius; no ρ with a useful n: bisect.
+    void integrate_smooth(const point& a, const point& b, int depth) {
+        ball h, c, R, T0, rho_b, den, err;
+        arb_set_arf(h.v, b.v);
+        arb_sub_arf(h.v, h.v, a.v, prec_);
+        arb_mul_2exp_si(h.v, h.v, -1);
+        arb_set_arf(c.v, a.v);
+        arb_add(c.v, c.v, h.v, prec_);
+        // The scale asked for: 2^-prec times max |J| on the real segment (its interval bound).
+        std::vector<point> Mreal(n_.C), M(n_.C), best_M;
+        acb_box box;
+        arb_set(acb_realref(box.v), c.v);
+        arb_add_error(acb_realref(box.v), h.v);
+        arb_zero(acb_imagref(box.v));
+        const bool real_bounded = jacobian_bound(box.v, Mreal);
+        double lreal = -1e300;  // log2 of max |J| on [a, b], within a factor 2 (exponents)
+        for (const point& m : Mreal)
+            if (real_bounded && !arf_is_zero(m.v)) lreal = std::max(lreal, fmpz_get_d(ARF_EXPREF(m.v)) - 1);
+        if (real_bounded && lreal <= -1e299) {  // J ≡ 0 on [a, b]: nothing to add
+            ++counts_.pieces;
+            return;
+        }
+        const double lh = std::log2(arf_get_d(arb_midref(h.v), ARF_RND_UP));
+        std::size_t best_n = 0;
+        double best_rho = 0;
+        // ρ ascending: a larger ρ's box contains a smaller one's, so the first failure ends the
+        // search, as does a ρ that needs no fewer nodes than the previous one.
+        static const std::vector<double> rhos{1.6, 2.5, 4.0, 6.0, 10.0, 16.0, 24.0, 40.0, 64.0, 128.0, 256.0, 1024.0};
+        for (double rho : rhos) {
+            if (!real_bounded) break;
+            // the box [c ± R] × [± R], R = h (ρ + 1/ρ)/2 ≥ the semi-major axis: it contains E_ρ
+            arb_set_d(rho_b.v, rho);
+            arb_inv(R.v, rho_b.v, prec_);
+            arb_add(R.v, R.v, rho_b.v, prec_);
+            arb_mul(R.v, R.v, h.v, prec_);
+            arb_mul_2exp_si(R.v, R.v, -1);
+            mag_t rad;
+            mag_init(rad);
+            arb_get_mag(rad, R.v);
+            arb_set(acb_realref(box.v), c.v);
+            arb_add_error_mag(acb_realref(box.v), rad);
+            arb_zero(acb_imagref(box.v));
+            arb_add_error_mag(acb_imagref(box.v), rad);
+            mag_clear(rad);
+            if (!jacobian_bound(box.v, M)) break;
+            double lM = -1e300;  // log2 of an upper bound (the exponent: valid beyond binary64's range)
+            for (const point& m : M)
+                if (!arf_is_zero(m.v)) lM = std::max(lM, fmpz_get_d(ARF_EXPREF(m.v)));
+            // n − 1 ≥ (log2(64/15 · M · h / (ρ² − 1)) − log2 tol) / (2 log2 ρ),  tol = 2^-prec · max|J|
+            const double need = (std::log2(64.0 / 15.0) + lM + lh - std::log2(rho * rho - 1) - (lreal - double(prec_))) /
+                                (2 * std::log2(rho));
+            if (!(need < static_cast<double>(max_smooth_nodes))) continue;  // also NaN
+            const std::size_t n = 1 + static_cast<std::size_t>(std::max(0.0, std::ceil(need)));
+            if (best_n != 0 && n >= best_n) break;
+            best_n = n;
+            best_rho = rho;
+            best_M = M;
+        }
+        if (best_n == 0 || best_n > max_smooth_nodes) {
+            if (depth >= 40 || ++bisections_ > max_smooth_bisections)
+                throw not_certifiable("no analytic error bound on a segment after " + std::to_string(bisections_) +
+                                      " bisections (a singularity of an activation too close to the real segment)");
+            point m;
+            arf_add(m.v, a.v, b.v, ARF_PREC_EXACT, ARF_RND_DOWN);
+            arf_mul_2exp_si(m.v, m.v, -1);
+            integrate_smooth(a, m, depth + 1);
+            integrate_smooth(m, b, depth + 1);
+            return;
+        }
+        gauss(a, b, no_signs(n_), rules_.get(best_n, prec_));
+        // err_c = (64/15) M_c ρ^(−2(n−1)) / (ρ² − 1) · h, rounded up, added to every entry of Ī_c
+        arb_set_d(rho_b.v, best_rho);
+        arb_sqr(den.v, rho_b.v, prec_);
+        arb_sub_ui(den.v, den.v, 1, prec_);
+        arb_pow_ui(rho_b.v, rho_b.v, 2 * (best_n - 1), prec_);
+        arb_mul(den.v, den.v, rho_b.v, prec_);
+        for (std::size_t cc = 0; cc < n_.C; ++cc) {
+            arb_set_ui(err.v, 64);
+            arb_div_ui(err.v, err.v, 15, prec_);
+            arb_mul_arf(err.v, err.v, best_M[cc].v, prec_);
+            arb_mul(err.v, err.v, h.v, prec_);
+            arb_div(err.v, err.v, den.v, prec_);
+            point e;
+            arb_get_ubound_arf(e.v, err.v, prec_);
+            for (std::size_t p = 0; p < n_.P; ++p) arb_add_error_arf(ibar_[cc][p], e.v);
+        }
+        counts_.smooth_nodes += best_n;
+    }
+
+    // max over entries of |J_c(t)| for every complex t in `box`, per output c (upper bounds);
+    // false when the enclosure cannot back analyticity there (non-finite; softplus's cut).
+    bool jacobian_bound(acb_srcptr box, std::vector<point>& M) {
+        const std::size_t K = n_.ops.size();
+        acb_vec theta(n_.P);
+        for (std::size_t p = 0; p < n_.P; ++p) {
+            acb_set_arb(theta[p], w_[p]);
+            acb_addmul_arb(theta[p], box, delta_[p], prec_);
+        }
+        std::vector<acb_vec> h(K + 1);
+        h[0] = acb_vec(x_.size());
+        for (std::size_t e = 0; e < x_.size(); ++e) acb_set_arb(h[0][e], x_[e]);
+        bool ok = true;
+        for (std::size_t k = 0; k < K && ok; ++k) {
+            const op& o = n_.ops[k];
+            if (o.linear) {
+                h[k + 1] = acb_vec(o.out);
+                for (std::size_t r = 0; r < o.out; ++r)
+                    acb_dot(h[k + 1][r], o.has_bias ? theta[o.bias + r] : nullptr, 0, theta[o.weight + r * o.in], 1, h[k][0], 1,
+                            static_cast<slong>(o.in), prec_);
+            } else {
+                h[k + 1] = acb_vec(h[k].size());
+                for (std::size_t e = 0; e < h[k].size(); ++e) {
+                    if (o.smooth) ok = smooth_value(o.kind, h[k + 1][e], h[k][e], prec_) && acb_is_finite(h[k + 1][e]) && ok;
+                    else acb_set(h[k + 1][e], h[k][e]);
+                }
+            }
+        }
+        arf_t u;
+        arf_init(u);
+        acb_t q;
+        acb_init(q);
+        for (std::size_t c = 0; c < n_.C && ok; ++c) {
+            arf_zero(M[c].v);
+            acb_vec delta(n_.C);
+            acb_one(delta[c]);
+            for (std::size_t k = K; k-- > 0 && ok;) {
+                const op& o = n_.ops[k];
+                if (o.linear) {
+                    for (std::size_t r = 0; r < o.out; ++r) {
+                        for (std::size_t j = 0; j < o.in; ++j) {
+                            acb_mul(q, delta[r], h[k][j], prec_);
+                            acb_get_abs_ubound_arf(u, q, prec_);
+                            if (!arf_is_finite(u)) ok = false;  // NaN too: arf_max would skip it
+                            arf_max(M[c].v, M[c].v, u);
+                        }
+                        if (o.has_bias) {
+                            acb_get_abs_ubound_arf(u, delta[r], prec_);
+                            if (!arf_is_finite(u)) ok = false;
+                            arf_max(M[c].v, M[c].v, u);
+                        }
+                    }
+                    if (k == 0) break;
+                    acb_vec prev(o.in);
+                    for (std::size_t j = 0; j < o.in; ++j)
+                        acb_dot(prev[j], nullptr, 0, theta[o.weight + j], static_cast<slong>(o.in), delta[0], 1,
+                                static_cast<slong>(o.out), prec_);
+                    delta = std::move(prev);
+                } else if (o.smooth) {
+                    for (std::size_t e = 0; e < delta.size(); ++e) {
+                        ok = smooth_derivative(o.kind, q, h[k][e], prec_) && acb_is_finite(q) && ok;
+                        acb_mul(delta[e], delta[e], q, prec_);
+                    }
+                }
+            }
+            if (!arf_is_finite(M[c].v)) ok = false;
+        }
+        acb_clear(q);
+        arf_clear(u);
+        return ok;
+    }
+
+    static constexpr std::size_t max_smooth_nodes = 96, max_smooth_bisections = 4096;
+    std::size_t bisections_ = 0;
+
     const net& n_;
     const balls &w_, &delta_, &x_;
     const ball_gauss& g_;
+    gauss_cache& rules_;
     slong prec_;
     std::vector<balls>& ibar_;
     integral_counts& counts_;
@@ -622,6 +1026,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                                           : "replayed in binary64 by epk's trainer; that path's rows certified as exact";
         const sgd_schedule sch = detail::make_schedule(path);
         const ball_gauss g = make_gauss(std::max<std::size_t>(1, (n.linear_layers + 1) / 2), prec);
+        gauss_cache rules;  // smooth networks: rules of the sizes their bounds ask for
 
         std::vector<balls> x_test(M);
         for (std::size_t m = 0; m < M; ++m)
@@ -687,7 +1092,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
             for_points([&](std::size_t m) {
                 if (s == 0) out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h.back());
                 std::vector<balls> ibar(C, balls(n.P));
-                ball_segment_integral(n, w, delta, x_test[m], g, prec, ibar, counts[m]).run();
+                ball_segment_integral(n, w, delta, x_test[m], g, rules, prec, ibar, counts[m]).run();
                 ball d;
                 for (std::size_t c = 0; c < C; ++c) {
                     for (std::size_t p = 0; p < n.P; ++p)  // Σ_p |Ī_p|(|U_p| + |r_p|): the terms' scale (binary64)
@@ -747,6 +1152,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
             rep.pieces += k.pieces;
             rep.kinks += k.kinks;
             rep.enclosed_intervals += k.enclosed;
+            rep.smooth_nodes += k.smooth_nodes;
         }
         rep.outputs_initial = make_table(M, C, out0, digits);
         rep.outputs_final = make_table(M, C, outS, digits);

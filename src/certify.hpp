@@ -1,21 +1,24 @@
 // certify.hpp — `epk certify`: rigorous enclosures of every term of the kernel identity in
 // ball (midpoint–radius) arithmetic, Arb (libflint-arb-dev).  proofs-notes/011-certify.md.
 //
-// What is built (this is the first part of the issue; the rest is refused, never guessed):
+// What is built (the rest is refused, never guessed):
 // Arithmetic: balls with P + 64-bit midpoints (P = --bits), Arb's rigorous elementary functions.
-//   * MLPs (linear layers; identity, relu, leaky_relu activations): along each step's
+//   * piecewise-linear MLPs (linear layers; identity, relu, leaky_relu): along each step's
 //     segment w_s + tΔ_s the Jacobian is piecewise polynomial in t of degree ≤ L−1.  Every
 //     sign change of a pre-activation is isolated rigorously (interval evaluation over a
-//     t-interval, interval Newton on the one uncertain unit, bisection otherwise); each piece
-//     of constant pattern is integrated exactly by ⌈L/2⌉-node Gauss–Legendre with ball nodes
-//     and weights; an interval that cannot be resolved is enclosed by its width times the
-//     interval Jacobian over it.
+//     t-interval, interval Newton on the earliest undecided unit, bisection otherwise); each
+//     piece of constant pattern is integrated exactly by ⌈L/2⌉-node Gauss–Legendre with ball
+//     nodes and weights; an unresolved interval is enclosed by its width times the interval
+//     Jacobian over it.
+//   * smooth MLPs (identity, tanh, sigmoid, softplus, gelu): Gauss–Legendre with the proved
+//     error bound for integrands analytic in a Bernstein ellipse, the bound on |J| there from
+//     the network run in complex balls (acb) over a box containing the ellipse.
 //   * plain SGD (any learning-rate schedule, minibatches), cross_entropy and mse, mean or sum.
 //   * recorded paths (params.npy rows taken as exact binary64 numbers) as given; a replayed
 //     trace is first replayed in binary64 by epk's trainer (bit-identical to `epk train`)
 //     and that path is certified.
-// Anything else (smooth activations, tree models, optimizers with state) gives
-// supported = false and the reason (the CLI exits 1): never a certificate it cannot back.
+// Anything else (networks mixing kinks and smooth layers, tree models, optimizers with state)
+// gives supported = false and the reason (the CLI exits 1): never a certificate it cannot back.
 #pragma once
 
 #include <cstddef>
@@ -60,6 +63,7 @@ struct certify_report {
     std::string widest_quantity;
     std::size_t widest_point = 0;
     std::size_t pieces = 0, kinks = 0, enclosed_intervals = 0;  // over all steps and test points
+    std::size_t smooth_nodes = 0;  // smooth networks: Gauss nodes used (their analytic bounds chose them)
     double seconds = 0;
 };
 

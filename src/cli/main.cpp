@@ -748,6 +748,7 @@ int cmd_certify(int argc, char** argv) {
             j["pieces"] = r.pieces;
             j["pattern_changes"] = r.kinks;
             j["enclosed_intervals"] = r.enclosed_intervals;
+            j["gauss_nodes"] = r.smooth_nodes;
             j["outputs_initial"] = table_json(r.outputs_initial);
             j["outputs_final"] = table_json(r.outputs_final);
             j["reconstruction"] = table_json(r.reconstruction);
@@ -783,8 +784,12 @@ int cmd_certify(int argc, char** argv) {
     const std::size_t m = r.widest_point;
     std::printf("\nwidest relative width %.3e (%s, test point %zu); asked for <= %.3e\n", r.widest,
                 r.widest_quantity.c_str(), m, r.max_width);
-    std::printf("segments: %zu pieces integrated exactly, %zu pattern changes isolated, %zu intervals enclosed; %.1f s\n",
-                r.pieces, r.kinks, r.enclosed_intervals, r.seconds);
+    if (r.smooth_nodes > 0)
+        std::printf("segments: %zu pieces, %zu Gauss nodes with analytic error bounds; %.1f s\n", r.pieces, r.smooth_nodes,
+                    r.seconds);
+    else
+        std::printf("segments: %zu pieces integrated exactly, %zu pattern changes isolated, %zu intervals enclosed; %.1f s\n",
+                    r.pieces, r.kinks, r.enclosed_intervals, r.seconds);
     std::cout << "test point " << m << ", output 0: f(x; w[S]) in [" << r.outputs_final.mid[m * r.classes] << " +/- "
               << r.outputs_final.rad[m * r.classes] << "]\n"
               << "                  residual in [" << r.residual.mid[m * r.classes] << " +/- "

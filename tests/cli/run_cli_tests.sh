@@ -867,11 +867,18 @@ else
     else
         fail "certify --max-width 1e-300" "exit $RC -- $(head -c 300 "$W/out")"
     fi
-    run "$EPK" certify full
-    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: layers\[1\] tanh" "$W/out"; then
-        ok "certify of a tanh run: exit 1 naming the layer it cannot certify"
+    run "$EPK" certify full --bits 128
+    if [ "$RC" -eq 0 ] && grep -q "Gauss nodes with analytic error bounds" "$W/out" && grep -q "^CERTIFIED" "$W/out"; then
+        ok "certify of a tanh run: certified through the analytic error bound"
     else
         fail "certify of a tanh run" "exit $RC -- $(head -c 300 "$W/out")"
+    fi
+    run "$EPK" train --out "$W/adamc" --optimizer adam --lr 0.01 --steps 2 --n-train 10 --n-test 2 --hidden 4 --activation relu
+    run "$EPK" certify "$W/adamc"
+    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: optimizer adam" "$W/out"; then
+        ok "certify of an Adam run: exit 1 naming what it cannot certify"
+    else
+        fail "certify of an Adam run" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
     fi
     expect_fail "certify --bits 8" --bits "\[64, 100000\]" -- "$EPK" certify "$W/relu" --bits 8
     expect_fail "certify --max-width -1" --max-width "positive" -- "$EPK" certify "$W/relu" --max-width -1
