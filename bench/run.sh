@@ -13,6 +13,8 @@
 #              linear 10 (7 770 parameters); the same split, batch, steps and rate; double only
 #   mlp-ACT-OPT  the digits MLP in tanh, gelu and relu with SGD and AdamW (and tanh with SGD +
 #              Nesterov + decay), recorded paths, against bench/structured_peer.py (full runs only)
+#   certify-demo the demo's tanh run: epk certify --bits 256 against verify --precision mpfr:256
+#              (full runs only)
 # For each, in double and in mpfr:256, epk-bench measures in one process: the structured
 # path kernel (seconds, GFLOP/s of its products per thread), the machine's DGEMM rate (the
 # same Eigen GEMM on 1024³, as many concurrent products as threads), the naive full-Jacobian
@@ -129,6 +131,22 @@ if [ "$quick" = 0 ]; then
         | python3 -c 'import json,sys; j=json.load(sys.stdin); j["workload"]=sys.argv[1]; j["kind"]="peer"; print(json.dumps(j))' "$name" >> "$results"
     fi
   done
+fi
+
+# Certification (issue 18): the demo's run (64-16-10 tanh, 200 digits, 30 steps of batch 20,
+# 100 test points), `epk certify --bits 256` against `epk verify --precision mpfr:256` on the
+# same trace, both on 2 threads, in one run.  Full runs only.
+if [ "$quick" = 0 ]; then
+  demo="$work/certify-demo"
+  [ -d "$demo" ] || "$epk" train --out "$demo" --n-test 100 --seed 1 --n-train 200 --hidden 16 --activation tanh \
+    --steps 30 --lr 0.5 --batch-size 20 >/dev/null 2>&1
+  echo "bench: certify-demo" >&2
+  t0=$(date +%s.%N); "$epk" verify "$demo" --precision mpfr:256 --threads 2 --json > "$work/certify-verify.json"; t1=$(date +%s.%N)
+  set +e; "$epk" certify "$demo" --bits 256 --threads 2 --json > "$work/certify-certify.json"; set -e; t2=$(date +%s.%N)
+  python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(json.dumps({"workload": "certify-demo", "kind": "certify",
+    "verify_seconds": float(sys.argv[3]) - float(sys.argv[2]), "certify_seconds": float(sys.argv[4]) - float(sys.argv[3]),
+    "certified": c.get("certified", False), "reason": c.get("reason", ""), "widest": c.get("widest_relative_width", None)}))' \
+    "$work/certify-certify.json" "$t0" "$t1" "$t2" >> "$results"
 fi
 
 if [ "$quick" = 1 ]; then python3 bench/table.py "$results" || true; else python3 bench/table.py "$results"; fi

@@ -74,6 +74,16 @@ def main(path):
     print("\n".join(out))
     print()
     smooth_table(rows, checks)
+    for r in (r for r in rows if r.get("kind") == "certify"):
+        ratio = r["certify_seconds"] / r["verify_seconds"]
+        print("\n%s: epk certify --bits 256 %.1f s (%s), verify --precision mpfr:256 %.1f s: %.2f×" % (
+            r["workload"], r["certify_seconds"], "certified" if r["certified"] else "NOT certified: " + r["reason"],
+            r["verify_seconds"], ratio))
+        checks.append(("%s: certified at 256 bits" % r["workload"], bool(r["certified"]), r["reason"] or "yes"))
+        checks.append(("%s: certify under 5 minutes on 2 cores" % r["workload"], r["certify_seconds"] <= 300,
+                       "%.1f s" % r["certify_seconds"]))
+        checks.append(("%s: certify within 20× of verify --precision mpfr:256" % r["workload"], ratio <= 20,
+                       "%.2f×" % ratio))
     for name, ok, detail in checks:
         print("%s %s: %s" % ("PASS" if ok else "FAIL", name, detail))
     return 0 if all(ok for _, ok, _ in checks) else 1
