@@ -25,6 +25,19 @@
 
 namespace epk {
 
+double certify_memory_estimate(const trace& t, const certify_options& o) {
+    // A ball: the struct (48 bytes) and its midpoint's limbs (P + 64 bits, 8 bytes a limb).
+    const double ball = 48.0 + 8.0 * static_cast<double>((o.bits + 64) / 64 + 1);
+    const double P = static_cast<double>(t.model.parameter_count()), C = static_cast<double>(t.model.output_dim());
+    const double M = static_cast<double>(test_point_count(t)), N = static_cast<double>(t.n_train());
+    const double B = t.batches ? static_cast<double>(t.batches->shape[1]) : N;
+    const double threads = static_cast<double>(std::max<std::size_t>(
+        1, std::min<std::size_t>(o.threads ? o.threads : std::thread::hardware_concurrency(), test_point_count(t))));
+    double count = threads * (C + 2) * P + (B + 6) * P + 8 * M * C;
+    if (o.contributions) count += M * N * C;
+    return count * ball;
+}
+
 #ifndef EPK_HAVE_ARB
 
 bool certify_available() { return false; }

@@ -72,4 +72,8 @@ bool certify_available();
 
 certify_report certify_trace(const trace& t, const certify_options& o, const progress_fn& progress = {});
 
+// Bytes the balls of certify_trace need at most, from the shapes (Ī per thread, the batch's
+// shares, the contributions when asked for); the CLI refuses above memory_limit_bytes().
+double certify_memory_estimate(const trace& t, const certify_options& o);
+
 }  // namespace epk

@@ -727,6 +727,14 @@ int cmd_certify(int argc, char** argv) {
     if (!epk::certify_available())
         throw epk::usage_error("epk certify: this build has no Arb (install libflint-arb-dev and rebuild)");
     const epk::trace t = epk::read_trace(a.positional[0]);
+    if (const double need = epk::certify_memory_estimate(t, o), limit = epk::memory_limit_bytes(); need > limit) {
+        char msg[320];
+        std::snprintf(msg, sizeof msg,
+                      "certify would need about %.3g GiB of balls at %ld bits (limit %.3g GiB): fewer test points, "
+                      "training points or bits, no --contributions, or set EPK_MEMORY_LIMIT_GIB",
+                      need / (1024.0 * 1024 * 1024), o.bits, limit / (1024.0 * 1024 * 1024));
+        throw epk::input_error(a.positional[0], msg);
+    }
     const bool json = a.flags.count("json") != 0;
     const epk::certify_report r =
         epk::certify_trace(t, o, json ? epk::progress_fn{} : make_progress("certify at " + std::to_string(o.bits) + " bits"));

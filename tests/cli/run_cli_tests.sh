@@ -880,6 +880,8 @@ else
     else
         fail "certify of an Adam run" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
     fi
+    expect_fail "certify over EPK_MEMORY_LIMIT_GIB" relu "would need about" \
+        -- env EPK_MEMORY_LIMIT_GIB=0.00001 "$EPK" certify "$W/relu" --contributions --bits 4096
     expect_fail "certify --bits 8" --bits "\[64, 100000\]" -- "$EPK" certify "$W/relu" --bits 8
     expect_fail "certify --max-width -1" --max-width "positive" -- "$EPK" certify "$W/relu" --max-width -1
     expect_fail "certify: trace path does not exist" no-such-trace "" -- "$EPK" certify "$W/no-such-trace"
