@@ -78,6 +78,14 @@ struct point {  // an exact binary floating-point number (arf)
     ~point() { arf_clear(v); }
 };
 
+// (a + b)/2, exact.
+point midpoint(const point& a, const point& b) {
+    point m;
+    arf_add(m.v, a.v, b.v, ARF_PREC_EXACT, ARF_RND_DOWN);
+    arf_mul_2exp_si(m.v, m.v, -1);
+    return m;
+}
+
 class balls {
 public:
     balls() = default;
@@ -568,7 +576,7 @@ public:
         arf_zero(a.v);
         arf_one(b.v);
         if (n_.smooth) integrate_smooth(a, b, 0);
-        else integrate(a, b, no_signs(n_), 0);
+        else integrate(a, b, no_signs(n_));
     }
 
 private:
@@ -621,7 +629,7 @@ private:
         ++counts_.pieces;
     }
 
-    void integrate(const point& a, const point& b, const signs& forced, int depth) {
+    void integrate(const point& a, const point& b, const signs& forced) {
         if (counts_.pieces + counts_.enclosed > max_pieces)
             throw not_certifiable("more than " + std::to_string(max_pieces) +
                                   " pieces on one segment: the pattern changes could not be separated");
@@ -654,14 +662,12 @@ private:
                     if (arf_cmp(lo.v, hi.v) > 0) found = 0;  // every root outside [a, b]
                 }
                 if (found == 0) {  // no root: one sign on [a, b], the sign at its midpoint
-                    point m;
-                    arf_add(m.v, a.v, b.v, ARF_PREC_EXACT, ARF_RND_DOWN);
-                    arf_mul_2exp_si(m.v, m.v, -1);
+                    const point m = midpoint(a, b);
                     const int s = sign_at(m, fixed, k, r);
                     if (s != 0) {
                         signs next = forced;
                         next[k][r] = static_cast<signed char>(s);
-                        return integrate(a, b, next, depth + 1);
+                        return integrate(a, b, next);
                     }
                 } else if (found == 1) {
                     ++counts_.kinks;
@@ -671,18 +677,16 @@ private:
                     signs left = forced, right = forced;
                     left[k][r] = static_cast<signed char>(sign_at(a, fixed, k, r));
                     right[k][r] = static_cast<signed char>(sign_at(b, fixed, k, r));
-                    if (arf_cmp(lo.v, a.v) > 0) integrate(a, lo, left, depth + 1);
+                    if (arf_cmp(lo.v, a.v) > 0) integrate(a, lo, left);
                     if (arf_cmp(hi.v, lo.v) > 0) enclose(lo, hi, forced);
-                    if (arf_cmp(b.v, hi.v) > 0) integrate(hi, b, right, depth + 1);
+                    if (arf_cmp(b.v, hi.v) > 0) integrate(hi, b, right);
                     return;
                 }
             }
         }
-        point m;  // bisect
-        arf_add(m.v, a.v, b.v, ARF_PREC_EXACT, ARF_RND_DOWN);
-        arf_mul_2exp_si(m.v, m.v, -1);
-        integrate(a, m, forced, depth + 1);
-        integrate(m, b, forced, depth + 1);
+        const point m = midpoint(a, b);  // bisect
+        integrate(a, m, forced);
+        integrate(m, b, forced);
     }
 
     // The sign of unit (k, r) at the exact point t = m (0 when undecided).
@@ -800,9 +804,7 @@ private:
             if (depth >= 40 || ++bisections_ > max_smooth_bisections)
                 throw not_certifiable("no analytic error bound on a segment after " + std::to_string(bisections_) +
                                       " bisections (a singularity of an activation too close to the real segment)");
-            point m;
-            arf_add(m.v, a.v, b.v, ARF_PREC_EXACT, ARF_RND_DOWN);
-            arf_mul_2exp_si(m.v, m.v, -1);
+            const point m = midpoint(a, b);
             integrate_smooth(a, m, depth + 1);
             integrate_smooth(m, b, depth + 1);
             return;
@@ -1173,11 +1175,11 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         rep.optimizer_term = make_table(M, C, zero, digits);  // plain SGD: none (exactly 0)
         rep.remainder_term = make_table(M, C, rem, digits);
         rep.residual = make_table(M, C, resid, digits);
+        std::vector<balls> contrib_rows;  // [M·N][C]: the table and the width check
         if (o.contributions) {
-            std::vector<balls> flat;
             for (std::size_t m = 0; m < M; ++m)
-                for (std::size_t i = 0; i < N; ++i) flat.push_back(contrib[m][i]);
-            rep.contributions = make_table(M * N, C, flat, digits);
+                for (std::size_t i = 0; i < N; ++i) contrib_rows.push_back(contrib[m][i]);
+            rep.contributions = make_table(M * N, C, contrib_rows, digits);
         }
         // Widths, relative to max(|mid|, the point's scale): the scale is the largest among the
         // point's |f(x; w_0)|, |f(x; w_S)| and Σ_s Σ_p |Ī_s,p|(|U_s,p| + |r_s,p|) (the magnitude of
@@ -1221,10 +1223,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         judge(rem, "remainder_term", 1);
         judge(resid, "residual", 1);
         if (o.contributions) {
-            std::vector<balls> flat;
-            for (std::size_t m = 0; m < M; ++m)
-                for (std::size_t i = 0; i < N; ++i) flat.push_back(contrib[m][i]);
-            judge(flat, "contributions", N);
+            judge(contrib_rows, "contributions", N);
         }
         rep.widest = std::exp2(widest);
         const bool narrow = widest <= std::log2(rep.max_width);
