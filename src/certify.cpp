@@ -35,6 +35,12 @@ double certify_memory_estimate(const trace& t, const certify_options& o) {
         1, std::min<std::size_t>(o.threads ? o.threads : std::thread::hardware_concurrency(), test_point_count(t))));
     double count = threads * (C + 2) * P + (B + 6) * P + 8 * M * C;
     if (o.contributions) count += M * N * C;
+    // momentum / Adam with contributions: every training point seen keeps a buffer and a
+    // share (proofs-notes/007 §5); the optimizer's own state and ω: 4 more vectors
+    const optimizer_spec& r = t.optimizer.rule;
+    const bool memory = r.type != optimizer_spec::kind::sgd || r.momentum != 0;
+    if (memory && o.contributions) count += 2 * N * P;
+    count += 4 * P;
     return count * ball;
 }
 
@@ -165,8 +171,10 @@ struct net {
 
 net make_net(const model_spec& m) {
     if (!m.is_mlp())
-        throw not_certifiable("the model is not a plain MLP: certify covers linear layers with identity, relu and "
-                              "leaky_relu activations so far");
+        for (std::size_t k = 0; k < m.layers.size(); ++k)
+            if (m.layers[k].kind != layer_kind::linear && !m.layers[k].is_activation())
+                throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(m.layers[k].kind)) +
+                                      ": certify covers MLPs (linear layers and elementwise activations) so far");
     net n;
     n.P = m.parameter_count();
     n.D = m.input_dim;
@@ -949,6 +957,188 @@ balls loss_gradient(const loss_spec& l, const balls& f, const trace& t, std::siz
     return g;
 }
 
+// ---------------------------------------------------------------- the optimizer's shares, in balls
+
+// proofs-notes/007 §2 in ball arithmetic: the buffers of every source (each training point
+// seen, or with no contributions asked for the batch as one source) and of the optimizer term
+// ω (weight decay and the state recorded before step 0), run with the recursions of 007 from
+// the gradients ĝ_{i,s} enclosed at w[s].  The split is exact in real arithmetic for any
+// coefficients; here they are the optimizer's own (Adam's preconditioner from the batch's
+// gradient, enclosed), so that the remainder r_s = Δ_s − Σ_i φ_{i,s} − ω_s is the rounding of
+// the trainer's update.  011 §9.
+class ball_optimizer {
+public:
+    ball_optimizer(const trace& tr, std::size_t P, bool per_point, slong prec)
+        : o_(tr.optimizer.rule), P_(P), per_point_(per_point), prec_(prec), steps_(tr.optimizer.initial_step) {
+        const bool sgd = o_.type == optimizer_spec::kind::sgd;
+        memory_ = sgd ? o_.momentum != 0 : true;
+        auto recorded = [&](const std::optional<npy_array>& a) {
+            if (a) return exact_balls(real_rows(*a, 0, a->shape.at(0)));  // [P]: P rows of one number
+            balls z(P_);
+            z.zero();
+            return z;
+        };
+        omega_buf_ = recorded(sgd ? tr.init_momentum_buffer : tr.init_exp_avg);
+        if (!sgd) {
+            v_ = recorded(tr.init_exp_avg_sq);
+            vmax_ = recorded(tr.init_max_exp_avg_sq);
+        }
+    }
+
+    // Whether sources outlive their batch (a momentum buffer or Adam's first moment).
+    bool memory() const { return memory_; }
+
+    // One step: the shares φ of `sources` (index → ĝ at w[s], every batch row; sources not in the
+    // batch have ĝ = 0 and are kept while their buffer lives) and ω, at w[s] with rate η.
+    // Returns the shares of every live source (training index, φ).
+    std::vector<std::pair<std::size_t, balls>> step(const std::vector<std::pair<std::size_t, balls>>& grads,
+                                                    const balls& w, double eta_d, balls& omega) {
+        ball eta, lam, t1, t2;
+        arb_set_d(eta.v, eta_d);
+        arb_set_d(lam.v, o_.weight_decay);
+        // the decay's input λ w[s] (SGD, Adam; AdamW's decay is decoupled)
+        const bool adamw = o_.type == optimizer_spec::kind::adamw;
+        balls decay(P_);
+        decay.zero();
+        if (o_.weight_decay != 0 && !adamw) _arb_vec_scalar_mul(decay.data(), w.data(), static_cast<slong>(P_), lam.v, prec_);
+        std::vector<std::pair<std::size_t, balls>> shares;
+        // ĝ per source this step (grads in batch order; a point twice in a batch: its ĝ twice)
+        std::map<std::size_t, balls> g;
+        for (const auto& [i, gi] : grads) {
+            const std::size_t key = per_point_ ? i : 0;
+            auto it = g.find(key);
+            if (it == g.end()) g.emplace(key, gi);
+            else _arb_vec_add(it->second.data(), it->second.data(), gi.data(), static_cast<slong>(P_), prec_);
+        }
+        if (!memory_) {  // SGD without momentum: φ = −η ĝ, ω = −η λ w
+            for (auto& [i, gi] : g) {
+                balls phi(P_);
+                arb_neg(t1.v, eta.v);
+                _arb_vec_scalar_mul(phi.data(), gi.data(), static_cast<slong>(P_), t1.v, prec_);
+                shares.emplace_back(i, std::move(phi));
+            }
+            omega = balls(P_);
+            arb_neg(t1.v, eta.v);
+            _arb_vec_scalar_mul(omega.data(), decay.data(), static_cast<slong>(P_), t1.v, prec_);
+            ++steps_;
+            return shares;
+        }
+        for (auto& [i, gi] : g)
+            if (buf_.find(i) == buf_.end()) {
+                balls z(P_);
+                z.zero();
+                buf_.emplace(i, std::move(z));
+            }
+        balls zero(P_);
+        zero.zero();
+        if (o_.type == optimizer_spec::kind::sgd) {
+            const bool first = steps_ == 0;
+            ball mu, omt;
+            arb_set_d(mu.v, o_.momentum);
+            arb_set_d(omt.v, o_.dampening);
+            arb_sub_ui(omt.v, omt.v, 1, prec_);
+            arb_neg(omt.v, omt.v);  // 1 − τ (exact)
+            // b ← d (first step) or μ b + (1 − τ) d;  φ = −η (d + μ b) (nesterov) or −η b
+            auto advance = [&](balls& b, const balls& d) {
+                balls phi(P_);
+                for (std::size_t p = 0; p < P_; ++p) {
+                    if (first) arb_set(b[p], d[p]);
+                    else {
+                        arb_mul(t1.v, b[p], mu.v, prec_);
+                        arb_mul(t2.v, d[p], omt.v, prec_);
+                        arb_add(b[p], t1.v, t2.v, prec_);
+                    }
+                    if (o_.nesterov) {
+                        arb_mul(t1.v, b[p], mu.v, prec_);
+                        arb_add(t1.v, t1.v, d[p], prec_);
+                    } else {
+                        arb_set(t1.v, b[p]);
+                    }
+                    arb_mul(phi[p], t1.v, eta.v, prec_);
+                    arb_neg(phi[p], phi[p]);
+                }
+                return phi;
+            };
+            for (auto& [i, b] : buf_) {
+                auto it = g.find(i);
+                shares.emplace_back(i, advance(b, it == g.end() ? zero : it->second));
+            }
+            omega = advance(omega_buf_, decay);
+        } else {
+            // d = Σ ĝ + λ w (Adam) for the second moment; t = steps + 1; P = (η/c₁) ⊘ (√v̂/√c₂ + ε)
+            ++steps_;
+            balls d = decay;
+            for (const auto& [i, gi] : g) _arb_vec_add(d.data(), d.data(), gi.data(), static_cast<slong>(P_), prec_);
+            ball b1, b2, omb1, omb2, c1, c2, eps, scale;
+            arb_set_d(b1.v, o_.beta1);
+            arb_set_d(b2.v, o_.beta2);
+            arb_sub_ui(omb1.v, b1.v, 1, prec_);
+            arb_neg(omb1.v, omb1.v);
+            arb_sub_ui(omb2.v, b2.v, 1, prec_);
+            arb_neg(omb2.v, omb2.v);
+            arb_pow_ui(c1.v, b1.v, steps_, prec_);
+            arb_sub_ui(c1.v, c1.v, 1, prec_);
+            arb_neg(c1.v, c1.v);
+            arb_pow_ui(c2.v, b2.v, steps_, prec_);
+            arb_sub_ui(c2.v, c2.v, 1, prec_);
+            arb_neg(c2.v, c2.v);
+            arb_sqrt(c2.v, c2.v, prec_);
+            arb_set_d(eps.v, o_.eps);
+            arb_div(scale.v, eta.v, c1.v, prec_);
+            balls pre(P_);
+            for (std::size_t p = 0; p < P_; ++p) {
+                arb_mul(v_[p], v_[p], b2.v, prec_);
+                arb_sqr(t1.v, d[p], prec_);
+                arb_addmul(v_[p], t1.v, omb2.v, prec_);
+                arb_srcptr vv = v_[p];
+                if (o_.amsgrad) {
+                    arb_max(vmax_[p], vmax_[p], v_[p], prec_);
+                    vv = vmax_[p];
+                }
+                arb_sqrtpos(t1.v, vv, prec_);  // v̂ ≥ 0: the enclosure's nonnegative part
+                arb_div(t1.v, t1.v, c2.v, prec_);
+                arb_add(t1.v, t1.v, eps.v, prec_);
+                arb_div(pre[p], scale.v, t1.v, prec_);
+                arb_neg(pre[p], pre[p]);  // −P
+            }
+            // m ← β₁ m + (1 − β₁) ĝ;  φ = −P ⊙ m
+            auto advance = [&](balls& m, const balls& gi) {
+                balls phi(P_);
+                for (std::size_t p = 0; p < P_; ++p) {
+                    arb_mul(t1.v, m[p], b1.v, prec_);
+                    arb_mul(t2.v, gi[p], omb1.v, prec_);
+                    arb_add(m[p], t1.v, t2.v, prec_);
+                    arb_mul(phi[p], m[p], pre[p], prec_);
+                }
+                return phi;
+            };
+            for (auto& [i, m] : buf_) {
+                auto it = g.find(i);
+                shares.emplace_back(i, advance(m, it == g.end() ? zero : it->second));
+            }
+            omega = advance(omega_buf_, decay);
+            if (adamw && o_.weight_decay != 0)  // (1 − ηλ) w − w = −ηλ w
+                for (std::size_t p = 0; p < P_; ++p) {
+                    arb_mul(t1.v, w[p], lam.v, prec_);
+                    arb_mul(t1.v, t1.v, eta.v, prec_);
+                    arb_sub(omega[p], omega[p], t1.v, prec_);
+                }
+        }
+        if (o_.type == optimizer_spec::kind::sgd) ++steps_;
+        return shares;
+    }
+
+private:
+    const optimizer_spec& o_;
+    std::size_t P_;
+    bool per_point_;
+    slong prec_;
+    std::size_t steps_;  // steps the optimizer has taken (t₀ + s)
+    bool memory_ = false;
+    std::map<std::size_t, balls> buf_;  // per source: momentum buffer b or Adam's m
+    balls omega_buf_, v_, vmax_;
+};
+
 // The outputs at exact parameters, every sign decided (else not certifiable: `what`).
 pass exact_pass(const net& n, const balls& theta, const balls& x, slong prec, const std::string& what) {
     pass f;
@@ -1032,9 +1222,6 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
     const std::size_t M = rep.test_points, N = rep.n_train, C = rep.classes, S = rep.steps;
     try {
         const net n = make_net(tr.model);
-        if (!tr.optimizer.plain())
-            throw not_certifiable("optimizer " + rep.optimizer +
-                                  ": certify covers plain SGD so far (the optimizer's shares in balls are not built)");
         // A replayed trace: the binary64 path epk's trainer takes (as `epk train` / `verify`).
         const trace path = rep.recorded_path ? tr : replay_trace(tr, parse_precision("double"));
         rep.path_note = rep.recorded_path ? "recorded path (params.npy rows taken as exact binary64 numbers)"
@@ -1042,17 +1229,19 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         const sgd_schedule sch = detail::make_schedule(path);
         const ball_gauss g = make_gauss(std::max<std::size_t>(1, (n.linear_layers + 1) / 2), prec);
         gauss_cache rules;  // smooth networks: rules of the sizes their bounds ask for
+        ball_optimizer opt(path, n.P, o.contributions, prec);
 
         std::vector<balls> x_test(M);
         for (std::size_t m = 0; m < M; ++m)
             x_test[m] = exact_balls(tr.x_test ? real_rows(*tr.x_test, m, 1) : real_rows(tr.x_train, m, 1));
-        std::vector<balls> out0(M), outS(M), kern(M), rem(M);
+        std::vector<balls> out0(M), outS(M), kern(M), optt(M), rem(M);
         std::vector<std::vector<balls>> contrib(o.contributions ? M : 0);
         std::vector<integral_counts> counts(M);
         std::vector<std::vector<double>> magnitude(M, std::vector<double>(C, 0.0));
         std::vector<std::string> failure(M);
         for (std::size_t m = 0; m < M; ++m) {
             kern[m] = balls(C);
+            optt[m] = balls(C);
             rem[m] = balls(C);
             if (o.contributions) contrib[m].assign(N, balls(C));
         }
@@ -1083,45 +1272,53 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
             const balls next = exact_balls(real_rows(*path.params, s + 1, 1));
             balls delta(n.P);
             for (std::size_t p = 0; p < n.P; ++p) arb_sub(delta[p], next[p], w[p], prec);  // exact unless the exponents are far apart; else an enclosure
-            // The training side: u_i = −η_s J(x_i; w_s)ᵀ ρ∂ℓ/∂f, U = Σ_i u_i, r = Δ − U.
+            // The training side: ĝ_i = J(x_i; w_s)ᵀ ρ∂ℓ/∂f, the optimizer's shares φ_i and its own
+            // term ω (007), U = Σ_i φ_i, r = Δ − U − ω.
             std::vector<std::size_t> batch = sch.batch(s);
             if (batch.empty())
                 for (std::size_t i = 0; i < N; ++i) batch.push_back(i);
-            std::vector<balls> u(batch.size());
-            balls U(n.P), r(n.P);
-            ball eta;
-            arb_set_d(eta.v, sch.learning_rates[s]);
-            arb_neg(eta.v, eta.v);
-            for (std::size_t b = 0; b < batch.size(); ++b) {
-                const std::size_t i = batch[b];
+            std::vector<std::pair<std::size_t, balls>> grads;
+            for (const std::size_t i : batch) {
                 const balls xi = exact_balls(real_rows(tr.x_train, i, 1));
                 const pass f = exact_pass(n, w, xi, prec, "step " + std::to_string(s) + ", training point " + std::to_string(i));
-                balls G = loss_gradient(tr.loss, f.h.back(), tr, i, batch.size(), prec);
-                for (std::size_t c = 0; c < C; ++c) arb_mul(G[c], G[c], eta.v, prec);
-                u[b] = balls(n.P);
-                u[b].zero();
-                reverse(n, w.data(), f, std::move(G), u[b].data(), prec);
-                _arb_vec_add(U.data(), U.data(), u[b].data(), static_cast<slong>(n.P), prec);
+                balls gi(n.P);
+                gi.zero();
+                reverse(n, w.data(), f, loss_gradient(tr.loss, f.h.back(), tr, i, batch.size(), prec), gi.data(), prec);
+                grads.emplace_back(i, std::move(gi));
             }
+            balls omega;
+            const std::vector<std::pair<std::size_t, balls>> shares = opt.step(grads, w, sch.learning_rates[s], omega);
+            grads.clear();
+            balls U(n.P), r(n.P);
+            for (const auto& sh : shares) _arb_vec_add(U.data(), U.data(), sh.second.data(), static_cast<slong>(n.P), prec);
             _arb_vec_sub(r.data(), delta.data(), U.data(), static_cast<slong>(n.P), prec);
+            _arb_vec_sub(r.data(), r.data(), omega.data(), static_cast<slong>(n.P), prec);
+            std::vector<double> amag(n.P);  // |Δ| + Σ_i |φ_i| + |ω| + |r| (007 §3's a_s): the terms' scale
+            for (std::size_t p = 0; p < n.P; ++p) {
+                double a = std::abs(arf_get_d(arb_midref(delta[p]), ARF_RND_NEAR)) +
+                           std::abs(arf_get_d(arb_midref(omega[p]), ARF_RND_NEAR)) +
+                           std::abs(arf_get_d(arb_midref(r[p]), ARF_RND_NEAR));
+                for (const auto& sh : shares) a += std::abs(arf_get_d(arb_midref(sh.second[p]), ARF_RND_NEAR));
+                amag[p] = a;
+            }
             for_points([&](std::size_t m) {
                 if (s == 0) out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h.back());
                 std::vector<balls> ibar(C, balls(n.P));
                 ball_segment_integral(n, w, delta, x_test[m], g, rules, prec, ibar, counts[m]).run();
                 ball d;
                 for (std::size_t c = 0; c < C; ++c) {
-                    for (std::size_t p = 0; p < n.P; ++p)  // Σ_p |Ī_p|(|U_p| + |r_p|): the terms' scale (binary64)
-                        magnitude[m][c] += std::abs(arf_get_d(arb_midref(ibar[c][p]), ARF_RND_NEAR)) *
-                                           (std::abs(arf_get_d(arb_midref(U[p]), ARF_RND_NEAR)) +
-                                            std::abs(arf_get_d(arb_midref(r[p]), ARF_RND_NEAR)));
+                    for (std::size_t p = 0; p < n.P; ++p)  // Σ_p |Ī_p| a_p: the terms' scale (binary64)
+                        magnitude[m][c] += std::abs(arf_get_d(arb_midref(ibar[c][p]), ARF_RND_NEAR)) * amag[p];
                     arb_dot(d.v, nullptr, 0, ibar[c].data(), 1, U.data(), 1, static_cast<slong>(n.P), prec);
                     arb_add(kern[m][c], kern[m][c], d.v, prec);
+                    arb_dot(d.v, nullptr, 0, ibar[c].data(), 1, omega.data(), 1, static_cast<slong>(n.P), prec);
+                    arb_add(optt[m][c], optt[m][c], d.v, prec);
                     arb_dot(d.v, nullptr, 0, ibar[c].data(), 1, r.data(), 1, static_cast<slong>(n.P), prec);
                     arb_add(rem[m][c], rem[m][c], d.v, prec);
                     if (o.contributions)
-                        for (std::size_t b = 0; b < batch.size(); ++b) {
-                            arb_dot(d.v, nullptr, 0, ibar[c].data(), 1, u[b].data(), 1, static_cast<slong>(n.P), prec);
-                            arb_add(contrib[m][batch[b]][c], contrib[m][batch[b]][c], d.v, prec);
+                        for (const auto& [i, phi] : shares) {
+                            arb_dot(d.v, nullptr, 0, ibar[c].data(), 1, phi.data(), 1, static_cast<slong>(n.P), prec);
+                            arb_add(contrib[m][i][c], contrib[m][i][c], d.v, prec);
                         }
                 }
                 if (s + 1 == S) outS[m] = balls(exact_pass(n, next, x_test[m], prec, "f(x; w[S])").h.back());
@@ -1155,11 +1352,12 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                     for (std::size_t i = 0; i < N; ++i) arb_add(kern[m][c], kern[m][c], contrib[m][i][c], prec);
                 }
         }
-        // reconstruction = f(x; w_0) + Σ_i c(x, x_i) + remainder term; residual = f(x; w_S) − it.
-        std::vector<balls> recon(M, balls(C)), resid(M, balls(C)), zero(M, balls(C));
+        // reconstruction = f(x; w_0) + Σ_i c(x, x_i) + optimizer term + remainder term; residual = f(x; w_S) − it.
+        std::vector<balls> recon(M, balls(C)), resid(M, balls(C));
         for (std::size_t m = 0; m < M; ++m)
             for (std::size_t c = 0; c < C; ++c) {
                 arb_add(recon[m][c], out0[m][c], kern[m][c], prec);
+                arb_add(recon[m][c], recon[m][c], optt[m][c], prec);
                 arb_add(recon[m][c], recon[m][c], rem[m][c], prec);
                 arb_sub(resid[m][c], outS[m][c], recon[m][c], prec);
             }
@@ -1172,7 +1370,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         rep.outputs_initial = make_table(M, C, out0, digits);
         rep.outputs_final = make_table(M, C, outS, digits);
         rep.reconstruction = make_table(M, C, recon, digits);
-        rep.optimizer_term = make_table(M, C, zero, digits);  // plain SGD: none (exactly 0)
+        rep.optimizer_term = make_table(M, C, optt, digits);  // 0 exactly for plain SGD
         rep.remainder_term = make_table(M, C, rem, digits);
         rep.residual = make_table(M, C, resid, digits);
         std::vector<balls> contrib_rows;  // [M·N][C]: the table and the width check
@@ -1220,6 +1418,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         judge(out0, "outputs_initial", 1);
         judge(outS, "outputs_final", 1);
         judge(recon, "reconstruction", 1);
+        judge(optt, "optimizer_term", 1);
         judge(rem, "remainder_term", 1);
         judge(resid, "residual", 1);
         if (o.contributions) {

@@ -874,11 +874,18 @@ else
         fail "certify of a tanh run" "exit $RC -- $(head -c 300 "$W/out")"
     fi
     run "$EPK" train --out "$W/adamc" --optimizer adam --lr 0.01 --steps 2 --n-train 10 --n-test 2 --hidden 4 --activation relu
-    run "$EPK" certify "$W/adamc"
-    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: optimizer adam" "$W/out"; then
-        ok "certify of an Adam run: exit 1 naming what it cannot certify"
+    run "$EPK" certify "$W/adamc" --contributions --json
+    if [ "$RC" -eq 0 ] && grep -q '"certified": *true' "$W/out" && grep -q '"contributions"' "$W/out" &&
+        grep -q '"optimizer_term"' "$W/out"; then
+        ok "certify --contributions of an Adam run: certified (the optimizer's shares in balls)"
     else
         fail "certify of an Adam run" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
+    fi
+    run "$EPK" certify "$W/cnn"  # relu, then tanh in a residual body: kinks and smooth layers mixed
+    if [ "$RC" -eq 1 ] && grep -q "NOT CERTIFIED: .*layers\[" "$W/out"; then
+        ok "certify of a CNN mixing relu and tanh: exit 1 naming the layer it cannot certify"
+    else
+        fail "certify of a mixed CNN" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
     fi
     expect_fail "certify over EPK_MEMORY_LIMIT_GIB" relu "would need about" \
         -- env EPK_MEMORY_LIMIT_GIB=0.00001 "$EPK" certify "$W/relu" --contributions --bits 4096
