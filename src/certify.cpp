@@ -152,71 +152,255 @@ balls exact_balls(const std::vector<double>& v) {
 
 // ---------------------------------------------------------------- the network
 
+// The model as a list of ops over value slots (slot 0: the input; op k writes slot k + 1),
+// compiled from epk's layer tree (layer_tree.hpp: shapes, parameter offsets, geometries).
+// Every op is one of: a dense linear map W h + b (per row of the input), a sparse one (conv2d:
+// every output's terms (weight index, input index) in conv_terms' order), an average pool
+// (window sum / kh·kw), a max pool (window maximum), the sum of two slots (residual), or an
+// elementwise activation.  flatten and identity are aliases (the same numbers).
+enum class op_type { dense, sparse, avg, max, add, act };
+
 struct op {
-    bool linear = false;
-    std::size_t in = 0, out = 0, weight = 0, bias = 0;  // linear
+    op_type type = op_type::act;
+    std::string path;                   // "layers[3].body[1]"
+    std::size_t in = 0, in2 = 0, size = 0;  // input slot(s), output length
+    // dense: rows × fin → rows × fout, W at `weight` (fout × fin), b at `bias`
+    std::size_t rows = 1, fin = 0, fout = 0, weight = 0, bias = 0;
     bool has_bias = false;
-    layer_kind kind = layer_kind::identity;             // activation
-    double slope = 0;                                   // relu: 0; leaky_relu: negative_slope
-    bool kinked = false;                                // relu, leaky_relu: units with signs
-    bool smooth = false;                                // tanh, sigmoid, softplus, gelu
-    std::size_t width = 0;                              // activation: number of units
+    // sparse, avg, max: output e's terms [start[e], start[e + 1]) of (tp: weight, ti: input);
+    // sparse: bidx[e] the bias index (npos: none); avg: divisor
+    std::vector<std::size_t> start, tp, ti, bidx;
+    std::size_t divisor = 1;
+    // act
+    layer_kind kind = layer_kind::identity;
+    double slope = 0;    // relu: 0; leaky_relu: negative_slope
+    bool kinked = false; // relu, leaky_relu (units with signs); max pools are kinks too
+    bool smooth = false; // tanh, sigmoid, softplus, gelu
 };
 
 struct net {
     std::vector<op> ops;
-    std::size_t P = 0, D = 0, C = 0, linear_layers = 0;
+    std::size_t P = 0, D = 0, C = 0, out = 0;  // out: the output slot
+    std::size_t depth = 0;                     // parametrised ops on the longest input→output path
     bool kinked = false, smooth = false;
+    std::size_t slot_size(std::size_t s) const { return s == 0 ? D : ops[s - 1].size; }
+};
+
+constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+class net_builder {
+public:
+    explicit net_builder(const model_spec& m) {
+        n_.P = m.parameter_count();
+        n_.D = m.input_dim;
+        n_.C = m.output_dim();
+    }
+
+    net build(const layer_tree& t) {
+        depth_.push_back(0);
+        std::size_t s = sequence(t.layers, 0);
+        n_.out = s;
+        n_.depth = depth_[s];
+        return std::move(n_);
+    }
+
+private:
+    std::size_t sequence(const std::vector<tree_node>& seq, std::size_t s) {
+        for (const tree_node& nd : seq) s = node(nd, s);
+        return s;
+    }
+
+    std::size_t push(op o, std::size_t depth) {
+        if (o.kinked || o.type == op_type::max) {
+            n_.kinked = true;
+            if (n_.smooth) mixed(o);
+        }
+        if (o.smooth) {
+            n_.smooth = true;
+            if (n_.kinked) mixed(o);
+        }
+        n_.ops.push_back(std::move(o));
+        depth_.push_back(depth);
+        return n_.ops.size();
+    }
+
+    [[noreturn]] static void mixed(const op& o) {
+        throw not_certifiable(o.path + " " + std::string(to_string(o.kind)) +
+                              ": a network mixing kinks (relu, leaky_relu, max_pool2d) and smooth layers; certify "
+                              "covers piecewise-linear networks and smooth networks, not yet their mixtures");
+    }
+
+    std::size_t node(const tree_node& nd, std::size_t s) {
+        op o;
+        o.path = nd.path;
+        o.in = s;
+        o.size = nd.out_size;
+        o.kind = nd.spec.kind;
+        switch (nd.spec.kind) {
+            case layer_kind::flatten:
+            case layer_kind::identity: return s;
+            case layer_kind::residual: {
+                const std::size_t b = sequence(nd.body, s), c = sequence(nd.shortcut, s);
+                o.type = op_type::add;
+                o.in = b;
+                o.in2 = c;
+                return push(std::move(o), std::max(depth_[b], depth_[c]));
+            }
+            case layer_kind::linear: {
+                const auto g = nd.linear();
+                o.type = op_type::dense;
+                o.rows = g.rows;
+                o.fin = g.in;
+                o.fout = g.out;
+                o.weight = nd.offset;
+                o.has_bias = g.bias;
+                o.bias = nd.offset + g.out * g.in;
+                return push(std::move(o), depth_[s] + 1);
+            }
+            case layer_kind::conv2d: {
+                const auto g = nd.conv();
+                o.type = op_type::sparse;
+                o.start.push_back(0);
+                for (std::size_t oc = 0; oc < g.O; ++oc)
+                    for (std::size_t y = 0; y < g.Ho; ++y)
+                        for (std::size_t x = 0; x < g.Wo; ++x) {
+                            layers::conv_terms(g, oc, y, x, [&](std::size_t wi, std::size_t hi) {
+                                o.tp.push_back(nd.offset + wi);
+                                o.ti.push_back(hi);
+                            });
+                            o.start.push_back(o.tp.size());
+                            o.bidx.push_back(g.bias ? nd.offset + g.weight_count() + oc : npos);
+                        }
+                return push(std::move(o), depth_[s] + 1);
+            }
+            case layer_kind::max_pool2d:
+            case layer_kind::avg_pool2d: {
+                const auto g = nd.pool();
+                o.type = nd.spec.kind == layer_kind::max_pool2d ? op_type::max : op_type::avg;
+                o.divisor = g.kh * g.kw;
+                o.start.push_back(0);
+                for (std::size_t c = 0; c < g.C; ++c)
+                    for (std::size_t y = 0; y < g.Ho; ++y)
+                        for (std::size_t x = 0; x < g.Wo; ++x) {
+                            pool_window(g, c, y, x, [&](std::size_t i) { o.ti.push_back(i); });
+                            o.start.push_back(o.ti.size());
+                        }
+                return push(std::move(o), depth_[s]);
+            }
+            case layer_kind::relu:
+            case layer_kind::leaky_relu:
+                o.type = op_type::act;
+                o.slope = nd.spec.kind == layer_kind::leaky_relu ? nd.spec.negative_slope : 0.0;
+                o.kinked = true;
+                return push(std::move(o), depth_[s]);
+            case layer_kind::tanh:
+            case layer_kind::sigmoid:
+            case layer_kind::softplus:
+            case layer_kind::gelu:
+                o.type = op_type::act;
+                o.smooth = true;
+                return push(std::move(o), depth_[s]);
+            default:
+                throw not_certifiable(nd.path + " " + std::string(to_string(nd.spec.kind)) +
+                                      ": certify does not cover this layer kind yet (linear, conv2d, max_pool2d, "
+                                      "avg_pool2d, flatten, residual and elementwise activations)");
+        }
+    }
+
+    net n_;
+    std::vector<std::size_t> depth_;  // per slot
 };
 
 net make_net(const model_spec& m) {
-    if (!m.is_mlp())
-        for (std::size_t k = 0; k < m.layers.size(); ++k)
-            if (m.layers[k].kind != layer_kind::linear && !m.layers[k].is_activation())
-                throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(m.layers[k].kind)) +
-                                      ": certify covers MLPs (linear layers and elementwise activations) so far");
-    net n;
-    n.P = m.parameter_count();
-    n.D = m.input_dim;
-    n.C = m.output_dim();
-    const std::vector<linear_offsets> offs = parameter_offsets(m);
-    std::size_t li = 0, width = m.input_dim;
-    for (std::size_t k = 0; k < m.layers.size(); ++k) {
-        const layer_spec& l = m.layers[k];
-        op o;
-        if (l.kind == layer_kind::linear) {
-            const linear_offsets& lo = offs[li++];
-            o.linear = true;
-            o.in = lo.in;
-            o.out = lo.out;
-            o.weight = lo.weight;
-            o.bias = lo.bias;
-            o.has_bias = lo.has_bias;
-            width = lo.out;
-            ++n.linear_layers;
-        } else if (l.kind == layer_kind::relu || l.kind == layer_kind::leaky_relu || l.kind == layer_kind::identity) {
-            o.kind = l.kind;
-            o.slope = l.kind == layer_kind::leaky_relu ? l.negative_slope : 0.0;
-            o.kinked = l.kind != layer_kind::identity;
-            o.width = width;
-        } else if (l.kind == layer_kind::tanh || l.kind == layer_kind::sigmoid || l.kind == layer_kind::softplus ||
-                   l.kind == layer_kind::gelu) {
-            o.kind = l.kind;
-            o.smooth = true;
-            o.width = width;
-        } else {
-            throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(l.kind)) +
-                                  ": not an MLP activation certify knows");
-        }
-        if (o.kinked) n.kinked = true;
-        if (o.smooth) n.smooth = true;
-        if (n.kinked && n.smooth)
-            throw not_certifiable("layers[" + std::to_string(k) + "] " + std::string(to_string(l.kind)) +
-                                  ": a network mixing kinks (relu, leaky_relu) and smooth activations; certify covers "
-                                  "piecewise-linear MLPs and smooth MLPs, not yet their mixtures");
-        n.ops.push_back(o);
+    const layer_tree t = compile_tree(m);
+    return net_builder(m).build(t);
+}
+
+// One input and, per max-pool op, every output's candidates: the window's entries with
+// distinct *structure* (two entries computed by the same ops from equal inputs are the same
+// function of θ — equal values and equal Jacobians — and the first of them stands for both:
+// torch's first maximum; proofs-notes/011 §10).  A window keeps at most 64 candidates.
+struct sample {
+    balls x;
+    std::vector<std::vector<std::vector<std::size_t>>> cand;  // [op][output] input indices
+};
+
+sample make_sample(const net& n, const std::vector<double>& xv) {
+    sample s;
+    s.x = exact_balls(xv);
+    s.cand.resize(n.ops.size());
+    bool any_max = false;
+    for (const op& o : n.ops) any_max = any_max || o.type == op_type::max;
+    if (!any_max) return s;
+    // structure ids per slot: equal ids ⇒ the same function of θ
+    std::map<std::vector<std::uint64_t>, std::uint64_t> ids;
+    auto id_of = [&](std::vector<std::uint64_t>&& key) {
+        auto it = ids.find(key);
+        if (it == ids.end()) it = ids.emplace(std::move(key), ids.size()).first;
+        return it->second;
+    };
+    std::vector<std::vector<std::uint64_t>> sid(n.ops.size() + 1);
+    std::map<double, std::uint64_t> values;  // the input: equal numbers (0 and −0 alike)
+    std::uint64_t zero_id = npos;
+    for (const double v : xv) {
+        auto it = values.find(v);
+        if (it == values.end()) it = values.emplace(v, id_of({0, values.size()})).first;
+        sid[0].push_back(it->second);
+        if (v == 0) zero_id = it->second;
     }
-    return n;
+    for (std::size_t k = 0; k < n.ops.size(); ++k) {
+        const op& o = n.ops[k];
+        const std::vector<std::uint64_t>& in = sid[o.in];
+        std::vector<std::uint64_t>& out = sid[k + 1];
+        out.resize(o.size);
+        for (std::size_t e = 0; e < o.size; ++e) {
+            std::vector<std::uint64_t> key{k + 1};
+            switch (o.type) {
+                case op_type::dense: {
+                    const std::size_t r = e / o.fout;
+                    key.push_back(e % o.fout);
+                    for (std::size_t j = 0; j < o.fin; ++j) key.push_back(in[r * o.fin + j]);
+                    break;
+                }
+                case op_type::sparse:
+                    key.push_back(o.bidx[e]);
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q)
+                        if (o.in != 0 || in[o.ti[q]] != zero_id) {  // an input 0 adds nothing
+                            key.push_back(o.tp[q]);
+                            key.push_back(in[o.ti[q]]);
+                        }
+                    break;
+                case op_type::avg:
+                case op_type::max: {
+                    std::vector<std::uint64_t> w;
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) w.push_back(in[o.ti[q]]);
+                    std::sort(w.begin(), w.end());
+                    if (o.type == op_type::max) w.erase(std::unique(w.begin(), w.end()), w.end());
+                    key.insert(key.end(), w.begin(), w.end());
+                    break;
+                }
+                case op_type::add:
+                    key.push_back(in[e]);
+                    key.push_back(sid[o.in2][e]);
+                    break;
+                case op_type::act: key.push_back(in[e]); break;
+            }
+            out[e] = id_of(std::move(key));
+        }
+        if (o.type != op_type::max) continue;
+        s.cand[k].resize(o.size);
+        for (std::size_t e = 0; e < o.size; ++e) {
+            std::vector<std::size_t>& c = s.cand[k][e];
+            for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) {
+                bool dup = false;
+                for (const std::size_t j : c) dup = dup || in[j] == in[o.ti[q]];
+                if (!dup) c.push_back(o.ti[q]);
+            }
+            if (c.size() > 64)
+                throw not_certifiable(o.path + " max_pool2d: a window of more than 64 distinct entries");
+        }
+    }
+    return s;
 }
 
 // ---------------------------------------------------------------- smooth activations, in balls
@@ -382,146 +566,370 @@ bool smooth_derivative(layer_kind k, acb_ptr d, acb_srcptr z, slong prec) {
     return ok;
 }
 
-// Signs of the kinked units, per op (empty for the others): +1 (z > 0), −1 (z < 0, or z = 0
-// exactly: epk's convention z > 0 ? z : slope·z, derivative slope at 0), 0 (undecided).
-using signs = std::vector<std::vector<signed char>>;
+// Decisions per op and output, which piece of a kink is taken: a kinked activation's unit
+// +1 (z > 0) or −1 (z < 0, or z = 0 exactly: epk's convention z > 0 ? z : slope·z, derivative
+// slope at 0), 0 undecided; a max pool's output: a bit mask of the candidates excluded (it is
+// decided when one is left).  Other ops: empty.
+using signs = std::vector<std::vector<std::uint64_t>>;
+constexpr std::uint64_t pos_sign = 1, neg_sign = 2;
 
 signs no_signs(const net& n) {
     signs s(n.ops.size());
     for (std::size_t k = 0; k < n.ops.size(); ++k)
-        if (n.ops[k].kinked) s[k].assign(n.ops[k].width, 0);
+        if (n.ops[k].kinked || n.ops[k].type == op_type::max) s[k].assign(n.ops[k].size, 0);
     return s;
 }
 
-struct pass {
-    std::vector<balls> h, hd;  // h[k]: input of op k (h.back(): outputs); hd: d/dt of h (tangent)
-    signs sign;                // the signs used (forced, or decided from the enclosure)
-    std::vector<std::pair<std::size_t, std::size_t>> undecided;  // (op, unit)
+// An undecided kink: op k's output e; its switching function z is the activation's input e,
+// or h[j] − h[i] for a max pool's two remaining candidates j, i (input indices).
+struct kink {
+    std::size_t k = 0, e = 0, j = 0, i = 0;
 };
 
+struct pass {
+    std::vector<balls> h, hd;  // per slot: values and (with a tangent) d/dt
+    // per slot: the entry does not depend on θ given the decisions (the input; a dead ReLU;
+    // sums, pools and maxima of such entries; a layer whose inputs are all exactly 0 and has
+    // no bias): a constant with zero Jacobian
+    std::vector<std::vector<char>> cst;
+    signs sign;                // the decisions used (forced, or decided from the enclosures)
+    std::vector<kink> undecided;
+};
+
+// A max pool's candidates left by the mask.
+template <class F>
+void remaining(const std::vector<std::size_t>& cand, std::uint64_t mask, F&& f) {
+    for (std::size_t q = 0; q < cand.size(); ++q)
+        if (!((mask >> q) & 1U)) f(q, cand[q]);
+}
+
 // The forward pass at θ (balls; for a t-interval, w + TΔ), optionally with the tangent
-// θ̇ = Δ.  A unit whose sign is forced takes that branch; otherwise its sign is read from its
-// enclosure, and an undecided unit takes the union of both branches (value and tangent).
-void forward(const net& n, arb_srcptr theta, arb_srcptr theta_dot, const balls& x, const signs& forced, pass& f,
+// θ̇ = Δ.  A forced decision is taken; otherwise it is read from the enclosures, and an
+// undecided kink takes the union of its pieces (value and tangent).
+void forward(const net& n, arb_srcptr theta, arb_srcptr theta_dot, const sample& smp, const signs& forced, pass& f,
              slong prec) {
     const std::size_t K = n.ops.size();
     f.h.resize(K + 1);
     f.hd.resize(theta_dot ? K + 1 : 0);
     f.sign = forced;
     f.undecided.clear();
-    f.h[0] = x;
+    f.h[0] = smp.x;
+    f.cst.resize(K + 1);
+    f.cst[0].assign(smp.x.size(), 1);
     if (theta_dot) {
-        f.hd[0] = balls(x.size());
+        f.hd[0] = balls(smp.x.size());
         f.hd[0].zero();
     }
     ball t1, t2;
+    arf_t lo, best;
+    arf_init(lo);
+    arf_init(best);
     for (std::size_t k = 0; k < K; ++k) {
         const op& o = n.ops[k];
-        const balls& h = f.h[k];
-        if (o.linear) {
-            balls z(o.out);
-            for (std::size_t r = 0; r < o.out; ++r) {
-                arb_srcptr wr = theta + o.weight + r * o.in;
-                arb_dot(z[r], o.has_bias ? theta + o.bias + r : nullptr, 0, wr, 1, h.data(), 1, static_cast<slong>(o.in),
-                        prec);
-            }
-            if (theta_dot) {  // ż = Ẇh + Wḣ + ḃ
-                balls zd(o.out);
-                for (std::size_t r = 0; r < o.out; ++r) {
-                    arb_dot(zd[r], o.has_bias ? theta_dot + o.bias + r : nullptr, 0, theta_dot + o.weight + r * o.in, 1,
-                            h.data(), 1, static_cast<slong>(o.in), prec);
-                    arb_dot(zd[r], zd[r], 0, theta + o.weight + r * o.in, 1, f.hd[k].data(), 1, static_cast<slong>(o.in),
-                            prec);
+        const balls& h = f.h[o.in];
+        const std::vector<char>& hc = f.cst[o.in];
+        std::vector<char>& zc = f.cst[k + 1];
+        zc.assign(o.size, 0);
+        auto zero_const = [&](std::size_t j) { return hc[j] && arb_is_zero(h[j]); };
+        balls z(o.size), zd(theta_dot ? o.size : 0);
+        switch (o.type) {
+            case op_type::dense:
+                if (!o.has_bias)
+                    for (std::size_t row = 0; row < o.rows; ++row) {
+                        bool all = true;
+                        for (std::size_t j = 0; j < o.fin && all; ++j) all = zero_const(row * o.fin + j);
+                        for (std::size_t r = 0; r < o.fout; ++r) zc[row * o.fout + r] = all;
+                    }
+                for (std::size_t row = 0; row < o.rows; ++row)
+                    for (std::size_t r = 0; r < o.fout; ++r) {
+                        const std::size_t e = row * o.fout + r;
+                        arb_srcptr hr = h[row * o.fin];
+                        arb_dot(z[e], o.has_bias ? theta + o.bias + r : nullptr, 0, theta + o.weight + r * o.fin, 1, hr, 1,
+                                static_cast<slong>(o.fin), prec);
+                        if (theta_dot) {  // ż = Ẇh + Wḣ + ḃ
+                            arb_dot(zd[e], o.has_bias ? theta_dot + o.bias + r : nullptr, 0,
+                                    theta_dot + o.weight + r * o.fin, 1, hr, 1, static_cast<slong>(o.fin), prec);
+                            arb_dot(zd[e], zd[e], 0, theta + o.weight + r * o.fin, 1, f.hd[o.in][row * o.fin], 1,
+                                    static_cast<slong>(o.fin), prec);
+                        }
+                    }
+                break;
+            case op_type::sparse:
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    bool all = o.bidx[e] == npos;
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1] && all; ++q) all = zero_const(o.ti[q]);
+                    zc[e] = all;
+                    if (o.bidx[e] != npos) arb_set(z[e], theta + o.bidx[e]);
+                    if (theta_dot && o.bidx[e] != npos) arb_set(zd[e], theta_dot + o.bidx[e]);
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) {
+                        arb_addmul(z[e], theta + o.tp[q], h[o.ti[q]], prec);
+                        if (theta_dot) {
+                            arb_addmul(zd[e], theta_dot + o.tp[q], h[o.ti[q]], prec);
+                            arb_addmul(zd[e], theta + o.tp[q], f.hd[o.in][o.ti[q]], prec);
+                        }
+                    }
                 }
-                f.hd[k + 1] = std::move(zd);
-            }
-            f.h[k + 1] = std::move(z);
-            continue;
+                break;
+            case op_type::avg:
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    zc[e] = 1;
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) zc[e] = zc[e] && hc[o.ti[q]];
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) {
+                        arb_add(z[e], z[e], h[o.ti[q]], prec);
+                        if (theta_dot) arb_add(zd[e], zd[e], f.hd[o.in][o.ti[q]], prec);
+                    }
+                    arb_div_ui(z[e], z[e], o.divisor, prec);
+                    if (theta_dot) arb_div_ui(zd[e], zd[e], o.divisor, prec);
+                }
+                break;
+            case op_type::add:
+                for (std::size_t e = 0; e < o.size; ++e) zc[e] = hc[e] && f.cst[o.in2][e];
+                _arb_vec_add(z.data(), h.data(), f.h[o.in2].data(), static_cast<slong>(o.size), prec);
+                if (theta_dot)
+                    _arb_vec_add(zd.data(), f.hd[o.in].data(), f.hd[o.in2].data(), static_cast<slong>(o.size), prec);
+                break;
+            case op_type::max:
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    const std::vector<std::size_t>& cand = smp.cand[k][e];
+                    std::uint64_t& mask = f.sign[k][e];
+                    // two constants of equal value are the same function here: the first stands
+                    // for both (the choice changes neither the value nor the Jacobian, 0)
+                    remaining(cand, mask, [&](std::size_t q, std::size_t j) {
+                        if (!hc[j] || !mag_is_zero(arb_radref(h[j]))) return;
+                        for (std::size_t p = 0; p < q; ++p)
+                            if (!((mask >> p) & 1U) && hc[cand[p]] && arb_equal(h[cand[p]], h[j])) {
+                                mask |= std::uint64_t{1} << q;
+                                return;
+                            }
+                    });
+                    // exclude every candidate whose upper bound is below another's lower bound
+                    bool first = true;
+                    remaining(cand, mask, [&](std::size_t, std::size_t j) {
+                        arb_get_lbound_arf(lo, h[j], prec);
+                        if (first || arf_cmp(lo, best) > 0) arf_set(best, lo);
+                        first = false;
+                    });
+                    std::size_t left = 0, top = npos, second = npos;
+                    remaining(cand, mask, [&](std::size_t q, std::size_t j) {
+                        arb_get_ubound_arf(lo, h[j], prec);
+                        if (arf_cmp(lo, best) < 0) mask |= std::uint64_t{1} << q;
+                        else ++left;
+                    });
+                    if (left == 0) throw not_certifiable(o.path + " max_pool2d: every candidate excluded");
+                    // the value: the one left, or the union of those left; two with the largest
+                    // upper bounds make the switching function
+                    arf_t up_top, up;
+                    arf_init(up_top);
+                    arf_init(up);
+                    bool started = false;
+                    remaining(cand, mask, [&](std::size_t, std::size_t j) {
+                        if (!started) {
+                            arb_set(z[e], h[j]);
+                            if (theta_dot) arb_set(zd[e], f.hd[o.in][j]);
+                            started = true;
+                        } else {
+                            arb_union(z[e], z[e], h[j], prec);
+                            if (theta_dot) arb_union(zd[e], zd[e], f.hd[o.in][j], prec);
+                        }
+                        arb_get_ubound_arf(up, h[j], prec);
+                        if (top == npos || arf_cmp(up, up_top) > 0) {
+                            second = top;
+                            top = j;
+                            arf_set(up_top, up);
+                        } else if (second == npos) {
+                            second = j;
+                        }
+                    });
+                    arf_clear(up_top);
+                    arf_clear(up);
+                    if (left > 1) f.undecided.push_back({k, e, top, second});
+                    else zc[e] = hc[top];
+                }
+                break;
+            case op_type::act:
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    if (o.smooth) {
+                        zc[e] = hc[e];
+                        smooth_value(o.kind, z[e], h[e], prec);
+                        if (theta_dot) {
+                            smooth_derivative(o.kind, t1.v, h[e], prec);
+                            arb_mul(zd[e], t1.v, f.hd[o.in][e], prec);
+                        }
+                        continue;
+                    }
+                    std::uint64_t& s = f.sign[k][e];
+                    if (s == 0) {
+                        if (arb_is_positive(h[e])) s = pos_sign;
+                        else if (arb_is_negative(h[e]) || arb_is_zero(h[e])) s = neg_sign;
+                    }
+                    if (s == pos_sign) {
+                        zc[e] = hc[e];
+                        arb_set(z[e], h[e]);
+                        if (theta_dot) arb_set(zd[e], f.hd[o.in][e]);
+                    } else if (s == neg_sign) {
+                        zc[e] = hc[e] || o.slope == 0;
+                        mul_binary64(z[e], h[e], o.slope, prec);  // the slope is a binary64 number
+                        if (theta_dot) mul_binary64(zd[e], f.hd[o.in][e], o.slope, prec);
+                    } else {
+                        f.undecided.push_back({k, e, 0, 0});
+                        mul_binary64(t1.v, h[e], o.slope, prec);
+                        arb_union(z[e], h[e], t1.v, prec);
+                        if (theta_dot) {
+                            mul_binary64(t2.v, f.hd[o.in][e], o.slope, prec);
+                            arb_union(zd[e], f.hd[o.in][e], t2.v, prec);
+                        }
+                    }
+                }
+                break;
         }
-        balls a(h.size());
-        balls ad(theta_dot ? h.size() : 0);
-        for (std::size_t e = 0; e < h.size(); ++e) {
-            if (o.smooth) {
-                smooth_value(o.kind, a[e], h[e], prec);
-                if (theta_dot) {
-                    smooth_derivative(o.kind, t1.v, h[e], prec);
-                    arb_mul(ad[e], t1.v, f.hd[k][e], prec);
-                }
-                continue;
-            }
-            if (!o.kinked) {
-                arb_set(a[e], h[e]);
-                if (theta_dot) arb_set(ad[e], f.hd[k][e]);
-                continue;
-            }
-            signed char& s = f.sign[k][e];
-            if (s == 0) {
-                if (arb_is_positive(h[e])) s = 1;
-                else if (arb_is_negative(h[e]) || arb_is_zero(h[e])) s = -1;
-            }
-            if (s > 0) {
-                arb_set(a[e], h[e]);
-                if (theta_dot) arb_set(ad[e], f.hd[k][e]);
-            } else if (s < 0) {
-                mul_binary64(a[e], h[e], o.slope, prec);  // the slope is a binary64 number
-                if (theta_dot) mul_binary64(ad[e], f.hd[k][e], o.slope, prec);
-            } else {
-                f.undecided.emplace_back(k, e);
-                mul_binary64(t1.v, h[e], o.slope, prec);
-                arb_union(a[e], h[e], t1.v, prec);
-                if (theta_dot) {
-                    mul_binary64(t2.v, f.hd[k][e], o.slope, prec);
-                    arb_union(ad[e], f.hd[k][e], t2.v, prec);
-                }
-            }
-        }
-        f.h[k + 1] = std::move(a);
-        if (theta_dot) f.hd[k + 1] = std::move(ad);
+        f.h[k + 1] = std::move(z);
+        if (theta_dot) f.hd[k + 1] = std::move(zd);
+    }
+    arf_clear(lo);
+    arf_clear(best);
+}
+
+// The switching function of an undecided kink and its tangent, from a pass.
+void switching(const net& n, const pass& f, const kink& u, arb_ptr z, arb_ptr zd, slong prec) {
+    const op& o = n.ops[u.k];
+    if (o.type == op_type::max) {
+        arb_sub(z, f.h[o.in][u.j], f.h[o.in][u.i], prec);
+        if (zd) arb_sub(zd, f.hd[o.in][u.j], f.hd[o.in][u.i], prec);
+    } else {
+        arb_set(z, f.h[o.in][u.e]);
+        if (zd) arb_set(zd, f.hd[o.in][u.e]);
     }
 }
 
+// The decision where the switching function has sign s (±1): the activation's sign, or the
+// max pool's candidate that is below the other excluded.
+void decide(const net& n, const sample& smp, const kink& u, int s, signs& d) {
+    const op& o = n.ops[u.k];
+    if (o.type != op_type::max) {
+        d[u.k][u.e] = s > 0 ? pos_sign : neg_sign;
+        return;
+    }
+    const std::size_t loser = s > 0 ? u.i : u.j;  // z = h[j] − h[i]
+    const std::vector<std::size_t>& cand = smp.cand[u.k][u.e];
+    for (std::size_t q = 0; q < cand.size(); ++q)
+        if (cand[q] == loser) d[u.k][u.e] |= std::uint64_t{1} << q;
+}
+
 // Reverse mode: acc += J(θ)ᵀ seed (seed: the outputs' adjoint, C balls), J taken with the
-// signs of `f` (an undecided unit's derivative is the union of 1 and its slope).
-void reverse(const net& n, arb_srcptr theta, const pass& f, balls delta, arb_ptr acc, slong prec) {
-    ball d;
-    for (std::size_t k = n.ops.size(); k-- > 0;) {
+// decisions of `f` (an undecided unit's derivative is the union of 1 and its slope; an
+// undecided max passes [0, 1] times its adjoint to every candidate left).
+void reverse(const net& n, arb_srcptr theta, const sample& smp, const pass& f, balls seed, arb_ptr acc, slong prec) {
+    const std::size_t K = n.ops.size();
+    std::vector<balls> adj(K + 1);
+    adj[n.out] = std::move(seed);
+    ball d, unit;
+    arb_zero_pm_one(unit.v);  // [0, 1] = 1/2 + [−1, 1]/2, exactly
+    arb_mul_2exp_si(unit.v, unit.v, -1);
+    {
+        ball half;
+        arb_set_d(half.v, 0.5);
+        arb_add(unit.v, unit.v, half.v, prec);
+    }
+    auto target = [&](std::size_t slot) -> balls& {
+        if (adj[slot].size() == 0) {
+            adj[slot] = balls(n.slot_size(slot));
+            adj[slot].zero();
+        }
+        return adj[slot];
+    };
+    for (std::size_t k = K; k-- > 0;) {
         const op& o = n.ops[k];
-        const balls& h = f.h[k];
-        if (o.linear) {
-            for (std::size_t r = 0; r < o.out; ++r) {
-                if (arb_is_zero(delta[r])) continue;
-                arb_ptr gw = acc + o.weight + r * o.in;
-                for (std::size_t j = 0; j < o.in; ++j) arb_addmul(gw + j, delta[r], h[j], prec);
-                if (o.has_bias) arb_add(acc + o.bias + r, acc + o.bias + r, delta[r], prec);
+        if (adj[k + 1].size() == 0) continue;
+        balls delta = std::move(adj[k + 1]);
+        const balls& h = f.h[o.in];
+        const bool need_prev = o.in != 0;  // the input's adjoint is not needed
+        switch (o.type) {
+            case op_type::dense:
+                for (std::size_t row = 0; row < o.rows; ++row)
+                    for (std::size_t r = 0; r < o.fout; ++r) {
+                        arb_srcptr dr = delta[row * o.fout + r];
+                        if (arb_is_zero(dr)) continue;
+                        arb_ptr gw = acc + o.weight + r * o.fin;
+                        for (std::size_t j = 0; j < o.fin; ++j) arb_addmul(gw + j, dr, h[row * o.fin + j], prec);
+                        if (o.has_bias) arb_add(acc + o.bias + r, acc + o.bias + r, dr, prec);
+                    }
+                if (need_prev) {
+                    balls& prev = target(o.in);
+                    for (std::size_t row = 0; row < o.rows; ++row)
+                        for (std::size_t j = 0; j < o.fin; ++j) {
+                            arb_dot(d.v, nullptr, 0, theta + o.weight + j, static_cast<slong>(o.fin), delta[row * o.fout], 1,
+                                    static_cast<slong>(o.fout), prec);
+                            arb_add(prev[row * o.fin + j], prev[row * o.fin + j], d.v, prec);
+                        }
+                }
+                break;
+            case op_type::sparse: {
+                balls* prev = need_prev ? &target(o.in) : nullptr;
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    if (arb_is_zero(delta[e])) continue;
+                    if (o.bidx[e] != npos) arb_add(acc + o.bidx[e], acc + o.bidx[e], delta[e], prec);
+                    for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) {
+                        arb_addmul(acc + o.tp[q], delta[e], h[o.ti[q]], prec);
+                        if (prev) arb_addmul((*prev)[o.ti[q]], delta[e], theta + o.tp[q], prec);
+                    }
+                }
+                break;
             }
-            if (k == 0) break;
-            balls prev(o.in);
-            for (std::size_t j = 0; j < o.in; ++j)
-                arb_dot(prev[j], nullptr, 0, theta + o.weight + j, static_cast<slong>(o.in), delta.data(), 1,
-                        static_cast<slong>(o.out), prec);
-            delta = std::move(prev);
-            continue;
-        }
-        if (o.smooth) {
-            for (std::size_t e = 0; e < delta.size(); ++e) {
-                smooth_derivative(o.kind, d.v, h[e], prec);
-                arb_mul(delta[e], delta[e], d.v, prec);
+            case op_type::avg:
+                if (need_prev) {
+                    balls& prev = target(o.in);
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        arb_div_ui(d.v, delta[e], o.divisor, prec);
+                        for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q)
+                            arb_add(prev[o.ti[q]], prev[o.ti[q]], d.v, prec);
+                    }
+                }
+                break;
+            case op_type::max:
+                if (need_prev) {
+                    balls& prev = target(o.in);
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        std::size_t left = 0;
+                        remaining(smp.cand[k][e], f.sign[k][e], [&](std::size_t, std::size_t) { ++left; });
+                        if (left == 1) arb_set(d.v, delta[e]);
+                        else arb_mul(d.v, delta[e], unit.v, prec);
+                        remaining(smp.cand[k][e], f.sign[k][e],
+                                  [&](std::size_t, std::size_t j) { arb_add(prev[j], prev[j], d.v, prec); });
+                    }
+                }
+                break;
+            case op_type::add: {
+                balls& a = target(o.in);
+                _arb_vec_add(a.data(), a.data(), delta.data(), static_cast<slong>(o.size), prec);
+                balls& b = target(o.in2);
+                _arb_vec_add(b.data(), b.data(), delta.data(), static_cast<slong>(o.size), prec);
+                break;
             }
-            continue;
-        }
-        if (!o.kinked) continue;
-        for (std::size_t e = 0; e < delta.size(); ++e) {
-            const signed char s = f.sign[k][e];
-            if (s > 0) continue;
-            if (s < 0) {
-                mul_binary64(delta[e], delta[e], o.slope, prec);
-            } else {
-                arb_one(d.v);
-                ball sl;
-                arb_set_d(sl.v, o.slope);
-                arb_union(d.v, d.v, sl.v, prec);  // [min(1, slope), max(1, slope)]
-                arb_mul(delta[e], delta[e], d.v, prec);
-            }
+            case op_type::act:
+                if (!need_prev) break;
+                for (std::size_t e = 0; e < o.size; ++e) {
+                    if (o.smooth) {
+                        smooth_derivative(o.kind, d.v, h[e], prec);
+                        arb_mul(delta[e], delta[e], d.v, prec);
+                        continue;
+                    }
+                    const std::uint64_t s = f.sign[k][e];
+                    if (s == pos_sign) continue;
+                    if (s == neg_sign) {
+                        mul_binary64(delta[e], delta[e], o.slope, prec);
+                    } else {
+                        arb_one(d.v);
+                        ball sl;
+                        arb_set_d(sl.v, o.slope);
+                        arb_union(d.v, d.v, sl.v, prec);  // [min(1, slope), max(1, slope)]
+                        arb_mul(delta[e], delta[e], d.v, prec);
+                    }
+                }
+                {
+                    balls& prev = target(o.in);
+                    _arb_vec_add(prev.data(), prev.data(), delta.data(), static_cast<slong>(o.size), prec);
+                }
+                break;
         }
     }
 }
@@ -570,7 +978,7 @@ struct integral_counts {
 // Ī = ∫₀¹ J(x; w + tΔ) dt, C × P balls, for one test point.
 class ball_segment_integral {
 public:
-    ball_segment_integral(const net& n, const balls& w, const balls& delta, const balls& x, const ball_gauss& g,
+    ball_segment_integral(const net& n, const balls& w, const balls& delta, const sample& x, const ball_gauss& g,
                           gauss_cache& rules, slong prec, std::vector<balls>& ibar, integral_counts& counts)
         : n_(n), w_(w), delta_(delta), x_(x), g_(g), rules_(rules), prec_(prec), ibar_(ibar), counts_(counts), theta_(n.P) {
         arf_init(eps_);
@@ -610,7 +1018,7 @@ private:
         for (std::size_t c = 0; c < n_.C; ++c) {
             balls seed(n_.C);
             arb_set(seed[c], weight.v);
-            reverse(n_, theta_.data(), f, std::move(seed), ibar_[c].data(), prec_);
+            reverse(n_, theta_.data(), x_, f, std::move(seed), ibar_[c].data(), prec_);
         }
     }
 
@@ -654,12 +1062,13 @@ private:
         // decided on [a, b], so its pre-activation is one polynomial there (the others may be
         // undecided only through it, or have roots of their own: the pieces sort them out).
         {
-            const auto [k, r] = f.undecided[0];
-            const arb_srcptr zdot = f.hd[k][r];
-            if (!arb_contains_zero(zdot)) {  // z_k is monotone on [a, b]: at most one root
-                signs fixed = f.sign;  // the units before op k decided on [a, b]
+            const kink u = f.undecided[0];
+            ball z, zdot;
+            switching(n_, f, u, z.v, zdot.v, prec_);
+            if (!arb_contains_zero(zdot.v)) {  // z is monotone on [a, b]: at most one root
+                signs fixed = f.sign;  // the ops before u.k decided on [a, b]
                 ball R;
-                int found = newton(a, b, fixed, k, r, R);
+                int found = newton(a, b, fixed, u, R);
                 point lo, hi;  // R ∩ [a, b]: a ball's radius is rounded up (30 bits), so the ball
                                // of [a, b] reaches slightly outside it, and R may end up there
                 if (found == 1) {
@@ -671,10 +1080,10 @@ private:
                 }
                 if (found == 0) {  // no root: one sign on [a, b], the sign at its midpoint
                     const point m = midpoint(a, b);
-                    const int s = sign_at(m, fixed, k, r);
+                    const int s = sign_at(m, fixed, u);
                     if (s != 0) {
                         signs next = forced;
-                        next[k][r] = static_cast<signed char>(s);
+                        decide(n_, x_, u, s, next);
                         return integrate(a, b, next);
                     }
                 } else if (found == 1) {
@@ -683,8 +1092,9 @@ private:
                     // it), so z keeps one sign on [a, lo) and on (hi, b]: the sign at a and at b
                     // where decided (else the piece is left to the recursion).
                     signs left = forced, right = forced;
-                    left[k][r] = static_cast<signed char>(sign_at(a, fixed, k, r));
-                    right[k][r] = static_cast<signed char>(sign_at(b, fixed, k, r));
+                    const int sa = sign_at(a, fixed, u), sb = sign_at(b, fixed, u);
+                    if (sa != 0) decide(n_, x_, u, sa, left);
+                    if (sb != 0) decide(n_, x_, u, sb, right);
                     if (arf_cmp(lo.v, a.v) > 0) integrate(a, lo, left);
                     if (arf_cmp(hi.v, lo.v) > 0) enclose(lo, hi, forced);
                     if (arf_cmp(b.v, hi.v) > 0) integrate(hi, b, right);
@@ -697,22 +1107,24 @@ private:
         integrate(m, b, forced);
     }
 
-    // The sign of unit (k, r) at the exact point t = m (0 when undecided).
-    int sign_at(const point& m, const signs& fixed, std::size_t k, std::size_t r) {
+    // The sign of u's switching function at the exact point t = m (0 when undecided).
+    int sign_at(const point& m, const signs& fixed, const kink& u) {
         ball t;
         arb_set_arf(t.v, m.v);
         segment_point(w_, delta_, t.v, theta_, prec_);
         pass f;
         forward(n_, theta_.data(), nullptr, x_, fixed, f, prec_);
-        if (arb_is_positive(f.h[k][r])) return 1;
-        if (arb_is_negative(f.h[k][r])) return -1;
+        ball z;
+        switching(n_, f, u, z.v, nullptr, prec_);
+        if (arb_is_positive(z.v)) return 1;
+        if (arb_is_negative(z.v)) return -1;
         return 0;
     }
 
-    // Interval Newton for the root of z = (input of op k)[r] on [a, b], every other unit's
-    // sign fixed: R ← R ∩ (m − z(m)/ż(R)).  Returns 1 with the root enclosed in R, 0 when
+    // Interval Newton for the root of u's switching function z on [a, b], every other
+    // decision fixed: R ← R ∩ (m − z(m)/ż(R)).  Returns 1 with the root enclosed in R, 0 when
     // [a, b] has no root, −1 when ż(R) contains 0.
-    int newton(const point& a, const point& b, const signs& fixed, std::size_t k, std::size_t r, ball& R) {
+    int newton(const point& a, const point& b, const signs& fixed, const kink& u, ball& R) {
         interval(a, b, R);
         ball N, zm, q, t;
         pass f;
@@ -720,12 +1132,12 @@ private:
             segment_point(w_, delta_, R.v, theta_, prec_);
             forward(n_, theta_.data(), delta_.data(), x_, fixed, f, prec_);
             ball zdot;
-            arb_set(zdot.v, f.hd[k][r]);
+            switching(n_, f, u, t.v, zdot.v, prec_);
             if (arb_contains_zero(zdot.v)) return -1;
             arb_get_mid_arb(t.v, R.v);
             segment_point(w_, delta_, t.v, theta_, prec_);
             forward(n_, theta_.data(), nullptr, x_, fixed, f, prec_);
-            arb_set(zm.v, f.h[k][r]);
+            switching(n_, f, u, zm.v, nullptr, prec_);
             arb_div(q.v, zm.v, zdot.v, prec_);
             arb_sub(N.v, t.v, q.v, prec_);
             if (!arb_overlaps(R.v, N.v)) return 0;
@@ -839,6 +1251,7 @@ private:
 
     // max over entries of |J_c(t)| for every complex t in `box`, per output c (upper bounds);
     // false when the enclosure cannot back analyticity there (non-finite; softplus's cut).
+    // Smooth networks only: dense, sparse, avg, add and smooth activations.
     bool jacobian_bound(acb_srcptr box, std::vector<point>& M) {
         const std::size_t K = n_.ops.size();
         acb_vec theta(n_.P);
@@ -847,59 +1260,133 @@ private:
             acb_addmul_arb(theta[p], box, delta_[p], prec_);
         }
         std::vector<acb_vec> h(K + 1);
-        h[0] = acb_vec(x_.size());
-        for (std::size_t e = 0; e < x_.size(); ++e) acb_set_arb(h[0][e], x_[e]);
+        h[0] = acb_vec(x_.x.size());
+        for (std::size_t e = 0; e < x_.x.size(); ++e) acb_set_arb(h[0][e], x_.x[e]);
         bool ok = true;
         for (std::size_t k = 0; k < K && ok; ++k) {
             const op& o = n_.ops[k];
-            if (o.linear) {
-                h[k + 1] = acb_vec(o.out);
-                for (std::size_t r = 0; r < o.out; ++r)
-                    acb_dot(h[k + 1][r], o.has_bias ? theta[o.bias + r] : nullptr, 0, theta[o.weight + r * o.in], 1, h[k][0], 1,
-                            static_cast<slong>(o.in), prec_);
-            } else {
-                h[k + 1] = acb_vec(h[k].size());
-                for (std::size_t e = 0; e < h[k].size(); ++e) {
-                    if (o.smooth) ok = smooth_value(o.kind, h[k + 1][e], h[k][e], prec_) && acb_is_finite(h[k + 1][e]) && ok;
-                    else acb_set(h[k + 1][e], h[k][e]);
-                }
+            acb_vec& z = h[k + 1];
+            acb_vec& in = h[o.in];
+            z = acb_vec(o.size);
+            switch (o.type) {
+                case op_type::dense:
+                    for (std::size_t row = 0; row < o.rows; ++row)
+                        for (std::size_t r = 0; r < o.fout; ++r)
+                            acb_dot(z[row * o.fout + r], o.has_bias ? theta[o.bias + r] : nullptr, 0,
+                                    theta[o.weight + r * o.fin], 1, in[row * o.fin], 1, static_cast<slong>(o.fin), prec_);
+                    break;
+                case op_type::sparse:
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        if (o.bidx[e] != npos) acb_set(z[e], theta[o.bidx[e]]);
+                        for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q)
+                            acb_addmul(z[e], theta[o.tp[q]], in[o.ti[q]], prec_);
+                    }
+                    break;
+                case op_type::avg:
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        for (std::size_t q = o.start[e]; q < o.start[e + 1]; ++q) acb_add(z[e], z[e], in[o.ti[q]], prec_);
+                        acb_div_ui(z[e], z[e], o.divisor, prec_);
+                    }
+                    break;
+                case op_type::add:
+                    for (std::size_t e = 0; e < o.size; ++e) acb_add(z[e], in[e], h[o.in2][e], prec_);
+                    break;
+                case op_type::act:
+                    for (std::size_t e = 0; e < o.size; ++e)
+                        ok = smooth_value(o.kind, z[e], in[e], prec_) && acb_is_finite(z[e]) && ok;
+                    break;
+                case op_type::max: ok = false; break;  // not in a smooth network
             }
         }
         arf_t u;
         arf_init(u);
         acb_t q;
         acb_init(q);
+        auto bound = [&](point& m, acb_srcptr v) {
+            acb_get_abs_ubound_arf(u, v, prec_);
+            if (!arf_is_finite(u)) ok = false;  // NaN too: arf_max would skip it
+            arf_max(m.v, m.v, u);
+        };
         for (std::size_t c = 0; c < n_.C && ok; ++c) {
             arf_zero(M[c].v);
-            acb_vec delta(n_.C);
-            acb_one(delta[c]);
+            std::vector<acb_vec> adj(K + 1);
+            adj[n_.out] = acb_vec(n_.C);
+            acb_one(adj[n_.out][c]);
+            auto target = [&](std::size_t slot) -> acb_vec& {
+                if (adj[slot].size() == 0) adj[slot] = acb_vec(n_.slot_size(slot));  // zeroed by init
+                return adj[slot];
+            };
             for (std::size_t k = K; k-- > 0 && ok;) {
                 const op& o = n_.ops[k];
-                if (o.linear) {
-                    for (std::size_t r = 0; r < o.out; ++r) {
-                        for (std::size_t j = 0; j < o.in; ++j) {
-                            acb_mul(q, delta[r], h[k][j], prec_);
-                            acb_get_abs_ubound_arf(u, q, prec_);
-                            if (!arf_is_finite(u)) ok = false;  // NaN too: arf_max would skip it
-                            arf_max(M[c].v, M[c].v, u);
+                if (adj[k + 1].size() == 0) continue;
+                acb_vec delta = std::move(adj[k + 1]);
+                acb_vec& in = h[o.in];
+                const bool need_prev = o.in != 0;
+                switch (o.type) {
+                    case op_type::dense:
+                        if (o.rows == 1) {
+                            for (std::size_t r = 0; r < o.fout; ++r) {
+                                for (std::size_t j = 0; j < o.fin; ++j) {
+                                    acb_mul(q, delta[r], in[j], prec_);
+                                    bound(M[c], q);
+                                }
+                                if (o.has_bias) bound(M[c], delta[r]);
+                            }
+                        } else {  // an entry of J is a sum over the rows
+                            acb_vec gw(o.fout * (o.fin + 1));
+                            for (std::size_t row = 0; row < o.rows; ++row)
+                                for (std::size_t r = 0; r < o.fout; ++r) {
+                                    for (std::size_t j = 0; j < o.fin; ++j)
+                                        acb_addmul(gw[r * (o.fin + 1) + j], delta[row * o.fout + r], in[row * o.fin + j], prec_);
+                                    acb_add(gw[r * (o.fin + 1) + o.fin], gw[r * (o.fin + 1) + o.fin], delta[row * o.fout + r], prec_);
+                                }
+                            for (std::size_t p = 0; p < gw.size(); ++p) bound(M[c], gw[p]);
                         }
-                        if (o.has_bias) {
-                            acb_get_abs_ubound_arf(u, delta[r], prec_);
-                            if (!arf_is_finite(u)) ok = false;
-                            arf_max(M[c].v, M[c].v, u);
+                        if (need_prev) {
+                            acb_vec& prev = target(o.in);
+                            for (std::size_t row = 0; row < o.rows; ++row)
+                                for (std::size_t j = 0; j < o.fin; ++j) {
+                                    acb_dot(q, nullptr, 0, theta[o.weight + j], static_cast<slong>(o.fin),
+                                            delta[row * o.fout], 1, static_cast<slong>(o.fout), prec_);
+                                    acb_add(prev[row * o.fin + j], prev[row * o.fin + j], q, prec_);
+                                }
                         }
+                        break;
+                    case op_type::sparse: {
+                        // a shared weight's entry of J is the sum over its terms: bound the sums
+                        std::map<std::size_t, acb_box> gw;
+                        for (std::size_t e = 0; e < o.size; ++e) {
+                            if (o.bidx[e] != npos) acb_add(gw[o.bidx[e]].v, gw[o.bidx[e]].v, delta[e], prec_);
+                            for (std::size_t t = o.start[e]; t < o.start[e + 1]; ++t) {
+                                acb_addmul(gw[o.tp[t]].v, delta[e], in[o.ti[t]], prec_);
+                                if (need_prev) acb_addmul(target(o.in)[o.ti[t]], delta[e], theta[o.tp[t]], prec_);
+                            }
+                        }
+                        for (auto& [p, g] : gw) bound(M[c], g.v);
+                        break;
                     }
-                    if (k == 0) break;
-                    acb_vec prev(o.in);
-                    for (std::size_t j = 0; j < o.in; ++j)
-                        acb_dot(prev[j], nullptr, 0, theta[o.weight + j], static_cast<slong>(o.in), delta[0], 1,
-                                static_cast<slong>(o.out), prec_);
-                    delta = std::move(prev);
-                } else if (o.smooth) {
-                    for (std::size_t e = 0; e < delta.size(); ++e) {
-                        ok = smooth_derivative(o.kind, q, h[k][e], prec_) && acb_is_finite(q) && ok;
-                        acb_mul(delta[e], delta[e], q, prec_);
-                    }
+                    case op_type::avg:
+                        if (need_prev)
+                            for (std::size_t e = 0; e < o.size; ++e) {
+                                acb_div_ui(q, delta[e], o.divisor, prec_);
+                                for (std::size_t t = o.start[e]; t < o.start[e + 1]; ++t)
+                                    acb_add(target(o.in)[o.ti[t]], target(o.in)[o.ti[t]], q, prec_);
+                            }
+                        break;
+                    case op_type::add:
+                        for (std::size_t e = 0; e < o.size; ++e) {
+                            acb_add(target(o.in)[e], target(o.in)[e], delta[e], prec_);
+                            acb_add(target(o.in2)[e], target(o.in2)[e], delta[e], prec_);
+                        }
+                        break;
+                    case op_type::act:
+                        if (need_prev)
+                            for (std::size_t e = 0; e < o.size; ++e) {
+                                ok = smooth_derivative(o.kind, q, in[e], prec_) && acb_is_finite(q) && ok;
+                                acb_addmul(target(o.in)[e], delta[e], q, prec_);
+                            }
+                        break;
+                    case op_type::max: ok = false; break;
                 }
             }
             if (!arf_is_finite(M[c].v)) ok = false;
@@ -913,7 +1400,8 @@ private:
     std::size_t bisections_ = 0;
 
     const net& n_;
-    const balls &w_, &delta_, &x_;
+    const balls &w_, &delta_;
+    const sample& x_;
     const ball_gauss& g_;
     gauss_cache& rules_;
     slong prec_;
@@ -1140,13 +1628,20 @@ private:
 };
 
 // The outputs at exact parameters, every sign decided (else not certifiable: `what`).
-pass exact_pass(const net& n, const balls& theta, const balls& x, slong prec, const std::string& what) {
+pass exact_pass(const net& n, const balls& theta, const sample& x, slong prec, const std::string& what) {
     pass f;
     forward(n, theta.data(), nullptr, x, no_signs(n), f, prec);
-    if (!f.undecided.empty())
-        throw not_certifiable(what + ": the sign of the pre-activation of layers[" + std::to_string(f.undecided[0].first) +
-                              "] unit " + std::to_string(f.undecided[0].second) + " is not decided at " +
+    if (!f.undecided.empty()) {
+        const kink& u = f.undecided[0];
+        const op& o = n.ops[u.k];
+        if (o.type == op_type::max)
+            throw not_certifiable(what + ": the maximum of " + o.path + " (max_pool2d) output " + std::to_string(u.e) +
+                                  " is not decided at " + std::to_string(prec) +
+                                  " bits (two window entries tie within their enclosures)");
+        throw not_certifiable(what + ": the sign of the pre-activation of " + o.path + " (" +
+                              std::string(to_string(o.kind)) + ") unit " + std::to_string(u.e) + " is not decided at " +
                               std::to_string(prec) + " bits (its enclosure contains 0 and is not 0)");
+    }
     return f;
 }
 
@@ -1227,13 +1722,13 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
         rep.path_note = rep.recorded_path ? "recorded path (params.npy rows taken as exact binary64 numbers)"
                                           : "replayed in binary64 by epk's trainer; that path's rows certified as exact";
         const sgd_schedule sch = detail::make_schedule(path);
-        const ball_gauss g = make_gauss(std::max<std::size_t>(1, (n.linear_layers + 1) / 2), prec);
+        const ball_gauss g = make_gauss(std::max<std::size_t>(1, (n.depth + 1) / 2), prec);
         gauss_cache rules;  // smooth networks: rules of the sizes their bounds ask for
         ball_optimizer opt(path, n.P, o.contributions, prec);
 
-        std::vector<balls> x_test(M);
+        std::vector<sample> x_test(M);
         for (std::size_t m = 0; m < M; ++m)
-            x_test[m] = exact_balls(tr.x_test ? real_rows(*tr.x_test, m, 1) : real_rows(tr.x_train, m, 1));
+            x_test[m] = make_sample(n, tr.x_test ? real_rows(*tr.x_test, m, 1) : real_rows(tr.x_train, m, 1));
         std::vector<balls> out0(M), outS(M), kern(M), optt(M), rem(M);
         std::vector<std::vector<balls>> contrib(o.contributions ? M : 0);
         std::vector<integral_counts> counts(M);
@@ -1279,11 +1774,11 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                 for (std::size_t i = 0; i < N; ++i) batch.push_back(i);
             std::vector<std::pair<std::size_t, balls>> grads;
             for (const std::size_t i : batch) {
-                const balls xi = exact_balls(real_rows(tr.x_train, i, 1));
+                const sample xi = make_sample(n, real_rows(tr.x_train, i, 1));
                 const pass f = exact_pass(n, w, xi, prec, "step " + std::to_string(s) + ", training point " + std::to_string(i));
                 balls gi(n.P);
                 gi.zero();
-                reverse(n, w.data(), f, loss_gradient(tr.loss, f.h.back(), tr, i, batch.size(), prec), gi.data(), prec);
+                reverse(n, w.data(), xi, f, loss_gradient(tr.loss, f.h[n.out], tr, i, batch.size(), prec), gi.data(), prec);
                 grads.emplace_back(i, std::move(gi));
             }
             balls omega;
@@ -1302,7 +1797,7 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                 amag[p] = a;
             }
             for_points([&](std::size_t m) {
-                if (s == 0) out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h.back());
+                if (s == 0) out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h[n.out]);
                 std::vector<balls> ibar(C, balls(n.P));
                 ball_segment_integral(n, w, delta, x_test[m], g, rules, prec, ibar, counts[m]).run();
                 ball d;
@@ -1321,14 +1816,14 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                             arb_add(contrib[m][i][c], contrib[m][i][c], d.v, prec);
                         }
                 }
-                if (s + 1 == S) outS[m] = balls(exact_pass(n, next, x_test[m], prec, "f(x; w[S])").h.back());
+                if (s + 1 == S) outS[m] = balls(exact_pass(n, next, x_test[m], prec, "f(x; w[S])").h[n.out]);
             });
             w = next;
             if (progress) progress(s + 1, S);
         }
         if (S == 0)
             for (std::size_t m = 0; m < M; ++m) {
-                out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h.back());
+                out0[m] = balls(exact_pass(n, w0, x_test[m], prec, "f(x; w[0])").h[n.out]);
                 outS[m] = out0[m];
             }
         // With the contributions asked for, the kernel term is their sum (i ascending), so that
