@@ -1717,10 +1717,12 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
     const std::size_t M = rep.test_points, N = rep.n_train, C = rep.classes, S = rep.steps;
     try {
         const net n = make_net(tr.model);
-        // A replayed trace: the binary64 path epk's trainer takes (as `epk train` / `verify`).
-        const trace path = rep.recorded_path ? tr : replay_trace(tr, parse_precision("double"));
+        // A replayed trace (init_params.npy only) is trained here, in balls: the enclosures are
+        // of the exact-arithmetic training (proofs-notes/011 §8).
+        const trace& path = tr;
         rep.path_note = rep.recorded_path ? "recorded path (params.npy rows taken as exact binary64 numbers)"
-                                          : "replayed in binary64 by epk's trainer; that path's rows certified as exact";
+                                          : "replayed: trained in ball arithmetic from init_params.npy (the exact-arithmetic "
+                                            "training, enclosed)";
         const sgd_schedule sch = detail::make_schedule(path);
         const ball_gauss g = make_gauss(std::max<std::size_t>(1, (n.depth + 1) / 2), prec);
         gauss_cache rules;  // smooth networks: rules of the sizes their bounds ask for
@@ -1761,12 +1763,10 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
                 if (!failure[m].empty()) throw not_certifiable("test point " + std::to_string(m) + ": " + failure[m]);
         };
 
-        balls w = exact_balls(real_rows(*path.params, 0, 1));
+        balls w = rep.recorded_path ? exact_balls(real_rows(*path.params, 0, 1))
+                                    : exact_balls(real_rows(*path.init_params, 0, n.P));
         const balls w0 = w;
         for (std::size_t s = 0; s < S; ++s) {
-            const balls next = exact_balls(real_rows(*path.params, s + 1, 1));
-            balls delta(n.P);
-            for (std::size_t p = 0; p < n.P; ++p) arb_sub(delta[p], next[p], w[p], prec);  // exact unless the exponents are far apart; else an enclosure
             // The training side: ĝ_i = J(x_i; w_s)ᵀ ρ∂ℓ/∂f, the optimizer's shares φ_i and its own
             // term ω (007), U = Σ_i φ_i, r = Δ − U − ω.
             std::vector<std::size_t> batch = sch.batch(s);
@@ -1784,10 +1784,17 @@ certify_report certify_trace(const trace& tr, const certify_options& o, const pr
             balls omega;
             const std::vector<std::pair<std::size_t, balls>> shares = opt.step(grads, w, sch.learning_rates[s], omega);
             grads.clear();
-            balls U(n.P), r(n.P);
+            balls U(n.P), r(n.P), delta(n.P), next(n.P);
             for (const auto& sh : shares) _arb_vec_add(U.data(), U.data(), sh.second.data(), static_cast<slong>(n.P), prec);
-            _arb_vec_sub(r.data(), delta.data(), U.data(), static_cast<slong>(n.P), prec);
-            _arb_vec_sub(r.data(), r.data(), omega.data(), static_cast<slong>(n.P), prec);
+            if (rep.recorded_path) {  // Δ = w[s+1] − w[s] (exact unless the exponents are far apart), r = Δ − U − ω
+                next = exact_balls(real_rows(*path.params, s + 1, 1));
+                _arb_vec_sub(delta.data(), next.data(), w.data(), static_cast<slong>(n.P), prec);
+                _arb_vec_sub(r.data(), delta.data(), U.data(), static_cast<slong>(n.P), prec);
+                _arb_vec_sub(r.data(), r.data(), omega.data(), static_cast<slong>(n.P), prec);
+            } else {  // the exact update is Σ_i φ_i + ω (007 §2): Δ = U + ω, r = 0 exactly
+                _arb_vec_add(delta.data(), U.data(), omega.data(), static_cast<slong>(n.P), prec);
+                _arb_vec_add(next.data(), w.data(), delta.data(), static_cast<slong>(n.P), prec);
+            }
             std::vector<double> amag(n.P);  // |Δ| + Σ_i |φ_i| + |ω| + |r| (007 §3's a_s): the terms' scale
             for (std::size_t p = 0; p < n.P; ++p) {
                 double a = std::abs(arf_get_d(arb_midref(delta[p]), ARF_RND_NEAR)) +

@@ -9,22 +9,42 @@
 #include <rapidcheck/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <random>
 
 #include "../src/certify.hpp"
 #include "epk/engine.hpp"
 #include "epk/mpfr_real.hpp"
+#include "epk/trace.hpp"
 #include "epk/training.hpp"
+#include "support/cnn_generators.hpp"
 
 namespace {
 
 struct certify_case {
-    epk::trace rec;  // recorded binary64 path
+    epk::trace rec;     // recorded binary64 path
+    epk::trace replay;  // the same run with init_params.npy only (trained by whoever reads it)
     std::string text;
 };
 
-// Piecewise-linear networks, or (smooth) networks of tanh, sigmoid, softplus, gelu, identity.
-certify_case gen_case(bool smooth = false) {
+// Replaces every kink of a random tree by a smooth layer: relu → tanh, leaky_relu → gelu,
+// max_pool2d → avg_pool2d (the shapes stay).
+void smooth_out(std::vector<epk::layer_spec>& layers) {
+    for (epk::layer_spec& l : layers) {
+        if (l.kind == epk::layer_kind::relu) l.kind = epk::layer_kind::tanh;
+        else if (l.kind == epk::layer_kind::leaky_relu) l.kind = epk::layer_kind::gelu;
+        else if (l.kind == epk::layer_kind::max_pool2d) l.kind = epk::layer_kind::avg_pool2d;
+        smooth_out(l.body);
+        smooth_out(l.shortcut);
+    }
+}
+
+// Piecewise-linear networks, or (smooth) networks of tanh, sigmoid, softplus, gelu, identity:
+// MLPs, or (tree) small CNNs / ResNets of conv2d, max and average pools, residual blocks,
+// flatten and linear (tests/support/cnn_generators.hpp).
+certify_case gen_case(bool smooth = false, bool tree = false) {
     static const std::vector<epk::layer_kind> kinked{epk::layer_kind::relu, epk::layer_kind::leaky_relu,
                                                      epk::layer_kind::identity};
     static const std::vector<epk::layer_kind> smooth_acts{epk::layer_kind::tanh, epk::layer_kind::sigmoid,
@@ -33,14 +53,19 @@ certify_case gen_case(bool smooth = false) {
     const std::vector<epk::layer_kind>& acts = smooth ? smooth_acts : kinked;
     epk::trace t;
     epk::model_spec& m = t.model;
-    m.input_dim = *rc::gen::inRange<std::size_t>(1, 5);
-    const auto linear = *rc::gen::weightedElement<std::size_t>({{1, 1}, {4, 2}, {4, 3}});
-    for (std::size_t k = 0; k < linear; ++k) {
-        m.layers.push_back({epk::layer_kind::linear, *rc::gen::inRange<std::size_t>(1, 7), *rc::gen::arbitrary<bool>(), 0.01});
-        if (k + 1 < linear) {
-            epk::layer_spec a{*rc::gen::elementOf(acts), 0, true, 0.01};
-            if (a.kind == epk::layer_kind::leaky_relu) a.negative_slope = *rc::gen::element(0.01, 0.2, -0.5);
-            m.layers.push_back(a);
+    if (tree) {
+        m = epk::testing::cnn::gen_cnn(!smooth, false);
+        if (smooth) smooth_out(m.layers);
+    } else {
+        m.input_dim = *rc::gen::inRange<std::size_t>(1, 5);
+        const auto linear = *rc::gen::weightedElement<std::size_t>({{1, 1}, {4, 2}, {4, 3}});
+        for (std::size_t k = 0; k < linear; ++k) {
+            m.layers.push_back({epk::layer_kind::linear, *rc::gen::inRange<std::size_t>(1, 7), *rc::gen::arbitrary<bool>(), 0.01});
+            if (k + 1 < linear) {
+                epk::layer_spec a{*rc::gen::elementOf(acts), 0, true, 0.01};
+                if (a.kind == epk::layer_kind::leaky_relu) a.negative_slope = *rc::gen::element(0.01, 0.2, -0.5);
+                m.layers.push_back(a);
+            }
         }
     }
     const std::size_t C = m.output_dim(), N = *rc::gen::inRange<std::size_t>(2, 7), D = m.input_dim;
@@ -50,7 +75,11 @@ certify_case gen_case(bool smooth = false) {
     t.optimizer.steps = *rc::gen::inRange<std::size_t>(1, 5);
     // Smooth: big steps of diverging runs put the activations' complex singularities within
     // 1e-5 of the segment, which certify refuses after its bisection budget (proofs-notes/011 §7).
-    t.optimizer.learning_rate = smooth ? *rc::gen::element(0.05, 0.2, 0.5) : *rc::gen::element(0.05, 0.5, 2.0);
+    // Trees: a diverging CNN run (parameters of 1e87 after three steps of lr 0.5 under mse)
+    // has so many pattern changes per segment that a case takes minutes: rates ≤ 0.2.
+    t.optimizer.learning_rate = tree     ? *rc::gen::element(0.05, 0.2)
+                                : smooth ? *rc::gen::element(0.05, 0.2, 0.5)
+                                         : *rc::gen::element(0.05, 0.5, 2.0);
     const std::uint64_t seed = *rc::gen::arbitrary<std::uint32_t>();
     std::mt19937_64 rng(seed);
     auto draw = [&](std::size_t count, double scale) {
@@ -58,7 +87,9 @@ certify_case gen_case(bool smooth = false) {
         for (double& e : v) e = static_cast<double>(static_cast<int>(rng() % 257) - 128) / scale;
         return v;
     };
-    t.x_train = epk::make_real_array(epk::npy_dtype::f8, {N, D}, draw(N * D, 64.0));
+    std::vector<std::size_t> shape{N};  // [N, D] or [N, c, h, w]
+    for (const std::size_t d : m.sample_shape()) shape.push_back(d);
+    t.x_train = epk::make_real_array(epk::npy_dtype::f8, shape, draw(N * D, 64.0));
     if (ce) {
         std::vector<std::int64_t> labels(N);
         for (auto& l : labels) l = static_cast<std::int64_t>(rng() % C);
@@ -66,7 +97,8 @@ certify_case gen_case(bool smooth = false) {
     } else {
         t.y_train = epk::make_real_array(epk::npy_dtype::f8, {N, C}, draw(N * C, 64.0));
     }
-    t.x_test = epk::make_real_array(epk::npy_dtype::f8, {2, D}, draw(2 * D, 64.0));
+    shape[0] = 2;
+    t.x_test = epk::make_real_array(epk::npy_dtype::f8, shape, draw(2 * D, 64.0));
     if (N >= 3 && *rc::gen::arbitrary<bool>()) {  // minibatches of 2
         std::vector<std::int64_t> b;
         for (std::size_t s = 0; s < t.optimizer.steps; ++s) {
@@ -120,8 +152,9 @@ certify_case gen_case(bool smooth = false) {
     RC_CLASSIFY(kind >= 2, "adam/adamw");
     RC_CLASSIFY(t.optimizer.initial_step > 0, "resumed");
     certify_case c;
+    c.replay = t;
     c.rec = epk::replay_trace(t, epk::parse_precision("double"));
-    c.text = "layers " + std::to_string(m.layers.size()) + ", C " + std::to_string(C) + ", N " + std::to_string(N) +
+    c.text = (tree ? epk::manifest_text(t) : std::string()) + "layers " + std::to_string(m.layers.size()) + ", C " + std::to_string(C) + ", N " + std::to_string(N) +
              ", S " + std::to_string(t.optimizer.steps) + ", lr " + std::to_string(t.optimizer.learning_rate) + ", seed " +
              std::to_string(seed) + ", " + opt;
     return c;
@@ -140,8 +173,15 @@ bool contains(const epk::ball_table& b, std::size_t e, const std::string& value)
 
 }  // namespace
 
-RC_GTEST_PROP(Certify, EnclosesTheMpfr1024Values, ()) {
-    const certify_case c = gen_case();
+namespace {
+
+// Certified at 256 bits with contributions; every enclosure contains epk's MPFR-1024 value.
+void check_encloses_mpfr1024(const certify_case& c) {
+    if (std::getenv("EPK_TEST_SHOW_CASES") != nullptr) std::fprintf(stderr, "case: %s\n", c.text.c_str());
+    if (const char* dir = std::getenv("EPK_TEST_DUMP_DIR")) {  // the case as a trace directory
+        std::filesystem::remove_all(dir);
+        epk::write_trace(dir, c.rec);
+    }
     RC_LOG() << c.text << "\n";
     epk::certify_options o;
     o.bits = 256;
@@ -152,6 +192,7 @@ RC_GTEST_PROP(Certify, EnclosesTheMpfr1024Values, ()) {
     RC_ASSERT(r.supported);
     RC_ASSERT(r.residual.contains_zero_everywhere);
     RC_ASSERT(r.certified);
+    RC_CLASSIFY(r.kinks > 0, "pattern changes isolated");
     const epk::mpfr_precision_scope guard(1024);
     epk::kernel_options ko;
     ko.contributions = true;
@@ -177,8 +218,18 @@ RC_GTEST_PROP(Certify, EnclosesTheMpfr1024Values, ()) {
     }
 }
 
-RC_GTEST_PROP(Certify, SmoothEnclosesTheMpfr1024Values, ()) {
-    const certify_case c = gen_case(true);
+}  // namespace
+
+RC_GTEST_PROP(Certify, EnclosesTheMpfr1024Values, ()) { check_encloses_mpfr1024(gen_case()); }
+
+// CNNs and ResNets (conv2d, max / average pools, residual blocks) with relu, leaky_relu,
+// identity: max pools' switches and relu kinks isolated along every segment (011 §10).
+RC_GTEST_PROP(Certify, TreeEnclosesTheMpfr1024Values, ()) { check_encloses_mpfr1024(gen_case(false, true)); }
+
+namespace {
+
+// Smooth: certified at 128 bits (or refused for §7's reason), outputs containing MPFR-1024 values.
+void check_smooth(const certify_case& c) {
     RC_LOG() << c.text << "\n";
     epk::certify_options o;
     o.bits = 128;
@@ -200,6 +251,41 @@ RC_GTEST_PROP(Certify, SmoothEnclosesTheMpfr1024Values, ()) {
         RC_ASSERT(contains(r.outputs_final, e, k.outputs_final.decimal[e]));
     }
     RC_ASSERT(r.certified);
+}
+
+}  // namespace
+
+RC_GTEST_PROP(Certify, SmoothEnclosesTheMpfr1024Values, ()) { check_smooth(gen_case(true)); }
+
+// Smooth CNNs and ResNets (tanh, sigmoid, softplus, gelu; average pools): the analytic bound
+// through conv2d, pools and residual blocks in complex balls.
+RC_GTEST_PROP(Certify, SmoothTreeEnclosesTheMpfr1024Values, ()) { check_smooth(gen_case(true, true)); }
+
+// A replayed trace is trained in ball arithmetic (proofs-notes/011 §8): its enclosures are
+// of the exact-arithmetic training, so they contain epk's own training at 1024 bits (and not,
+// in general, the binary64 path's outputs); the remainder term is exactly 0.
+RC_GTEST_PROP(Certify, ReplayedTracesAreTrainedInBalls, ()) {
+    const int kind = *rc::gen::inRange(0, 3);  // piecewise-linear MLP, CNN, smooth MLP
+    const certify_case c = gen_case(kind == 2, kind == 1);
+    RC_LOG() << c.text << "\n";
+    RC_ASSERT(!c.replay.params.has_value());
+    epk::certify_options o;
+    o.bits = 256;
+    o.threads = 2;
+    const epk::certify_report r = epk::certify_trace(c.replay, o);
+    RC_LOG() << r.reason << "\n";
+    if (kind == 2 && !r.supported) {  // 011 §7's refusal, as for recorded smooth paths
+        RC_ASSERT(r.reason.find("no analytic error bound on a segment") != std::string::npos);
+        return;
+    }
+    RC_ASSERT(r.certified);
+    RC_ASSERT(!r.recorded_path);
+    const epk::mpfr_precision_scope guard(1024);
+    const epk::evaluation k = epk::evaluate_trace(c.replay, epk::parse_precision("mpfr:1024"));
+    for (std::size_t e = 0; e < r.outputs_final.mid.size(); ++e) {
+        RC_ASSERT(contains(r.outputs_final, e, k.outputs_final.decimal[e]));
+        RC_ASSERT(r.remainder_term.mid_value[e] == 0.0 && r.remainder_term.rad_value[e] == 0.0);
+    }
 }
 
 RC_GTEST_PROP(Certify, WidthsFallLike2ToTheMinusP, ()) {
