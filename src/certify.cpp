@@ -211,23 +211,11 @@ private:
     }
 
     std::size_t push(op o, std::size_t depth) {
-        if (o.kinked || o.type == op_type::max) {
-            n_.kinked = true;
-            if (n_.smooth) mixed(o);
-        }
-        if (o.smooth) {
-            n_.smooth = true;
-            if (n_.kinked) mixed(o);
-        }
+        if (o.kinked || o.type == op_type::max) n_.kinked = true;
+        if (o.smooth) n_.smooth = true;
         n_.ops.push_back(std::move(o));
         depth_.push_back(depth);
         return n_.ops.size();
-    }
-
-    [[noreturn]] static void mixed(const op& o) {
-        throw not_certifiable(o.path + " " + std::string(to_string(o.kind)) +
-                              ": a network mixing kinks (relu, leaky_relu, max_pool2d) and smooth layers; certify "
-                              "covers piecewise-linear networks and smooth networks, not yet their mixtures");
     }
 
     std::size_t node(const tree_node& nd, std::size_t s) {
@@ -789,6 +777,16 @@ void forward(const net& n, arb_srcptr theta, arb_srcptr theta_dot, const sample&
     arf_clear(best);
 }
 
+// A max pool's one candidate left by the mask (npos when several are left).
+std::size_t chosen(const std::vector<std::size_t>& cand, std::uint64_t mask) {
+    std::size_t j = npos, left = 0;
+    remaining(cand, mask, [&](std::size_t, std::size_t c) {
+        j = c;
+        ++left;
+    });
+    return left == 1 ? j : npos;
+}
+
 // The switching function of an undecided kink and its tangent, from a pass.
 void switching(const net& n, const pass& f, const kink& u, arb_ptr z, arb_ptr zd, slong prec) {
     const op& o = n.ops[u.k];
@@ -991,7 +989,10 @@ public:
         point a, b;
         arf_zero(a.v);
         arf_one(b.v);
-        if (n_.smooth) integrate_smooth(a, b, 0);
+        // kinks (alone, or after smooth layers: then each piece of one pattern gets the analytic
+        // bound of §7 for its pattern's continuation, 011 §12); smooth networks: §7 directly
+        if (n_.kinked) integrate(a, b, no_signs(n_));
+        else if (n_.smooth) integrate_smooth(a, b, 0, no_signs(n_));
         else integrate(a, b, no_signs(n_));
     }
 
@@ -1054,7 +1055,7 @@ private:
         pass f;
         segment_point(w_, delta_, T.v, theta_, prec_);
         forward(n_, theta_.data(), delta_.data(), x_, forced, f, prec_);
-        if (f.undecided.empty()) return gauss(a, b, f.sign);
+        if (f.undecided.empty()) return n_.smooth ? integrate_smooth(a, b, 0, f.sign) : gauss(a, b, f.sign);
         point width;
         arf_sub(width.v, b.v, a.v, ARF_PREC_EXACT, ARF_RND_DOWN);
         if (arf_cmp(width.v, eps_) <= 0) return enclose(a, b, forced);
@@ -1163,7 +1164,7 @@ private:
     // (64/15) M_c ρ^(−2(n−1)) / (ρ² − 1) · h per entry.  M_c is bounded by evaluating the
     // network in complex balls over a box containing E_ρ; the smallest n over a few ρ is
     // used, its bound added to every entry's radius; no ρ with a useful n: bisect.
-    void integrate_smooth(const point& a, const point& b, int depth) {
+    void integrate_smooth(const point& a, const point& b, int depth, const signs& pattern) {
         ball h, c, R, T0, rho_b, den, err;
         arb_set_arf(h.v, b.v);
         arb_sub_arf(h.v, h.v, a.v, prec_);
@@ -1176,7 +1177,7 @@ private:
         arb_set(acb_realref(box.v), c.v);
         arb_add_error(acb_realref(box.v), h.v);
         arb_zero(acb_imagref(box.v));
-        const bool real_bounded = jacobian_bound(box.v, Mreal);
+        const bool real_bounded = jacobian_bound(box.v, Mreal, pattern);
         double lreal = -1e300;  // log2 of max |J| on [a, b], within a factor 2 (exponents)
         for (const point& m : Mreal)
             if (real_bounded && !arf_is_zero(m.v)) lreal = std::max(lreal, fmpz_get_d(ARF_EXPREF(m.v)) - 1);
@@ -1206,7 +1207,7 @@ private:
             arb_zero(acb_imagref(box.v));
             arb_add_error_mag(acb_imagref(box.v), rad);
             mag_clear(rad);
-            if (!jacobian_bound(box.v, M)) break;
+            if (!jacobian_bound(box.v, M, pattern)) break;
             double lM = -1e300;  // log2 of an upper bound (the exponent: valid beyond binary64's range)
             for (const point& m : M)
                 if (!arf_is_zero(m.v)) lM = std::max(lM, fmpz_get_d(ARF_EXPREF(m.v)));
@@ -1225,11 +1226,11 @@ private:
                 throw not_certifiable("no analytic error bound on a segment after " + std::to_string(bisections_) +
                                       " bisections (a singularity of an activation too close to the real segment)");
             const point m = midpoint(a, b);
-            integrate_smooth(a, m, depth + 1);
-            integrate_smooth(m, b, depth + 1);
+            integrate_smooth(a, m, depth + 1, pattern);
+            integrate_smooth(m, b, depth + 1, pattern);
             return;
         }
-        gauss(a, b, no_signs(n_), rules_.get(best_n, prec_));
+        gauss(a, b, pattern, rules_.get(best_n, prec_));
         // err_c = (64/15) M_c ρ^(−2(n−1)) / (ρ² − 1) · h, rounded up, added to every entry of Ī_c
         arb_set_d(rho_b.v, best_rho);
         arb_sqr(den.v, rho_b.v, prec_);
@@ -1251,8 +1252,10 @@ private:
 
     // max over entries of |J_c(t)| for every complex t in `box`, per output c (upper bounds);
     // false when the enclosure cannot back analyticity there (non-finite; softplus's cut).
-    // Smooth networks only: dense, sparse, avg, add and smooth activations.
-    bool jacobian_bound(acb_srcptr box, std::vector<point>& M) {
+    // Kinks take the branch `pattern` decided on the real interval (every one decided): the
+    // pattern's network — each branch linear or a selection — is the analytic continuation
+    // used (011 §12).
+    bool jacobian_bound(acb_srcptr box, std::vector<point>& M, const signs& pattern) {
         const std::size_t K = n_.ops.size();
         acb_vec theta(n_.P);
         for (std::size_t p = 0; p < n_.P; ++p) {
@@ -1292,10 +1295,27 @@ private:
                     for (std::size_t e = 0; e < o.size; ++e) acb_add(z[e], in[e], h[o.in2][e], prec_);
                     break;
                 case op_type::act:
-                    for (std::size_t e = 0; e < o.size; ++e)
-                        ok = smooth_value(o.kind, z[e], in[e], prec_) && acb_is_finite(z[e]) && ok;
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        if (o.smooth) {
+                            ok = smooth_value(o.kind, z[e], in[e], prec_) && acb_is_finite(z[e]) && ok;
+                        } else if (pattern[k][e] == pos_sign) {
+                            acb_set(z[e], in[e]);
+                        } else if (pattern[k][e] == neg_sign) {
+                            ball sl;
+                            arb_set_d(sl.v, o.slope);
+                            acb_mul_arb(z[e], in[e], sl.v, prec_);
+                        } else {
+                            ok = false;  // undecided: no analytic continuation
+                        }
+                    }
                     break;
-                case op_type::max: ok = false; break;  // not in a smooth network
+                case op_type::max:
+                    for (std::size_t e = 0; e < o.size; ++e) {
+                        const std::size_t j = chosen(x_.cand[k][e], pattern[k][e]);
+                        if (j == npos) ok = false;
+                        else acb_set(z[e], in[j]);
+                    }
+                    break;
             }
         }
         arf_t u;
@@ -1382,11 +1402,22 @@ private:
                     case op_type::act:
                         if (need_prev)
                             for (std::size_t e = 0; e < o.size; ++e) {
-                                ok = smooth_derivative(o.kind, q, in[e], prec_) && acb_is_finite(q) && ok;
+                                if (o.smooth) {
+                                    ok = smooth_derivative(o.kind, q, in[e], prec_) && acb_is_finite(q) && ok;
+                                } else {
+                                    acb_one(q);
+                                    if (pattern[k][e] != pos_sign) acb_set_d(q, o.slope);
+                                }
                                 acb_addmul(target(o.in)[e], delta[e], q, prec_);
                             }
                         break;
-                    case op_type::max: ok = false; break;
+                    case op_type::max:
+                        if (need_prev)
+                            for (std::size_t e = 0; e < o.size; ++e) {
+                                const std::size_t j = chosen(x_.cand[k][e], pattern[k][e]);
+                                if (j != npos) acb_add(target(o.in)[j], target(o.in)[j], delta[e], prec_);
+                            }
+                        break;
                 }
             }
             if (!arf_is_finite(M[c].v)) ok = false;

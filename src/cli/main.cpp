@@ -793,8 +793,9 @@ int cmd_certify(int argc, char** argv) {
     std::printf("\nwidest relative width %.3e (%s, test point %zu); asked for <= %.3e\n", r.widest,
                 r.widest_quantity.c_str(), m, r.max_width);
     if (r.smooth_nodes > 0)
-        std::printf("segments: %zu pieces, %zu Gauss nodes with analytic error bounds; %.1f s\n", r.pieces, r.smooth_nodes,
-                    r.seconds);
+        std::printf("segments: %zu pieces, %zu Gauss nodes with analytic error bounds, %zu pattern changes isolated, "
+                    "%zu intervals enclosed; %.1f s\n",
+                    r.pieces, r.smooth_nodes, r.kinks, r.enclosed_intervals, r.seconds);
     else
         std::printf("segments: %zu pieces integrated exactly, %zu pattern changes isolated, %zu intervals enclosed; %.1f s\n",
                     r.pieces, r.kinks, r.enclosed_intervals, r.seconds);
