@@ -852,12 +852,13 @@ void reverse(const net& n, arb_srcptr theta, const sample& smp, const pass& f, b
                         if (o.has_bias) arb_add(acc + o.bias + r, acc + o.bias + r, dr, prec);
                     }
                 if (need_prev) {
+                    const bool fresh = adj[o.in].size() == 0;  // then Wᵀδ straight into it
                     balls& prev = target(o.in);
                     for (std::size_t row = 0; row < o.rows; ++row)
                         for (std::size_t j = 0; j < o.fin; ++j) {
-                            arb_dot(d.v, nullptr, 0, theta + o.weight + j, static_cast<slong>(o.fin), delta[row * o.fout], 1,
-                                    static_cast<slong>(o.fout), prec);
-                            arb_add(prev[row * o.fin + j], prev[row * o.fin + j], d.v, prec);
+                            arb_ptr pj = prev[row * o.fin + j];
+                            arb_dot(pj, fresh ? nullptr : pj, 0, theta + o.weight + j, static_cast<slong>(o.fin),
+                                    delta[row * o.fout], 1, static_cast<slong>(o.fout), prec);
                         }
                 }
                 break;
@@ -923,8 +924,10 @@ void reverse(const net& n, arb_srcptr theta, const sample& smp, const pass& f, b
                         arb_mul(delta[e], delta[e], d.v, prec);
                     }
                 }
-                {
-                    balls& prev = target(o.in);
+                if (adj[o.in].size() == 0) {
+                    adj[o.in] = std::move(delta);
+                } else {
+                    balls& prev = adj[o.in];
                     _arb_vec_add(prev.data(), prev.data(), delta.data(), static_cast<slong>(o.size), prec);
                 }
                 break;
