@@ -158,7 +158,7 @@ balls exact_balls(const std::vector<double>& v) {
 // every output's terms (weight index, input index) in conv_terms' order), an average pool
 // (window sum / kh·kw), a max pool (window maximum), the sum of two slots (residual), or an
 // elementwise activation.  flatten and identity are aliases (the same numbers).
-enum class op_type { dense, sparse, avg, max, add, act };
+enum class op_type { dense, sparse, avg, max, add, act, norm };
 
 struct op {
     op_type type = op_type::act;
@@ -171,6 +171,10 @@ struct op {
     // sparse: bidx[e] the bias index (npos: none); avg: divisor
     std::vector<std::size_t> start, tp, ti, bidx;
     std::size_t divisor = 1;
+    // norm (layer_norm over groups of n entries; γ at `weight`, β after it): layers::norm_geometry
+    std::size_t groups = 0, n = 0;
+    bool affine = false;
+    double eps = 0;
     // act
     layer_kind kind = layer_kind::identity;
     double slope = 0;    // relu: 0; leaky_relu: negative_slope
@@ -275,6 +279,18 @@ private:
                         }
                 return push(std::move(o), depth_[s]);
             }
+            case layer_kind::layer_norm: {
+                const auto g = nd.norm();
+                o.type = op_type::norm;
+                o.groups = g.groups;
+                o.n = g.n;
+                o.affine = g.affine;
+                o.has_bias = g.affine && g.bias;
+                o.eps = g.eps;
+                o.weight = nd.offset;
+                o.smooth = true;  // analytic where v + ε > 0 (011 §13)
+                return push(std::move(o), depth_[s] + (g.affine ? 1 : 0));
+            }
             case layer_kind::relu:
             case layer_kind::leaky_relu:
                 o.type = op_type::act;
@@ -371,6 +387,12 @@ sample make_sample(const net& n, const std::vector<double>& xv) {
                     key.push_back(in[e]);
                     key.push_back(sid[o.in2][e]);
                     break;
+                case op_type::norm: {  // the entry's place in its group, and the group
+                    const std::size_t q = e / o.n;
+                    key.push_back(e % o.n);
+                    for (std::size_t j = 0; j < o.n; ++j) key.push_back(in[q * o.n + j]);
+                    break;
+                }
                 case op_type::act: key.push_back(in[e]); break;
             }
             out[e] = id_of(std::move(key));
@@ -591,6 +613,92 @@ void remaining(const std::vector<std::size_t>& cand, std::uint64_t mask, F&& f) 
         if (!((mask >> q) & 1U)) f(q, cand[q]);
 }
 
+// Layer norm of one group of n entries (layers/layer_norm.hpp's formulas, in balls):
+// μ = Σx/n, d = x − μ, v = Σd²/n, ρ = 1/√(v + ε), x̂ = dρ, y = x̂γ + β; with a tangent,
+// ḋ = ẋ − mean(ẋ), ρ̇ = −ρ³ mean(dḋ), x̂̇ = ḋρ + dρ̇, ẏ = x̂̇γ + x̂γ̇ + β̇.
+// Returns ρ; xhat (n balls) if given.
+void norm_group(const op& o, arb_srcptr x, arb_ptr xhat, arb_t rho, slong prec) {
+    const slong n = static_cast<slong>(o.n);
+    ball mu, v, t;
+    _arb_vec_zero(xhat, n);
+    for (slong j = 0; j < n; ++j) arb_add(mu.v, mu.v, x + j, prec);
+    arb_div_ui(mu.v, mu.v, o.n, prec);
+    for (slong j = 0; j < n; ++j) {
+        arb_sub(xhat + j, x + j, mu.v, prec);
+        arb_addmul(v.v, xhat + j, xhat + j, prec);
+    }
+    arb_div_ui(v.v, v.v, o.n, prec);
+    arb_set_d(t.v, o.eps);
+    arb_add(v.v, v.v, t.v, prec);
+    arb_rsqrt(rho, v.v, prec);  // v + ε ≤ 0 in the enclosure: an indeterminate ball (never narrow)
+    _arb_vec_scalar_mul(xhat, xhat, n, rho, prec);
+}
+
+void norm_forward(const op& o, arb_srcptr theta, arb_srcptr theta_dot, arb_srcptr x, arb_srcptr xd, arb_ptr y,
+                  arb_ptr yd, slong prec) {
+    const slong n = static_cast<slong>(o.n);
+    ball rho, m, md, rd, t;
+    norm_group(o, x, y, rho.v, prec);  // y ← x̂
+    if (xd) {
+        // ḋ = ẋ − mean(ẋ); ρ̇ = −ρ³ mean(d ḋ) with d = x̂/ρ: −ρ² mean(x̂ ḋ)
+        balls dd(o.n);
+        for (slong j = 0; j < n; ++j) arb_add(md.v, md.v, xd + j, prec);
+        arb_div_ui(md.v, md.v, o.n, prec);
+        for (slong j = 0; j < n; ++j) {
+            arb_sub(dd[j], xd + j, md.v, prec);
+            arb_addmul(m.v, y + j, dd[j], prec);
+        }
+        arb_div_ui(m.v, m.v, o.n, prec);
+        arb_sqr(t.v, rho.v, prec);
+        arb_mul(rd.v, m.v, t.v, prec);
+        arb_neg(rd.v, rd.v);  // ρ̇/ρ = −ρ² mean(x̂ ḋ)
+        for (slong j = 0; j < n; ++j) {  // x̂̇ = ḋρ + x̂ (ρ̇/ρ)
+            arb_mul(yd + j, dd[j], rho.v, prec);
+            arb_addmul(yd + j, y + j, rd.v, prec);
+        }
+    }
+    if (!o.affine) return;
+    for (slong j = 0; j < n; ++j) {
+        if (yd) {  // ẏ = x̂̇γ + x̂γ̇ + β̇
+            arb_mul(t.v, yd + j, theta + o.weight + j, prec);
+            arb_addmul(t.v, y + j, theta_dot + o.weight + j, prec);
+            if (o.has_bias) arb_add(t.v, t.v, theta_dot + o.weight + o.n + j, prec);
+            arb_swap(yd + j, t.v);
+        }
+        arb_mul(y + j, y + j, theta + o.weight + j, prec);
+        if (o.has_bias) arb_add(y + j, y + j, theta + o.weight + o.n + j, prec);
+    }
+}
+
+// acc[γ] += dy x̂, acc[β] += dy; dx += ρ (a − mean(a) − x̂ mean(a x̂)), a = dy γ.
+void norm_reverse(const op& o, arb_srcptr theta, arb_srcptr x, arb_srcptr dy, arb_ptr dx, arb_ptr acc, slong prec) {
+    const slong n = static_cast<slong>(o.n);
+    balls xhat(o.n), a(o.n);
+    ball rho, ma, max;
+    norm_group(o, x, xhat.data(), rho.v, prec);
+    for (slong j = 0; j < n; ++j) {
+        if (o.affine) {
+            arb_addmul(acc + o.weight + j, dy + j, xhat[j], prec);
+            if (o.has_bias) arb_add(acc + o.weight + o.n + j, acc + o.weight + o.n + j, dy + j, prec);
+            arb_mul(a[j], dy + j, theta + o.weight + j, prec);
+        } else {
+            arb_set(a[j], dy + j);
+        }
+    }
+    if (!dx) return;
+    for (slong j = 0; j < n; ++j) {
+        arb_add(ma.v, ma.v, a[j], prec);
+        arb_addmul(max.v, a[j], xhat[j], prec);
+    }
+    arb_div_ui(ma.v, ma.v, o.n, prec);
+    arb_div_ui(max.v, max.v, o.n, prec);
+    for (slong j = 0; j < n; ++j) {
+        arb_sub(a[j], a[j], ma.v, prec);
+        arb_submul(a[j], xhat[j], max.v, prec);
+        arb_addmul(dx + j, a[j], rho.v, prec);
+    }
+}
+
 // The forward pass at θ (balls; for a t-interval, w + TΔ), optionally with the tangent
 // θ̇ = Δ.  A forced decision is taken; otherwise it is read from the enclosures, and an
 // undecided kink takes the union of its pieces (value and tangent).
@@ -733,6 +841,11 @@ void forward(const net& n, arb_srcptr theta, arb_srcptr theta_dot, const sample&
                     if (left > 1) f.undecided.push_back({k, e, top, second});
                     else zc[e] = hc[top];
                 }
+                break;
+            case op_type::norm:
+                for (std::size_t q = 0; q < o.groups; ++q)
+                    norm_forward(o, theta, theta_dot, h[q * o.n], theta_dot ? f.hd[o.in][q * o.n] : nullptr, z[q * o.n],
+                                 theta_dot ? zd[q * o.n] : nullptr, prec);
                 break;
             case op_type::act:
                 for (std::size_t e = 0; e < o.size; ++e) {
@@ -904,6 +1017,12 @@ void reverse(const net& n, arb_srcptr theta, const sample& smp, const pass& f, b
                 _arb_vec_add(b.data(), b.data(), delta.data(), static_cast<slong>(o.size), prec);
                 break;
             }
+            case op_type::norm: {
+                balls* prev = need_prev ? &target(o.in) : nullptr;
+                for (std::size_t q = 0; q < o.groups; ++q)
+                    norm_reverse(o, theta, h[q * o.n], delta[q * o.n], prev ? (*prev)[q * o.n] : nullptr, acc, prec);
+                break;
+            }
             case op_type::act:
                 if (!need_prev) break;
                 for (std::size_t e = 0; e < o.size; ++e) {
@@ -941,6 +1060,32 @@ void segment_point(const balls& w, const balls& delta, arb_srcptr t, balls& thet
         arb_set(theta[p], w[p]);
         arb_addmul(theta[p], t, delta[p], prec);
     }
+}
+
+// Layer norm's group in complex balls: x̂ (n entries) and ρ = (v + ε)^(−1/2); false unless
+// Re(v + ε) > 0 over the enclosure (the principal square root is analytic off (−∞, 0]).
+bool acb_norm_group(const op& o, acb_srcptr x, acb_ptr xhat, acb_t rho, slong prec) {
+    const slong n = static_cast<slong>(o.n);
+    acb_t mu, v, t;
+    acb_init(mu);
+    acb_init(v);
+    acb_init(t);
+    for (slong j = 0; j < n; ++j) acb_add(mu, mu, x + j, prec);
+    acb_div_ui(mu, mu, o.n, prec);
+    for (slong j = 0; j < n; ++j) {
+        acb_sub(xhat + j, x + j, mu, prec);
+        acb_addmul(v, xhat + j, xhat + j, prec);
+    }
+    acb_div_ui(v, v, o.n, prec);
+    acb_set_d(t, o.eps);
+    acb_add(v, v, t, prec);
+    const bool ok = arb_is_positive(acb_realref(v));
+    acb_rsqrt(rho, v, prec);
+    _acb_vec_scalar_mul(xhat, xhat, n, rho, prec);
+    acb_clear(mu);
+    acb_clear(v);
+    acb_clear(t);
+    return ok && acb_is_finite(rho);
 }
 
 // ---------------------------------------------------------------- one step's test-side integral
@@ -1297,6 +1442,18 @@ private:
                 case op_type::add:
                     for (std::size_t e = 0; e < o.size; ++e) acb_add(z[e], in[e], h[o.in2][e], prec_);
                     break;
+                case op_type::norm:
+                    for (std::size_t q2 = 0; q2 < o.groups && ok; ++q2) {
+                        acb_vec xhat(o.n);
+                        acb_box rho;
+                        ok = acb_norm_group(o, in[q2 * o.n], xhat[0], rho.v, prec_);
+                        for (std::size_t j = 0; j < o.n; ++j) {
+                            acb_set(z[q2 * o.n + j], xhat[j]);
+                            if (o.affine) acb_mul(z[q2 * o.n + j], z[q2 * o.n + j], theta[o.weight + j], prec_);
+                            if (o.has_bias) acb_add(z[q2 * o.n + j], z[q2 * o.n + j], theta[o.weight + o.n + j], prec_);
+                        }
+                    }
+                    break;
                 case op_type::act:
                     for (std::size_t e = 0; e < o.size; ++e) {
                         if (o.smooth) {
@@ -1402,6 +1559,38 @@ private:
                             acb_add(target(o.in2)[e], target(o.in2)[e], delta[e], prec_);
                         }
                         break;
+                    case op_type::norm: {
+                        // γ, β: sums over the groups, bounded after them
+                        acb_vec gw(o.affine ? 2 * o.n : 0);
+                        for (std::size_t q2 = 0; q2 < o.groups && ok; ++q2) {
+                            acb_vec xhat(o.n), a(o.n);
+                            acb_box rho, ma, max;
+                            ok = acb_norm_group(o, in[q2 * o.n], xhat[0], rho.v, prec_);
+                            for (std::size_t j = 0; j < o.n; ++j) {
+                                acb_ptr dy = delta[q2 * o.n + j];
+                                if (o.affine) {
+                                    acb_addmul(gw[j], dy, xhat[j], prec_);
+                                    acb_add(gw[o.n + j], gw[o.n + j], dy, prec_);
+                                    acb_mul(a[j], dy, theta[o.weight + j], prec_);
+                                } else {
+                                    acb_set(a[j], dy);
+                                }
+                                acb_add(ma.v, ma.v, a[j], prec_);
+                                acb_addmul(max.v, a[j], xhat[j], prec_);
+                            }
+                            if (!need_prev) continue;
+                            acb_div_ui(ma.v, ma.v, o.n, prec_);
+                            acb_div_ui(max.v, max.v, o.n, prec_);
+                            for (std::size_t j = 0; j < o.n; ++j) {
+                                acb_sub(a[j], a[j], ma.v, prec_);
+                                acb_submul(a[j], xhat[j], max.v, prec_);
+                                acb_addmul(target(o.in)[q2 * o.n + j], a[j], rho.v, prec_);
+                            }
+                        }
+                        for (std::size_t p = 0; p < gw.size(); ++p)
+                            if (p < o.n || o.has_bias) bound(M[c], gw[p]);
+                        break;
+                    }
                     case op_type::act:
                         if (need_prev)
                             for (std::size_t e = 0; e < o.size; ++e) {
