@@ -41,6 +41,10 @@ double certify_memory_estimate(const trace& t, const certify_options& o) {
     const bool memory = r.type != optimizer_spec::kind::sgd || r.momentum != 0;
     if (memory && o.contributions) count += 2 * N * P;
     count += 4 * P;
+    // per thread, a pass keeps every slot's values, tangents and adjoints (trees: conv maps)
+    double slots = 0;
+    for (const tree_node* nd : tree_nodes(compile_tree(t.model))) slots += static_cast<double>(nd->out_size);
+    count += threads * 3 * (slots + static_cast<double>(t.model.input_dim));
     return count * ball;
 }
 
