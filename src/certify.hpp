@@ -3,22 +3,26 @@
 //
 // What is built (the rest is refused, never guessed):
 // Arithmetic: balls with P + 64-bit midpoints (P = --bits), Arb's rigorous elementary functions.
-//   * piecewise-linear MLPs (linear layers; identity, relu, leaky_relu): along each step's
-//     segment w_s + tΔ_s the Jacobian is piecewise polynomial in t of degree ≤ L−1.  Every
-//     sign change of a pre-activation is isolated rigorously (interval evaluation over a
-//     t-interval, interval Newton on the earliest undecided unit, bisection otherwise); each
-//     piece of constant pattern is integrated exactly by ⌈L/2⌉-node Gauss–Legendre with ball
-//     nodes and weights; an unresolved interval is enclosed by its width times the interval
-//     Jacobian over it.
-//   * smooth MLPs (identity, tanh, sigmoid, softplus, gelu): Gauss–Legendre with the proved
-//     error bound for integrands analytic in a Bernstein ellipse, the bound on |J| there from
-//     the network run in complex balls (acb) over a box containing the ellipse.
-//   * plain SGD (any learning-rate schedule, minibatches), cross_entropy and mse, mean or sum.
+//   * every layer of trace format version 3 (linear, conv2d, max/avg pools, residual, flatten,
+//     layer_norm, the activations), compiled from the layer tree into ops over value slots.
+//   * kinks (relu, leaky_relu, max pools): along each step's segment w_s + tΔ_s every switch is
+//     isolated rigorously (interval evaluation over a t-interval, interval Newton on the
+//     earliest undecided switching function, bisection otherwise); an unresolved interval is
+//     enclosed by its width times the interval Jacobian over it.  Between switches a
+//     piecewise-linear network's Jacobian is a polynomial of degree ≤ D−1 in t, integrated
+//     exactly by ⌈D/2⌉-node Gauss–Legendre with ball nodes and weights.
+//   * smooth layers (tanh, sigmoid, softplus, gelu, layer_norm), alone or mixed with kinks:
+//     Gauss–Legendre with the proved error bound for integrands analytic in a Bernstein
+//     ellipse, the bound on |J| there from the network (each kink on its piece's branch) run
+//     in complex balls (acb) over a box containing the ellipse.
+//   * every optimizer (SGD with momentum / nesterov / weight decay, Adam, AdamW, amsgrad,
+//     resumed state): proofs-notes/007's shares in balls; any learning-rate schedule,
+//     minibatches, cross_entropy and mse, mean or sum.
 //   * recorded paths (params.npy rows taken as exact binary64 numbers) as given; a replayed
-//     trace is first replayed in binary64 by epk's trainer (bit-identical to `epk train`)
-//     and that path is certified.
-// Anything else (networks mixing kinks and smooth layers, tree models, optimizers with state)
-// gives supported = false and the reason (the CLI exits 1): never a certificate it cannot back.
+//     trace (init_params.npy only) is trained here in ball arithmetic: the exact-arithmetic
+//     training, enclosed.
+// Refused with the reason (supported = false; the CLI exits 1): a sign or maximum undecided at
+// a training point, a smooth step too close to an activation's singularity, too many pieces.
 #pragma once
 
 #include <cstddef>

@@ -97,7 +97,8 @@ commands
                              and audit.json  [--precision P] [--threads N] [--unstructured]
                              [--allow-unexplained-steps]
   certify TRACE              rigorous enclosures (Arb ball arithmetic) of f(x; w[0]), f(x; w[S]),
-                             the reconstruction, remainder and optimizer terms and the residual;
+                             the reconstruction, remainder and optimizer terms and the residual
+                             (every layer kind and optimizer; a replayed trace is trained in balls);
                              exit 0 when every residual enclosure contains 0 and every width is
                              at most --max-width (relative; default 2^-(bits-40)), 1 otherwise or
                              when the trace is outside what certify covers (the reason is
