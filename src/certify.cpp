@@ -628,7 +628,7 @@ void norm_group(const op& o, arb_srcptr x, arb_ptr xhat, arb_t rho, slong prec) 
     for (slong j = 0; j < n; ++j) arb_add(mu.v, mu.v, x + j, prec);
     arb_div_ui(mu.v, mu.v, o.n, prec);
     for (slong j = 0; j < n; ++j) {
-        arb_sub(xhat + j, x + j, mu.v, prec);
+        if (n > 1) arb_sub(xhat + j, x + j, mu.v, prec);  // n = 1: d ≡ 0 exactly (x − x), not a ball around it
         arb_addmul(v.v, xhat + j, xhat + j, prec);
     }
     arb_div_ui(v.v, v.v, o.n, prec);
@@ -644,18 +644,17 @@ void norm_forward(const op& o, arb_srcptr theta, arb_srcptr theta_dot, arb_srcpt
     ball rho, m, md, rd, t;
     norm_group(o, x, y, rho.v, prec);  // y ← x̂
     if (xd) {
-        // ḋ = ẋ − mean(ẋ); ρ̇ = −ρ³ mean(d ḋ) with d = x̂/ρ: −ρ² mean(x̂ ḋ)
+        // ḋ = ẋ − mean(ẋ); ρ̇ = −ρ³ mean(d ḋ) = −ρ² mean(x̂ ḋ) (d = x̂/ρ), so ρ̇/ρ = −ρ mean(x̂ ḋ)
         balls dd(o.n);
         for (slong j = 0; j < n; ++j) arb_add(md.v, md.v, xd + j, prec);
         arb_div_ui(md.v, md.v, o.n, prec);
         for (slong j = 0; j < n; ++j) {
-            arb_sub(dd[j], xd + j, md.v, prec);
+            if (n > 1) arb_sub(dd[j], xd + j, md.v, prec);  // n = 1: ḋ ≡ 0
             arb_addmul(m.v, y + j, dd[j], prec);
         }
         arb_div_ui(m.v, m.v, o.n, prec);
-        arb_sqr(t.v, rho.v, prec);
-        arb_mul(rd.v, m.v, t.v, prec);
-        arb_neg(rd.v, rd.v);  // ρ̇/ρ = −ρ² mean(x̂ ḋ)
+        arb_mul(rd.v, m.v, rho.v, prec);
+        arb_neg(rd.v, rd.v);  // ρ̇/ρ
         for (slong j = 0; j < n; ++j) {  // x̂̇ = ḋρ + x̂ (ρ̇/ρ)
             arb_mul(yd + j, dd[j], rho.v, prec);
             arb_addmul(yd + j, y + j, rd.v, prec);
@@ -689,7 +688,7 @@ void norm_reverse(const op& o, arb_srcptr theta, arb_srcptr x, arb_srcptr dy, ar
             arb_set(a[j], dy + j);
         }
     }
-    if (!dx) return;
+    if (!dx || n == 1) return;  // n = 1: x̂ ≡ 0 does not depend on x
     for (slong j = 0; j < n; ++j) {
         arb_add(ma.v, ma.v, a[j], prec);
         arb_addmul(max.v, a[j], xhat[j], prec);
@@ -1077,7 +1076,8 @@ bool acb_norm_group(const op& o, acb_srcptr x, acb_ptr xhat, acb_t rho, slong pr
     for (slong j = 0; j < n; ++j) acb_add(mu, mu, x + j, prec);
     acb_div_ui(mu, mu, o.n, prec);
     for (slong j = 0; j < n; ++j) {
-        acb_sub(xhat + j, x + j, mu, prec);
+        if (n > 1) acb_sub(xhat + j, x + j, mu, prec);
+        else acb_zero(xhat + j);  // n = 1: d ≡ 0
         acb_addmul(v, xhat + j, xhat + j, prec);
     }
     acb_div_ui(v, v, o.n, prec);
@@ -1582,7 +1582,7 @@ private:
                                 acb_add(ma.v, ma.v, a[j], prec_);
                                 acb_addmul(max.v, a[j], xhat[j], prec_);
                             }
-                            if (!need_prev) continue;
+                            if (!need_prev || o.n == 1) continue;  // n = 1: x̂ ≡ 0
                             acb_div_ui(ma.v, ma.v, o.n, prec_);
                             acb_div_ui(max.v, max.v, o.n, prec_);
                             for (std::size_t j = 0; j < o.n; ++j) {
