@@ -43,7 +43,8 @@ double certify_memory_estimate(const trace& t, const certify_options& o) {
     count += 4 * P;
     // per thread, a pass keeps every slot's values, tangents and adjoints (trees: conv maps)
     double slots = 0;
-    for (const tree_node* nd : tree_nodes(compile_tree(t.model))) slots += static_cast<double>(nd->out_size);
+    const layer_tree tree = compile_tree(t.model);  // named: tree_nodes points into it
+    for (const tree_node* nd : tree_nodes(tree)) slots += static_cast<double>(nd->out_size);
     count += threads * 3 * (slots + static_cast<double>(t.model.input_dim));
     return count * ball;
 }
