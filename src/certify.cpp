@@ -1144,8 +1144,7 @@ public:
         arf_one(b.v);
         // kinks (alone, or after smooth layers: then each piece of one pattern gets the analytic
         // bound of §7 for its pattern's continuation, 011 §12); smooth networks: §7 directly
-        if (n_.kinked) integrate(a, b, no_signs(n_));
-        else if (n_.smooth) integrate_smooth(a, b, 0, no_signs(n_));
+        if (n_.smooth && !n_.kinked) integrate_smooth(a, b, 0, no_signs(n_));
         else integrate(a, b, no_signs(n_));
     }
 
