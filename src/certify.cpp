@@ -311,8 +311,9 @@ private:
                 return push(std::move(o), depth_[s]);
             default:
                 throw not_certifiable(nd.path + " " + std::string(to_string(nd.spec.kind)) +
-                                      ": certify does not cover this layer kind yet (linear, conv2d, max_pool2d, "
-                                      "avg_pool2d, flatten, residual and elementwise activations)");
+                                      ": certify does not cover this layer kind yet (it covers linear, conv2d, max_pool2d, "
+                                      "avg_pool2d, flatten, layer_norm, residual and elementwise activations; "
+                                      "the sequence layers are verified by epk verify)");
         }
     }
 

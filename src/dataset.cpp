@@ -146,4 +146,45 @@ dataset embedded_dataset(const std::string& name) {
     throw input_error(name, "unknown embedded data set (known: digits, iris)");
 }
 
+dataset modadd_dataset(std::size_t P, double fraction) {
+    const std::string name = "modadd:" + std::to_string(P);
+    if (P < 2 || P > 1000) throw input_error(name, "P must be an integer in [2, 1000]");
+    if (!(fraction > 0 && fraction < 1)) throw input_error(name, "FRACTION must lie strictly between 0 and 1");
+    dataset d;
+    d.name = name;
+    d.rows = P * P;
+    d.features = 3;
+    d.classes = P;
+    d.vocabulary = P + 1;
+    d.train_fraction = fraction;
+    d.x.reserve(d.rows * 3);
+    for (std::size_t a = 0; a < P; ++a)
+        for (std::size_t b = 0; b < P; ++b) {
+            d.x.insert(d.x.end(), {static_cast<double>(a), static_cast<double>(b), static_cast<double>(P)});
+            d.labels.push_back(static_cast<std::int64_t>((a + b) % P));
+        }
+    return d;
+}
+
+dataset parse_modadd_argument(const std::string& arg) {
+    const auto bad = [&](const std::string& rule) { return input_error("--data " + arg, rule); };
+    const std::string rest = arg.substr(std::string("modadd:").size());
+    const std::size_t colon = rest.find(':');
+    const std::string p_text = rest.substr(0, colon);
+    std::size_t P = 0;
+    const auto [end, ec] = std::from_chars(p_text.data(), p_text.data() + p_text.size(), P);
+    if (p_text.empty() || ec != std::errc() || end != p_text.data() + p_text.size())
+        throw bad("P must be an integer (modadd:P or modadd:P:FRACTION)");
+    double fraction = 0.3;
+    if (colon != std::string::npos) {
+        const std::string f = rest.substr(colon + 1);
+        const auto [fe, fec] = std::from_chars(f.data(), f.data() + f.size(), fraction);
+        if (f.empty() || fec != std::errc() || fe != f.data() + f.size())
+            throw bad("FRACTION must be a number (modadd:P:FRACTION)");
+    }
+    if (P < 2 || P > 1000) throw bad("P must be an integer in [2, 1000]");
+    if (!(fraction > 0 && fraction < 1)) throw bad("FRACTION must lie strictly between 0 and 1");
+    return modadd_dataset(P, fraction);
+}
+
 }  // namespace epk

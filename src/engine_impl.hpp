@@ -20,6 +20,15 @@ matrix<T> to_matrix(const npy_array& a) {
     std::size_t cols = 1;  // [N, D] or [N, *input_shape]: one flattened sample per row (C order)
     for (std::size_t k = 1; k < a.shape.size(); ++k) cols *= a.shape[k];
     matrix<T> m(rows, cols);
+    if (!a.is_real()) {  // token ids (<i8): the integers, exact in every type (ids < 2^24 ≤ float's)
+        for (std::size_t i = 0; i < a.integer.size(); ++i) {
+            m.data[i] = T(static_cast<double>(a.integer[i]));
+            if (scalar_traits<T>::to_double(m.data[i]) != static_cast<double>(a.integer[i]))
+                throw usage_error("token id " + std::to_string(a.integer[i]) + " is not exact in " +
+                                  scalar_traits<T>::name() + " (use a wider precision)");
+        }
+        return m;
+    }
     for (std::size_t i = 0; i < a.real.size(); ++i) m.data[i] = T(a.real[i]);
     return m;
 }

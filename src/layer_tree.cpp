@@ -25,6 +25,17 @@ layers::norm_geometry tree_node::norm() const {
     return {in_size / n, n, spec.elementwise_affine, spec.bias, spec.eps};
 }
 
+layers::attention_geometry tree_node::attention() const {
+    return {in_shape[0], in_shape[1], spec.num_heads, spec.bias, spec.causal};
+}
+layers::sequence_geometry tree_node::sequence() const {
+    const std::size_t T = in_shape[0];
+    const std::size_t D = spec.kind == layer_kind::embedding ? spec.out_features : in_shape[1];
+    const auto Ti = static_cast<std::int64_t>(T);
+    const std::size_t index = spec.kind == layer_kind::select ? static_cast<std::size_t>(spec.index < 0 ? spec.index + Ti : spec.index) : 0;
+    return {T, D, spec.num_embeddings, index};
+}
+
 namespace {
 std::size_t numel(const std::vector<std::size_t>& s) {
     return std::accumulate(s.begin(), s.end(), std::size_t{1}, std::multiplies<>());

@@ -4,6 +4,7 @@
 #include <array>
 #include <limits>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -27,7 +28,7 @@ struct v3_name {
     layer_kind kind;
     std::string_view name, torch;
 };
-constexpr std::array<v3_name, 14> v3_names{{
+constexpr std::array<v3_name, 19> v3_names{{
     {layer_kind::linear, "linear", "Linear"},
     {layer_kind::relu, "relu", "ReLU"},
     {layer_kind::leaky_relu, "leaky_relu", "LeakyReLU"},
@@ -42,6 +43,11 @@ constexpr std::array<v3_name, 14> v3_names{{
     {layer_kind::flatten, "flatten", "Flatten"},
     {layer_kind::layer_norm, "layer_norm", "LayerNorm"},
     {layer_kind::residual, "residual", "Residual"},
+    {layer_kind::embedding, "embedding", "Embedding"},
+    {layer_kind::positional_embedding, "positional_embedding", "PositionalEmbedding"},
+    {layer_kind::self_attention, "self_attention", "SelfAttention"},
+    {layer_kind::select, "select", "Select"},
+    {layer_kind::mean_tokens, "mean_tokens", "MeanTokens"},
 }};
 constexpr std::string_view batch_norm_reason =
     "batch norm in training mode couples the samples of a batch (f(x_i) depends on the other rows), so there is "
@@ -249,6 +255,33 @@ std::vector<std::size_t> layer_output_shape(const layer_spec& l, const std::vect
         case layer_kind::leaky_relu:
             if (!std::isfinite(l.negative_slope)) return fail("leaky_relu negative_slope must be finite");
             return in;
+        case layer_kind::embedding:
+            if (in.size() != 1)
+                return fail("embedding must be the first layer: it reads token ids [T] (the model's input, input_dtype "
+                            "int64), found " + shape_string(in));
+            if (l.num_embeddings == 0 || l.out_features == 0)
+                return fail("embedding num_embeddings and embedding_dim must be >= 1");
+            return {in[0], l.out_features};
+        case layer_kind::positional_embedding:
+        case layer_kind::self_attention:
+        case layer_kind::select:
+        case layer_kind::mean_tokens: {
+            if (in.size() != 2) return fail(name + " needs a sequence [T, D], found " + shape_string(in));
+            if (l.kind == layer_kind::self_attention) {
+                if (l.num_heads == 0) return fail("self_attention num_heads must be >= 1");
+                if (in[1] % l.num_heads != 0)
+                    return fail("self_attention embed_dim " + std::to_string(in[1]) + " is not divisible by num_heads " +
+                                std::to_string(l.num_heads));
+            }
+            if (l.kind == layer_kind::select) {
+                const auto T = static_cast<std::int64_t>(in[0]);
+                if (l.index < -T || l.index >= T)
+                    return fail("select index " + std::to_string(l.index) + " is out of range for " + std::to_string(T) +
+                                " tokens (allowed " + std::to_string(-T) + " to " + std::to_string(T - 1) + ")");
+            }
+            if (l.kind == layer_kind::select || l.kind == layer_kind::mean_tokens) return {in[1]};
+            return in;
+        }
         default:
             return in;  // elementwise activations
     }
@@ -263,6 +296,12 @@ std::size_t layer_parameter_count(const layer_spec& l, const std::vector<std::si
             std::size_t n = 1;
             for (std::size_t d : l.normalized_shape) n *= d;
             return l.elementwise_affine ? n * (l.bias ? 2 : 1) : 0;
+        }
+        case layer_kind::embedding: return l.num_embeddings * l.out_features;
+        case layer_kind::positional_embedding: return in[0] * in[1];
+        case layer_kind::self_attention: {
+            const std::size_t D = in[1];
+            return 4 * D * D + (l.bias ? 4 * D : 0);
         }
         case layer_kind::residual: {
             std::size_t p = 0;
@@ -311,6 +350,13 @@ bool walk_sequence(const std::vector<layer_spec>& layers, const std::string& pre
                 error = "model has too many parameters";
                 return false;
             }
+        } else if (l.kind == layer_kind::embedding || l.kind == layer_kind::self_attention) {
+            const std::size_t a = l.kind == layer_kind::embedding ? l.num_embeddings : 4 * shape[1];
+            const std::size_t b = l.kind == layer_kind::embedding ? l.out_features : shape[1] + (l.bias ? 1 : 0);
+            if (__builtin_mul_overflow(a, b, &block)) {
+                error = "model has too many parameters";
+                return false;
+            }
         } else {
             block = layer_parameter_count(l, shape);
         }
@@ -329,6 +375,25 @@ std::string check_model(const model_spec& m, std::vector<std::size_t>* output_sh
     if (shape.empty() || product(shape) == 0) return "model input_shape must have 1 to 3 axes, each >= 1";
     if (shape.size() > 3) return "model input_shape must have 1 to 3 axes, each >= 1";
     if (m.layers.empty()) return "'model.layers' must not be empty";
+    // Token ids enter through an embedding, and only there.
+    if (m.tokens && m.layers[0].kind != layer_kind::embedding)
+        return "layers[0]: a model with input_dtype int64 (token ids) must begin with an embedding layer";
+    if (m.tokens && shape.size() != 1) return "a model with input_dtype int64 needs input_shape [T]";
+    if (!m.tokens && m.layers[0].kind == layer_kind::embedding)
+        return "layers[0]: embedding needs token ids: give the model input_dtype int64";
+    {
+        std::string where;
+        const std::function<bool(const std::vector<layer_spec>&, const std::string&)> stray =
+            [&](const std::vector<layer_spec>& seq, const std::string& prefix) {
+                for (std::size_t k = 0; k < seq.size(); ++k) {
+                    const std::string path = prefix + "[" + std::to_string(k) + "]";
+                    if (seq[k].kind == layer_kind::embedding && path != "layers[0]") { where = path; return true; }
+                    if (stray(seq[k].body, path + ".body") || stray(seq[k].shortcut, path + ".shortcut")) return true;
+                }
+                return false;
+            };
+        if (stray(m.layers, "layers")) return where + ": embedding must be the first layer (it reads the token ids)";
+    }
     std::size_t params = 0;
     std::string error;
     if (!walk_sequence(m.layers, "layers", shape, params, error)) return error;
@@ -345,8 +410,29 @@ std::vector<std::size_t> model_spec::sample_shape() const {
     return input_shape.empty() ? std::vector<std::size_t>{input_dim} : input_shape;
 }
 
+bool model_spec::has_sequence_layers() const {
+    const std::function<bool(const std::vector<layer_spec>&)> any = [&](const std::vector<layer_spec>& seq) {
+        for (const auto& l : seq) {
+            switch (l.kind) {
+                case layer_kind::embedding: case layer_kind::positional_embedding: case layer_kind::self_attention:
+                case layer_kind::select: case layer_kind::mean_tokens: return true;
+                default: break;
+            }
+            if (any(l.body) || any(l.shortcut)) return true;
+        }
+        return false;
+    };
+    return any(layers);
+}
+
+std::size_t token_id(double v, std::size_t vocabulary) {
+    if (!(v >= 0) || v != std::floor(v) || v >= static_cast<double>(vocabulary))
+        throw usage_error("token id " + std::to_string(v) + " is not an integer in [0, " + std::to_string(vocabulary) + ")");
+    return static_cast<std::size_t>(v);
+}
+
 bool model_spec::is_mlp() const {
-    if (input_shape.size() > 1) return false;
+    if (tokens || input_shape.size() > 1) return false;
     for (const auto& l : layers)
         if (l.kind != layer_kind::linear && !l.is_activation()) return false;
     return true;

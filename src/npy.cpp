@@ -370,7 +370,10 @@ std::vector<unsigned char> file_rows(const npy_array& a, std::size_t first, std:
 
 std::vector<double> real_rows(const npy_array& a, std::size_t first, std::size_t count) {
     const std::size_t width = row_width(a, first, count, "real_rows");
-    if (!a.is_real()) throw usage_error("real_rows: not a real array");
+    if (!a.is_real()) {  // <i8 (token ids): the integers as binary64 (exact below 2^53)
+        const std::vector<std::int64_t> v = integer_rows(a, first, count);
+        return std::vector<double>(v.begin(), v.end());
+    }
     if (!a.source)
         return std::vector<double>(a.real.begin() + static_cast<std::ptrdiff_t>(first * width),
                                    a.real.begin() + static_cast<std::ptrdiff_t>((first + count) * width));

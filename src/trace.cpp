@@ -100,8 +100,10 @@ private:
 
 model_spec parse_model_v12(const manifest_reader& r, const json& m, std::uint64_t version) {
     model_spec model;
-    if (m.contains("input_shape"))
-        r.fail("'model.input_shape' needs trace format version 3 (the manifest says version " + std::to_string(version) + ")");
+    for (const char* v3 : {"input_shape", "input_dtype"})
+        if (m.contains(v3))
+            r.fail(std::string("'model.") + v3 + "' needs trace format version 3 (the manifest says version " +
+                   std::to_string(version) + ")");
     model.input_dim = r.integer(r.member(m, "input_dim", "model."), "model.input_dim", 1);
     const json& layers = r.member(m, "layers", "model.");
     if (!layers.is_array()) r.fail("'model.layers' must be an array");
@@ -209,7 +211,8 @@ private:
         spec.kind = *kind;
         const bool pool = *kind == layer_kind::max_pool2d || *kind == layer_kind::avg_pool2d;
         if (pool) spec.stride = {0, 0};  // = kernel_size
-        bool have_out = false, have_kernel = false, have_normalized = false, have_body = false;
+        bool have_out = false, have_kernel = false, have_normalized = false, have_body = false, have_vocab = false,
+             have_heads = false;
         std::optional<std::size_t> in_features, in_channels;
         for (const auto& [key, value] : l.items()) {
             const std::string field = where + "." + key;
@@ -302,6 +305,39 @@ private:
                         continue;  // read below, in order: body's parameters come first
                     }
                     break;
+                case layer_kind::embedding:
+                    if (key == "num_embeddings") { spec.num_embeddings = r_.integer(value, field, 1); have_vocab = true; continue; }
+                    if (key == "embedding_dim") { spec.out_features = r_.integer(value, field, 1); have_out = true; continue; }
+                    if (key == "padding_idx" || key == "max_norm") {
+                        require(value.is_null(), field, "must be null (" + key + " is not implemented)");
+                        continue;
+                    }
+                    if (key == "scale_grad_by_freq" || key == "sparse") {
+                        require(!r_.boolean(value, field), field, "must be false (" + key + " is not implemented)");
+                        continue;
+                    }
+                    break;
+                case layer_kind::self_attention:
+                    if (key == "num_heads") { spec.num_heads = r_.integer(value, field, 1); have_heads = true; continue; }
+                    if (key == "bias") { spec.bias = r_.boolean(value, field); continue; }
+                    if (key == "causal") { spec.causal = r_.boolean(value, field); continue; }
+                    if (key == "embed_dim") { in_features = r_.integer(value, field, 1); continue; }
+                    if (key == "dropout") {
+                        require(value.is_number() && value.get<double>() == 0, field, "must be 0 (attention dropout draws random masks that the trace does not record)");
+                        continue;
+                    }
+                    if (key == "batch_first") { require(r_.boolean(value, field), field, "must be true (epk's samples are [T, D])"); continue; }
+                    break;
+                case layer_kind::select:
+                    if (key == "index") {
+                        if (!value.is_number_integer()) r_.fail("'" + field + "' must be an integer");
+                        spec.index = value.get<std::int64_t>();
+                        continue;
+                    }
+                    break;
+                case layer_kind::positional_embedding:
+                case layer_kind::mean_tokens:
+                    break;
                 case layer_kind::leaky_relu:
                     if (key == "negative_slope") { spec.negative_slope = r_.finite_number(value, field); continue; }
                     if (key == "inplace") { r_.boolean(value, field); continue; }
@@ -324,9 +360,13 @@ private:
             r_.fail("missing field '" + where + (*kind == layer_kind::linear ? ".out_features'" : ".out_channels'"));
         if ((*kind == layer_kind::conv2d || pool) && !have_kernel) r_.fail("missing field '" + where + ".kernel_size'");
         if (*kind == layer_kind::layer_norm && !have_normalized) r_.fail("missing field '" + where + ".normalized_shape'");
+        if (*kind == layer_kind::embedding && !have_vocab) r_.fail("missing field '" + where + ".num_embeddings'");
+        if (*kind == layer_kind::embedding && !have_out) r_.fail("missing field '" + where + ".embedding_dim'");
+        if (*kind == layer_kind::self_attention && !have_heads) r_.fail("missing field '" + where + ".num_heads'");
         if (*kind == layer_kind::residual && !have_body) r_.fail("missing field '" + where + ".body'");
         if (in_features && !shape.empty() && *in_features != shape.back())
-            r_.fail("'" + where + ".in_features' is " + std::to_string(*in_features) + " but the width flowing into it is " +
+            r_.fail("'" + where + (*kind == layer_kind::self_attention ? ".embed_dim' is " : ".in_features' is ") +
+                    std::to_string(*in_features) + " but the width flowing into it is " +
                     std::to_string(shape.back()));
         if (in_channels && shape.size() == 3 && *in_channels != shape[0])
             r_.fail("'" + where + ".in_channels' is " + std::to_string(*in_channels) +
@@ -356,6 +396,11 @@ private:
             if (__builtin_mul_overflow(spec.out_features, fan, &block) ||
                 (spec.bias && __builtin_add_overflow(block, spec.out_features, &block)))
                 r_.fail("model has too many parameters");
+        } else if (*kind == layer_kind::embedding || *kind == layer_kind::self_attention) {
+            const bool emb = *kind == layer_kind::embedding;
+            if (__builtin_mul_overflow(emb ? spec.num_embeddings : 4 * shape[1],
+                                       emb ? spec.out_features : shape[1] + (spec.bias ? 1 : 0), &block))
+                r_.fail("model has too many parameters");
         } else {
             block = layer_parameter_count(spec, shape);
         }
@@ -370,7 +415,13 @@ model_spec parse_model_v3(const manifest_reader& r, const json& m) {
     model_spec model;
     for (const auto& [key, value] : m.items()) {
         (void)value;
-        if (key != "input_dim" && key != "input_shape" && key != "layers") r.fail("unknown field 'model." + key + "'");
+        if (key != "input_dim" && key != "input_shape" && key != "layers" && key != "input_dtype")
+            r.fail("unknown field 'model." + key + "'");
+    }
+    if (const auto it = m.find("input_dtype"); it != m.end()) {
+        const std::string d = r.string(*it, "model.input_dtype");
+        if (d != "float" && d != "int64") r.fail("'model.input_dtype' must be \"float\" or \"int64\", found \"" + d + "\"");
+        model.tokens = d == "int64";
     }
     const bool has_dim = m.contains("input_dim"), has_shape = m.contains("input_shape");
     if (has_dim && has_shape) r.fail("give 'model.input_shape' or 'model.input_dim', not both");
@@ -708,6 +759,9 @@ ojson layer_json_v3(const layer_spec& l) {
             j["elementwise_affine"] = l.elementwise_affine; j["bias"] = l.bias;
             break;
         case layer_kind::residual: j["body"] = list(l.body); j["shortcut"] = list(l.shortcut); break;
+        case layer_kind::embedding: j["num_embeddings"] = l.num_embeddings; j["embedding_dim"] = l.out_features; break;
+        case layer_kind::self_attention: j["num_heads"] = l.num_heads; j["bias"] = l.bias; j["causal"] = l.causal; break;
+        case layer_kind::select: j["index"] = l.index; break;
         case layer_kind::leaky_relu:
             if (!std::isfinite(l.negative_slope)) throw usage_error("manifest_text: negative_slope is not finite");
             j["negative_slope"] = l.negative_slope;
@@ -742,10 +796,14 @@ std::string manifest_text(const trace& t) {
     ojson doc;
     doc["format"] = "epk-trace";
     doc["version"] = v3 ? 3 : v2 ? 2 : 1;
-    if (v3 && !t.model.input_shape.empty())
+    if (t.model.tokens) {
+        doc["model"]["input_shape"] = std::vector<std::size_t>{t.model.input_dim};
+        doc["model"]["input_dtype"] = "int64";
+    } else if (v3 && !t.model.input_shape.empty()) {
         doc["model"]["input_shape"] = t.model.input_shape;
-    else
+    } else {
         doc["model"]["input_dim"] = t.model.input_dim;
+    }
     doc["model"]["layers"] = std::move(layers);
     doc["loss"]["type"] = std::string(to_string(t.loss.kind));
     doc["loss"]["reduction"] = std::string(to_string(t.loss.reduction));
@@ -815,7 +873,29 @@ void validate_trace(const trace& t, const std::string& dir_name) {
 
     // x_train [N, D], or [N, *input_shape] (version 3)
     const array_checker xc(t.x_train, file_in(dir_name, "x_train.npy"));
-    xc.require_real();
+    // Token ids: <i8, each in [0, V) of the first layer (an embedding; check_model saw to that).
+    const std::size_t vocabulary = m.tokens ? m.layers[0].num_embeddings : 0;
+    const auto require_tokens = [&](const array_checker& c, const npy_array& a) {
+        if (a.dtype != npy_dtype::i8)
+            c.fail("dtype must be <i8 (token ids: the manifest's model.input_dtype is int64), found " +
+                   std::string(to_string(a.dtype)));
+        const std::size_t rows = a.shape.empty() ? 0 : a.shape[0];
+        for (std::size_t r0 = 0; r0 < rows; r0 += 4096) {
+            const std::size_t cnt = std::min<std::size_t>(4096, rows - r0);
+            const std::vector<std::int64_t> v = integer_rows(a, r0, cnt);
+            const std::size_t width = v.size() / cnt;
+            for (std::size_t e = 0; e < v.size(); ++e)
+                if (v[e] < 0 || static_cast<std::uint64_t>(v[e]) >= vocabulary)
+                    c.fail("token id " + std::to_string(v[e]) + " at row " + std::to_string(r0 + e / width) +
+                           ", position " + std::to_string(e % width) + " is out of range [0, " +
+                           std::to_string(vocabulary) + ") (layers[0].num_embeddings)");
+        }
+    };
+    if (m.tokens) {
+        if (t.x_train.dtype != npy_dtype::i8) require_tokens(xc, t.x_train);
+    } else {
+        xc.require_real();
+    }
     const std::vector<std::size_t> sample = m.sample_shape();
     const bool image = sample.size() > 1;
     xc.require_ndim(1 + sample.size(), image ? "[N, *input_shape]" : "[N, D]");
@@ -824,7 +904,8 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     if (!std::equal(sample.begin(), sample.end(), t.x_train.shape.begin() + 1))
         xc.fail("shape " + shape_text(t.x_train.shape) + " disagrees with the manifest: model." +
                 (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
-    xc.require_finite();
+    if (m.tokens) require_tokens(xc, t.x_train);
+    else xc.require_finite();
 
     // y_train
     const array_checker yc(t.y_train, file_in(dir_name, "y_train.npy"));
@@ -970,7 +1051,11 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     if (t.x_test) {
         const npy_array& x = *t.x_test;
         const array_checker tc(x, file_in(dir_name, "x_test.npy"));
-        tc.require_real();
+        if (m.tokens) {
+            if (x.dtype != npy_dtype::i8) require_tokens(tc, x);
+        } else {
+            tc.require_real();
+        }
         if (x.dtype != t.x_train.dtype)
             tc.fail("dtype " + std::string(to_string(x.dtype)) + " differs from x_train.npy's " +
                     std::string(to_string(t.x_train.dtype)));
@@ -979,7 +1064,8 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         if (!std::equal(sample.begin(), sample.end(), x.shape.begin() + 1))
             tc.fail("shape " + shape_text(x.shape) + " disagrees with the manifest: model." +
                     (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
-        tc.require_finite();
+        if (m.tokens) require_tokens(tc, x);
+        else tc.require_finite();
     }
 }
 

@@ -38,6 +38,12 @@ namespace {
 double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
 // Uniform integer in [0, n) without modulo bias (rejection on the top range).
+// Standard normal by Box–Muller (one draw per call; deterministic).
+double normal01(std::mt19937_64& rng) {
+    const double u1 = 1.0 - uniform01(rng), u2 = uniform01(rng);  // u1 in (0, 1]
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * 3.14159265358979323846 * u2);
+}
+
 std::size_t bounded(std::mt19937_64& rng, std::size_t n) {
     const std::uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     std::uint64_t r;
@@ -53,11 +59,28 @@ std::vector<double> torch_default_init(const model_spec& m, std::uint64_t seed) 
     if (!m.is_mlp()) {
         // torch's defaults: Linear and Conv2d weight and bias U(−1/√fan_in, 1/√fan_in)
         // (kaiming_uniform with a = √5), fan_in = in_features or in_channels/groups·kh·kw;
-        // LayerNorm γ = 1, β = 0.  Parameters in the tree's (torch's) order.
+        // LayerNorm γ = 1, β = 0; Embedding and PositionalEmbedding N(0, 1) (nn.Embedding's,
+        // and epk.torch's); MultiheadAttention in_proj_weight Xavier-uniform U(±√(6/(D + 3D))),
+        // out_proj.weight as Linear's, both biases 0.  Parameters in the tree's (torch's) order,
+        // each rounded to float32 as torch's float32 initialisation.
         std::vector<double> w;
         const layer_tree tree = compile_tree(m);
+        const auto f32 = [](double v) { return static_cast<double>(static_cast<float>(v)); };
         for (const tree_node* n : tree_nodes(tree)) {
             if (n->count == 0) continue;
+            if (n->spec.kind == layer_kind::embedding || n->spec.kind == layer_kind::positional_embedding) {
+                                for (std::size_t e = 0; e < n->count; ++e) w.push_back(f32(normal01(rng)));
+                continue;
+            }
+            if (n->spec.kind == layer_kind::self_attention) {
+                const auto g = n->attention();
+                const double xb = std::sqrt(6.0 / static_cast<double>(4 * g.D)), lb = 1.0 / std::sqrt(static_cast<double>(g.D));
+                for (std::size_t e = 0; e < 3 * g.D * g.D; ++e) w.push_back(f32(xb * (2.0 * uniform01(rng) - 1.0)));
+                if (g.bias) w.insert(w.end(), 3 * g.D, 0.0);
+                for (std::size_t e = 0; e < g.D * g.D; ++e) w.push_back(f32(lb * (2.0 * uniform01(rng) - 1.0)));
+                if (g.bias) w.insert(w.end(), g.D, 0.0);
+                continue;
+            }
             if (n->spec.kind == layer_kind::layer_norm) {
                 const std::size_t k = n->norm().n;
                 for (std::size_t e = 0; e < n->count; ++e) w.push_back(e < k ? 1.0 : 0.0);

@@ -6,7 +6,8 @@
 // parameters_to_vector order: a layer's own parameters, a residual's body's then its
 // shortcut's).  The passes below walk the tree and never look inside a layer: each
 // kind's arithmetic is its unit in epk/layers/ (linear, conv2d, pool2d, layer_norm,
-// activation).  A value is a matrix [B × numel], one flattened sample (C order) per row.
+// activation, and the sequence layers: sequence, attention).  A value is a matrix
+// [B × numel], one flattened sample (C order) per row; token ids are reals holding integers.
 //
 //   tree_forward   values of the batch, keeping every node's input on a tape
 //   tree_backward  g += Σ_i J(x_i; w)ᵀ u_i from the tape (reverse mode)
@@ -24,10 +25,12 @@
 #include <vector>
 
 #include "epk/layers/activation.hpp"
+#include "epk/layers/attention.hpp"
 #include "epk/layers/conv2d.hpp"
 #include "epk/layers/layer_norm.hpp"
 #include "epk/layers/linear.hpp"
 #include "epk/layers/pool2d.hpp"
+#include "epk/layers/sequence.hpp"
 #include "epk/matrix.hpp"
 #include "epk/model_spec.hpp"
 
@@ -46,6 +49,8 @@ struct tree_node {
     layers::conv_geometry conv() const;
     layers::pool_geometry pool() const;
     layers::norm_geometry norm() const;
+    layers::attention_geometry attention() const;
+    layers::sequence_geometry sequence() const;  // embedding, positional_embedding, select, mean_tokens
 };
 
 struct layer_tree {
@@ -114,6 +119,21 @@ matrix<T> forward_node(const tree_node& n, std::span<const T> w, const matrix<T>
             break;
         }
         case layer_kind::flatten: z.data = h.data; break;  // C order: the same numbers
+        case layer_kind::embedding:
+            for (std::size_t i = 0; i < B; ++i) layers::embedding_forward<T>(n.sequence(), wp, &h(i, 0), &z(i, 0));
+            break;
+        case layer_kind::positional_embedding:
+            for (std::size_t i = 0; i < B; ++i) layers::positional_forward<T>(n.sequence(), wp, &h(i, 0), &z(i, 0));
+            break;
+        case layer_kind::self_attention:
+            for (std::size_t i = 0; i < B; ++i) layers::attention_forward<T>(n.attention(), wp, &h(i, 0), &z(i, 0));
+            break;
+        case layer_kind::select:
+            for (std::size_t i = 0; i < B; ++i) layers::select_apply<T>(n.sequence(), &h(i, 0), &z(i, 0));
+            break;
+        case layer_kind::mean_tokens:
+            for (std::size_t i = 0; i < B; ++i) layers::mean_tokens_apply<T>(n.sequence(), &h(i, 0), &z(i, 0));
+            break;
         default: {
             const activation<T> act(n.spec);
             for (std::size_t e = 0; e < h.data.size(); ++e) z.data[e] = act.value(h.data[e]);
@@ -186,6 +206,27 @@ matrix<T> backward_node(const tree_node& n, std::span<const T> w, const std::vec
             break;
         }
         case layer_kind::flatten: prev.data = adj.data; break;
+        case layer_kind::embedding:  // token ids: no input adjoint (prev stays 0)
+            for (std::size_t i = 0; i < B; ++i) layers::embedding_backward<T>(n.sequence(), &h(i, 0), &adj(i, 0), gw.data());
+            break;
+        case layer_kind::positional_embedding:
+            // ∂P += dy, dx = dy
+            for (std::size_t i = 0; i < B; ++i)
+                for (std::size_t e = 0; e < n.count; ++e) gw[e] += adj(i, e);
+            prev.data = adj.data;
+            break;
+        case layer_kind::self_attention: {
+            const auto geo = n.attention();
+            for (std::size_t i = 0; i < B; ++i)
+                layers::attention_backward<T>(geo, wp, &h(i, 0), &adj(i, 0), &prev(i, 0), gw.data());
+            break;
+        }
+        case layer_kind::select:
+            for (std::size_t i = 0; i < B; ++i) layers::select_backward<T>(n.sequence(), &adj(i, 0), &prev(i, 0));
+            break;
+        case layer_kind::mean_tokens:
+            for (std::size_t i = 0; i < B; ++i) layers::mean_tokens_backward<T>(n.sequence(), &adj(i, 0), &prev(i, 0));
+            break;
         default: {
             // adj_h = σ'(h) ⊙ adj
             const activation<T> act(n.spec);
@@ -266,6 +307,34 @@ std::pair<matrix<T>, matrix<T>> jvp_node(const tree_node& n, std::span<const T> 
                 layers::layer_norm_jvp<T>(n.norm(), wp, vp, &h(i, 0), &dh(i, 0), &z(i, 0), &dz(i, 0));
             break;
         case layer_kind::flatten: z.data = h.data; dz.data = dh.data; break;
+        case layer_kind::embedding:  // dy_t = v_W[id_t] (the ids have no tangent)
+            for (std::size_t i = 0; i < B; ++i) {
+                layers::embedding_forward<T>(n.sequence(), wp, &h(i, 0), &z(i, 0));
+                layers::embedding_forward<T>(n.sequence(), vp, &h(i, 0), &dz(i, 0));
+            }
+            break;
+        case layer_kind::positional_embedding:  // d(x + P) = dx + v_P
+            for (std::size_t i = 0; i < B; ++i) {
+                layers::positional_forward<T>(n.sequence(), wp, &h(i, 0), &z(i, 0));
+                layers::positional_forward<T>(n.sequence(), vp, &dh(i, 0), &dz(i, 0));
+            }
+            break;
+        case layer_kind::self_attention:
+            for (std::size_t i = 0; i < B; ++i)
+                layers::attention_jvp<T>(n.attention(), wp, vp, &h(i, 0), &dh(i, 0), &z(i, 0), &dz(i, 0));
+            break;
+        case layer_kind::select:
+            for (std::size_t i = 0; i < B; ++i) {
+                layers::select_apply<T>(n.sequence(), &h(i, 0), &z(i, 0));
+                layers::select_apply<T>(n.sequence(), &dh(i, 0), &dz(i, 0));
+            }
+            break;
+        case layer_kind::mean_tokens:
+            for (std::size_t i = 0; i < B; ++i) {
+                layers::mean_tokens_apply<T>(n.sequence(), &h(i, 0), &z(i, 0));
+                layers::mean_tokens_apply<T>(n.sequence(), &dh(i, 0), &dz(i, 0));
+            }
+            break;
         default: {
             // d σ(z) = σ'(z) dz
             const activation<T> act(n.spec);

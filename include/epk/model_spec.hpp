@@ -21,7 +21,8 @@ namespace epk {
 
 enum class layer_kind {
     linear, relu, leaky_relu, tanh, sigmoid, softplus, gelu, identity,  // versions 1 and 2
-    conv2d, max_pool2d, avg_pool2d, flatten, layer_norm, residual       // version 3
+    conv2d, max_pool2d, avg_pool2d, flatten, layer_norm, residual,      // version 3
+    embedding, positional_embedding, self_attention, select, mean_tokens  // version 3, sequences
 };
 
 struct layer_spec {
@@ -35,6 +36,10 @@ struct layer_spec {
     std::vector<std::size_t> normalized_shape{};  // layer_norm
     double eps = 1e-5;                        // layer_norm
     bool elementwise_affine = true;           // layer_norm: γ (and β when bias)
+    std::size_t num_embeddings = 0;           // embedding: V (embedding_dim is out_features)
+    std::size_t num_heads = 0;                // self_attention
+    bool causal = false;                      // self_attention: position i attends to j <= i
+    std::int64_t index = -1;                  // select: the token (negative: from the end)
     std::vector<layer_spec> body{}, shortcut{};  // residual: body(x) + shortcut(x), [] = identity
 
     bool is_activation() const;  // elementwise: relu … identity
@@ -43,6 +48,7 @@ struct layer_spec {
 struct model_spec {
     std::size_t input_dim = 0;              // D = prod(input_shape)
     std::vector<std::size_t> input_shape;   // one sample's shape; empty = [input_dim] (versions 1-2)
+    bool tokens = false;                    // input_dtype "int64": token ids, the first layer an embedding
     std::vector<layer_spec> layers;
 
     // Throws usage_error when the spec is impossible (check_model's rule).
@@ -60,7 +66,13 @@ struct model_spec {
     // networks of versions 1 and 2, run by network.hpp's own loops (and the
     // structured path kernel).  Anything else is run by layer_tree.hpp.
     bool is_mlp() const;
+    // Has a sequence layer (embedding, positional_embedding, self_attention, select, mean_tokens).
+    bool has_sequence_layers() const;
 };
+
+// The token id held by an input entry v (a real holding an integer): throws usage_error
+// when v is not an integer in [0, vocabulary).
+std::size_t token_id(double v, std::size_t vocabulary);
 
 // The shape rule of every layer of `m` (docs/trace-format.md, "Layers"): "" when the model
 // is possible, else the first broken rule, naming the layer by its path

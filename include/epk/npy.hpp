@@ -53,7 +53,8 @@ npy_array read_npy(const std::filesystem::path& file);            // name = file
 // integer_rows.
 npy_array open_npy(const std::filesystem::path& file, const std::string& name);
 // Rows [first, first + count) along axis 0 (a 1-d array's rows are its elements), from
-// memory or from the file; usage_error out of range or for the other kind of dtype.
+// memory or from the file; usage_error out of range, or for integer_rows of a real array.
+// real_rows of an <i8 array (token ids) gives the integers as binary64.
 std::vector<double> real_rows(const npy_array& a, std::size_t first, std::size_t count);
 std::vector<std::int64_t> integer_rows(const npy_array& a, std::size_t first, std::size_t count);
 std::vector<unsigned char> serialize_npy(const npy_array& a);      // format 1.0, deterministic bytes

@@ -34,6 +34,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <functional>
 #include <optional>
@@ -45,6 +46,35 @@
 namespace epk {
 
 namespace detail {
+
+// The audit's deviation of an Adam/AdamW step (proofs-notes/012 §5): Adam divides by √v̂ + ε,
+// so a rounding error δ in the gradients moves coordinate p of the step by up to
+// η·δ·(1/(√v̂_p + ε) + |m̂_p|/(√v̂_p + ε)²) ≤ 2η·δ/(√v̂_p + ε) to first order (|m̂_p| ≤ √v̂_p
+// up to β's weights) — a factor 1/ε for a gradient that is zero but for rounding (attention's
+// key bias: softmax is shift invariant).  With δ of the order u·Ĝ, Ĝ the gradients' scale,
+// coordinate p's deviation is measured against u·(‖w[s+1]‖_∞ + a_p), a_p = 2η·Ĝ/(√v̂_p + ε):
+// returned as max_p |d_p|·‖w[s+1]‖_∞/(‖w[s+1]‖_∞ + a_p), so that the audit's units
+// (deviation/(u·‖w[s+1]‖_∞)) keep their meaning.  A heuristic allowance, as the audit's limit.
+template <Real T>
+double adam_discounted_deviation(const optimizer_spec& opt, const optimizer_state<T>& st, const T& eta,
+                                 double gradient_scale, const std::vector<T>& w_next, const std::vector<T>& w_pred) {
+    const std::vector<T>& v = opt.amsgrad ? st.max_exp_avg_sq : st.exp_avg_sq;
+    const double correction = 1.0 - scalar_traits<T>::to_double(st.beta2_power);
+    const double lr = std::abs(scalar_traits<T>::to_double(eta));
+    double wn = 0;
+    for (const T& x : w_next) wn = std::max(wn, std::abs(scalar_traits<T>::to_double(x)));
+    double worst = 0;
+    for (std::size_t p = 0; p < w_next.size(); ++p) {
+        const double d = std::abs(scalar_traits<T>::to_double(T(w_next[p] - w_pred[p])));
+        const double vhat = correction > 0 ? std::max(0.0, scalar_traits<T>::to_double(v[p])) / correction : 0.0;
+        const double a = 2 * lr * gradient_scale / (std::sqrt(vhat) + opt.eps);
+        const double r = wn > 0 ? d * (wn / (wn + a)) : d / (1 + a);
+        if (std::isnan(d)) return d;
+        worst = std::max(worst, r);
+    }
+    return worst;
+}
+
 
 // The training side of the split, one source per training point (or one for the whole
 // batch when contributions are not kept) plus the optimizer's own term.
@@ -219,6 +249,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     const bool structured = rq.structured && rq.split_layers.empty() && !rq.split_steps;
     std::vector<std::size_t> ladder_start;
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
+    double gradient_scale = 0;                     // Ĝ: max over steps so far of Σ_i ‖ĝ_{i,s}‖_∞ (Adam's audit)
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
@@ -242,11 +273,22 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         optimizer_update<T>(pr, sch, state, w_pred, fp, grad_out, eta);
         split.step(batch, grads, w, eta, state, first);
         std::vector<T> w_next = w_pred;
-        double deviation = 0;  // ‖recorded row − the optimizer's step‖_∞
+        double deviation = 0;  // ‖recorded row − the optimizer's step‖_∞ (Adam: discounted, below)
         if (rq.recorded_row) {
             w_next = rq.recorded_row(s + 1);
             if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
-            deviation = detail::max_abs_difference(w_next, w_pred);
+            if (opt.type == optimizer_spec::kind::sgd) {
+                deviation = detail::max_abs_difference(w_next, w_pred);
+            } else {
+                double gs = 0;
+                for (const std::vector<T>& gk : grads) {
+                    T m(0);
+                    for (const T& v : gk) max_abs_into(m, v);
+                    gs += scalar_traits<T>::to_double(m);
+                }
+                gradient_scale = std::max(gradient_scale, gs);
+                deviation = detail::adam_discounted_deviation<T>(opt, state, eta, gradient_scale, w_next, w_pred);
+            }
         }
         detail::step_difference<T> sd = detail::difference_of_step<T>(w, w_next, split.total(), s, res, deviation);
         const std::vector<T>& delta = sd.delta;

@@ -289,7 +289,7 @@ void sampled_cuts(const model_spec& m, const segment_structure& st, std::span<co
         for (std::size_t k = st.first_smooth; k < an.nodes.size(); ++k) {
             const layer_kind kind = an.nodes[k]->spec.kind;
             if (kind == layer_kind::relu || kind == layer_kind::leaky_relu || kind == layer_kind::max_pool2d ||
-                (tree_segment::is_smooth(kind) && kind != layer_kind::layer_norm)) {
+                tree_segment::is_smooth_activation(kind)) {
                 layers.push_back(k);
                 kinds.push_back(an.nodes[k]->spec);
                 pools.push_back(kind == layer_kind::max_pool2d ? *an.nodes[k] : tree_node{});

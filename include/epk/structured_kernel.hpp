@@ -1149,8 +1149,7 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     if (!model.is_mlp()) {  // tree models: Ī per point (structured_tree.hpp, point_integral), then the shares
         const layer_tree tree = compile_tree(model);
         const tree_segment::analysis an = tree_segment::analyse(model);
-        bool has_norm = false;
-        for (const tree_node* n : tree_nodes(tree)) has_norm = has_norm || n->spec.kind == layer_kind::layer_norm;
+        const bool has_norm = structured_tree::needs_row_magnitudes(tree);
         std::vector<double> abs_plus(P);
         for (std::size_t q = 0; q < P; ++q)
             abs_plus[q] = std::abs(scalar_traits<T>::to_double(w[q])) + std::abs(scalar_traits<T>::to_double(delta[q]));

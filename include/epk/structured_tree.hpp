@@ -96,6 +96,18 @@ struct flow {
     std::vector<double> m, tau;
 };
 
+// Kinds whose magnitude rule is taken per row (tree_segment's pass at every row): layer norm
+// (its bound is not monotone in its input) and the sequence layers.
+inline bool is_row_magnitude_kind(layer_kind k) {
+    return k == layer_kind::layer_norm || k == layer_kind::embedding || k == layer_kind::positional_embedding ||
+           k == layer_kind::self_attention || k == layer_kind::select || k == layer_kind::mean_tokens;
+}
+inline bool needs_row_magnitudes(const layer_tree& tree) {
+    for (const tree_node* n : tree_nodes(tree))
+        if (is_row_magnitude_kind(n->spec.kind)) return true;
+    return false;
+}
+
 // One block of rows of one test point: x at w + t_r Δ, weights ω_r.
 template <Real T>
 struct block_context {
@@ -105,6 +117,7 @@ struct block_context {
     bool row_magnitudes = false;                 // a layer norm: magnitudes per row (tree_segment)
     std::vector<T>* ibar = nullptr;              // [C][P], accumulated
     std::vector<double>* magnitude = nullptr;    // [C], accumulated
+    std::vector<double>* tangent = nullptr;      // [C], accumulated: the ladder's scale (rule_integral)
     T* scale = nullptr;                          // max over rows of a bound on |J| entries
     gemm_counter* ctr = nullptr;
     double* elementwise = nullptr;
@@ -145,7 +158,10 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
     // The reverse sweep reads the input of bilinear nodes and layer norms only.  (No entry is
     // pushed while `h` is in use: a residual, whose branches push, does not use it.)
     const layer_kind kind = n.spec.kind;
-    const bool keep = kind == layer_kind::linear || kind == layer_kind::conv2d || kind == layer_kind::layer_norm;
+    const bool keep = kind == layer_kind::linear || kind == layer_kind::conv2d || kind == layer_kind::layer_norm ||
+                      kind == layer_kind::embedding || kind == layer_kind::self_attention;
+    if (mag && is_row_magnitude_kind(kind))
+        throw usage_error("structured_tree: " + n.path + " needs magnitudes per row (needs_row_magnitudes)");
     if (keep) cx.tape[me].input = std::move(in.h);
     const matrix<T>& h = keep ? cx.tape[me].input : in.h;
     flow<T> out;
@@ -283,6 +299,50 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
             out.h.data = std::move(in.h.data);
             out.m = in.m;
             out.tau = in.tau;
+            return out;
+        // The sequence layers (magnitudes per row).  embedding: W[id] + t_rΔ[id]; positional:
+        // h + (P + t_rΔP); attention: its unit at θ_r = w + t_rΔ (as layer norm); select and
+        // mean_tokens: parameter-free.
+        case layer_kind::embedding: {
+            const layers::sequence_geometry g = n.sequence();
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t t = 0; t < g.T; ++t) {
+                    const std::size_t at = n.offset + layers::token_at<T>(g, &h(r, 0), t) * g.D;
+                    for (std::size_t d = 0; d < g.D; ++d) {
+                        T v = cx.w[at + d];
+                        add_product(v, cx.t[r], cx.delta[at + d]);
+                        out.h(r, t * g.D + d) = v;
+                    }
+                }
+            return out;
+        }
+        case layer_kind::positional_embedding:
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t e = 0; e < N; ++e) {
+                    T v = cx.w[n.offset + e];
+                    add_product(v, cx.t[r], cx.delta[n.offset + e]);
+                    out.h(r, e) = h(r, e) + v;
+                }
+            return out;
+        case layer_kind::self_attention: {
+            const layers::attention_geometry g = n.attention();
+            matrix<T>& theta = cx.tape[me].theta;
+            theta = matrix<T>(R, n.count);
+            for (std::size_t r = 0; r < R; ++r) {
+                for (std::size_t k = 0; k < n.count; ++k) {
+                    T v = cx.w[n.offset + k];
+                    add_product(v, cx.t[r], cx.delta[n.offset + k]);
+                    theta(r, k) = v;
+                }
+                layers::attention_forward<T>(g, &theta(r, 0), &h(r, 0), &out.h(r, 0));
+            }
+            return out;
+        }
+        case layer_kind::select:
+            for (std::size_t r = 0; r < R; ++r) layers::select_apply<T>(n.sequence(), &h(r, 0), &out.h(r, 0));
+            return out;
+        case layer_kind::mean_tokens:
+            for (std::size_t r = 0; r < R; ++r) layers::mean_tokens_apply<T>(n.sequence(), &h(r, 0), &out.h(r, 0));
             return out;
         default: {  // activations: M = |σ′|M + |σ|, τ = |σ′|τ
             const activation<T> act(n.spec);
@@ -592,6 +652,68 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             return prev;
         }
         case layer_kind::flatten: return with_data(RC, n.in_size, std::move(adj.data));
+        case layer_kind::embedding: {
+            // Sparse: only the rows of the sample's tokens.  J[c][W[v][d]] = Σ_{t: id_t = v} adj[t][d]
+            // (positions t ascending), added once per distinct token v (its first position).
+            const layers::sequence_geometry g = n.sequence();
+            std::vector<std::size_t> ids(g.T);
+            std::vector<T> row(g.D);
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                const std::size_t r = rc / C, c = rc % C;
+                for (std::size_t t = 0; t < g.T; ++t) ids[t] = layers::token_at<T>(g, &h(r, 0), t);
+                for (std::size_t t = 0; t < g.T; ++t) {
+                    if (std::find(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(t), ids[t]) !=
+                        ids.begin() + static_cast<std::ptrdiff_t>(t))
+                        continue;
+                    for (std::size_t d = 0; d < g.D; ++d) row[d] = adj(rc, t * g.D + d);
+                    for (std::size_t u = t + 1; u < g.T; ++u)
+                        if (ids[u] == ids[t])
+                            for (std::size_t d = 0; d < g.D; ++d) row[d] += adj(rc, u * g.D + d);
+                    T* dst = cx.ibar->data() + c * P + n.offset + ids[t] * g.D;
+                    for (std::size_t d = 0; d < g.D; ++d) {
+                        add_product(dst[d], cx.omega[r], row[d]);
+                        max_abs_into(*cx.scale, row[d]);
+                    }
+                }
+            }
+            if (!need_input) return {};
+            return matrix<T>(RC, n.in_size);  // token ids: no input adjoint
+        }
+        case layer_kind::positional_embedding:
+            for (std::size_t rc = 0; rc < RC; ++rc) {  // J[c][P[e]] = adj[e]
+                const std::size_t r = rc / C, c = rc % C;
+                T* dst = cx.ibar->data() + c * P + n.offset;
+                for (std::size_t e = 0; e < n.count; ++e) {
+                    add_product(dst[e], cx.omega[r], adj(rc, e));
+                    max_abs_into(*cx.scale, adj(rc, e));
+                }
+            }
+            return adj;
+        case layer_kind::self_attention: {
+            const layers::attention_geometry g = n.attention();
+            matrix<T> prev(RC, n.in_size);
+            std::vector<T> gw(n.count);
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                const std::size_t r = rc / C, c = rc % C;
+                std::fill(gw.begin(), gw.end(), T(0));
+                layers::attention_backward<T>(g, &tp.theta(r, 0), &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
+                T* dst = cx.ibar->data() + c * P + n.offset;
+                for (std::size_t k = 0; k < n.count; ++k) {
+                    add_product(dst[k], cx.omega[r], gw[k]);
+                    max_abs_into(*cx.scale, gw[k]);
+                }
+            }
+            return prev;
+        }
+        case layer_kind::select:
+        case layer_kind::mean_tokens: {
+            matrix<T> prev(RC, n.in_size);
+            for (std::size_t rc = 0; rc < RC; ++rc) {
+                if (n.spec.kind == layer_kind::select) layers::select_backward<T>(n.sequence(), &adj(rc, 0), &prev(rc, 0));
+                else layers::mean_tokens_backward<T>(n.sequence(), &adj(rc, 0), &prev(rc, 0));
+            }
+            return prev;
+        }
         default: {  // in place
             for (std::size_t rc = 0; rc < RC; ++rc) {
                 const T* dv = &tp.deriv(rc / C, 0);
@@ -620,14 +742,21 @@ void integrate_block(const layer_tree& tree, const tree_segment::analysis* an, b
                 add_product(v, cx.t[r], cx.delta[q]);
                 wt[q] = scalar_traits<T>::to_double(v);
             }
-            const std::vector<double> jm = tree_segment::jacobian_magnitude(*an, wt, x, cx.abs_delta);
+            std::vector<double> jt;
+            const std::vector<double> jm = tree_segment::jacobian_magnitude(*an, wt, x, cx.abs_delta, &jt);
             const double wq = std::abs(scalar_traits<T>::to_double(cx.omega[r]));
-            for (std::size_t c = 0; c < C; ++c) (*cx.magnitude)[c] += wq * jm[c];
+            for (std::size_t c = 0; c < C; ++c) {
+                (*cx.magnitude)[c] += wq * jm[c];
+                (*cx.tangent)[c] += wq * jt[c];
+            }
         }
     } else {
         double wsum = 0;
         for (std::size_t r = 0; r < R; ++r) wsum += std::abs(scalar_traits<T>::to_double(cx.omega[r]));
-        for (std::size_t c = 0; c < C; ++c) (*cx.magnitude)[c] += wsum * out.tau[c];
+        for (std::size_t c = 0; c < C; ++c) {
+            (*cx.magnitude)[c] += wsum * out.tau[c];
+            (*cx.tangent)[c] += wsum * out.tau[c];
+        }
     }
     matrix<T> seed(R * C, C);
     for (std::size_t r = 0; r < R; ++r)
@@ -641,6 +770,7 @@ template <Real T>
 struct rule_integral {
     std::vector<T> ibar;
     std::vector<double> magnitude;
+    std::vector<double> tangent;  // the ladder's scale: t (tree_segment's magnitude_pass) per row, or the magnitude
     T scale = T(0), located = T(0);
 };
 
@@ -703,7 +833,7 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
             for (std::size_t c = 0; c < C; ++c) {
                 T e(0);
                 for (std::size_t p = 0; p < P; ++p) e += rm::abs(T(fine.ibar[c * P + p] - coarse.ibar[c * P + p])) * T(s[p]);
-                const T tol = T(tau) * u * T(fine.magnitude[c]);
+                const T tol = T(tau) * u * T(fine.tangent[c]);
                 if (!(e <= tol)) ok = false;
                 ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
                                                    : (e > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
@@ -775,6 +905,7 @@ rule_integral<T> integrate_rule(const step_context<T>& sc, std::size_t mm, std::
     rule_integral<T> ri;
     ri.ibar.assign(C * P, T(0));
     ri.magnitude.assign(C, 0.0);
+    ri.tangent.assign(C, 0.0);
     block_context<T> cx;
     cx.w = sc.w;
     cx.delta = sc.delta;
@@ -785,6 +916,7 @@ rule_integral<T> integrate_rule(const step_context<T>& sc, std::size_t mm, std::
     cx.P = P;
     cx.ibar = &ri.ibar;
     cx.magnitude = &ri.magnitude;
+    cx.tangent = &ri.tangent;
     cx.scale = &ri.scale;
     cx.ctr = ctr;
     cx.elementwise = &elementwise;
@@ -847,8 +979,7 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     const segment_structure st = analyse_segment_structure(model);
     const layer_tree tree = compile_tree(model);
     const tree_segment::analysis an = tree_segment::analyse(model);
-    bool has_norm = false;
-    for (const tree_node* n : tree_nodes(tree)) has_norm = has_norm || n->spec.kind == layer_kind::layer_norm;
+    const bool has_norm = structured_tree::needs_row_magnitudes(tree);
     path_kernel_result<T> res = detail::start_result<T>(rq);
     const std::size_t M = res.m, N = res.n, C = res.c, P = res.p;
     std::vector<matrix<T>> x_rows;

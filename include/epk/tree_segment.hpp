@@ -42,8 +42,11 @@ inline bool is_switching(layer_kind k) {
 }
 inline bool is_smooth(layer_kind k) {
     return k == layer_kind::tanh || k == layer_kind::sigmoid || k == layer_kind::softplus || k == layer_kind::gelu ||
-           k == layer_kind::layer_norm;
+           k == layer_kind::layer_norm || k == layer_kind::self_attention;
 }
+// The smooth elementwise activations (their bends are level-crossing targets; layer norm's
+// and attention's nonlinearity is left to the adaptive rule).
+inline bool is_smooth_activation(layer_kind k) { return is_smooth(k) && k != layer_kind::layer_norm && k != layer_kind::self_attention; }
 
 // The tree with its nodes in pre-order and what the quadrature needs of them.
 struct analysis {
@@ -60,7 +63,11 @@ namespace detail {
 inline std::size_t sequence_degree(const std::vector<tree_node>& seq) {
     std::size_t d = 0;
     for (const tree_node& n : seq) {
-        if (n.spec.kind == layer_kind::linear || n.spec.kind == layer_kind::conv2d) ++d;
+        // bilinear nodes, and the embeddings (affine in their parameters: a polynomial value of degree ≥ 1)
+        if (n.spec.kind == layer_kind::linear || n.spec.kind == layer_kind::conv2d || n.spec.kind == layer_kind::embedding ||
+            n.spec.kind == layer_kind::positional_embedding)
+            ++d;
+        if (n.spec.kind == layer_kind::self_attention) d += 4;  // projections, scores, values (smooth: adaptive rule)
         if (n.spec.kind == layer_kind::residual) d += std::max(sequence_degree(n.body), sequence_degree(n.shortcut));
     }
     return d;
@@ -85,6 +92,18 @@ inline analysis analyse(const model_spec& m) {
             case layer_kind::avg_pool2d: a.chain += static_cast<double>(n.spec.kernel[0] * n.spec.kernel[1] + 2); break;
             case layer_kind::layer_norm: a.chain += static_cast<double>(2 * n.norm().n + 16); break;
             case layer_kind::residual: a.chain += 1; break;
+            case layer_kind::embedding: a.chain += static_cast<double>(n.in_shape[0]); break;  // ∂W sums repeated tokens
+            case layer_kind::positional_embedding: a.chain += 1; break;
+            case layer_kind::select: break;
+            case layer_kind::mean_tokens: a.chain += static_cast<double>(n.in_shape[0] + 2); break;
+            case layer_kind::self_attention: {
+                // both projections as linear nodes, then √d_h and the division, the scores (d_h),
+                // softmax (subtraction, exp, a sum of T, a division), p·V (T), and the reverse
+                // sweep's sums over keys and queries (dp, c, dq̃, dk, dv)
+                const auto g = n.attention();
+                a.chain += static_cast<double>(6 * g.T * g.D + 2 * g.D + 6 * g.T + 2 * g.dh() + 32);
+                break;
+            }
             case layer_kind::flatten: case layer_kind::max_pool2d: break;
             default: a.chain += 10; break;
         }
@@ -209,6 +228,42 @@ struct poly_walk {
                 return z;
             }
             case layer_kind::flatten: return h;
+            case layer_kind::embedding: {
+                // W[id] + (a + len·u)·Δ[id]: the ids are the constant row of h
+                const layers::sequence_geometry g = n.sequence();
+                poly<T> z(2, n.out_size);
+                std::vector<T> zw(n.out_size), zd(n.out_size);
+                layers::embedding_forward<T>(g, w.data() + n.offset, &h(0, 0), zw.data());
+                layers::embedding_forward<T>(g, delta.data() + n.offset, &h(0, 0), zd.data());
+                for (std::size_t e = 0; e < n.out_size; ++e) {
+                    T z0 = zw[e];
+                    add_product(z0, a, zd[e]);
+                    z(0, e) = z0;
+                    z(1, e) = len * zd[e];
+                }
+                return z;
+            }
+            case layer_kind::positional_embedding: {
+                poly<T> z(std::max<std::size_t>(h.rows, 2), n.out_size);
+                for (std::size_t k = 0; k < h.rows; ++k)
+                    for (std::size_t e = 0; e < n.out_size; ++e) z(k, e) = h(k, e);
+                for (std::size_t e = 0; e < n.out_size; ++e) {
+                    T p0 = w[n.offset + e];
+                    add_product(p0, a, delta[n.offset + e]);
+                    z(0, e) += p0;
+                    add_product(z(1, e), len, delta[n.offset + e]);
+                }
+                return z;
+            }
+            case layer_kind::select:
+            case layer_kind::mean_tokens: {
+                poly<T> z(h.rows, n.out_size);
+                for (std::size_t k = 0; k < h.rows; ++k) {
+                    if (n.spec.kind == layer_kind::select) layers::select_apply<T>(n.sequence(), &h(k, 0), &z(k, 0));
+                    else layers::mean_tokens_apply<T>(n.sequence(), &h(k, 0), &z(k, 0));
+                }
+                return z;
+            }
             case layer_kind::residual: {
                 const poly<T> b = sequence(n.body, h), s = sequence(n.shortcut, h);
                 poly<T> z(std::max(b.rows, s.rows), n.out_size);
@@ -268,8 +323,12 @@ std::vector<std::vector<T>> switching_polynomials(const analysis& an, std::span<
 // magnitude tangent τ = Σ_p |J|_mag[·][p]·a_p: bilinear τ_z = |A(w)|τ_h + |A(a)|(M_h + |h|)
 // + a_b, activations |σ′(z)|τ, max pool the maximiser's, avg pool its average, layer norm
 // ρ|γ|(τ + mean τ + |x̂| mean(|x̂|τ)) + |x̂| a_γ + a_β.
+// With `a`, also t = Σ_p |J|[·][p]·a_p, the tangent's own magnitude (every rule above without
+// the M terms): τ ≥ t, and τ − t is the part the forward errors add.  Attention's τ needs t
+// (its products of two computed values: error × tangent, proofs-notes/012 §3), and the smooth
+// ladder compares its rules against t (structured_tree.hpp).
 struct magnitude_pass {
-    std::vector<double> h, m, tau;
+    std::vector<double> h, m, tau, t;
 };
 
 namespace detail {
@@ -323,6 +382,135 @@ inline void layer_norm_magnitude(const layers::norm_geometry& g, const double* p
     }
 }
 
+// One sample's self-attention (proofs-notes/012 §3): M and, when `ap` is given (the layer's
+// parameter tangent magnitudes), τ and t of the outputs, from the input's h, M, τ, t.  Every
+// step is first order in the errors: a product of computed values xy adds M_x|y| + |x|M_y +
+// |xy| to M and, for its tangent dx·y + x·dy, τ_x|y| + M_x t_y + t_x M_y + |x|τ_y to τ
+// (τ ≥ t covers the products' own roundings); softmax p_j = e_j/Σ with y = s − max:
+// M_y = M_s + M_{s_max} + |y|, e = exp(y) with M_e = e(M_y + 1), M_Σ = Σ(M_e + e),
+// M_p = p(M_y + 1 + M_Σ/Σ + 1); its tangent dp_j = p_j(ds_j − Σ_k p_k ds_k) gives
+// t_p = p(t_s + Σ p t_s) and τ_p = p(τ_s + Σ p τ_s) + M_p(t_s + Σ p t_s) + p Σ M_p t_s.
+inline void attention_magnitude(const layers::attention_geometry& g, const double* wp, const double* ap,
+                                const magnitude_pass& in, magnitude_pass& out) {
+    const std::size_t T = g.T, D = g.D, dh = g.dh(), D3 = 3 * D;
+    const bool tan = ap != nullptr;
+    std::vector<double> aw(g.count());
+    for (std::size_t e = 0; e < aw.size(); ++e) aw[e] = std::abs(wp[e]);
+    // The projections (bilinear): M = |A|(M + |h|) + |b|, τ = |A|τ + |A(a)|(M + |h|) + a_b,
+    // t = |A|t + |A(a)||h| + a_b.
+    const auto project = [&](const layers::linear_geometry& lg, std::size_t off, const std::vector<double>& h,
+                             const std::vector<double>& m, const std::vector<double>& tau, const std::vector<double>& t,
+                             std::vector<double>& zh, std::vector<double>& zm, std::vector<double>& ztau,
+                             std::vector<double>& zt) {
+        const std::size_t n = h.size(), o = lg.rows * lg.out;
+        std::vector<double> mh(n), ah(n), u1(o), u2(o);
+        for (std::size_t e = 0; e < n; ++e) {
+            ah[e] = std::abs(h[e]);
+            mh[e] = m[e] + ah[e];
+        }
+        zh.assign(o, 0.0);
+        zm.assign(o, 0.0);
+        ztau.assign(o, 0.0);
+        zt.assign(o, 0.0);
+        layers::linear_apply<double>(lg, wp + off, h.data(), zh.data(), true);
+        layers::linear_apply<double>(lg, aw.data() + off, mh.data(), zm.data(), true);
+        if (!tan) return;
+        layers::linear_apply<double>(lg, aw.data() + off, tau.data(), u1.data(), false);
+        layers::linear_apply<double>(lg, ap + off, mh.data(), u2.data(), true);
+        for (std::size_t e = 0; e < o; ++e) ztau[e] = u1[e] + u2[e];
+        layers::linear_apply<double>(lg, aw.data() + off, t.data(), u1.data(), false);
+        layers::linear_apply<double>(lg, ap + off, ah.data(), u2.data(), true);
+        for (std::size_t e = 0; e < o; ++e) zt[e] = u1[e] + u2[e];
+    };
+    std::vector<double> qkv, mq, tq, uq;  // value, M, τ, t of [Q K V]
+    project(g.in_proj(), 0, in.h, in.m, in.tau, in.t, qkv, mq, tq, uq);
+    const double root = std::sqrt(static_cast<double>(dh));
+    for (std::size_t i = 0; i < T; ++i)
+        for (std::size_t d = 0; d < D; ++d) {  // q̃ = q/√d_h: two roundings (the root's and the division's)
+            const std::size_t e = i * D3 + d;
+            qkv[e] /= root;
+            mq[e] = mq[e] / root + 2 * std::abs(qkv[e]);
+            if (tan) {
+                tq[e] /= root;
+                uq[e] /= root;
+            }
+        }
+    std::vector<double> o(T * D, 0.0), mo(T * D, 0.0), to(T * D, 0.0), uo(T * D, 0.0);
+    std::vector<double> sv(T), ms(T), ts(T), us(T), p(T), mp(T), tp(T), up(T);
+    for (std::size_t h = 0; h < g.H; ++h) {
+        const std::size_t c0 = h * dh;
+        for (std::size_t i = 0; i < T; ++i) {
+            const std::size_t nk = g.keys(i);
+            for (std::size_t j = 0; j < nk; ++j) {
+                double acc = 0, macc = 0, tacc = 0, uacc = 0;
+                for (std::size_t d = 0; d < dh; ++d) {
+                    const std::size_t qe = i * D3 + c0 + d, ke = j * D3 + D + c0 + d;
+                    const double q = qkv[qe], k = qkv[ke], aq = std::abs(q), ak = std::abs(k);
+                    acc += q * k;
+                    macc += mq[qe] * ak + aq * mq[ke] + aq * ak;
+                    if (tan) {
+                        tacc += tq[qe] * ak + mq[qe] * uq[ke] + uq[qe] * mq[ke] + aq * tq[ke];
+                        uacc += uq[qe] * ak + aq * uq[ke];
+                    }
+                }
+                sv[j] = acc;
+                ms[j] = macc;
+                ts[j] = tacc;
+                us[j] = uacc;
+            }
+            std::size_t am = 0;
+            for (std::size_t j = 1; j < nk; ++j)
+                if (sv[am] < sv[j]) am = j;
+            double sum = 0, msum = 0;
+            for (std::size_t j = 0; j < nk; ++j) {
+                const double y = sv[j] - sv[am];
+                p[j] = std::exp(y);
+                mp[j] = ms[j] + ms[am] + std::abs(y) + 1;  // M_e / e
+                sum += p[j];
+                msum += p[j] * mp[j] + p[j];
+            }
+            double sp_t = 0, sp_tau = 0, sm_t = 0;  // Σ p t_s, Σ p τ_s, Σ M_p t_s
+            for (std::size_t j = 0; j < nk; ++j) {
+                p[j] /= sum;
+                mp[j] = p[j] * (mp[j] + msum / sum + 1);
+                sp_t += p[j] * us[j];
+                sp_tau += p[j] * ts[j];
+                sm_t += mp[j] * us[j];
+            }
+            if (tan)
+                for (std::size_t j = 0; j < nk; ++j) {
+                    up[j] = p[j] * (us[j] + sp_t);
+                    tp[j] = p[j] * (ts[j] + sp_tau) + mp[j] * (us[j] + sp_t) + p[j] * sm_t;
+                }
+            for (std::size_t d = 0; d < dh; ++d) {
+                double acc = 0, macc = 0, tacc = 0, uacc = 0;
+                for (std::size_t j = 0; j < nk; ++j) {
+                    const std::size_t ve = j * D3 + 2 * D + c0 + d;
+                    const double v = qkv[ve], av = std::abs(v);
+                    acc += p[j] * v;
+                    macc += mp[j] * av + p[j] * mq[ve] + p[j] * av;
+                    if (tan) {
+                        tacc += tp[j] * av + up[j] * mq[ve] + mp[j] * uq[ve] + p[j] * tq[ve];
+                        uacc += up[j] * av + p[j] * uq[ve];
+                    }
+                }
+                o[i * D + c0 + d] = acc;
+                mo[i * D + c0 + d] = macc;
+                to[i * D + c0 + d] = tacc;
+                uo[i * D + c0 + d] = uacc;
+            }
+        }
+    }
+    std::vector<double> yh, ym, ytau, yt;
+    project(g.out_proj(), g.out_offset(), o, mo, to, uo, yh, ym, ytau, yt);
+    out.h = std::move(yh);
+    out.m = std::move(ym);
+    if (tan) {
+        out.tau = std::move(ytau);
+        out.t = std::move(yt);
+    }
+}
+
 inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double> w, const double* a,
                                      const magnitude_pass& in);
 
@@ -338,7 +526,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
     const std::size_t N = n.out_size;
     out.h.assign(N, 0.0);
     out.m.assign(N, 0.0);
-    if (a != nullptr) out.tau.assign(N, 0.0);
+    if (a != nullptr) {
+        out.tau.assign(N, 0.0);
+        out.t.assign(N, 0.0);
+    }
     const double* wp = w.data() + n.offset;
     auto absv = [](std::span<const double> v) {
         std::vector<double> r(v.size());
@@ -363,6 +554,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
                 apply(aw.data(), in.tau.data(), t1.data(), false);
                 apply(a + n.offset, mh.data(), t2.data(), true);
                 for (std::size_t e = 0; e < N; ++e) out.tau[e] = t1[e] + t2[e];
+                const std::vector<double> ah = absv(in.h);  // t: |A|t + |A(a)||h| + a_b
+                apply(aw.data(), in.t.data(), t1.data(), false);
+                apply(a + n.offset, ah.data(), t2.data(), true);
+                for (std::size_t e = 0; e < N; ++e) out.t[e] = t1[e] + t2[e];
             }
             return out;
         }
@@ -372,7 +567,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
             for (std::size_t e = 0; e < N; ++e) {
                 out.h[e] = in.h[arg[e]];
                 out.m[e] = in.m[arg[e]];
-                if (a != nullptr) out.tau[e] = in.tau[arg[e]];
+                if (a != nullptr) {
+                    out.tau[e] = in.tau[arg[e]];
+                    out.t[e] = in.t[arg[e]];
+                }
             }
             return out;
         }
@@ -381,7 +579,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
             std::vector<double> mh(in.h.size());
             for (std::size_t e = 0; e < mh.size(); ++e) mh[e] = in.m[e] + std::abs(in.h[e]);
             layers::avg_pool_apply<double>(n.pool(), mh.data(), out.m.data());
-            if (a != nullptr) layers::avg_pool_apply<double>(n.pool(), in.tau.data(), out.tau.data());
+            if (a != nullptr) {
+                layers::avg_pool_apply<double>(n.pool(), in.tau.data(), out.tau.data());
+                layers::avg_pool_apply<double>(n.pool(), in.t.data(), out.t.data());
+            }
             return out;
         }
         case layer_kind::flatten: return in;
@@ -390,7 +591,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
             for (std::size_t e = 0; e < N; ++e) {
                 out.h[e] = b.h[e] + s.h[e];
                 out.m[e] = b.m[e] + s.m[e] + std::abs(b.h[e]) + std::abs(s.h[e]);
-                if (a != nullptr) out.tau[e] = b.tau[e] + s.tau[e];
+                if (a != nullptr) {
+                    out.tau[e] = b.tau[e] + s.tau[e];
+                    out.t[e] = b.t[e] + s.t[e];
+                }
             }
             return out;
         }
@@ -401,8 +605,57 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
             layer_norm_magnitude(g, par.data(), a != nullptr ? a + n.offset : nullptr, in.h.data(), in.m.data(),
                                  a != nullptr ? in.tau.data() : nullptr, out.h.data(), out.m.data(),
                                  a != nullptr ? out.tau.data() : nullptr);
+            if (a != nullptr) {  // t: the same rule on t (it has no M terms); M computed again, unused
+                std::vector<double> unused(N);
+                layer_norm_magnitude(g, par.data(), a + n.offset, in.h.data(), in.m.data(), in.t.data(), out.h.data(),
+                                     unused.data(), out.t.data());
+            }
             return out;
         }
+        case layer_kind::embedding: {  // a copy of W's rows: M = 0, τ = a_W[id]
+            const layers::sequence_geometry g = n.sequence();
+            layers::embedding_forward<double>(g, wp, in.h.data(), out.h.data());
+            if (a != nullptr) {
+                layers::embedding_forward<double>(g, a + n.offset, in.h.data(), out.tau.data());
+                out.t = out.tau;
+            }
+            return out;
+        }
+        case layer_kind::positional_embedding:  // one sum: M_x + |x| + |P|, τ_x + a_P
+            for (std::size_t e = 0; e < N; ++e) {
+                out.h[e] = in.h[e] + wp[e];
+                out.m[e] = in.m[e] + std::abs(in.h[e]) + std::abs(wp[e]);
+                if (a != nullptr) {
+                    out.tau[e] = in.tau[e] + a[n.offset + e];
+                    out.t[e] = in.t[e] + a[n.offset + e];
+                }
+            }
+            return out;
+        case layer_kind::select: {
+            const layers::sequence_geometry g = n.sequence();
+            layers::select_apply<double>(g, in.h.data(), out.h.data());
+            layers::select_apply<double>(g, in.m.data(), out.m.data());
+            if (a != nullptr) {
+                layers::select_apply<double>(g, in.tau.data(), out.tau.data());
+                layers::select_apply<double>(g, in.t.data(), out.t.data());
+            }
+            return out;
+        }
+        case layer_kind::mean_tokens: {  // as an average pool: Σ(M + |h|)/T, τ averaged
+            const layers::sequence_geometry g = n.sequence();
+            layers::mean_tokens_apply<double>(g, in.h.data(), out.h.data());
+            std::vector<double> mh(in.h.size());
+            for (std::size_t e = 0; e < mh.size(); ++e) mh[e] = in.m[e] + std::abs(in.h[e]);
+            layers::mean_tokens_apply<double>(g, mh.data(), out.m.data());
+            if (a != nullptr) {
+                layers::mean_tokens_apply<double>(g, in.tau.data(), out.tau.data());
+                layers::mean_tokens_apply<double>(g, in.t.data(), out.t.data());
+            }
+            return out;
+        }
+        case layer_kind::self_attention:
+            attention_magnitude(n.attention(), wp, a != nullptr ? a + n.offset : nullptr, in, out);
+            return out;
         default: {  // activations
             const activation<double> act(n.spec);
             for (std::size_t e = 0; e < N; ++e) {
@@ -410,7 +663,10 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
                 const double s = std::abs(act.derivative(z));
                 out.h[e] = act.value(z);
                 out.m[e] = s * in.m[e] + std::abs(out.h[e]);
-                if (a != nullptr) out.tau[e] = s * in.tau[e];
+                if (a != nullptr) {
+                    out.tau[e] = s * in.tau[e];
+                    out.t[e] = s * in.t[e];
+                }
             }
             return out;
         }
@@ -420,15 +676,18 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
 
 // M of the outputs at one input row (binary64).
 inline std::vector<double> forward_magnitude(const analysis& an, std::span<const double> w, std::span<const double> x) {
-    magnitude_pass v{{x.begin(), x.end()}, std::vector<double>(x.size(), 0.0), {}};
+    magnitude_pass v{{x.begin(), x.end()}, std::vector<double>(x.size(), 0.0), {}, {}};
     return detail::magnitude_sequence(an.tree.layers, w, nullptr, v).m;
 }
 
-// Σ_p |J|_mag(x; w)[c][p]·a_p for a ≥ 0 (binary64, C entries).
+// Σ_p |J|_mag(x; w)[c][p]·a_p for a ≥ 0 (binary64, C entries): τ; with `tangent`, also t.
 inline std::vector<double> jacobian_magnitude(const analysis& an, std::span<const double> w, std::span<const double> x,
-                                              std::span<const double> a) {
-    magnitude_pass v{{x.begin(), x.end()}, std::vector<double>(x.size(), 0.0), std::vector<double>(x.size(), 0.0)};
-    return detail::magnitude_sequence(an.tree.layers, w, a.data(), v).tau;
+                                              std::span<const double> a, std::vector<double>* tangent = nullptr) {
+    const std::vector<double> zero(x.size(), 0.0);
+    magnitude_pass v{{x.begin(), x.end()}, zero, zero, zero};
+    magnitude_pass out = detail::magnitude_sequence(an.tree.layers, w, a.data(), v);
+    if (tangent != nullptr) *tangent = std::move(out.t);
+    return std::move(out.tau);
 }
 
 }  // namespace epk::tree_segment

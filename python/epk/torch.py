@@ -22,6 +22,33 @@ dotted name and the reason.  Dropout (p > 0) in training mode is left out of the
 warning: the run is then not the trace's training, and ``verify`` says at which step.  BatchNorm
 is refused (it couples the samples of a batch).
 
+Sequence models (transformers) on token ids: the inputs X (and x_test) are integer tensors
+``[N, T]`` (torch.long), written as ``<i8`` with ``"input_dtype": "int64"`` in the manifest's
+model, and the first layer is an nn.Embedding (without padding_idx, max_norm,
+scale_grad_by_freq, sparse).  The sequence layers, each acting on one sample ``[T, D]``
+(batched ``[B, T, D]``, batch first), are the modules of this file:
+
+    epk.torch.PositionalEmbedding(T, D)    x + weight, a learned [T, D] (init N(0, 1), as nn.Embedding)
+    epk.torch.SelfAttention(D, num_heads, bias=True, causal=False)
+                                           nn.MultiheadAttention(D, num_heads, bias=bias, batch_first=True,
+                                           dropout 0) as self.attn, called attn(x, x, x, need_weights=False,
+                                           attn_mask=the causal mask or None)
+    epk.torch.Select(index=-1)             x[:, index]: [T, D] -> [D] (one token, e.g. the last)
+    epk.torch.MeanTokens()                 x.mean(dim=1): [T, D] -> [D]
+
+and Linear, LayerNorm and the activations act on the last axis of ``[T, D]``, Residual wraps any
+of them.  A transformer block is then, e.g.::
+
+    nn.Sequential(nn.Embedding(V, D), epk.torch.PositionalEmbedding(T, D),
+                  epk.torch.Residual(nn.Sequential(nn.LayerNorm(D), epk.torch.SelfAttention(D, 4, causal=True))),
+                  epk.torch.Residual(nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 4 * D), nn.GELU(),
+                                                   nn.Linear(4 * D, D))),
+                  nn.LayerNorm(D), epk.torch.Select(-1), nn.Linear(D, C))
+
+A bare nn.MultiheadAttention is refused (its forward takes (query, key, value) and returns a
+tuple, so it cannot sit in an nn.Sequential): wrap it as epk.torch.SelfAttention.  So are
+nn.Transformer* modules (dropout, and the layers are not visible): build the block as above.
+
 The recorder wraps ``optimizer.step`` (the instance's method) so that the rate is read *before*
 the step and the parameters right after it; ``rec.step(batch)`` then only adds the batch.  Loss:
 nn.CrossEntropyLoss or nn.MSELoss (reduction mean or sum; no weights, no label smoothing), or
@@ -51,6 +78,83 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return self.body(x) + self.shortcut(x)
+
+
+class PositionalEmbedding(nn.Module):
+    """x + weight, a learned position embedding ``weight`` [T, D] (epk's `positional_embedding` layer).
+
+    Input [B, T, D] (or one sample [T, D]); the sequence length must be T.  ``weight`` starts N(0, 1),
+    as nn.Embedding's; set it as you like (nn.init.zeros_(pe.weight), ...), only its values are recorded.
+    """
+
+    def __init__(self, num_positions, embedding_dim):
+        super().__init__()
+        self.num_positions, self.embedding_dim = int(num_positions), int(embedding_dim)
+        self.weight = nn.Parameter(torch.empty(self.num_positions, self.embedding_dim))
+        nn.init.normal_(self.weight)
+
+    def forward(self, x):
+        return x + self.weight
+
+
+def causal_mask(T, device=None):
+    """The boolean [T, T] mask of causal self-attention: True above the diagonal = not attended
+    (position i attends to j <= i), nn.MultiheadAttention's attn_mask convention."""
+    return torch.triu(torch.ones(T, T, dtype=torch.bool, device=device), diagonal=1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on [B, T, D] (epk's `self_attention` layer): ``self.attn`` is
+    ``nn.MultiheadAttention(D, num_heads, bias=bias, batch_first=True)`` (dropout 0), called as
+    ``attn(x, x, x, need_weights=False, attn_mask=causal_mask(T) if causal else None)``.
+
+    Parameters, in order: attn.in_proj_weight [3D, D] (the rows of W_q, W_k, W_v), attn.in_proj_bias
+    [3D], attn.out_proj.weight [D, D], attn.out_proj.bias [D] (the biases only with bias=True); torch's
+    init: in_proj_weight Xavier-uniform, out_proj.weight as nn.Linear's, the biases 0.
+
+    torch 1.13: in eval mode under torch.no_grad, without a mask (causal=False) and with an even
+    num_heads, MultiheadAttention takes its "fast path" (torch._native_multi_head_attention), which
+    fails with bias=False ("qkv_bias must be Tensor"); training mode or autograd on takes the ordinary
+    path, which is the one the format describes.
+    """
+
+    def __init__(self, embed_dim, num_heads, bias=True, causal=False):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=bias, batch_first=True)
+        self.causal = bool(causal)
+
+    @property
+    def num_heads(self):
+        return self.attn.num_heads
+
+    @property
+    def embed_dim(self):
+        return self.attn.embed_dim
+
+    def forward(self, x):
+        mask = causal_mask(x.shape[-2], x.device) if self.causal else None
+        return self.attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+
+
+class Select(nn.Module):
+    """x[:, index]: one token of each sequence, [B, T, D] -> [B, D] (epk's `select` layer; -1 = the last)."""
+
+    def __init__(self, index=-1):
+        super().__init__()
+        self.index = int(index)
+
+    def forward(self, x):
+        return x[..., self.index, :]  # x[:, index] for a batch [B, T, D]
+
+    def extra_repr(self):
+        return "index=%d" % self.index
+
+
+class MeanTokens(nn.Module):
+    """x.mean(dim=1): the mean over the tokens, [B, T, D] -> [B, D] (epk's `mean_tokens` layer)."""
+
+    def forward(self, x):
+        return x.mean(dim=-2)  # dim=1 for a batch [B, T, D]
 
 
 class UnsupportedModule(ValueError):
@@ -119,6 +223,46 @@ def _layers(module, prefix, warn_dropout):
             out.append({"type": "gelu"})
         elif isinstance(m, nn.Identity):
             continue
+        elif isinstance(m, nn.Embedding):
+            for field, default in (("padding_idx", None), ("max_norm", None), ("scale_grad_by_freq", False),
+                                   ("sparse", False)):
+                if getattr(m, field) != default:
+                    raise UnsupportedModule(name, "Embedding(%s=%r): epk's embedding is the plain lookup weight[id] "
+                                                  "(padding_idx, max_norm, scale_grad_by_freq and sparse are not "
+                                                  "implemented)" % (field, getattr(m, field)))
+            out.append({"type": "embedding", "num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim})
+        elif isinstance(m, PositionalEmbedding):
+            out.append({"type": "positional_embedding"})
+        elif isinstance(m, SelfAttention):
+            a = m.attn
+            why = ("dropout=%g (random masks a trace does not record)" % a.dropout if a.dropout else
+                   "add_bias_kv" if a.bias_k is not None or a.bias_v is not None else
+                   "add_zero_attn" if a.add_zero_attn else
+                   "kdim/vdim other than embed_dim" if not a._qkv_same_embed_dim else
+                   "batch_first=False" if not a.batch_first else
+                   "in_proj_bias and out_proj.bias not both present or both absent"
+                   if (a.in_proj_bias is None) != (a.out_proj.bias is None) else None)
+            if why:
+                raise UnsupportedModule(name, "SelfAttention whose MultiheadAttention has %s: epk's self_attention is "
+                                              "MultiheadAttention(D, H, bias=, batch_first=True) with dropout 0"
+                                        % why)
+            out.append({"type": "self_attention", "num_heads": a.num_heads, "bias": a.in_proj_bias is not None,
+                        "causal": bool(m.causal)})
+        elif isinstance(m, Select):
+            out.append({"type": "select", "index": int(m.index)})
+        elif isinstance(m, MeanTokens):
+            out.append({"type": "mean_tokens"})
+        elif isinstance(m, nn.MultiheadAttention):
+            raise UnsupportedModule(name, "a bare MultiheadAttention takes (query, key, value) and returns a tuple, "
+                                          "so it is not a layer of a Sequential: use epk.torch.SelfAttention(D, "
+                                          "num_heads, bias=, causal=), which wraps one and calls attn(x, x, x, "
+                                          "need_weights=False, attn_mask=)")
+        elif isinstance(m, (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                            nn.TransformerDecoderLayer)):
+            raise UnsupportedModule(name, "%s is not a layer epk supports (its layers are hidden in its forward, with "
+                                          "dropout by default): build the block from epk.torch.Residual, "
+                                          "nn.LayerNorm, epk.torch.SelfAttention, nn.Linear and an activation"
+                                    % type(m).__name__)
         elif isinstance(m, nn.Dropout):
             if m.p > 0:
                 warn_dropout.append(name)
@@ -129,12 +273,19 @@ def _layers(module, prefix, warn_dropout):
         else:
             raise UnsupportedModule(name, "%s is not a layer epk supports (Linear, Conv2d, MaxPool2d, AvgPool2d, "
                                           "Flatten, LayerNorm, ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, GELU, "
-                                          "Identity, Dropout, Sequential, epk.torch.Residual)" % type(m).__name__)
+                                          "Identity, Dropout, Sequential, Embedding, epk.torch.Residual, "
+                                          "epk.torch.PositionalEmbedding, epk.torch.SelfAttention, epk.torch.Select, "
+                                          "epk.torch.MeanTokens)" % type(m).__name__)
     return out
 
 
-def model_manifest(model, input_shape):
-    """The manifest's model section for `model` on samples of `input_shape` (UnsupportedModule if it cannot)."""
+def model_manifest(model, input_shape, input_dtype="float"):
+    """The manifest's model section for `model` on samples of `input_shape` (UnsupportedModule if it cannot).
+
+    input_dtype "int64": the samples are token ids [T] and the first layer must be an nn.Embedding; the
+    section then says ``"input_dtype": "int64"`` (left out for "float", the format's default)."""
+    if input_dtype not in ("float", "int64"):
+        raise ValueError("epk.torch: input_dtype %r: expected 'float' or 'int64'" % (input_dtype,))
     dropped = []
     layers = _layers(model, "", dropped)
     if dropped and model.training:
@@ -142,7 +293,21 @@ def model_manifest(model, input_shape):
                       "trace does not record; it is left out of the manifest, so epk will find the recorded path "
                       "is not the declared training (model.eval() or p=0 to record an exact run)"
                       % ", ".join(dropped), stacklevel=3)
-    return {"input_shape": [int(v) for v in input_shape], "layers": layers}
+    embedding_first = bool(layers) and layers[0]["type"] == "embedding"
+    if input_dtype == "int64" and not embedding_first:
+        raise ValueError("epk.torch: the inputs are integers (token ids) but the model does not begin with an "
+                         "nn.Embedding (give float inputs, or an embedding first)")
+    if input_dtype == "int64" and len(input_shape) != 1:
+        raise ValueError("epk.torch: token inputs must be [N, T] (one sequence of ids per row), found a sample "
+                         "shape %s" % (list(input_shape),))
+    if input_dtype == "float" and embedding_first:
+        raise ValueError("epk.torch: the model begins with an nn.Embedding but the inputs are not integers: give "
+                         "the token ids as an integer tensor (torch.long)")
+    part = {"input_shape": [int(v) for v in input_shape]}
+    if input_dtype == "int64":
+        part["input_dtype"] = "int64"
+    part["layers"] = layers
+    return part
 
 
 def _loss_manifest(loss, reduction):
@@ -195,7 +360,16 @@ class Recorder:
         if self.y_train.dtype.kind in "iu":
             self.y_train = self.y_train.astype(np.int64)
         self.x_test = None if x_test is None else np.ascontiguousarray(_numpy(x_test))
-        self.model_part = model_manifest(model, self.x_train.shape[1:])
+        # token ids (integer inputs) are written as <i8, and the manifest says input_dtype int64
+        tokens = self.x_train.dtype.kind in "iu"
+        if self.x_test is not None and (self.x_test.dtype.kind in "iu") != tokens:
+            raise ValueError("epk.torch: x_train is %s but x_test is %s: both token ids (integers) or both real"
+                             % (self.x_train.dtype, self.x_test.dtype))
+        if tokens:
+            self.x_train = self.x_train.astype(np.int64)
+            if self.x_test is not None:
+                self.x_test = self.x_test.astype(np.int64)
+        self.model_part = model_manifest(model, self.x_train.shape[1:], "int64" if tokens else "float")
         self.loss_part = _loss_manifest(loss, reduction)
         self.group = optimizer.param_groups[0]
         self.kind = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}.get(type(optimizer))

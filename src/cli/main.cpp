@@ -53,14 +53,18 @@ commands
   train --out DIR [OPTIONS]  train a network and write a trace (spec: docs/trace-format.md)
       --data NAME|FILE.csv   digits (default) | iris | a CSV file (last column = integer label;
                              its features standardised with the training rows' mean and
-                             standard deviation)
+                             standard deviation) | modadd:P[:FRACTION]: tokens [a, b, P] of
+                             all P² pairs labelled (a + b) mod P, a seeded FRACTION (0.3) of
+                             them for training, the rest test points (needs --model, e.g.
+                             examples/models/modadd-transformer.json)
       --no-scale             keep a CSV's features as they are
       --n-train N            training rows (default: min(500, rows - n-test))
       --n-test M             held-out rows written as x_test.npy (default: min(100, rows/5))
       --model FILE.json      the layers, as a version 3 manifest's model (a list of layers, or
                              {"input_shape": [1, 8, 8], "layers": [...]}; docs/trace-format.md):
-                             conv2d, pooling, residual, layer_norm, ... instead of an MLP; the
-                             digits are [1, 8, 8] images to a list starting with a conv or pool
+                             conv2d, pooling, residual, layer_norm, embedding,
+                             self_attention, ... instead of an MLP; the digits are [1, 8, 8]
+                             images to a list starting with a conv or pool
       --hidden LIST          hidden widths, e.g. 32,16 (default 32; empty = no hidden layer)
       --activation NAME      relu leaky_relu tanh sigmoid softplus gelu identity (default tanh)
       --negative-slope A     leaky_relu slope (default 0.01)
@@ -98,7 +102,8 @@ commands
                              [--allow-unexplained-steps]
   certify TRACE              rigorous enclosures (Arb ball arithmetic) of f(x; w[0]), f(x; w[S]),
                              the reconstruction, remainder and optimizer terms and the residual
-                             (every layer kind and optimizer; a replayed trace is trained in balls);
+                             (every layer kind but the sequence layers, every optimizer; a replayed
+                             trace is trained in balls);
                              exit 0 when every residual enclosure contains 0 and every width is
                              at most --max-width (relative; default 2^-(bits-40)), 1 otherwise or
                              when the trace is outside what certify covers (the reason is
@@ -275,6 +280,7 @@ epk::model_spec model_from_file(const std::string& file, const epk::dataset& d) 
     }
     nlohmann::json model = j.is_array() ? nlohmann::json{{"layers", j}} : j;
     if (!model.is_object()) throw epk::input_error(file, "must be a list of layers or {\"input_shape\": ..., \"layers\": [...]}");
+    if (d.vocabulary > 0 && !model.contains("input_dtype")) model["input_dtype"] = "int64";  // token ids
     if (!model.contains("input_shape") && !model.contains("input_dim")) {
         // The digits are 1×8×8 images to a model that starts with a convolution or a pool.
         bool image = false;
@@ -295,6 +301,15 @@ epk::model_spec model_from_file(const std::string& file, const epk::dataset& d) 
         throw epk::input_error(file, "input_shape " + epk::shape_string(t.model.sample_shape()) + " has " +
                                          std::to_string(t.model.input_dim) + " entries but the data have " +
                                          std::to_string(d.features) + " features");
+    if (d.vocabulary > 0 && !t.model.tokens)
+        throw epk::input_error(file, "the data are token ids (" + d.name + "): the model must have input_dtype int64");
+    if (d.vocabulary == 0 && t.model.tokens)
+        throw epk::input_error(file, "the model reads token ids (input_dtype int64) but the data " + d.name +
+                                         " are real features (token data: --data modadd:P)");
+    if (d.vocabulary > 0 && t.model.layers[0].num_embeddings < d.vocabulary)
+        throw epk::input_error(file, "layers[0].num_embeddings is " + std::to_string(t.model.layers[0].num_embeddings) +
+                                         " but the data's tokens run to " + std::to_string(d.vocabulary - 1) +
+                                         " (vocabulary " + std::to_string(d.vocabulary) + ")");
     if (t.model.output_dim() != d.classes)
         throw epk::input_error(file, "the model's output has " + std::to_string(t.model.output_dim()) +
                                          " entries but the data have " + std::to_string(d.classes) + " classes");
@@ -303,12 +318,25 @@ epk::model_spec model_from_file(const std::string& file, const epk::dataset& d) 
 
 built_run build_training_trace(const args& a) {
     const std::string data = a.get("data", "digits");
-    epk::dataset d = (data == "digits" || data == "iris") ? epk::embedded_dataset(data)
-                                                          : epk::read_csv_dataset(fs::path(data));
+    const bool modadd = data.rfind("modadd:", 0) == 0;
+    epk::dataset d = modadd                                  ? epk::parse_modadd_argument(data)
+                     : (data == "digits" || data == "iris") ? epk::embedded_dataset(data)
+                                                             : epk::read_csv_dataset(fs::path(data));
     const std::uint64_t seed = a.get_count("seed", 0, 0, UINT64_MAX);
-    const std::size_t n_test = a.get_count("n-test", std::min<std::size_t>(100, d.rows / 5), 0, d.rows - 1);
+    // modadd: the first round(FRACTION·P²) shuffled pairs train (at least 1, at most P² − 1);
+    // the test points are the rest, the first --n-test of them (default 100).
+    const std::size_t split =
+        std::clamp<std::size_t>(static_cast<std::size_t>(std::llround(d.train_fraction * static_cast<double>(d.rows))), 1,
+                                d.rows - 1);
+    if (modadd && a.has("n-train"))
+        throw epk::input_error("--n-train", "modadd's split is its FRACTION (--data modadd:P:FRACTION)");
+    if (modadd && !a.has("model"))
+        throw epk::input_error("--data " + data, "token data need --model FILE.json (a model that begins with an "
+                                                 "embedding, e.g. examples/models/modadd-transformer.json)");
+    const std::size_t n_test = modadd ? a.get_count("n-test", std::min<std::size_t>(100, d.rows - split), 0, d.rows - split)
+                                      : a.get_count("n-test", std::min<std::size_t>(100, d.rows / 5), 0, d.rows - 1);
     const std::size_t n_train =
-        a.get_count("n-train", std::min<std::size_t>(500, d.rows - n_test), 1, d.rows - n_test);
+        modadd ? split : a.get_count("n-train", std::min<std::size_t>(500, d.rows - n_test), 1, d.rows - n_test);
     const auto hidden = a.get_count_list("hidden", {32}, 1, 1u << 16);
     const std::string act_name = a.get("activation", "tanh");
     const auto act = epk::parse_layer_kind(act_name);
@@ -338,7 +366,7 @@ built_run build_training_trace(const args& a) {
     // A CSV's features are standardised with the training rows' mean and standard deviation
     // (population; a constant feature is only centred), unless --no-scale; the embedded sets
     // are kept as they are (digits already in [0, 1]).
-    const bool csv = !(data == "digits" || data == "iris");
+    const bool csv = !modadd && !(data == "digits" || data == "iris");
     if (csv && !a.flags.count("no-scale")) {
         for (std::size_t j = 0; j < d.features; ++j) {
             double mean = 0, var = 0;
@@ -382,7 +410,12 @@ built_run build_training_trace(const args& a) {
             for (std::size_t j = 0; j < d.features; ++j) v.push_back(d.x[order[k] * d.features + j]);
         return v;
     };
-    t.x_train = epk::make_real_array(epk::npy_dtype::f8, shape_of(n_train), rows_of(0, n_train));
+    const auto x_array = [&](std::size_t from, std::size_t count) {
+        if (d.vocabulary == 0) return epk::make_real_array(epk::npy_dtype::f8, shape_of(count), rows_of(from, count));
+        const std::vector<double> v = rows_of(from, count);
+        return epk::make_int_array(shape_of(count), std::vector<std::int64_t>(v.begin(), v.end()));
+    };
+    t.x_train = x_array(0, n_train);
     std::vector<std::int64_t> labels;
     for (std::size_t k = 0; k < n_train; ++k) labels.push_back(d.labels[order[k]]);
     if (*loss == epk::loss_kind::cross_entropy) {
@@ -393,7 +426,7 @@ built_run build_training_trace(const args& a) {
         t.y_train = epk::make_real_array(epk::npy_dtype::f8, {n_train, d.classes}, std::move(onehot));
     }
     if (n_test > 0) {
-        t.x_test = epk::make_real_array(epk::npy_dtype::f8, shape_of(n_test), rows_of(n_train, n_test));
+        t.x_test = x_array(n_train, n_test);
         for (std::size_t k = n_train; k < n_train + n_test; ++k) run.test_labels.push_back(d.labels[order[k]]);
     }
     if (batch > 0 && batch < n_train) {

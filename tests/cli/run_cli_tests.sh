@@ -849,6 +849,73 @@ printf '%s' '{"input_shape": [1, 8' >"$W/broken.json"
 expect_fail "train --model: not JSON" broken.json "not valid JSON" --absent "$W/newdir" \
     -- "$EPK" train --out "$W/newdir" --model "$W/broken.json"
 
+# ---- version 3: a transformer on modular addition (token inputs, sequence layers) ----------
+npy_descr() { head -c 128 "$1" | tr -d '\000' | grep -ao "'descr': '[^']*'" | sed "s/'descr': '//; s/'//"; }
+cat >"$W/tf.json" <<'JSON'
+{"layers": [
+  {"type": "embedding", "num_embeddings": 6, "embedding_dim": 8},
+  {"type": "positional_embedding"},
+  {"type": "residual", "body": [{"type": "layer_norm", "normalized_shape": [8]},
+                                {"type": "self_attention", "num_heads": 2, "causal": true}], "shortcut": []},
+  {"type": "residual", "body": [{"type": "linear", "out_features": 8}, {"type": "relu"},
+                                {"type": "linear", "out_features": 8}], "shortcut": []},
+  {"type": "select", "index": -1}, {"type": "linear", "out_features": 5}]}
+JSON
+expect_ok "train --data modadd:5 --model tf.json (AdamW)" "$EPK" train --out "$W/tf" --data modadd:5 --model "$W/tf.json" \
+    --steps 3 --optimizer adamw --lr 0.01 --n-test 4
+manifest_has "modadd: token ids as <i8 with input_dtype int64 and the sequence layers" "$W/tf/manifest.json" \
+    '"input_shape":[3],"input_dtype":"int64"' '"type":"embedding","num_embeddings":6,"embedding_dim":8' \
+    '"type":"self_attention","num_heads":2,"bias":true,"causal":true' '"type":"select","index":-1'
+if [ "$(npy_descr "$W/tf/x_train.npy")" = "<i8" ] && [ "$(npy_descr "$W/tf/x_test.npy")" = "<i8" ]; then
+    ok "modadd: x_train.npy and x_test.npy are <i8"
+else
+    fail "modadd: token arrays" "descr $(npy_descr "$W/tf/x_train.npy") $(npy_descr "$W/tf/x_test.npy")"
+fi
+expect_ok "predict on a transformer" "$EPK" predict "$W/tf"
+expect_ok "verify on a transformer" "$EPK" verify "$W/tf"
+expect_ok "verify --precision mpfr:80 on a transformer" "$EPK" verify "$W/tf" --precision mpfr:80
+expect_ok "verify --unstructured on a transformer" "$EPK" verify "$W/tf" --unstructured
+expect_ok "kernel on a transformer" "$EPK" kernel "$W/tf" --out "$W/tf-k"
+expect_ok "check on a transformer" "$EPK" check "$W/tf" --against "$W/tf-k"
+expect_ok "compare on a transformer" "$EPK" compare "$W/tf" --methods exact,gauss:2
+expect_ok "explain on a transformer" "$EPK" explain "$W/tf" --top 2
+run "$EPK" certify "$W/tf" --bits 128
+if [ "$RC" -eq 1 ] && grep -q "certify does not cover this layer kind yet" "$W/out" "$W/err"; then
+    ok "certify refuses the sequence layers (exit 1, the layer named)"
+else
+    fail "certify on a transformer" "exit $RC -- $(head -c 300 "$W/out") $(err1)"
+fi
+expect_fail "modadd without --model" "modadd" "need --model" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data modadd:5
+expect_fail "modadd:1" "modadd:1" "P must be an integer in \[2, 1000\]" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data modadd:1 --model "$W/tf.json"
+expect_fail "modadd:5:1.5" "modadd:5:1.5" "FRACTION" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data modadd:5:1.5 --model "$W/tf.json"
+expect_fail "modadd with an MLP's model on real features" "tf.json" "token ids" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data iris --model "$W/tf.json"
+sed 's/"num_embeddings": 6/"num_embeddings": 5/' "$W/tf.json" >"$W/tf-v5.json"
+expect_fail "modadd: a vocabulary smaller than the data's" "tf-v5.json" "num_embeddings is 5" --absent "$W/newdir" \
+    -- "$EPK" train --out "$W/newdir" --data modadd:5 --model "$W/tf-v5.json"
+sed 's/"num_heads": 2/"num_heads": 3/' "$W/tf.json" >"$W/tf-h3.json"
+expect_fail "self_attention: D not divisible by num_heads" "tf-h3.json" "layers\[2\]\.body\[1\]: self_attention embed_dim 8 is not divisible by num_heads 3" \
+    --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --data modadd:5 --model "$W/tf-h3.json"
+sed 's/"index": -1/"index": 3/' "$W/tf.json" >"$W/tf-sel.json"
+expect_fail "select: index out of range" "tf-sel.json" "layers\[4\]: select index 3 is out of range for 3 tokens" \
+    --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --data modadd:5 --model "$W/tf-sel.json"
+sed 's/{"type": "positional_embedding"}/{"type": "embedding", "num_embeddings": 6, "embedding_dim": 8}/' "$W/tf.json" >"$W/tf-emb.json"
+expect_fail "embedding not first" "tf-emb.json" "layers\[1\]: embedding must be the first layer" \
+    --absent "$W/newdir" -- "$EPK" train --out "$W/newdir" --data modadd:5 --model "$W/tf-emb.json"
+# the low byte of x_test[0, 1] (an id < 6: its other bytes are 0) becomes 6
+D=$(mk tf tok_range); poke "$D/x_test.npy" "$(($(data_offset "$D/x_test.npy") + 8))" '\006'
+expect_fail "verify: a token id out of range" x_test.npy "token id 6 at row 0, position 1 is out of range \[0, 6\)" \
+    --absent "$W/newdir" -- "$EPK" kernel "$D" --out "$W/newdir"
+D=$(mk tf tok_float)
+if header_edit "$D/x_train.npy" "s/'<i8'/'<f8'/"; then
+    expect_fail "verify: float token ids" x_train.npy "dtype must be <i8 \(token ids" -- "$EPK" verify "$D"
+else
+    fail "verify: float token ids" "test bug: header edit failed"
+fi
+
 # ---- certify (Arb): exit 0 certified, 1 not (or outside what certify covers), 2 bad input
 run "$EPK" certify "$W/relu" --bits 64
 if grep -q "has no Arb" "$W/err"; then
