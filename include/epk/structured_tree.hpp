@@ -149,6 +149,29 @@ std::vector<double> row_max_abs(const matrix<T>& v) {
     return out;
 }
 
+// θ_r = w + t_rΔ on node n's parameters for every row r (R × count), into `theta`.
+template <Real T>
+const matrix<T>& parameters_at_rows(const block_context<T>& cx, const tree_node& n, matrix<T>& theta) {
+    theta = matrix<T>(cx.R, n.count);
+    for (std::size_t r = 0; r < cx.R; ++r)
+        for (std::size_t k = 0; k < n.count; ++k) {
+            T v = cx.w[n.offset + k];
+            add_product(v, cx.t[r], cx.delta[n.offset + k]);
+            theta(r, k) = v;
+        }
+    return theta;
+}
+
+// Ī[c][node n's parameters] += ω_r·gw (one row r, output c), and the scale's max |gw|.
+template <Real T>
+void add_row_gradient(block_context<T>& cx, const tree_node& n, std::size_t r, std::size_t c, const std::vector<T>& gw) {
+    T* dst = cx.ibar->data() + c * cx.P + n.offset;
+    for (std::size_t k = 0; k < n.count; ++k) {
+        add_product(dst[k], cx.omega[r], gw[k]);
+        max_abs_into(*cx.scale, gw[k]);
+    }
+}
+
 template <Real T>
 flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
     const std::size_t R = cx.R, N = n.out_size;
@@ -281,14 +304,8 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
         }
         case layer_kind::layer_norm: {  // magnitudes per row (row_magnitudes)
             const layers::norm_geometry g = n.norm();
-            matrix<T>& theta = cx.tape[me].theta;
-            theta = matrix<T>(R, n.count);
+            const matrix<T>& theta = parameters_at_rows(cx, n, cx.tape[me].theta);
             for (std::size_t r = 0; r < R; ++r) {
-                for (std::size_t k = 0; k < n.count; ++k) {
-                    T v = cx.w[n.offset + k];
-                    add_product(v, cx.t[r], cx.delta[n.offset + k]);
-                    theta(r, k) = v;
-                }
                 // theta.data.data() + r·count, not &theta(r, 0): without affine parameters (count 0) the
                 // row is empty and indexing it binds a null reference (UBSan).
                 layers::layer_norm_forward<T>(g, theta.data.data() + r * n.count, &h(r, 0), &out.h(r, 0));
@@ -326,16 +343,8 @@ flow<T> forward_node(block_context<T>& cx, const tree_node& n, flow<T> in) {
             return out;
         case layer_kind::self_attention: {
             const layers::attention_geometry g = n.attention();
-            matrix<T>& theta = cx.tape[me].theta;
-            theta = matrix<T>(R, n.count);
-            for (std::size_t r = 0; r < R; ++r) {
-                for (std::size_t k = 0; k < n.count; ++k) {
-                    T v = cx.w[n.offset + k];
-                    add_product(v, cx.t[r], cx.delta[n.offset + k]);
-                    theta(r, k) = v;
-                }
-                layers::attention_forward<T>(g, &theta(r, 0), &h(r, 0), &out.h(r, 0));
-            }
+            const matrix<T>& theta = parameters_at_rows(cx, n, cx.tape[me].theta);
+            for (std::size_t r = 0; r < R; ++r) layers::attention_forward<T>(g, &theta(r, 0), &h(r, 0), &out.h(r, 0));
             return out;
         }
         case layer_kind::select:
@@ -628,11 +637,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
                 const std::size_t r = rc / C, c = rc % C;
                 std::fill(gw.begin(), gw.end(), T(0));
                 layers::layer_norm_backward<T>(g, tp.theta.data.data() + r * n.count, &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
-                T* dst = cx.ibar->data() + c * P + n.offset;
-                for (std::size_t k = 0; k < n.count; ++k) {
-                    add_product(dst[k], cx.omega[r], gw[k]);
-                    max_abs_into(*cx.scale, gw[k]);
-                }
+                add_row_gradient(cx, n, r, c, gw);
             }
             return prev;
         }
@@ -697,11 +702,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
                 const std::size_t r = rc / C, c = rc % C;
                 std::fill(gw.begin(), gw.end(), T(0));
                 layers::attention_backward<T>(g, &tp.theta(r, 0), &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
-                T* dst = cx.ibar->data() + c * P + n.offset;
-                for (std::size_t k = 0; k < n.count; ++k) {
-                    add_product(dst[k], cx.omega[r], gw[k]);
-                    max_abs_into(*cx.scale, gw[k]);
-                }
+                add_row_gradient(cx, n, r, c, gw);
             }
             return prev;
         }
