@@ -72,6 +72,10 @@ std::optional<layer_kind> parse_layer_type(std::string_view name, bool* is_torch
             return v.kind;
         }
     }
+    if (name == "MultiheadAttention") {  // torch's module behind epk.torch.SelfAttention
+        if (is_torch_name != nullptr) *is_torch_name = true;
+        return layer_kind::self_attention;
+    }
     return std::nullopt;
 }
 std::string_view refused_layer_reason(std::string_view name) {

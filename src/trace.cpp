@@ -214,6 +214,7 @@ private:
         bool have_out = false, have_kernel = false, have_normalized = false, have_body = false, have_vocab = false,
              have_heads = false;
         std::optional<std::size_t> in_features, in_channels;
+        std::vector<std::pair<std::string, std::size_t>> kv_dims;  // self_attention's kdim / vdim when given
         for (const auto& [key, value] : l.items()) {
             const std::string field = where + "." + key;
             if (key == "type") continue;
@@ -327,6 +328,14 @@ private:
                         continue;
                     }
                     if (key == "batch_first") { require(r_.boolean(value, field), field, "must be true (epk's samples are [T, D])"); continue; }
+                    if (key == "add_bias_kv" || key == "add_zero_attn") {
+                        require(!r_.boolean(value, field), field, "must be false (" + key + " is not implemented)");
+                        continue;
+                    }
+                    if (key == "kdim" || key == "vdim") {  // null or embed_dim: the same width as the queries
+                        if (!value.is_null()) kv_dims.push_back({field, r_.integer(value, field, 1)});
+                        continue;
+                    }
                     break;
                 case layer_kind::select:
                     if (key == "index") {
@@ -368,6 +377,10 @@ private:
             r_.fail("'" + where + (*kind == layer_kind::self_attention ? ".embed_dim' is " : ".in_features' is ") +
                     std::to_string(*in_features) + " but the width flowing into it is " +
                     std::to_string(shape.back()));
+        for (const auto& [field, d] : kv_dims)
+            if (shape.size() == 2 && d != shape[1])
+                r_.fail("'" + field + "' is " + std::to_string(d) + " but self-attention's keys and values have the width of "
+                        "its input, " + std::to_string(shape[1]) + " (kdim/vdim other than embed_dim are not implemented)");
         if (in_channels && shape.size() == 3 && *in_channels != shape[0])
             r_.fail("'" + where + ".in_channels' is " + std::to_string(*in_channels) +
                     " but the channels flowing into it are " + std::to_string(shape[0]));

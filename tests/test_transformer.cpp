@@ -285,6 +285,32 @@ TEST(SequenceLayers, BadModelsNameTheLayerAndTheRule) {
     EXPECT_TRUE(has(manifest_error(R"({"input_shape": [3], "input_dtype": "int32", "layers": []})"), "input_dtype"));
 }
 
+TEST(SequenceLayers, TorchNamesAndFields) {
+    // torch's class names and MultiheadAttention's own fields at their only supported values.
+    const std::string text = R"({"format": "epk-trace", "version": 3, "model": {"input_shape": [3], "input_dtype": "int64",
+      "layers": [{"type": "Embedding", "num_embeddings": 5, "embedding_dim": 4, "padding_idx": null, "sparse": false},
+        {"type": "PositionalEmbedding"},
+        {"type": "MultiheadAttention", "embed_dim": 4, "num_heads": 2, "batch_first": true, "dropout": 0.0,
+         "kdim": null, "vdim": 4, "add_bias_kv": false, "add_zero_attn": false, "causal": true},
+        {"type": "Select", "index": 0}, {"type": "Linear", "out_features": 2}]},
+      "loss": {"type": "cross_entropy"}, "optimizer": {"type": "sgd", "learning_rate": 0.1, "steps": 1}})";
+    trace t;
+    parse_manifest(text, "manifest.json", t);
+    ASSERT_EQ(t.model.layers.size(), 5u);
+    EXPECT_EQ(t.model.layers[2].kind, layer_kind::self_attention);
+    EXPECT_TRUE(t.model.layers[2].causal);
+    EXPECT_EQ(t.model.parameter_count(), 5u * 4 + 3 * 4 + (4 * 16 + 16) + 4 * 2 + 2);
+    const std::string tok = R"({"input_shape": [3], "input_dtype": "int64", "layers": [{"type": "embedding", "num_embeddings": 5, "embedding_dim": 4},)";
+    EXPECT_TRUE(has(manifest_error(tok + R"({"type": "MultiheadAttention", "num_heads": 2, "kdim": 3}, {"type": "mean_tokens"}, {"type": "linear", "out_features": 2}]})"),
+                    "'layers[1].kdim' is 3"));
+    EXPECT_TRUE(has(manifest_error(tok + R"({"type": "self_attention", "num_heads": 2, "dropout": 0.1}, {"type": "mean_tokens"}, {"type": "linear", "out_features": 2}]})"),
+                    "'layers[1].dropout' must be 0"));
+    EXPECT_TRUE(has(manifest_error(tok + R"({"type": "self_attention", "num_heads": 2, "add_bias_kv": true}, {"type": "mean_tokens"}, {"type": "linear", "out_features": 2}]})"),
+                    "add_bias_kv"));
+    EXPECT_TRUE(has(manifest_error(R"({"input_shape": [3], "input_dtype": "int64", "layers": [{"type": "embedding", "num_embeddings": 5, "embedding_dim": 4, "padding_idx": 0}, {"type": "mean_tokens"}, {"type": "linear", "out_features": 2}]})"),
+                    "'layers[0].padding_idx' must be null"));
+}
+
 TEST(SequenceLayers, BadTokensNameTheFileRowAndPosition) {
     trace t = read_trace(fixtures + "/torch_transformer_sgd");
     trace bad = t;
