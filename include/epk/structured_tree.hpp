@@ -698,11 +698,14 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             const layers::attention_geometry g = n.attention();
             matrix<T> prev(RC, n.in_size);
             std::vector<T> gw(n.count);
-            for (std::size_t rc = 0; rc < RC; ++rc) {
-                const std::size_t r = rc / C, c = rc % C;
-                std::fill(gw.begin(), gw.end(), T(0));
-                layers::attention_backward<T>(g, &tp.theta(r, 0), &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
-                add_row_gradient(cx, n, r, c, gw);
+            for (std::size_t r = 0; r < R; ++r) {  // one forward pass per row serves its C seeds
+                const layers::attention_values<T> a = layers::attention_core<T>(g, &tp.theta(r, 0), &h(r, 0));
+                for (std::size_t c = 0; c < C; ++c) {
+                    std::fill(gw.begin(), gw.end(), T(0));
+                    layers::attention_backward_from<T>(g, a, &tp.theta(r, 0), &h(r, 0), &adj(r * C + c, 0),
+                                                       &prev(r * C + c, 0), gw.data());
+                    add_row_gradient(cx, n, r, c, gw);
+                }
             }
             return prev;
         }

@@ -97,10 +97,12 @@ void attention_forward(const attention_geometry& g, const T_* w, const T_* x, T_
     linear_apply<T_>(g.out_proj(), w + g.out_offset(), a.o.data(), y, true);
 }
 
+// The VJP given the forward pass's values `a` (attention_core(g, w, x)): one forward pass
+// serves every adjoint of the same sample (the structured path's C seeds).
 template <Real T_>
-void attention_backward(const attention_geometry& g, const T_* w, const T_* x, const T_* dy, T_* dx, T_* gw) {
+void attention_backward_from(const attention_geometry& g, const attention_values<T_>& a, const T_* w, const T_* x,
+                             const T_* dy, T_* dx, T_* gw) {
     const std::size_t T = g.T, D = g.D, dh = g.dh();
-    const attention_values<T_> a = attention_core(g, w, x);
     std::vector<T_> dO(T * D), dqkv(T * 3 * D, T_(0)), dp(T);
     linear_backward<T_>(g.out_proj(), w + g.out_offset(), a.o.data(), dy, dO.data(), gw + g.out_offset());
     for (std::size_t h = 0; h < g.H; ++h) {
@@ -135,6 +137,11 @@ void attention_backward(const attention_geometry& g, const T_* w, const T_* x, c
     for (std::size_t i = 0; i < T; ++i)
         for (std::size_t d = 0; d < D; ++d) dqkv[i * 3 * D + d] = dqkv[i * 3 * D + d] / a.root;
     linear_backward<T_>(g.in_proj(), w, x, dqkv.data(), dx, gw);
+}
+
+template <Real T_>
+void attention_backward(const attention_geometry& g, const T_* w, const T_* x, const T_* dy, T_* dx, T_* gw) {
+    attention_backward_from(g, attention_core(g, w, x), w, x, dy, dx, gw);
 }
 
 // (y, dy) from (x, dx) and the parameters' tangent v (both at the layer's first parameter).
