@@ -320,6 +320,22 @@ std::size_t layer_parameter_count(const layer_spec& l, const std::vector<std::si
     }
 }
 
+bool layer_parameter_count_checked(const layer_spec& l, const std::vector<std::size_t>& in, std::size_t* count) {
+    std::size_t a = 0, b = 0, extra = 0;  // count = a·b + extra, each step checked
+    switch (l.kind) {
+        case layer_kind::linear:
+        case layer_kind::conv2d:
+            a = l.out_features;
+            b = l.kind == layer_kind::linear ? in.back() : (in[0] / l.groups) * l.kernel[0] * l.kernel[1];
+            extra = l.bias ? l.out_features : 0;
+            break;
+        case layer_kind::embedding: a = l.num_embeddings; b = l.out_features; break;
+        case layer_kind::self_attention: a = 4 * in[1]; b = in[1] + (l.bias ? 1 : 0); break;  // 4D² + 4D
+        default: *count = layer_parameter_count(l, in); return true;
+    }
+    return !__builtin_mul_overflow(a, b, count) && !__builtin_add_overflow(*count, extra, count);
+}
+
 namespace {
 // Walks a sequence: shapes, parameter counts with overflow checks.
 bool walk_sequence(const std::vector<layer_spec>& layers, const std::string& prefix, std::vector<std::size_t>& shape,
@@ -346,23 +362,9 @@ bool walk_sequence(const std::vector<layer_spec>& layers, const std::string& pre
         if (out.empty()) return false;
         if (product(out) > max_parameters) { error = path + ": the value flowing out is too large"; return false; }
         std::size_t block = 0;
-        if (l.kind == layer_kind::linear || l.kind == layer_kind::conv2d) {
-            const std::size_t fan = l.kind == layer_kind::linear ? shape.back()
-                                                                : (shape[0] / l.groups) * l.kernel[0] * l.kernel[1];
-            if (__builtin_mul_overflow(l.out_features, fan, &block) ||
-                (l.bias && __builtin_add_overflow(block, l.out_features, &block))) {
-                error = "model has too many parameters";
-                return false;
-            }
-        } else if (l.kind == layer_kind::embedding || l.kind == layer_kind::self_attention) {
-            const std::size_t a = l.kind == layer_kind::embedding ? l.num_embeddings : 4 * shape[1];
-            const std::size_t b = l.kind == layer_kind::embedding ? l.out_features : shape[1] + (l.bias ? 1 : 0);
-            if (__builtin_mul_overflow(a, b, &block)) {
-                error = "model has too many parameters";
-                return false;
-            }
-        } else {
-            block = layer_parameter_count(l, shape);
+        if (!layer_parameter_count_checked(l, shape, &block)) {
+            error = "model has too many parameters";
+            return false;
         }
         if (__builtin_add_overflow(params, block, &params) || params > max_parameters) {
             error = "model has too many parameters";
@@ -412,21 +414,6 @@ std::string check_model(const model_spec& m, std::vector<std::size_t>* output_sh
 
 std::vector<std::size_t> model_spec::sample_shape() const {
     return input_shape.empty() ? std::vector<std::size_t>{input_dim} : input_shape;
-}
-
-bool model_spec::has_sequence_layers() const {
-    const std::function<bool(const std::vector<layer_spec>&)> any = [&](const std::vector<layer_spec>& seq) {
-        for (const auto& l : seq) {
-            switch (l.kind) {
-                case layer_kind::embedding: case layer_kind::positional_embedding: case layer_kind::self_attention:
-                case layer_kind::select: case layer_kind::mean_tokens: return true;
-                default: break;
-            }
-            if (any(l.body) || any(l.shortcut)) return true;
-        }
-        return false;
-    };
-    return any(layers);
 }
 
 std::size_t token_id(double v, std::size_t vocabulary) {

@@ -403,20 +403,7 @@ private:
         for (std::size_t d : out)
             if (__builtin_mul_overflow(numel, d, &numel) || numel > (std::size_t{1} << 40))
                 r_.fail(where + ": the value flowing out (" + shape_string(out) + ") is too large");
-        if (*kind == layer_kind::linear || *kind == layer_kind::conv2d) {
-            const std::size_t fan = *kind == layer_kind::linear ? shape.back()
-                                                                : (shape[0] / spec.groups) * spec.kernel[0] * spec.kernel[1];
-            if (__builtin_mul_overflow(spec.out_features, fan, &block) ||
-                (spec.bias && __builtin_add_overflow(block, spec.out_features, &block)))
-                r_.fail("model has too many parameters");
-        } else if (*kind == layer_kind::embedding || *kind == layer_kind::self_attention) {
-            const bool emb = *kind == layer_kind::embedding;
-            if (__builtin_mul_overflow(emb ? spec.num_embeddings : 4 * shape[1],
-                                       emb ? spec.out_features : shape[1] + (spec.bias ? 1 : 0), &block))
-                r_.fail("model has too many parameters");
-        } else {
-            block = layer_parameter_count(spec, shape);
-        }
+        if (!layer_parameter_count_checked(spec, shape, &block)) r_.fail("model has too many parameters");
         if (__builtin_add_overflow(params, block, &params) || params > (std::size_t{1} << 53))
             r_.fail("model has too many parameters");
         shape = std::move(out);
@@ -888,10 +875,12 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     const array_checker xc(t.x_train, file_in(dir_name, "x_train.npy"));
     // Token ids: <i8, each in [0, V) of the first layer (an embedding; check_model saw to that).
     const std::size_t vocabulary = m.tokens ? m.layers[0].num_embeddings : 0;
-    const auto require_tokens = [&](const array_checker& c, const npy_array& a) {
+    const auto require_token_dtype = [&](const array_checker& c, const npy_array& a) {
         if (a.dtype != npy_dtype::i8)
             c.fail("dtype must be <i8 (token ids: the manifest's model.input_dtype is int64), found " +
                    std::string(to_string(a.dtype)));
+    };
+    const auto require_token_range = [&](const array_checker& c, const npy_array& a) {
         const std::size_t rows = a.shape.empty() ? 0 : a.shape[0];
         for (std::size_t r0 = 0; r0 < rows; r0 += 4096) {
             const std::size_t cnt = std::min<std::size_t>(4096, rows - r0);
@@ -904,11 +893,8 @@ void validate_trace(const trace& t, const std::string& dir_name) {
                            std::to_string(vocabulary) + ") (layers[0].num_embeddings)");
         }
     };
-    if (m.tokens) {
-        if (t.x_train.dtype != npy_dtype::i8) require_tokens(xc, t.x_train);
-    } else {
-        xc.require_real();
-    }
+    if (m.tokens) require_token_dtype(xc, t.x_train);
+    else xc.require_real();
     const std::vector<std::size_t> sample = m.sample_shape();
     const bool image = sample.size() > 1;
     xc.require_ndim(1 + sample.size(), image ? "[N, *input_shape]" : "[N, D]");
@@ -917,7 +903,7 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     if (!std::equal(sample.begin(), sample.end(), t.x_train.shape.begin() + 1))
         xc.fail("shape " + shape_text(t.x_train.shape) + " disagrees with the manifest: model." +
                 (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
-    if (m.tokens) require_tokens(xc, t.x_train);
+    if (m.tokens) require_token_range(xc, t.x_train);
     else xc.require_finite();
 
     // y_train
@@ -1064,11 +1050,8 @@ void validate_trace(const trace& t, const std::string& dir_name) {
     if (t.x_test) {
         const npy_array& x = *t.x_test;
         const array_checker tc(x, file_in(dir_name, "x_test.npy"));
-        if (m.tokens) {
-            if (x.dtype != npy_dtype::i8) require_tokens(tc, x);
-        } else {
-            tc.require_real();
-        }
+        if (m.tokens) require_token_dtype(tc, x);
+        else tc.require_real();
         if (x.dtype != t.x_train.dtype)
             tc.fail("dtype " + std::string(to_string(x.dtype)) + " differs from x_train.npy's " +
                     std::string(to_string(t.x_train.dtype)));
@@ -1077,7 +1060,7 @@ void validate_trace(const trace& t, const std::string& dir_name) {
         if (!std::equal(sample.begin(), sample.end(), x.shape.begin() + 1))
             tc.fail("shape " + shape_text(x.shape) + " disagrees with the manifest: model." +
                     (image ? "input_shape is " + shape_string(sample) : "input_dim is " + std::to_string(D)));
-        if (m.tokens) require_tokens(tc, x);
+        if (m.tokens) require_token_range(tc, x);
         else tc.require_finite();
     }
 }

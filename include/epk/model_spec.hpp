@@ -66,8 +66,6 @@ struct model_spec {
     // networks of versions 1 and 2, run by network.hpp's own loops (and the
     // structured path kernel).  Anything else is run by layer_tree.hpp.
     bool is_mlp() const;
-    // Has a sequence layer (embedding, positional_embedding, self_attention, select, mean_tokens).
-    bool has_sequence_layers() const;
 };
 
 // The token id held by an input entry v (a real holding an integer): throws usage_error
@@ -83,6 +81,8 @@ std::string check_model(const model_spec& m, std::vector<std::size_t>* output_sh
 // Parameters of one layer given the shape flowing into it (0 for unparameterised kinds);
 // residual: its body's and shortcut's.  The shape must satisfy check_model.
 std::size_t layer_parameter_count(const layer_spec& l, const std::vector<std::size_t>& in_shape);
+// The same into *count, false when it overflows std::size_t (walk_sequence, the manifest reader).
+bool layer_parameter_count_checked(const layer_spec& l, const std::vector<std::size_t>& in_shape, std::size_t* count);
 // The shape leaving one layer, or "" and a rule in *error.
 std::vector<std::size_t> layer_output_shape(const layer_spec& l, const std::vector<std::size_t>& in_shape,
                                             const std::string& path, std::string* error);

@@ -162,9 +162,10 @@ const matrix<T>& parameters_at_rows(const block_context<T>& cx, const tree_node&
     return theta;
 }
 
-// Ī[c][node n's parameters] += ω_r·gw (one row r, output c), and the scale's max |gw|.
+// Ī[c][node n's parameters] += ω_r·gw (one row r, output c; gw has n.count entries), and the
+// scale's max |gw|.
 template <Real T>
-void add_row_gradient(block_context<T>& cx, const tree_node& n, std::size_t r, std::size_t c, const std::vector<T>& gw) {
+void add_row_gradient(block_context<T>& cx, const tree_node& n, std::size_t r, std::size_t c, const T* gw) {
     T* dst = cx.ibar->data() + c * cx.P + n.offset;
     for (std::size_t k = 0; k < n.count; ++k) {
         add_product(dst[k], cx.omega[r], gw[k]);
@@ -637,7 +638,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
                 const std::size_t r = rc / C, c = rc % C;
                 std::fill(gw.begin(), gw.end(), T(0));
                 layers::layer_norm_backward<T>(g, tp.theta.data.data() + r * n.count, &h(r, 0), &adj(rc, 0), &prev(rc, 0), gw.data());
-                add_row_gradient(cx, n, r, c, gw);
+                add_row_gradient(cx, n, r, c, gw.data());
             }
             return prev;
         }
@@ -685,14 +686,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
             return matrix<T>(RC, n.in_size);  // token ids: no input adjoint
         }
         case layer_kind::positional_embedding:
-            for (std::size_t rc = 0; rc < RC; ++rc) {  // J[c][P[e]] = adj[e]
-                const std::size_t r = rc / C, c = rc % C;
-                T* dst = cx.ibar->data() + c * P + n.offset;
-                for (std::size_t e = 0; e < n.count; ++e) {
-                    add_product(dst[e], cx.omega[r], adj(rc, e));
-                    max_abs_into(*cx.scale, adj(rc, e));
-                }
-            }
+            for (std::size_t rc = 0; rc < RC; ++rc) add_row_gradient(cx, n, rc / C, rc % C, &adj(rc, 0));  // J[c][P] = adj
             return adj;
         case layer_kind::self_attention: {
             const layers::attention_geometry g = n.attention();
@@ -704,7 +698,7 @@ matrix<T> backward_node(block_context<T>& cx, const tree_node& n, std::size_t& a
                     std::fill(gw.begin(), gw.end(), T(0));
                     layers::attention_backward_from<T>(g, a, &tp.theta(r, 0), &h(r, 0), &adj(r * C + c, 0),
                                                        &prev(r * C + c, 0), gw.data());
-                    add_row_gradient(cx, n, r, c, gw);
+                    add_row_gradient(cx, n, r, c, gw.data());
                 }
             }
             return prev;

@@ -382,6 +382,30 @@ inline void layer_norm_magnitude(const layers::norm_geometry& g, const double* p
     }
 }
 
+// The bilinear rule (008 §3) for z = A(θ)h + b, apply(p, x, z, bias) being A with parameters p:
+// M = |A|(M_h + |h|) + |b|; with `ap` (the parameters' tangent magnitudes), τ = |A|τ_h +
+// |A(a)|(M_h + |h|) + a_b and t = |A|t_h + |A(a)||h| + a_b.  `aw` = |θ|; out's vectors are sized.
+template <class Apply>
+void bilinear_magnitude(Apply&& apply, const double* wp, const double* aw, const double* ap, const magnitude_pass& in,
+                        magnitude_pass& out) {
+    const std::size_t n = in.h.size(), N = out.h.size();
+    std::vector<double> mh(n), ah(n);
+    for (std::size_t e = 0; e < n; ++e) {
+        ah[e] = std::abs(in.h[e]);
+        mh[e] = in.m[e] + ah[e];
+    }
+    apply(wp, in.h.data(), out.h.data(), true);
+    apply(aw, mh.data(), out.m.data(), true);
+    if (ap == nullptr) return;
+    std::vector<double> t1(N), t2(N);
+    apply(aw, in.tau.data(), t1.data(), false);
+    apply(ap, mh.data(), t2.data(), true);
+    for (std::size_t e = 0; e < N; ++e) out.tau[e] = t1[e] + t2[e];
+    apply(aw, in.t.data(), t1.data(), false);
+    apply(ap, ah.data(), t2.data(), true);
+    for (std::size_t e = 0; e < N; ++e) out.t[e] = t1[e] + t2[e];
+}
+
 // One sample's self-attention (proofs-notes/012 §3): M and, when `ap` is given (the layer's
 // parameter tangent magnitudes), τ and t of the outputs, from the input's h, M, τ, t.  Every
 // step is first order in the errors: a product of computed values xy adds M_x|y| + |x|M_y +
@@ -396,34 +420,22 @@ inline void attention_magnitude(const layers::attention_geometry& g, const doubl
     const bool tan = ap != nullptr;
     std::vector<double> aw(g.count());
     for (std::size_t e = 0; e < aw.size(); ++e) aw[e] = std::abs(wp[e]);
-    // The projections (bilinear): M = |A|(M + |h|) + |b|, τ = |A|τ + |A(a)|(M + |h|) + a_b,
-    // t = |A|t + |A(a)||h| + a_b.
-    const auto project = [&](const layers::linear_geometry& lg, std::size_t off, const std::vector<double>& h,
-                             const std::vector<double>& m, const std::vector<double>& tau, const std::vector<double>& t,
-                             std::vector<double>& zh, std::vector<double>& zm, std::vector<double>& ztau,
-                             std::vector<double>& zt) {
-        const std::size_t n = h.size(), o = lg.rows * lg.out;
-        std::vector<double> mh(n), ah(n), u1(o), u2(o);
-        for (std::size_t e = 0; e < n; ++e) {
-            ah[e] = std::abs(h[e]);
-            mh[e] = m[e] + ah[e];
-        }
-        zh.assign(o, 0.0);
-        zm.assign(o, 0.0);
-        ztau.assign(o, 0.0);
-        zt.assign(o, 0.0);
-        layers::linear_apply<double>(lg, wp + off, h.data(), zh.data(), true);
-        layers::linear_apply<double>(lg, aw.data() + off, mh.data(), zm.data(), true);
-        if (!tan) return;
-        layers::linear_apply<double>(lg, aw.data() + off, tau.data(), u1.data(), false);
-        layers::linear_apply<double>(lg, ap + off, mh.data(), u2.data(), true);
-        for (std::size_t e = 0; e < o; ++e) ztau[e] = u1[e] + u2[e];
-        layers::linear_apply<double>(lg, aw.data() + off, t.data(), u1.data(), false);
-        layers::linear_apply<double>(lg, ap + off, ah.data(), u2.data(), true);
-        for (std::size_t e = 0; e < o; ++e) zt[e] = u1[e] + u2[e];
+    // The projections: linear nodes (bilinear_magnitude).
+    const auto project = [&](const layers::linear_geometry& lg, std::size_t off, const magnitude_pass& x) {
+        const std::size_t o = lg.rows * lg.out;
+        magnitude_pass z{std::vector<double>(o), std::vector<double>(o), std::vector<double>(tan ? o : 0),
+                         std::vector<double>(tan ? o : 0)};
+        const auto apply = [&](const double* p, const double* v, double* r, bool bias) {
+            layers::linear_apply<double>(lg, p, v, r, bias);
+        };
+        bilinear_magnitude(apply, wp + off, aw.data() + off, tan ? ap + off : nullptr, x, z);
+        return z;
     };
-    std::vector<double> qkv, mq, tq, uq;  // value, M, τ, t of [Q K V]
-    project(g.in_proj(), 0, in.h, in.m, in.tau, in.t, qkv, mq, tq, uq);
+    magnitude_pass pq = project(g.in_proj(), 0, in);  // [Q K V]: value, M, τ, t
+    std::vector<double>& qkv = pq.h;
+    std::vector<double>& mq = pq.m;
+    std::vector<double>& tq = pq.tau;
+    std::vector<double>& uq = pq.t;
     const double root = std::sqrt(static_cast<double>(dh));
     for (std::size_t i = 0; i < T; ++i)
         for (std::size_t d = 0; d < D; ++d) {  // q̃ = q/√d_h: two roundings (the root's and the division's)
@@ -501,13 +513,12 @@ inline void attention_magnitude(const layers::attention_geometry& g, const doubl
             }
         }
     }
-    std::vector<double> yh, ym, ytau, yt;
-    project(g.out_proj(), g.out_offset(), o, mo, to, uo, yh, ym, ytau, yt);
-    out.h = std::move(yh);
-    out.m = std::move(ym);
+    magnitude_pass py = project(g.out_proj(), g.out_offset(), magnitude_pass{o, mo, to, uo});
+    out.h = std::move(py.h);
+    out.m = std::move(py.m);
     if (tan) {
-        out.tau = std::move(ytau);
-        out.t = std::move(yt);
+        out.tau = std::move(py.tau);
+        out.t = std::move(py.t);
     }
 }
 
@@ -544,21 +555,8 @@ inline magnitude_pass magnitude_node(const tree_node& n, std::span<const double>
                 if (lin) layers::linear_apply<double>(n.linear(), p, x, z, bias);
                 else layers::conv_apply<double>(n.conv(), p, x, z, bias);
             };
-            apply(wp, in.h.data(), out.h.data(), true);
             const std::vector<double> aw = absv(std::span<const double>(wp, n.count));
-            std::vector<double> mh(in.h.size());
-            for (std::size_t e = 0; e < mh.size(); ++e) mh[e] = in.m[e] + std::abs(in.h[e]);
-            apply(aw.data(), mh.data(), out.m.data(), true);  // |A|(M_h + |h|) + |b|
-            if (a != nullptr) {
-                std::vector<double> t1(N), t2(N);
-                apply(aw.data(), in.tau.data(), t1.data(), false);
-                apply(a + n.offset, mh.data(), t2.data(), true);
-                for (std::size_t e = 0; e < N; ++e) out.tau[e] = t1[e] + t2[e];
-                const std::vector<double> ah = absv(in.h);  // t: |A|t + |A(a)||h| + a_b
-                apply(aw.data(), in.t.data(), t1.data(), false);
-                apply(a + n.offset, ah.data(), t2.data(), true);
-                for (std::size_t e = 0; e < N; ++e) out.t[e] = t1[e] + t2[e];
-            }
+            bilinear_magnitude(apply, wp, aw.data(), a != nullptr ? a + n.offset : nullptr, in, out);
             return out;
         }
         case layer_kind::max_pool2d: {
