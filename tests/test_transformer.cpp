@@ -15,7 +15,9 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <string>
 
 #include "epk/engine.hpp"
@@ -199,6 +201,54 @@ RC_GTEST_PROP(SequenceKernel, ResidualWithinBudgetAndStructuredAgrees, ()) {
             RC_FAIL("contribution " + std::to_string(e) + ": structured " + std::to_string(s.contributions[e]) +
                     ", unstructured " + std::to_string(u.contributions[e]) + ": " + describe(t.model));
     RC_TAG(t.optimizer.rule.type == optimizer_spec::kind::adamw ? "adamw" : t.optimizer.rule.momentum > 0 ? "momentum" : "sgd");
+}
+
+// An AdamW run whose shares cancel (weight decay 1: the decay and the gradients' steps nearly
+// balance, so |Δ| is far below the shares' scale s): the smooth ladder compares rules against s,
+// and before proofs-notes/012 §8's second condition it accepted quadrature errors that summed
+// to 336 u over these 20 steps (the full-Jacobian path: 30 u).  Now the structured path must be
+// as exact as the unstructured one: within 4× its residual, or 32 u·max|f| if that is smaller.
+// Deterministic (a + b mod 11, the spec's layer stack at D 16), replayed from seeded parameters.
+TEST(SequenceKernel, CancellingAdamWSharesStructuredAsExactAsUnstructured) {
+    trace t;
+    parse_manifest(R"({"format": "epk-trace", "version": 3, "model": {"input_shape": [3], "input_dtype": "int64", "layers": [
+        {"type": "embedding", "num_embeddings": 12, "embedding_dim": 16}, {"type": "positional_embedding"},
+        {"type": "residual", "body": [{"type": "layer_norm", "normalized_shape": [16]},
+                                      {"type": "self_attention", "num_heads": 4, "causal": true}], "shortcut": []},
+        {"type": "residual", "body": [{"type": "layer_norm", "normalized_shape": [16]}, {"type": "linear", "out_features": 32},
+                                      {"type": "gelu"}, {"type": "linear", "out_features": 16}], "shortcut": []},
+        {"type": "layer_norm", "normalized_shape": [16]}, {"type": "select", "index": -1}, {"type": "linear", "out_features": 11}]},
+      "loss": {"type": "cross_entropy"},
+      "optimizer": {"type": "adamw", "learning_rate": 0.01, "weight_decay": 1.0, "steps": 20}})",
+                   "manifest.json", t);
+    std::mt19937_64 rng(20261204);
+    std::vector<std::int64_t> pairs;
+    for (std::int64_t a = 0; a < 11; ++a)
+        for (std::int64_t b = 0; b < 11; ++b) pairs.insert(pairs.end(), {a, b, 11});
+    std::vector<std::size_t> order(121);
+    for (std::size_t k = 0; k < 121; ++k) order[k] = k;
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<std::int64_t> xs, ys, xt;
+    for (std::size_t k = 0; k < 48; ++k) {
+        const std::int64_t* q = &pairs[3 * order[k]];
+        (k < 40 ? xs : xt).insert((k < 40 ? xs : xt).end(), q, q + 3);
+        if (k < 40) ys.push_back((q[0] + q[1]) % 11);
+    }
+    t.x_train = make_int_array({40, 3}, xs);
+    t.y_train = make_int_array({40}, ys);
+    t.x_test = make_int_array({8, 3}, xt);
+    std::normal_distribution<double> normal(0.0, 0.5);
+    std::vector<double> w0(t.model.parameter_count());
+    for (double& v : w0) v = normal(rng);
+    t.init_params = make_real_array(npy_dtype::f8, {w0.size()}, w0);
+    validate_trace(t, "cancelling-adamw");
+    const kernel_report s = run(t, "double", true), u = run(t, "double", false);
+    ASSERT_TRUE(s.ok && u.ok);
+    double f = 0;
+    for (double v : u.outputs_final.values) f = std::max(f, std::abs(v));
+    const double floor = 32 * 0x1p-53 * f;
+    EXPECT_LE(s.residual_max_abs, 4 * std::max(u.residual_max_abs, floor))
+        << "structured " << s.residual_max_abs << ", unstructured " << u.residual_max_abs << ", 32u·max|f| " << floor;
 }
 
 // ------------------------------------------------------------------ PyTorch's traces

@@ -793,6 +793,8 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
     out.magnitude.assign(C, 0.0);
     const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples, &out.located);
     ps.cuts = cuts.size();
+    T delta_l1(0);
+    for (const T& d : delta) delta_l1 += rm::abs(d);
     ps.estimate_by_output.assign(C, T(0));
     std::vector<T> ends{T(0)};
     ends.insert(ends.end(), cuts.begin(), cuts.end());
@@ -828,13 +830,24 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
         for (;;) {
             double ratio = 0;
             bool ok = true;
+            auto compare = [&](const T& err, const T& tol) {
+                if (!(err <= tol)) ok = false;
+                ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(err / tol))
+                                                   : (err > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
+            };
+            // The step's own term at its own rounding level (010 §1's second condition, 012 §8):
+            // |ΔĪ·Δ|_c ≤ τ·u·(b − a)·max|J|·‖Δ‖₁ — what an entrywise comparison at the unstructured
+            // rule's tolerance implies, however much the shares cancel in Δ.
             for (std::size_t c = 0; c < C; ++c) {
-                T e(0);
-                for (std::size_t p = 0; p < P; ++p) e += rm::abs(T(fine.ibar[c * P + p] - coarse.ibar[c * P + p])) * T(s[p]);
-                const T tol = T(tau) * u * T(fine.tangent[c]);
-                if (!(e <= tol)) ok = false;
-                ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(e / tol))
-                                                   : (e > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
+                T e(0), d(0), v(0);
+                for (std::size_t p = 0; p < P; ++p) {
+                    const T diff = fine.ibar[c * P + p] - coarse.ibar[c * P + p];
+                    e += rm::abs(diff) * T(s[p]);
+                    d += diff * delta[p];
+                    v += rm::abs(T(fine.ibar[c * P + p] * delta[p]));
+                }
+                compare(e, T(T(tau) * u * T(fine.tangent[c])));
+                compare(rm::abs(d), T(T(tau) * u * v));
                 est[c] = std::move(e);
             }
             bool keep = ok;
