@@ -30,7 +30,7 @@ observed_ratio seen_double, seen_mpfr, seen_recorded, seen_split;
 
 // Any optimizer but plain SGD, with torch's rules (optimizer_spec::validate).
 optimizer_spec gen_optimizer() {
-    optimizer_spec o;
+    epk::optimizer_spec o;
     o.type = *rc::gen::element(kind::sgd, kind::sgd, kind::adam, kind::adamw);
     if (o.type == kind::sgd) {
         o.momentum = *rc::gen::element(0.0, 0.5, 0.9);
@@ -224,7 +224,7 @@ TEST(OptimizerTraining, ResumedRunContinuesTheUninterruptedOne) {
 }
 
 TEST(OptimizerTraining, ImpossibleStatesAreRefused) {
-    optimizer_spec o;
+    epk::optimizer_spec o;
     o.momentum = 0.9;
     epk::optimizer_state<double> st;
     st.steps = 2;  // resumed, but no momentum buffer
@@ -370,6 +370,33 @@ TEST(OptimizerStructured, ThreadsChangeNoBit) {
     epk::mpfr_precision_scope scope(96);
     const auto p1 = run_optimizer<mpfr_real>(kc, true, true, 1), p2 = run_optimizer<mpfr_real>(kc, true, true, 2);
     for (std::size_t e = 0; e < p1.contributions.size(); ++e) EXPECT_TRUE(p1.contributions[e] == p2.contributions[e]);
+}
+
+// The audit's allowance for SGD with momentum (proofs-notes/012 §9), by hand: the buffer scale
+// B_s = μB_{s−1} + Ĝ_s, the allowance a = η·B_s (η·(Ĝ_s + μB_s) with Nesterov, η·Ĝ_s without
+// momentum), and the deviation d discounted to d·‖w‖/(‖w‖ + a).
+TEST(OptimizerKernel, SgdAuditAllowanceFollowsTheBuffer) {
+    const std::vector<double> w_next{2.0, -4.0}, w_pred{2.0 + 1e-12, -4.0};  // ‖w‖∞ = 4
+    const double d = w_pred[0] - w_next[0];
+    epk::optimizer_spec o;
+    o.momentum = 0.9;
+    double b = 0;
+    const double d1 = epk::detail::sgd_discounted_deviation<double>(o, 0.5, 10.0, b, w_next, w_pred);  // B = 10, a = 5
+    EXPECT_DOUBLE_EQ(b, 10.0);
+    EXPECT_NEAR(d1, d * 4.0 / 9.0, 1e-26);
+    const double d2 = epk::detail::sgd_discounted_deviation<double>(o, 0.5, 2.0, b, w_next, w_pred);  // B = 11, a = 5.5
+    EXPECT_DOUBLE_EQ(b, 11.0);
+    EXPECT_NEAR(d2, d * 4.0 / 9.5, 1e-26);
+    o.nesterov = true;
+    b = 10.0;  // B = 9 + 2 = 11, a = 0.5·(2 + 9.9) = 5.95
+    EXPECT_NEAR(epk::detail::sgd_discounted_deviation<double>(o, 0.5, 2.0, b, w_next, w_pred), d * 4.0 / 9.95, 1e-26);
+    o.nesterov = false;
+    o.momentum = 0;
+    b = 0;  // a = 0.5·2 = 1
+    EXPECT_NEAR(epk::detail::sgd_discounted_deviation<double>(o, 0.5, 2.0, b, w_next, w_pred), d * 4.0 / 5.0, 1e-26);
+    // A NaN in the recorded row is not discounted away.
+    const std::vector<double> bad{2.0, std::nan("")};
+    EXPECT_TRUE(std::isnan(epk::detail::sgd_discounted_deviation<double>(o, 0.5, 2.0, b, bad, w_pred)));
 }
 
 TEST(OptimizerKernel, PerStepKernelsAreRefusedWithAReason) {

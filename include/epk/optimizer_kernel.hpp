@@ -47,32 +47,55 @@ namespace epk {
 
 namespace detail {
 
-// The audit's deviation of an Adam/AdamW step (proofs-notes/012 §5): Adam divides by √v̂ + ε,
-// so a rounding error δ in the gradients moves coordinate p of the step by up to
-// η·δ·(1/(√v̂_p + ε) + |m̂_p|/(√v̂_p + ε)²) ≤ 2η·δ/(√v̂_p + ε) to first order (|m̂_p| ≤ √v̂_p
-// up to β's weights) — a factor 1/ε for a gradient that is zero but for rounding (attention's
-// key bias: softmax is shift invariant).  With δ of the order u·Ĝ, Ĝ the gradients' scale,
-// coordinate p's deviation is measured against u·(‖w[s+1]‖_∞ + a_p), a_p = 2η·Ĝ/(√v̂_p + ε):
-// returned as max_p |d_p|·‖w[s+1]‖_∞/(‖w[s+1]‖_∞ + a_p), so that the audit's units
-// (deviation/(u·‖w[s+1]‖_∞)) keep their meaning.  A heuristic allowance, as the audit's limit.
+// The audit's deviation of a step, discounted by what rounding in the gradients can do to it
+// (proofs-notes/012 §5, §9): coordinate p's deviation d_p = |w_rec[s+1] − w_pred|_p is measured
+// against u·(‖w[s+1]‖_∞ + a_p), a_p the step's first-order sensitivity to a gradient error of
+// one unit of the gradients' scale Ĝ: returned as max_p d_p·‖w[s+1]‖_∞/(‖w[s+1]‖_∞ + a_p), so
+// that the audit's units (deviation/(u·‖w[s+1]‖_∞)) keep their meaning.  A heuristic
+// allowance, as the audit's limit.
+template <Real T, class Allowance>
+double discounted_deviation(const std::vector<T>& w_next, const std::vector<T>& w_pred, Allowance&& allowance) {
+    double wn = 0;
+    for (const T& x : w_next) wn = std::max(wn, std::abs(scalar_traits<T>::to_double(x)));
+    double worst = 0;
+    for (std::size_t p = 0; p < w_next.size(); ++p) {
+        const double d = std::abs(scalar_traits<T>::to_double(T(w_next[p] - w_pred[p])));
+        if (std::isnan(d)) return d;
+        const double a = allowance(p);
+        worst = std::max(worst, wn > 0 ? d * (wn / (wn + a)) : d / (1 + a));
+    }
+    return worst;
+}
+
+// Adam/AdamW (012 §5): Adam divides by √v̂ + ε, so a rounding error δ in the gradients moves
+// coordinate p of the step by up to η·δ·(1/(√v̂_p + ε) + |m̂_p|/(√v̂_p + ε)²) ≤ 2η·δ/(√v̂_p + ε)
+// to first order (|m̂_p| ≤ √v̂_p up to β's weights) — a factor 1/ε for a gradient that is zero
+// but for rounding (attention's key bias: softmax is shift invariant): a_p = 2η·Ĝ/(√v̂_p + ε).
 template <Real T>
 double adam_discounted_deviation(const optimizer_spec& opt, const optimizer_state<T>& st, const T& eta,
                                  double gradient_scale, const std::vector<T>& w_next, const std::vector<T>& w_pred) {
     const std::vector<T>& v = opt.amsgrad ? st.max_exp_avg_sq : st.exp_avg_sq;
     const double correction = 1.0 - scalar_traits<T>::to_double(st.beta2_power);
     const double lr = std::abs(scalar_traits<T>::to_double(eta));
-    double wn = 0;
-    for (const T& x : w_next) wn = std::max(wn, std::abs(scalar_traits<T>::to_double(x)));
-    double worst = 0;
-    for (std::size_t p = 0; p < w_next.size(); ++p) {
-        const double d = std::abs(scalar_traits<T>::to_double(T(w_next[p] - w_pred[p])));
+    return discounted_deviation<T>(w_next, w_pred, [&](std::size_t p) {
         const double vhat = correction > 0 ? std::max(0.0, scalar_traits<T>::to_double(v[p])) / correction : 0.0;
-        const double a = 2 * lr * gradient_scale / (std::sqrt(vhat) + opt.eps);
-        const double r = wn > 0 ? d * (wn / (wn + a)) : d / (1 + a);
-        if (std::isnan(d)) return d;
-        worst = std::max(worst, r);
-    }
-    return worst;
+        return 2 * lr * gradient_scale / (std::sqrt(vhat) + opt.eps);
+    });
+}
+
+// SGD with momentum (012 §9): the buffer b_s = μ b_{s−1} + (1 − τ) ĝ_s carries every earlier
+// step's gradient error, so a rounding error of one unit of Ĝ_j at every step j ≤ s moves the
+// step by η·B_s, B_s = μ B_{s−1} + Ĝ_s (η·(Ĝ_s + μ B_s) with Nesterov; η·Ĝ_s without momentum):
+// a_p = that, the same for every coordinate.  `buffer_scale` carries B over the steps.
+template <Real T>
+double sgd_discounted_deviation(const optimizer_spec& opt, const T& eta, double gradient_scale, double& buffer_scale,
+                                const std::vector<T>& w_next, const std::vector<T>& w_pred) {
+    buffer_scale = opt.momentum * buffer_scale + gradient_scale;
+    const double lr = std::abs(scalar_traits<T>::to_double(eta));
+    const double a = opt.momentum == 0 ? lr * gradient_scale
+                     : opt.nesterov    ? lr * (gradient_scale + opt.momentum * buffer_scale)
+                                       : lr * buffer_scale;
+    return discounted_deviation<T>(w_next, w_pred, [a](std::size_t) { return a; });
 }
 
 
@@ -250,6 +273,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     std::vector<std::size_t> ladder_start;
     optimizer_state<T> state = rq.initial_state;  // the optimizer along this path, from its gradients
     double gradient_scale = 0;                     // Ĝ: max over steps so far of Σ_i ‖ĝ_{i,s}‖_∞ (Adam's audit)
+    double buffer_scale = 0;                       // B_s: the momentum buffer's gradient scale (SGD's audit)
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
@@ -277,15 +301,15 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         if (rq.recorded_row) {
             w_next = rq.recorded_row(s + 1);
             if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+            double gs = 0;  // Ĝ_s = Σ_i ‖ĝ_{i,s}‖_∞: the scale of the batch gradient's rounding
+            for (const std::vector<T>& gk : grads) {
+                T m(0);
+                for (const T& v : gk) max_abs_into(m, v);
+                gs += scalar_traits<T>::to_double(m);
+            }
             if (opt.type == optimizer_spec::kind::sgd) {
-                deviation = detail::max_abs_difference(w_next, w_pred);
+                deviation = detail::sgd_discounted_deviation<T>(opt, eta, gs, buffer_scale, w_next, w_pred);
             } else {
-                double gs = 0;
-                for (const std::vector<T>& gk : grads) {
-                    T m(0);
-                    for (const T& v : gk) max_abs_into(m, v);
-                    gs += scalar_traits<T>::to_double(m);
-                }
                 gradient_scale = std::max(gradient_scale, gs);
                 deviation = detail::adam_discounted_deviation<T>(opt, state, eta, gradient_scale, w_next, w_pred);
             }
