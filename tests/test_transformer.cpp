@@ -292,6 +292,25 @@ TEST(TorchTransformer, VerifyToRoundingAndContributionsAgreeAcrossPrecisions) {
     }
 }
 
+// Forward mode (proofs-notes/012 §10): in MPFR, `verify` (no per-point contributions: the
+// shares are the batch's, ω and r) integrates J·v by forward mode at the nodes instead of Ī by C
+// reverse sweeps. On the causal fixture (AdamW, C = 7 ≥ 2·3) at 128 bits: both ways verify to
+// 2^-100, and their reconstructions agree within the two budgets.
+TEST(TorchTransformer, ForwardModeVerifyAgreesWithReverseMode) {
+    const trace t = read_trace(fixtures + "/torch_transformer_causal");
+    kernel_options fwd, rev;
+    fwd.contributions = false;  // K + 2 = 3 shares: forward mode
+    rev.contributions = true;   // 15 per-pair shares: Ī by reverse sweeps
+    const kernel_report f = compute_kernel(t, parse_precision("mpfr:128"), fwd);
+    const kernel_report r = compute_kernel(t, parse_precision("mpfr:128"), rev);
+    ASSERT_TRUE(f.ok && r.ok);
+    EXPECT_LE(f.residual_max_abs, 0x1p-100);
+    EXPECT_LE(r.residual_max_abs, 0x1p-100);
+    ASSERT_EQ(f.reconstruction.values.size(), r.reconstruction.values.size());
+    for (std::size_t e = 0; e < f.reconstruction.values.size(); ++e)
+        EXPECT_LE(std::abs(f.reconstruction.values[e] - r.reconstruction.values[e]), f.budget[e] + r.budget[e]) << e;
+}
+
 // ------------------------------------------------------------------ bad input
 
 namespace {

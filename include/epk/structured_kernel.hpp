@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <functional>
 #include <span>
 #include <type_traits>
@@ -1155,10 +1156,27 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
             abs_plus[q] = std::abs(scalar_traits<T>::to_double(w[q])) + std::abs(scalar_traits<T>::to_double(delta[q]));
         // Magnitudes with 007's scale s in place of |Δ| (the optimizer budget's), and the ladder's s.
         const structured_tree::step_context<T> scx{&rq, &st, &tree, &an, has_norm, w, delta, abs_plus, scale, scale, ladder};
+        // Few shares (verify) in a precision without fast products: J·v_k by forward mode at the
+        // nodes, K + 2 passes instead of C reverse sweeps (proofs-notes/012 §10).
+        std::vector<double> abs_delta;
+        std::optional<structured_tree::step_context<T>> fcx;
+        if (structured_tree::forward_mode_pays<T>() && ladder && has_norm && 2 * (K + 2) <= C) {
+            abs_delta.resize(P);
+            for (std::size_t q = 0; q < P; ++q) abs_delta[q] = std::abs(scalar_traits<T>::to_double(delta[q]));
+            fcx.emplace(scx);
+            fcx->abs_delta = abs_delta;
+        }
         std::vector<gemm_counter> counters(M);
         std::vector<double> elementwise(M, 0.0);
         auto process_point = [&](std::size_t mm) {
             detail::point_step<T> ps;
+            if (fcx) {
+                if (std::optional<std::vector<T>> v = structured_tree::point_vectors<T>(*fcx, mm, shares, start[mm], ps)) {
+                    finish_point(mm, ps, v->data());
+                    return;
+                }
+                ps = detail::point_step<T>();
+            }
             const std::vector<T> ibar =
                 structured_tree::point_integral<T>(scx, mm, start[mm], scale_l1, ps, &counters[mm], elementwise[mm]);
             matrix<T> out(C, K + 2);

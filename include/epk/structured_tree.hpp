@@ -44,6 +44,7 @@
 #include <functional>
 #include <limits>
 #include <span>
+#include <optional>
 #include <vector>
 
 #include "epk/bilinear.hpp"
@@ -769,6 +770,7 @@ struct rule_integral {
     std::vector<T> ibar;
     std::vector<double> magnitude;
     std::vector<double> tangent;  // the ladder's scale: t (tree_segment's magnitude_pass) per row, or the magnitude
+    std::vector<double> step_tangent;  // forward mode: t with |Δ| for the second condition (012 §10)
     T scale = T(0), located = T(0);
 };
 
@@ -782,16 +784,23 @@ template <Real T, class Integrate>
 rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, std::span<const T> w,
                               std::span<const T> delta, const matrix<T>& x1, const quadrature_options& qo,
                               std::span<const double> s, std::size_t& start, Integrate&& integrate,
-                              detail::point_step<T>& ps) {
+                              detail::point_step<T>& ps, std::size_t vectors = 0, bool* refused = nullptr) {
     if (qo.first_nodes == 0 || qo.max_nodes < 2 * qo.first_nodes || qo.max_nodes > max_gauss_nodes)
         throw usage_error("quadrature_options: need 1 ≤ first_nodes and 2·first_nodes ≤ max_nodes ≤ 100000");
     const std::size_t C = m.output_dim(), P = w.size();
     const T u = scalar_traits<T>::unit_roundoff();
     const double tau = qo.tolerance_factor > 0 ? qo.tolerance_factor : st.default_tolerance;
+    // Forward mode (`vectors` V > 0): the rules give Ī·v_k [C × V] instead of Ī [C × P] (012 §10);
+    // not on steps with cuts (their location term needs max|J|): *refused, nothing integrated.
+    const std::size_t W = vectors > 0 ? vectors : P;
     rule_integral<T> out;
-    out.ibar.assign(C * P, T(0));
+    out.ibar.assign(C * W, T(0));
     out.magnitude.assign(C, 0.0);
     const std::vector<T> cuts = segment_cuts<T>(m, st, w, delta, x1, qo.kink_samples, &out.located);
+    if (vectors > 0 && !cuts.empty()) {
+        *refused = true;
+        return out;
+    }
     ps.cuts = cuts.size();
     T delta_l1(0);
     for (const T& d : delta) delta_l1 += rm::abs(d);
@@ -838,7 +847,18 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
             // The step's own term at its own rounding level (010 §1's second condition, 012 §8):
             // |ΔĪ·Δ|_c ≤ τ·u·(b − a)·max|J|·‖Δ‖₁ — what an entrywise comparison at the unstructured
             // rule's tolerance implies, however much the shares cancel in Δ.
-            for (std::size_t c = 0; c < C; ++c) {
+            for (std::size_t c = 0; c < C && vectors > 0; ++c) {  // Σ_k |ΔĪ·v_k|; Σ_k ΔĪ·v_k = ΔĪ·Δ
+                T e(0), d(0);
+                for (std::size_t k = 0; k < W; ++k) {
+                    const T diff = fine.ibar[c * W + k] - coarse.ibar[c * W + k];
+                    e += rm::abs(diff);
+                    d += diff;
+                }
+                compare(e, T(T(tau) * u * T(fine.tangent[c])));
+                compare(rm::abs(d), T(T(tau) * u * T(fine.step_tangent[c])));
+                est[c] = std::move(e);
+            }
+            for (std::size_t c = 0; c < C && vectors == 0; ++c) {
                 T e(0), d(0), v(0);
                 for (std::size_t p = 0; p < P; ++p) {
                     const T diff = fine.ibar[c * P + p] - coarse.ibar[c * P + p];
@@ -972,6 +992,68 @@ std::vector<T> point_integral(const step_context<T>& sc, std::size_t mm, std::si
     ps.magnitude = std::move(ri.magnitude);
     // The per-point adaptive rule (kinks behind a smooth layer) carries its own estimate.
     ps.estimate = rule.estimate_is_final ? rule.error_estimate : T(T(2) * rule.located * ri.scale);
+    return std::move(ri.ibar);
+}
+
+// Whether forward mode is worth it: precisions whose products have no fast kernel (everything
+// but float and double, whose blocked reverse sweeps run at gemm speed).
+template <Real T>
+constexpr bool forward_mode_pays() {
+    return !std::is_same_v<T, double> && !std::is_same_v<T, float>;
+}
+
+// Forward mode for few shares (012 §10): at every node t_q of a rule, J(x; w + t_qΔ)·v_k for the
+// rows v_k of `vectors` [V × P] by tree_jvp (one forward-mode pass per vector: V passes instead
+// of C reverse sweeps), summed with the weights; the magnitudes per node by tree_segment's pass,
+// with s (the budget's and the first condition's) and with |Δ| (the second condition's).
+template <Real T>
+rule_integral<T> integrate_vectors(const step_context<T>& sc, std::size_t mm, const matrix<T>& vectors,
+                                   std::span<const T> nodes, std::span<const T> weights, std::span<const double> abs_scale) {
+    const std::size_t C = sc.rq->problem->model.output_dim(), V = vectors.rows, P = sc.w.size();
+    const matrix<T> x1 = gather_rows(sc.rq->x_test, std::vector<std::size_t>{mm});
+    rule_integral<T> ri;
+    ri.ibar.assign(C * V, T(0));
+    ri.magnitude.assign(C, 0.0);
+    ri.tangent.assign(C, 0.0);
+    ri.step_tangent.assign(C, 0.0);
+    std::vector<double> x(x1.cols), wd(P);
+    for (std::size_t j = 0; j < x1.cols; ++j) x[j] = scalar_traits<T>::to_double(x1(0, j));
+    for (std::size_t q = 0; q < nodes.size(); ++q) {
+        const std::vector<T> wt = detail::point_on_segment<T>(sc.w, sc.delta, nodes[q]);
+        for (std::size_t k = 0; k < V; ++k) {
+            const matrix<T> jv = tree_jvp<T>(*sc.tree, std::span<const T>(wt), x1, std::span<const T>(&vectors(k, 0), P)).second;
+            for (std::size_t c = 0; c < C; ++c) add_product(ri.ibar[c * V + k], weights[q], jv(0, c));
+        }
+        for (std::size_t e = 0; e < P; ++e) wd[e] = scalar_traits<T>::to_double(wt[e]);
+        std::vector<double> jt, jtd;
+        const std::vector<double> jm = tree_segment::jacobian_magnitude(*sc.an, wd, x, abs_scale, &jt);
+        tree_segment::jacobian_magnitude(*sc.an, wd, x, sc.abs_delta, &jtd);
+        const double wq = std::abs(scalar_traits<T>::to_double(weights[q]));
+        for (std::size_t c = 0; c < C; ++c) {
+            ri.magnitude[c] += wq * jm[c];
+            ri.tangent[c] += wq * jt[c];
+            ri.step_tangent[c] += wq * jtd[c];
+        }
+    }
+    return ri;
+}
+
+// Test point mm's Ī_s·v_k [C × V] on the smooth ladder in forward mode, or nothing when the
+// step has cuts there (the caller integrates Ī instead).
+template <Real T>
+std::optional<std::vector<T>> point_vectors(const step_context<T>& sc, std::size_t mm, const matrix<T>& vectors,
+                                            std::size_t& start, detail::point_step<T>& ps) {
+    const matrix<T> x1 = gather_rows(sc.rq->x_test, std::vector<std::size_t>{mm});
+    auto integrate = [&](std::span<const T> nodes, std::span<const T> weights, std::span<const double> abs_scale) {
+        return integrate_vectors<T>(sc, mm, vectors, nodes, weights, abs_scale);
+    };
+    bool refused = false;
+    std::size_t tried = start;
+    rule_integral<T> ri = ladder_point<T>(sc.rq->problem->model, *sc.st, sc.w, sc.delta, x1, sc.rq->quadrature,
+                                          sc.share_scale, tried, integrate, ps, vectors.rows, &refused);
+    if (refused) return std::nullopt;
+    start = tried;
+    ps.magnitude = std::move(ri.magnitude);
     return std::move(ri.ibar);
 }
 
