@@ -209,7 +209,10 @@ RC_GTEST_PROP(SequenceKernel, ResidualWithinBudgetAndStructuredAgrees, ()) {
 // to 336 u over these 20 steps (the full-Jacobian path: 30 u).  Now the structured path must be
 // as exact as the unstructured one: within 4× its residual, or 32 u·max|f| if that is smaller.
 // Deterministic (a + b mod 11, the spec's layer stack at D 16), replayed from seeded parameters.
-TEST(SequenceKernel, CancellingAdamWSharesStructuredAsExactAsUnstructured) {
+namespace {
+// a + b mod 11 on the spec's layer stack at D 16 (40 training pairs, 8 test pairs), replayed
+// from seeded parameters, with the manifest's `optimizer` object.
+trace small_modadd_trace(const std::string& optimizer) {
     trace t;
     parse_manifest(R"({"format": "epk-trace", "version": 3, "model": {"input_shape": [3], "input_dtype": "int64", "layers": [
         {"type": "embedding", "num_embeddings": 12, "embedding_dim": 16}, {"type": "positional_embedding"},
@@ -219,7 +222,7 @@ TEST(SequenceKernel, CancellingAdamWSharesStructuredAsExactAsUnstructured) {
                                       {"type": "gelu"}, {"type": "linear", "out_features": 16}], "shortcut": []},
         {"type": "layer_norm", "normalized_shape": [16]}, {"type": "select", "index": -1}, {"type": "linear", "out_features": 11}]},
       "loss": {"type": "cross_entropy"},
-      "optimizer": {"type": "adamw", "learning_rate": 0.01, "weight_decay": 1.0, "steps": 20}})",
+      "optimizer": )" + optimizer + "}",
                    "manifest.json", t);
     std::mt19937_64 rng(20261204);
     std::vector<std::int64_t> pairs;
@@ -241,7 +244,14 @@ TEST(SequenceKernel, CancellingAdamWSharesStructuredAsExactAsUnstructured) {
     std::vector<double> w0(t.model.parameter_count());
     for (double& v : w0) v = normal(rng);
     t.init_params = make_real_array(npy_dtype::f8, {w0.size()}, w0);
-    validate_trace(t, "cancelling-adamw");
+    validate_trace(t, "small-modadd");
+    return t;
+}
+}  // namespace
+
+
+TEST(SequenceKernel, CancellingAdamWSharesStructuredAsExactAsUnstructured) {
+    const trace t = small_modadd_trace(R"({"type": "adamw", "learning_rate": 0.01, "weight_decay": 1.0, "steps": 20})");
     const kernel_report s = run(t, "double", true), u = run(t, "double", false);
     ASSERT_TRUE(s.ok && u.ok);
     double f = 0;
@@ -307,6 +317,22 @@ TEST(TorchTransformer, ForwardModeVerifyAgreesWithReverseMode) {
     EXPECT_LE(f.residual_max_abs, 0x1p-100);
     EXPECT_LE(r.residual_max_abs, 0x1p-100);
     ASSERT_EQ(f.reconstruction.values.size(), r.reconstruction.values.size());
+    for (std::size_t e = 0; e < f.reconstruction.values.size(); ++e)
+        EXPECT_LE(std::abs(f.reconstruction.values[e] - r.reconstruction.values[e]), f.budget[e] + r.budget[e]) << e;
+}
+
+// The same for plain SGD (its shares: the batch's sum and r): forward mode at mpfr:128 against Ī
+// by reverse sweeps (contributions kept), on the small modular-addition transformer (C = 11).
+TEST(SequenceKernel, ForwardModePlainSgdAgreesWithReverseMode) {
+    const trace t = small_modadd_trace(R"({"type": "sgd", "learning_rate": 0.3, "steps": 2})");
+    kernel_options fwd, rev;
+    fwd.contributions = false;
+    rev.contributions = true;
+    const kernel_report f = compute_kernel(t, parse_precision("mpfr:128"), fwd);
+    const kernel_report r = compute_kernel(t, parse_precision("mpfr:128"), rev);
+    ASSERT_TRUE(f.ok && r.ok);
+    EXPECT_LE(f.residual_max_abs, 0x1p-100);
+    EXPECT_LE(r.residual_max_abs, 0x1p-100);
     for (std::size_t e = 0; e < f.reconstruction.values.size(); ++e)
         EXPECT_LE(std::abs(f.reconstruction.values[e] - r.reconstruction.values[e]), f.budget[e] + r.budget[e]) << e;
 }

@@ -1130,8 +1130,31 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
         }
         const structured_tree::step_context<T> scx{&rq, &st, &tree, &an, has_norm, wv, delta, abs_plus, abs_delta,
                                                    share_scale, ladder};
+        // Verify in a precision without fast products: the step's two shares (Σ_i g_i, r) by forward
+        // mode at the nodes instead of Ī by C reverse sweeps (proofs-notes/012 §10).
+        const bool forward = structured_tree::forward_mode_pays<T>() && ladder && has_norm && !rq.store_contributions &&
+                             !store_kernel && rq.split_layers.empty() && !rq.split_steps && 4 <= C;
+        matrix<T> vectors(forward ? 2 : 0, P);
+        if (forward) {
+            std::copy(g_sum.begin(), g_sum.end(), vectors.data.begin());
+            std::copy(sd.rem.begin(), sd.rem.end(), vectors.data.begin() + static_cast<std::ptrdiff_t>(P));
+        }
         auto process_point = [&](std::size_t mm) {
             detail::point_step<T> ps;
+            if (forward) {
+                if (std::optional<std::vector<T>> v = structured_tree::point_vectors<T>(scx, mm, vectors, ladder_start[mm], ps)) {
+                    ps.contribution.resize(C);  // the batch's sum as one column (no per-point contributions kept)
+                    ps.remainder.resize(C);
+                    for (std::size_t c = 0; c < C; ++c) {
+                        ps.contribution[c] = (*v)[c * 2];
+                        ps.remainder[c] = (*v)[c * 2 + 1];
+                    }
+                    detail::add_point_step<T>(rq, std::vector<std::size_t>{batch[0]}, mm, ps, sd.delta_l1, res, kernel_sum,
+                                              rule_nodes, converged, point_contribution[mm]);
+                    return;
+                }
+                ps = detail::point_step<T>();
+            }
             std::vector<T> ibar =
                 structured_tree::point_integral<T>(scx, mm, ladder_start[mm], sd.delta_l1, ps, &counters[mm], elementwise[mm]);
             // Contractions with the training side: C × b, C × 1 and (stored steps) C × b·C products.
