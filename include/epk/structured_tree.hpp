@@ -819,92 +819,139 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
         ps.evaluations += n;
         return integrate(std::span<const T>(ts), std::span<const T>(ws), s);
     };
+    // The step's check (012 §11): ∫J·Δ = f(w + Δ) − f(w) exactly, so the rules' Ī·Δ is compared
+    // with the two ends' outputs; a mismatch above their rounding means every rule missed a
+    // feature narrower than its nodes (both rungs of a ladder agreeing): the step is integrated
+    // again on 2, 4, …, 64 equal pieces per interval until it passes; a mismatch left then is
+    // added to the estimate (the budget) and the step marked not converged.
+    const matrix<T> f0 = outputs<T>(m, w, x1), f1 = outputs<T>(m, detail::point_on_segment<T>(w, delta, T(1)), x1);
+    std::vector<T> mismatch(C, T(0));
     bool margin = true;
     std::size_t accepted = 0;
-    // Pieces as a stack (bisected halves processed in order along the step).
-    struct piece {
-        T a, b;
-        std::size_t depth, n;
-    };
-    std::vector<piece> todo;
-    for (std::size_t e = ends.size() - 1; e-- > 0;) todo.push_back({ends[e], ends[e + 1], 0, std::max<std::size_t>(2, start)});
-    while (!todo.empty()) {
-        const piece pc = todo.back();
-        todo.pop_back();
-        std::size_t n_coarse = pc.n - 1, n_fine = pc.n, n_previous = 0;
-        double ratio_previous = 0;
-        bool have_previous = false;
-        rule_integral<T> coarse = rule_on(pc.a, pc.b, n_coarse), fine = rule_on(pc.a, pc.b, n_fine);
-        std::vector<T> est(C);
-        for (;;) {
-            double ratio = 0;
-            bool ok = true;
-            auto compare = [&](const T& err, const T& tol) {
-                if (!(err <= tol)) ok = false;
-                ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(err / tol))
-                                                   : (err > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
-            };
-            // The step's own term at its own rounding level (010 §1's second condition, 012 §8):
-            // |ΔĪ·Δ|_c ≤ τ·u·(b − a)·max|J|·‖Δ‖₁ — what an entrywise comparison at the unstructured
-            // rule's tolerance implies, however much the shares cancel in Δ.
-            for (std::size_t c = 0; c < C && vectors > 0; ++c) {  // Σ_k |ΔĪ·v_k|; Σ_k ΔĪ·v_k = ΔĪ·Δ
-                T e(0), d(0);
-                for (std::size_t k = 0; k < W; ++k) {
-                    const T diff = fine.ibar[c * W + k] - coarse.ibar[c * W + k];
-                    e += rm::abs(diff);
-                    d += diff;
-                }
-                compare(e, T(T(tau) * u * T(fine.tangent[c])));
-                compare(rm::abs(d), T(T(tau) * u * T(fine.step_tangent[c])));
-                est[c] = std::move(e);
+    for (std::size_t parts = 1;; parts *= 2) {
+        out.ibar.assign(C * W, T(0));
+        out.magnitude.assign(C, 0.0);
+        out.scale = T(0);
+        out.step_tangent.assign(C, 0.0);
+        ps.estimate_by_output.assign(C, T(0));
+        ps.nodes = 0;
+        ps.converged = true;
+        margin = true;
+        accepted = 0;
+        // Pieces as a stack (bisected halves processed in order along the step).
+        struct piece {
+            T a, b;
+            std::size_t depth, n;
+        };
+        std::vector<piece> todo;
+        for (std::size_t e = ends.size() - 1; e-- > 0;)
+            for (std::size_t k = parts; k-- > 0;) {  // each interval in `parts` equal pieces
+                const T len = ends[e + 1] - ends[e];
+                todo.push_back({k == 0 ? ends[e] : T(ends[e] + len * T(static_cast<double>(k)) / T(static_cast<double>(parts))),
+                                k + 1 == parts ? ends[e + 1] : T(ends[e] + len * T(static_cast<double>(k + 1)) / T(static_cast<double>(parts))),
+                                0, std::max<std::size_t>(2, start)});
             }
-            for (std::size_t c = 0; c < C && vectors == 0; ++c) {
-                T e(0), d(0), v(0);
+        while (!todo.empty()) {
+            const piece pc = todo.back();
+            todo.pop_back();
+            std::size_t n_coarse = pc.n - 1, n_fine = pc.n, n_previous = 0;
+            double ratio_previous = 0;
+            bool have_previous = false;
+            rule_integral<T> coarse = rule_on(pc.a, pc.b, n_coarse), fine = rule_on(pc.a, pc.b, n_fine);
+            std::vector<T> est(C);
+            for (;;) {
+                double ratio = 0;
+                bool ok = true;
+                auto compare = [&](const T& err, const T& tol) {
+                    if (!(err <= tol)) ok = false;
+                    ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(err / tol))
+                                                       : (err > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
+                };
+                // The step's own term at its own rounding level (010 §1's second condition, 012 §8):
+                // |ΔĪ·Δ|_c ≤ τ·u·(b − a)·max|J|·‖Δ‖₁ — what an entrywise comparison at the unstructured
+                // rule's tolerance implies, however much the shares cancel in Δ.
+                for (std::size_t c = 0; c < C && vectors > 0; ++c) {  // Σ_k |ΔĪ·v_k|; Σ_k ΔĪ·v_k = ΔĪ·Δ
+                    T e(0), d(0);
+                    for (std::size_t k = 0; k < W; ++k) {
+                        const T diff = fine.ibar[c * W + k] - coarse.ibar[c * W + k];
+                        e += rm::abs(diff);
+                        d += diff;
+                    }
+                    compare(e, T(T(tau) * u * T(fine.tangent[c])));
+                    compare(rm::abs(d), T(T(tau) * u * T(fine.step_tangent[c])));
+                    est[c] = std::move(e);
+                }
+                for (std::size_t c = 0; c < C && vectors == 0; ++c) {
+                    T e(0), d(0), v(0);
+                    for (std::size_t p = 0; p < P; ++p) {
+                        const T diff = fine.ibar[c * P + p] - coarse.ibar[c * P + p];
+                        e += rm::abs(diff) * T(s[p]);
+                        d += diff * delta[p];
+                        v += rm::abs(T(fine.ibar[c * P + p] * delta[p]));
+                    }
+                    compare(e, T(T(tau) * u * T(fine.tangent[c])));
+                    compare(rm::abs(d), T(T(tau) * u * v));
+                    est[c] = std::move(e);
+                }
+                bool keep = ok;
+                if (!ok) {
+                    const std::size_t next = detail::ladder_next_size(ratio, have_previous, ratio_previous, n_previous, n_coarse, n_fine);
+                    const bool room = ps.evaluations + next <= qo.max_evaluations;
+                    if (next <= qo.max_nodes && room) {
+                        have_previous = true;
+                        n_previous = n_coarse;
+                        ratio_previous = ratio;
+                        n_coarse = n_fine;
+                        coarse = std::move(fine);
+                        n_fine = next;
+                        fine = rule_on(pc.a, pc.b, n_fine);
+                        continue;
+                    }
+                    if (pc.depth >= qo.max_depth || !room) {  // no finer rule allowed: the last one, its estimate
+                        ps.converged = false;
+                        keep = true;
+                    } else {
+                        const T mid = (pc.a + pc.b) / T(2);
+                        const std::size_t n0 = std::max<std::size_t>(2, qo.first_nodes);
+                        todo.push_back({mid, pc.b, pc.depth + 1, n0});
+                        todo.push_back({pc.a, mid, pc.depth + 1, n0});
+                    }
+                }
+                if (keep) {
+                    for (std::size_t e = 0; e < out.ibar.size(); ++e) out.ibar[e] += fine.ibar[e];
+                    for (std::size_t c = 0; c < C; ++c) {
+                        out.magnitude[c] += fine.magnitude[c];
+                        if (vectors > 0) out.step_tangent[c] += fine.step_tangent[c];
+                        ps.estimate_by_output[c] += est[c];
+                    }
+                    out.scale = rm::max(out.scale, fine.scale);
+                    ps.nodes += n_fine;
+                    accepted = std::max(accepted, n_fine);
+                    margin = margin && ok && ratio <= 0x1p-20;
+                }
+                break;
+            }
+        }
+        bool ok = true;
+        for (std::size_t c = 0; c < C; ++c) {
+            T v(0), scale = rm::abs(f0(0, c)) + rm::abs(f1(0, c));
+            if (vectors > 0) {
+                for (std::size_t k = 0; k < W; ++k) v += out.ibar[c * W + k];
+                scale += T(out.step_tangent[c]);
+            } else {
                 for (std::size_t p = 0; p < P; ++p) {
-                    const T diff = fine.ibar[c * P + p] - coarse.ibar[c * P + p];
-                    e += rm::abs(diff) * T(s[p]);
-                    d += diff * delta[p];
-                    v += rm::abs(T(fine.ibar[c * P + p] * delta[p]));
-                }
-                compare(e, T(T(tau) * u * T(fine.tangent[c])));
-                compare(rm::abs(d), T(T(tau) * u * v));
-                est[c] = std::move(e);
-            }
-            bool keep = ok;
-            if (!ok) {
-                const std::size_t next = detail::ladder_next_size(ratio, have_previous, ratio_previous, n_previous, n_coarse, n_fine);
-                const bool room = ps.evaluations + next <= qo.max_evaluations;
-                if (next <= qo.max_nodes && room) {
-                    have_previous = true;
-                    n_previous = n_coarse;
-                    ratio_previous = ratio;
-                    n_coarse = n_fine;
-                    coarse = std::move(fine);
-                    n_fine = next;
-                    fine = rule_on(pc.a, pc.b, n_fine);
-                    continue;
-                }
-                if (pc.depth >= qo.max_depth || !room) {  // no finer rule allowed: the last one, its estimate
-                    ps.converged = false;
-                    keep = true;
-                } else {
-                    const T mid = (pc.a + pc.b) / T(2);
-                    const std::size_t n0 = std::max<std::size_t>(2, qo.first_nodes);
-                    todo.push_back({mid, pc.b, pc.depth + 1, n0});
-                    todo.push_back({pc.a, mid, pc.depth + 1, n0});
+                    const T t = out.ibar[c * P + p] * delta[p];
+                    v += t;
+                    scale += rm::abs(t);
                 }
             }
-            if (keep) {
-                for (std::size_t e = 0; e < out.ibar.size(); ++e) out.ibar[e] += fine.ibar[e];
-                for (std::size_t c = 0; c < C; ++c) {
-                    out.magnitude[c] += fine.magnitude[c];
-                    ps.estimate_by_output[c] += est[c];
-                }
-                out.scale = rm::max(out.scale, fine.scale);
-                ps.nodes += n_fine;
-                accepted = std::max(accepted, n_fine);
-                margin = margin && ok && ratio <= 0x1p-20;
-            }
+            mismatch[c] = rm::abs(T(v - T(f1(0, c) - f0(0, c))));
+            if (!(mismatch[c] <= T(tau) * u * scale)) ok = false;
+        }
+        if (ok) break;
+        if (parts >= 64) {
+            ps.converged = false;
+            for (std::size_t c = 0; c < C; ++c) ps.estimate_by_output[c] += mismatch[c];
             break;
         }
     }
