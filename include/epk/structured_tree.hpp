@@ -802,8 +802,6 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
         return out;
     }
     ps.cuts = cuts.size();
-    T delta_l1(0);
-    for (const T& d : delta) delta_l1 += rm::abs(d);
     ps.estimate_by_output.assign(C, T(0));
     std::vector<T> ends{T(0)};
     ends.insert(ends.end(), cuts.begin(), cuts.end());
@@ -867,9 +865,9 @@ rule_integral<T> ladder_point(const model_spec& m, const segment_structure& st, 
                     ratio = std::max(ratio, tol > T(0) ? scalar_traits<T>::to_double(T(err / tol))
                                                        : (err > T(0) ? std::numeric_limits<double>::infinity() : 0.0));
                 };
-                // The step's own term at its own rounding level (010 §1's second condition, 012 §8):
-                // |ΔĪ·Δ|_c ≤ τ·u·(b − a)·max|J|·‖Δ‖₁ — what an entrywise comparison at the unstructured
-                // rule's tolerance implies, however much the shares cancel in Δ.
+                // First the shares at their rounding level (010 §4), then the step's own term at its
+                // own (012 §8): |ΔĪ·Δ|_c ≤ τ·u·Σ_p|Ī_p·Δ_p| (forward mode: τ·u·t_c(|Δ|)), however
+                // much the shares cancel in Δ.
                 for (std::size_t c = 0; c < C && vectors > 0; ++c) {  // Σ_k |ΔĪ·v_k|; Σ_k ΔĪ·v_k = ΔĪ·Δ
                     T e(0), d(0);
                     for (std::size_t k = 0; k < W; ++k) {
