@@ -1052,10 +1052,9 @@ constexpr bool forward_mode_pays() {
 // of C reverse sweeps), summed with the weights; the magnitudes per node by tree_segment's pass,
 // with s (the budget's and the first condition's) and with |Δ| (the second condition's).
 template <Real T>
-rule_integral<T> integrate_vectors(const step_context<T>& sc, std::size_t mm, const matrix<T>& vectors,
+rule_integral<T> integrate_vectors(const step_context<T>& sc, const matrix<T>& x1, const matrix<T>& vectors,
                                    std::span<const T> nodes, std::span<const T> weights, std::span<const double> abs_scale) {
     const std::size_t C = sc.rq->problem->model.output_dim(), V = vectors.rows, P = sc.w.size();
-    const matrix<T> x1 = gather_rows(sc.rq->x_test, std::vector<std::size_t>{mm});
     rule_integral<T> ri;
     ri.ibar.assign(C * V, T(0));
     ri.magnitude.assign(C, 0.0);
@@ -1090,7 +1089,7 @@ std::optional<std::vector<T>> point_vectors(const step_context<T>& sc, std::size
                                             std::size_t& start, detail::point_step<T>& ps) {
     const matrix<T> x1 = gather_rows(sc.rq->x_test, std::vector<std::size_t>{mm});
     auto integrate = [&](std::span<const T> nodes, std::span<const T> weights, std::span<const double> abs_scale) {
-        return integrate_vectors<T>(sc, mm, vectors, nodes, weights, abs_scale);
+        return integrate_vectors<T>(sc, x1, vectors, nodes, weights, abs_scale);
     };
     bool refused = false;
     std::size_t tried = start;
