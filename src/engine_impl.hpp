@@ -188,6 +188,7 @@ kernel_report compute_kernel_t(const trace& t, const kernel_options& o, const pr
     rq.threads = o.threads;
     rq.structured = o.structured;
     rq.split_steps = o.split_steps;
+    rq.split = active_work_split();
     if (o.split_layers) {  // the parameter ranges of the layers that have parameters, in layout order
         std::vector<const tree_node*> nodes;
         const layer_tree tree = compile_tree(t.model);
@@ -410,6 +411,7 @@ comparison compare_trace_t(const trace& t, const std::vector<std::string>& metho
             rq.recorded_row = recorded;
             rq.x_test = xt;
             rq.store_contributions = false;
+            rq.split = active_work_split();
             using rule = quadrature_options::simple_rule;
             const std::size_t colon = name.find(':');
             const std::string family = name.substr(0, colon);

@@ -275,7 +275,9 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
     double gradient_scale = 0;                     // Ĝ: max over steps so far of Σ_i ‖ĝ_{i,s}‖_∞ (Adam's audit)
     double buffer_scale = 0;                       // B_s: the momentum buffer's gradient scale (SGD's audit)
     detail::update_split<T> split(opt, N, P, rq.store_contributions, rq.initial_state);
+    detail::point_sink<T> sink(rq, M);
     for (std::size_t s = 0; s < sch.steps; ++s) {
+        if (detail::point_sink<T>::block_starts(s)) ladder_start.clear();  // the ladder restarts (work_split.hpp)
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
         const std::vector<std::size_t>& batch = st0.batch;
         const T& eta = st0.eta;
@@ -337,15 +339,17 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
         if (structured) {  // through the factors (structured_kernel.hpp); resolved when instantiated
             const std::function<void(std::size_t, detail::point_step<T>&)> add = [&](std::size_t mm, detail::point_step<T>& ps) {
                 ps.step = s;
-                detail::add_point_step<T>(rq, columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged,
-                                          point_contribution[mm]);
+                sink.take(columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
             };
             optimizer_step_structured(rq, st, std::span<const T>(w), std::span<const T>(delta), std::span<const T>(rem),
-                                      phi, omega, std::span<const double>(scale), scale_l1, ladder_start, add, res);
+                                      phi, omega, std::span<const double>(scale), scale_l1, ladder_start, s, add, res);
+            sink.end_of_step(s, false, no_kernel, N, C);
             detail::end_step<T>(sd, point_contribution, false, no_kernel, s, next_kernel, w, w_next, res, progress);
+            sink.after_step(s, res, kernel_sum, rule_nodes, converged);
             continue;
         }
         auto process_point = [&](std::size_t mm) {
+            if (!sink.owns(s, mm)) return;
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
             detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.magnitude = detail::magnitude_at_nodes<T>(model, w, delta, x_rows[mm], seg.nodes, seg.weights, scale);
@@ -361,11 +365,12 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
             }
             ps.optimizer_term = contract_rows<T>(seg.value, omega);
             ps.remainder = contract_rows<T>(seg.value, rem);
-            detail::add_point_step<T>(rq, columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged,
-                                      point_contribution[mm]);
+            sink.take(columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
         };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
+        sink.end_of_step(s, false, no_kernel, N, C);
         detail::end_step<T>(sd, point_contribution, false, no_kernel, s, next_kernel, w, w_next, res, progress);
+        sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }
     // γ's per-step sum: the sources, the optimizer term and the remainder (proofs-notes/007 §3).
     res.max_batch = std::max(res.max_batch, most_sources + 2);

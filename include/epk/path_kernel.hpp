@@ -32,6 +32,7 @@
 
 #include "epk/segment.hpp"
 #include "epk/training.hpp"
+#include "epk/work_split.hpp"
 
 namespace epk {
 
@@ -66,6 +67,9 @@ struct path_kernel_request {
     // optimizer itself is schedule.optimizer; anything but plain SGD from a fresh start
     // takes optimizer_kernel.hpp's representation.
     optimizer_state<T> initial_state;
+    // Shared between processes (work_split.hpp): this process takes the test side of its units
+    // only, and rank 0 adds every rank's records.  Null or one rank: all of it here.
+    const work_split* split = nullptr;
 };
 
 template <Real T>
@@ -343,16 +347,18 @@ path_kernel_result<T> start_result(const path_kernel_request<T>& rq) {
     res.bias = outputs<T>(model, rq.w0, rq.x_test);
     res.reconstruction = res.bias;
     res.remainder_term = matrix<T>(M, C);
-    if (rq.store_contributions) res.contributions.assign(M * N * C, T(0));
+    // A split computation's per-point arrays are added on rank 0 only (point_sink).
+    const bool adds = rq.split == nullptr || rq.split->rank == 0;
+    if (rq.store_contributions && adds) res.contributions.assign(M * N * C, T(0));
     if (!rq.split_layers.empty()) {
         if (!rq.store_contributions || rq.split_layers.front() != 0 || rq.split_layers.back() != res.p ||
             !std::is_sorted(rq.split_layers.begin(), rq.split_layers.end()))
             throw usage_error("compute_path_kernel: split_layers must run from 0 to P, ascending, with contributions");
-        res.layer_contributions.assign(M * N * C * (rq.split_layers.size() - 1), T(0));
+        if (adds) res.layer_contributions.assign(M * N * C * (rq.split_layers.size() - 1), T(0));
     }
     if (rq.split_steps) {
         if (!rq.store_contributions) throw usage_error("compute_path_kernel: split_steps needs the contributions");
-        res.step_contributions.assign(sch.steps * M * N * C, T(0));
+        if (adds) res.step_contributions.assign(sch.steps * M * N * C, T(0));
     }
     res.quadrature_bound = matrix<T>(M, C);
     res.path_magnitude = matrix<double>(M, C);
@@ -391,6 +397,7 @@ void finish_result(const path_kernel_request<T>& rq, const std::vector<T>& w, co
                 res.kernel_reconstruction(mm, c) += kernel_sum(mm, c);
                 continue;
             }
+            if (res.contributions.empty()) continue;  // a split computation's other ranks (start_result)
             for (std::size_t i = 0; i < N; ++i) res.kernel_reconstruction(mm, c) += res.contributions[(mm * N + i) * C + c];
         }
     if (!res.optimizer_term.data.empty())  // the optimizer's own term belongs to the kernel machine
@@ -538,6 +545,149 @@ void end_step(step_difference<T>& sd, const std::vector<double>& point_contribut
     w = std::move(w_next);
     if (progress) progress(s + 1, res.steps);
 }
+
+// What one step added at one test point, kept for rank 0 when the work is split.
+template <Real T>
+struct point_record {
+    std::size_t step = 0, point = 0;
+    std::vector<std::size_t> columns;  // add_point_step's batch rows
+    T delta_l1 = T(0);
+    point_step<T> ps;
+    std::vector<T> kernel;  // a stored step's K_s(x, ·) of this point: [N][C][C]
+};
+
+// Where the test side's point-steps go.  One process: straight into the result
+// (add_point_step).  Split (work_split.hpp): kept, and at a round's end sent to rank 0, which
+// adds every rank's records in (step, point) order — each test point's steps in the order one
+// process adds them, so the sums are the same.  Threads take points: take() writes the
+// point's own slot.
+template <Real T>
+class point_sink {
+public:
+    point_sink(const path_kernel_request<T>& rq, std::size_t points)
+        : rq_(rq), split_(rq.split != nullptr && rq.split->distributed() ? rq.split : nullptr),
+          pending_(split_ ? points : 0) {}
+
+    bool split() const { return split_ != nullptr; }
+    // Whether this process takes point `point`'s test side at step `step`.
+    bool owns(std::size_t step, std::size_t point) const { return split_ == nullptr || split_->owns(step, point); }
+    // The smooth ladder restarts at every step block (work_split.hpp), split or not.
+    static bool block_starts(std::size_t step) { return step % split_block_steps == 0; }
+
+    void take(const std::vector<std::size_t>& columns, std::size_t mm, const point_step<T>& ps, const T& delta_l1,
+              path_kernel_result<T>& res, matrix<T>& kernel_sum, std::vector<std::size_t>& rule_nodes,
+              std::vector<char>& converged, double& point_contribution) {
+        if (split_ == nullptr) {
+            add_point_step<T>(rq_, columns, mm, ps, delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution);
+            return;
+        }
+        point_record<T> r;
+        r.point = mm;
+        r.columns = columns;
+        r.delta_l1 = delta_l1;
+        r.ps = ps;
+        pending_[mm].push_back(std::move(r));
+    }
+
+    // After the step's test side, before end_step takes the stored kernel: the step's records
+    // (with their points' kernel rows) into the round.
+    void end_of_step(std::size_t s, bool store_kernel, const std::vector<T>& kernel, std::size_t n, std::size_t c) {
+        if (split_ == nullptr) return;
+        for (std::size_t mm = 0; mm < pending_.size(); ++mm) {
+            for (std::size_t k = 0; k < pending_[mm].size(); ++k) {
+                point_record<T>& r = pending_[mm][k];
+                r.step = s;
+                if (store_kernel && k == 0) {
+                    const auto first = kernel.begin() + static_cast<std::ptrdiff_t>(mm * n * c * c);
+                    r.kernel.assign(first, first + static_cast<std::ptrdiff_t>(n * c * c));
+                }
+                round_.push_back(std::move(r));
+            }
+            pending_[mm].clear();
+        }
+    }
+
+    // After end_step: at a round's end, every rank's records to rank 0, added there.
+    void after_step(std::size_t s, path_kernel_result<T>& res, matrix<T>& kernel_sum, std::vector<std::size_t>& rule_nodes,
+                    std::vector<char>& converged) {
+        if (split_ == nullptr || !split_->round_ends(s, res.steps)) return;
+        byte_writer out;
+        out.put(round_.size());
+        for (const point_record<T>& r : round_) {
+            out.put(r.step);
+            out.put(r.point);
+            out.put_vector(r.columns);
+            out.put_real(r.delta_l1);
+            out.put_vector(r.kernel);
+            const point_step<T>& p = r.ps;
+            out.put(p.cuts);
+            out.put(p.evaluations);
+            out.put(p.nodes);
+            out.put(std::size_t{p.converged ? 1u : 0u});
+            out.put(p.step);
+            out.put_vector(p.contribution);
+            out.put_vector(p.remainder);
+            out.put_vector(p.optimizer_term);
+            out.put_vector(p.layer_contribution);
+            out.put_vector(p.magnitude);
+            out.put_real(p.estimate);
+            out.put_vector(p.estimate_by_output);
+        }
+        round_.clear();
+        const std::vector<std::vector<unsigned char>> all = split_->gather(std::move(out.bytes));
+        if (split_->rank != 0) return;
+        std::vector<point_record<T>> records;
+        for (const std::vector<unsigned char>& bytes : all) {  // rank by rank; each rank's in its order
+            byte_reader in(bytes.data(), bytes.size());
+            const std::size_t count = in.get_size();
+            for (std::size_t k = 0; k < count; ++k) {
+                point_record<T> r;
+                r.step = in.get_size();
+                r.point = in.get_size();
+                r.columns = in.get_vector<std::size_t>();
+                r.delta_l1 = in.get_real<T>();
+                r.kernel = in.get_vector<T>();
+                point_step<T>& p = r.ps;
+                p.cuts = in.get_size();
+                p.evaluations = in.get_size();
+                p.nodes = in.get_size();
+                p.converged = in.get_size() != 0;
+                p.step = in.get_size();
+                p.contribution = in.get_vector<T>();
+                p.remainder = in.get_vector<T>();
+                p.optimizer_term = in.get_vector<T>();
+                p.layer_contribution = in.get_vector<T>();
+                p.magnitude = in.get_vector<double>();
+                p.estimate = in.get_real<T>();
+                p.estimate_by_output = in.get_vector<T>();
+                if (r.point >= res.m || r.step >= res.audit.size())
+                    throw usage_error("work_split: a rank's record names no point or step of this computation");
+                records.push_back(std::move(r));
+            }
+            if (!in.done()) throw usage_error("work_split: a rank's records have trailing bytes");
+        }
+        // One (step, point)'s records all come from its owner, in its order: a stable sort keeps it.
+        std::stable_sort(records.begin(), records.end(), [](const point_record<T>& a, const point_record<T>& b) {
+            return a.step != b.step ? a.step < b.step : a.point < b.point;
+        });
+        const std::size_t N = res.n, C = res.c;
+        for (const point_record<T>& r : records) {
+            double contribution = 0;
+            add_point_step<T>(rq_, r.columns, r.point, r.ps, r.delta_l1, res, kernel_sum, rule_nodes, converged, contribution);
+            res.audit[r.step].contribution_max_abs = std::max(res.audit[r.step].contribution_max_abs, contribution);
+            if (r.kernel.empty()) continue;
+            for (auto& [step, kern] : res.step_kernels)
+                if (step == r.step)
+                    std::copy(r.kernel.begin(), r.kernel.end(), kern.begin() + static_cast<std::ptrdiff_t>(r.point * N * C * C));
+        }
+    }
+
+private:
+    const path_kernel_request<T>& rq_;
+    const work_split* split_;
+    std::vector<std::vector<point_record<T>>> pending_;  // this step's, per point
+    std::vector<point_record<T>> round_;                 // this round's, in (step, point) order
+};
 }  // namespace detail
 
 template <Real T>
@@ -560,6 +710,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
     std::size_t next_kernel = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
+    detail::point_sink<T> sink(rq, M);
     for (std::size_t s = 0; s < sch.steps; ++s) {
         // Coefficients a_{i,s} = −η ρ ∂ℓ/∂f at w[s], and the training side g_{i,s}.
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
@@ -586,6 +737,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             kernel.assign(M * N * C * C, T(0));
         }
         auto process_point = [&](std::size_t mm) {
+            if (!sink.owns(s, mm)) return;
             const segment_integral<T> seg = integrate_segment<T>(model, st, w, delta, x_rows[mm], rq.quadrature);
             detail::point_step<T> ps = detail::point_step_of<T>(seg);
             ps.contribution.resize(C * batch.size());
@@ -602,10 +754,12 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
                 }
             }
             ps.remainder = contract_rows<T>(seg.value, rem);
-            detail::add_point_step<T>(rq, batch, mm, ps, delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
+            sink.take(batch, mm, ps, delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
         };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
+        sink.end_of_step(s, store_kernel, kernel, N, C);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
+        sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;

@@ -55,6 +55,8 @@ namespace structured {
 inline constexpr std::size_t chunk_points = 8;  // test points per work item
 inline constexpr std::size_t ladder_chunk_points = 16;  // the smooth ladder's (rows stacked per chunk)
 inline constexpr std::size_t block_rows = 256;  // test rows (point, node) per product
+// A chunk lies in one unit of a split computation (work_split.hpp).
+static_assert(split_chunk_points % chunk_points == 0 && split_chunk_points % ladder_chunk_points == 0);
 
 // Values of a batch of rows through the network, row r at w + t_r Δ (no t: at w).
 template <Real T>
@@ -968,8 +970,10 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
                         qo.composite == quadrature_options::simple_rule::none;
     const std::size_t chunk = ladder ? structured::ladder_chunk_points : structured::chunk_points;
     const std::size_t chunks = (M + chunk - 1) / chunk;
-    std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+    std::vector<std::size_t> ladder_start(M);
+    detail::point_sink<T> sink(rq, M);
     for (std::size_t s = 0; s < sch.steps; ++s) {
+        if (detail::point_sink<T>::block_starts(s)) std::fill(ladder_start.begin(), ladder_start.end(), qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
         const std::vector<std::size_t> batch = sch.batch(s);
         const std::size_t b = batch.size();
         const T eta(sch.learning_rates[s]);
@@ -1003,7 +1007,9 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         // The rule of every test point (independent of the others); the smooth ladder finds
         // its rules chunk by chunk below.
         std::vector<step_rule<T>> rules(M);
-        auto find_rule = [&](std::size_t mm) { rules[mm] = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature); };
+        auto find_rule = [&](std::size_t mm) {
+            if (sink.owns(s, mm)) rules[mm] = segment_rule<T>(model, st, wv, delta, x_rows[mm], rq.quadrature);
+        };
         if (!ladder) detail::for_each_point_t<T>(M, rq.threads, find_rule);
 
         std::vector<double> point_contribution(M, 0.0);
@@ -1013,6 +1019,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
         if (store_kernel) kernel.assign(M * N * C * C, T(0));
         auto process_chunk = [&](std::size_t ch) {
             const std::size_t first = ch * chunk, last = std::min(M, first + chunk);
+            if (!sink.owns(s, first)) return;  // a chunk lies in one unit (split_chunk_points is a multiple)
             if (ladder) {
                 std::vector<std::size_t> idx;
                 for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
@@ -1038,8 +1045,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
                             std::copy(o.sums.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
                                       o.sums.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
                                       kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
-                    detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
-                                              point_contribution[mm]);
+                    sink.take(batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
                 }
                 return;
             }
@@ -1091,8 +1097,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
                         std::copy(sum.kernel.begin() + static_cast<std::ptrdiff_t>(k * C * C),
                                   sum.kernel.begin() + static_cast<std::ptrdiff_t>((k + 1) * C * C),
                                   kernel.begin() + static_cast<std::ptrdiff_t>((mm * N + batch[k]) * C * C));
-                detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
-                                          point_contribution[mm]);
+                sink.take(batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
             }
         };
         detail::for_each_point_t<T>(chunks, rq.threads, process_chunk);
@@ -1101,7 +1106,9 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
             res.gemm_seconds += counters[ch].seconds;
             res.elementwise_madds += elementwise[ch];
         }
+        sink.end_of_step(s, store_kernel, kernel, N, C);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
+        sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;
@@ -1119,13 +1126,15 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
                                std::type_identity_t<std::span<const T>> rem,
                                const std::type_identity_t<std::vector<std::vector<T>>>& phi,
                                const std::type_identity_t<std::vector<T>>& omega, std::span<const double> scale,
-                               const std::type_identity_t<T>& scale_l1, std::vector<std::size_t>& start,
+                               const std::type_identity_t<T>& scale_l1, std::vector<std::size_t>& start, std::size_t step,
                                const std::type_identity_t<std::function<void(std::size_t, detail::point_step<T>&)>>& add,
                                std::type_identity_t<path_kernel_result<T>>& res) {
     const model_spec& model = rq.problem->model;
     const quadrature_options& qo = rq.quadrature;
     if constexpr (std::is_same_v<T, double>) check_gemm_fast_supported();
     const std::size_t M = rq.x_test.rows, C = model.output_dim(), P = w.size(), K = phi.size();
+    // Split between processes (work_split.hpp): this process's units only.
+    auto owns = [&](std::size_t mm) { return rq.split == nullptr || rq.split->owns(step, mm); };
     const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
                         qo.composite == quadrature_options::simple_rule::none;
     if (start.size() != M) start.assign(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
@@ -1169,6 +1178,7 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
         std::vector<gemm_counter> counters(M);
         std::vector<double> elementwise(M, 0.0);
         auto process_point = [&](std::size_t mm) {
+            if (!owns(mm)) return;
             detail::point_step<T> ps;
             if (fcx) {
                 if (std::optional<std::vector<T>> v = structured_tree::point_vectors<T>(*fcx, mm, shares, start[mm], ps)) {
@@ -1213,6 +1223,7 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     if (!ladder) {
         std::vector<matrix<T>> x_rows;
         auto find_rule = [&](std::size_t mm) {
+            if (!owns(mm)) return;
             rules[mm] = segment_rule<T>(model, st, w, delta, gather_rows(rq.x_test, std::vector<std::size_t>{mm}), qo);
         };
         detail::for_each_point_t<T>(M, rq.threads, find_rule);
@@ -1223,6 +1234,7 @@ void optimizer_step_structured(const path_kernel_request<T>& rq, const segment_s
     std::vector<double> elementwise(chunks, 0.0);
     auto process_chunk = [&](std::size_t ch) {
         const std::size_t first = ch * chunk, last = std::min(M, first + chunk);
+        if (!owns(first)) return;  // a chunk lies in one unit (split_chunk_points is a multiple)
         std::vector<std::size_t> idx;
         for (std::size_t mm = first; mm < last; ++mm) idx.push_back(mm);
         const matrix<T> xc = gather_rows(rq.x_test, idx);

@@ -1130,8 +1130,10 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     const quadrature_options& qo = rq.quadrature;
     const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
                         qo.composite == quadrature_options::simple_rule::none;
-    std::vector<std::size_t> ladder_start(M, qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+    std::vector<std::size_t> ladder_start(M);
+    detail::point_sink<T> sink(rq, M);
     for (std::size_t s = 0; s < sch.steps; ++s) {
+        if (detail::point_sink<T>::block_starts(s)) std::fill(ladder_start.begin(), ladder_start.end(), qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
         // The training side, as the unstructured path: a_{i,s}, g_{i,s} (one vjp per row), Σ_i g_{i,s}.
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
         const std::vector<std::size_t>& batch = st0.batch;
@@ -1184,6 +1186,7 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
             std::copy(sd.rem.begin(), sd.rem.end(), vectors.data.begin() + static_cast<std::ptrdiff_t>(P));
         }
         auto process_point = [&](std::size_t mm) {
+            if (!sink.owns(s, mm)) return;
             detail::point_step<T> ps;
             if (forward) {
                 if (std::optional<std::vector<T>> v = structured_tree::point_vectors<T>(scx, mm, vectors, ladder_start[mm], ps)) {
@@ -1193,8 +1196,8 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
                         ps.contribution[c] = (*v)[c * 2];
                         ps.remainder[c] = (*v)[c * 2 + 1];
                     }
-                    detail::add_point_step<T>(rq, std::vector<std::size_t>{batch[0]}, mm, ps, sd.delta_l1, res, kernel_sum,
-                                              rule_nodes, converged, point_contribution[mm]);
+                    sink.take(std::vector<std::size_t>{batch[0]}, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
+                              point_contribution[mm]);
                     return;
                 }
                 ps = detail::point_step<T>();
@@ -1216,8 +1219,7 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
                         for (std::size_t dd = 0; dd < C; ++dd)
                             kernel[((mm * N + batch[k]) * C + c) * C + dd] = kt(c, k * C + dd);
             }
-            detail::add_point_step<T>(rq, batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged,
-                                      point_contribution[mm]);
+            sink.take(batch, mm, ps, sd.delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
         };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
         for (std::size_t mm = 0; mm < M; ++mm) {
@@ -1225,7 +1227,9 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
             res.gemm_seconds += counters[mm].seconds;
             res.elementwise_madds += elementwise[mm];
         }
+        sink.end_of_step(s, store_kernel, kernel, N, C);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
+        sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }
     detail::finish_result<T>(rq, w, kernel_sum, rule_nodes, converged, x_rows, res);
     return res;

@@ -28,6 +28,10 @@
 #include "epk/study.hpp"
 #include "epk/trace.hpp"
 #include "epk/training.hpp"
+#include "epk/work_split.hpp"
+#ifdef EPK_HAVE_MPI
+#include "mpi_runtime.hpp"
+#endif
 
 namespace fs = std::filesystem;
 using epk::cli::args;
@@ -698,6 +702,7 @@ int cmd_verify(int argc, char** argv) {
     const bool json = a.flags.count("json") != 0;
     const epk::kernel_report k =
         epk::compute_kernel(t, p, o, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    if (!epk::is_output_rank()) return 0;  // under mpirun: rank 0 reports
     const bool explained = epk::judge_audit(k).explained;
     // ok: every residual within its budget, and the recorded path is the declared training
     // (or --allow-unexplained-steps).
@@ -869,6 +874,7 @@ int cmd_kernel(int argc, char** argv) {
     epk::check_memory(t, p, o, true, a.positional[0]);  // before any work
     epk::check_trace_output_dir(out);
     const epk::kernel_report k = epk::compute_kernel(t, p, o, make_progress("exact path kernel in " + p.name()));
+    if (!epk::is_output_rank()) return 0;  // under mpirun: rank 0 writes
     // A path that is not the declared training gets no kernel written (its arrays would
     // describe a training that did not happen), unless --allow-unexplained-steps.
     if (unexplained_fails(a, k, a.positional[0])) return 1;
@@ -998,6 +1004,7 @@ int cmd_compare(int argc, char** argv) {
     }
     const bool json = a.flags.count("json") != 0;
     const epk::comparison cmp = epk::compare_trace(t, p, methods, json ? epk::progress_fn{} : make_progress("methods"));
+    if (!epk::is_output_rank()) return 0;  // under mpirun: rank 0 reports
     if (json) {
         nlohmann::json j;
         j["precision"] = cmp.precision_name;
@@ -1058,6 +1065,7 @@ int cmd_check(int argc, char** argv) {
     const bool json = a.flags.count("json") != 0;
     const epk::check_report r =
         epk::check_against(t, a.positional[0], p, files, tolerance, threads, json ? epk::progress_fn{} : make_progress("exact path kernel in " + p.name()));
+    if (!epk::is_output_rank()) return 0;  // under mpirun: rank 0 reports
     // The files may agree with epk and still describe a training that did not happen.
     const bool explained = epk::judge_audit(r.reference).explained;
     const bool ok = r.ok && (explained || a.flags.count(allow_unexplained) != 0);
@@ -1260,6 +1268,10 @@ int run(int argc, char** argv) {
         std::cout << version_text << "\n";
         return 0;
     }
+    if (const epk::work_split* split = epk::active_work_split(); split != nullptr && split->distributed() &&
+        cmd != "verify" && cmd != "kernel" && cmd != "check" && cmd != "compare")
+        throw epk::input_error("epk " + cmd, "runs in one process; under mpirun with more than one rank, use verify, "
+                                             "kernel, check or compare");
     if (cmd == "train") return cmd_train(argc, argv);
     if (cmd == "replay") return cmd_replay(argc, argv);
     if (cmd == "predict") return cmd_predict(argc, argv);
@@ -1283,19 +1295,27 @@ std::string one_line(std::string s) {
 
 int main(int argc, char** argv) {
     epk::keep_freed_memory();
+#ifdef EPK_HAVE_MPI
+    epk::cli::mpi_session mpi(&argc, &argv);
+#endif
+    // One line on stderr; under mpirun with several ranks, naming the rank, and the job ends.
+    auto fail = [&](const std::string& line, int code) {
+#ifdef EPK_HAVE_MPI
+        if (mpi.ranks() > 1) mpi.fail(line, code);
+#endif
+        std::cerr << "epk: " << line << "\n";
+        return code;
+    };
     try {
-        return run(argc, argv);
+        const int rc = run(argc, argv);
+        return epk::is_output_rank() ? rc : 0;  // rank 0's verdict is the job's
     } catch (const epk::input_error& e) {
-        std::cerr << "epk: error: " << one_line(e.what()) << "\n";
-        return 2;
+        return fail("error: " + one_line(e.what()), 2);
     } catch (const epk::usage_error& e) {
-        std::cerr << "epk: error: " << one_line(e.what()) << "\n";
-        return 2;
+        return fail("error: " + one_line(e.what()), 2);
     } catch (const std::bad_alloc&) {
-        std::cerr << "epk: error: out of memory\n";
-        return 3;
+        return fail("error: out of memory", 3);
     } catch (const std::exception& e) {
-        std::cerr << "epk: internal error: " << one_line(e.what()) << "\n";
-        return 3;
+        return fail("internal error: " + one_line(e.what()), 3);
     }
 }

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# bench/mpi_scaling.sh [--build DIR] [--work DIR] — the MPI build on this machine (README "Many
+# machines (MPI)"): one rank with one thread against `mpirun -n 2` (one thread each), measured in
+# the same run on the same traces, and the cost model's terms.
+#
+# Workloads (bench/README.md, as bench/run.sh makes them; 200 SGD steps, batch 100, 500 training
+# rows, 100 held-out test points):
+#   digits  MLP 64-128-128-10, ReLU            cnn  bench/cnn_digits.json (7 770 parameters)
+# For each: `epk verify --threads 1` as one process, then under `mpirun -n 2`; the ratio of the
+# two wall times is the speed-up (the issue's bar: >= 1.7 on digits).  Then the cost model of
+# one step, t(M) = a + b*M (a: the training side every rank takes; b: one test point's test side),
+# from one-process runs with 16 and 100 test points; and what rank 0 receives and how long it
+# waits in the gathers (EPK_MPI_STATS=1).
+# Output: a table on stdout and $work/mpi.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=build-mpi
+work=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    *) echo "usage: bench/mpi_scaling.sh [--build DIR] [--work DIR]" >&2; exit 2 ;;
+  esac
+done
+[ -n "$work" ] || work="$build/bench-mpi"
+epk="$build/epk"
+[ -x "$epk" ] || { echo "bench/mpi_scaling.sh: $epk missing (cmake -S . -B $build -DEPK_MPI=ON && cmake --build $build --target epk)" >&2; exit 2; }
+mpirun=$(command -v mpirun) || { echo "bench/mpi_scaling.sh: mpirun missing (Debian: openmpi-bin)" >&2; exit 2; }
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
+mkdir -p "$work"
+out="$work/mpi.jsonl"
+: > "$out"
+
+make_trace() {  # name shape(hidden widths | model.json) n_test
+  local dir="$work/$1" shape=(--hidden "$2" --activation relu)
+  case "$2" in *.json) shape=(--model "$2") ;; esac
+  [ -d "$dir" ] || "$epk" train --out "$dir" --data digits "${shape[@]}" --steps 200 --n-train 500 --n-test "$3" \
+                     --batch-size 100 --lr 0.05 --seed 0 --init-only > /dev/null 2>&1
+  echo "$dir"
+}
+seconds() {  # command...: wall seconds (stderr kept in $work/stderr.txt)
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > /dev/null 2> "$work/stderr.txt"
+  t1=$(date +%s.%N)
+  python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+
+printf "%-7s %9s %12s %7s %10s %12s %13s %10s\n" workload "1 rank s" "mpirun -n 2" ratio "a s/step" "b s/step/pt" "bytes to r0" "gather s"
+for w in digits cnn; do
+  if [ "$w" = digits ]; then shape=128,128; else shape=bench/cnn_digits.json; fi
+  t100=$(make_trace "$w-100" "$shape" 100)
+  t16=$(make_trace "$w-16" "$shape" 16)
+  one=$(seconds "$epk" verify "$t100" --threads 1)
+  two=$(EPK_MPI_STATS=1 seconds "$mpirun" --oversubscribe -n 2 "$epk" verify "$t100" --threads 1)
+  stats=$(grep -m1 '^epk: mpi:' "$work/stderr.txt" || echo "")
+  m16=$(seconds "$epk" verify "$t16" --threads 1)
+  python3 - "$w" "$one" "$two" "$m16" "$out" "$stats" <<'PY'
+import json, re, sys
+w, one, two, m16, out, stats = sys.argv[1], *map(float, sys.argv[2:5]), sys.argv[5], sys.argv[6]
+S, M = 200, 100
+b = (one - m16) / (S * (M - 16))   # one test point's test side, per step
+a = one / S - b * M                # the training side (every rank takes it)
+m = re.search(r"(\d+) bytes to rank 0 in (\d+) rounds, ([\d.]+) s", stats)
+received, gathered = (int(m.group(1)), float(m.group(3))) if m else (float("nan"), float("nan"))
+row = {"workload": w, "one_rank_seconds": one, "two_ranks_seconds": two, "ratio": one / two,
+       "training_side_seconds_per_step": a, "test_side_seconds_per_step_per_point": b,
+       "bytes_to_rank0": received, "gather_seconds_rank0": gathered}
+open(out, "a").write(json.dumps(row) + "\n")
+print(f"{w:<7} {one:9.2f} {two:12.2f} {one / two:7.2f} {a:10.4f} {b:12.5f} {received:13.3g} {gathered:10.2f}")
+PY
+done
+echo "(ratio = one rank, one thread / mpirun -n 2, one thread each: same traces, same run; $out)"
