@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/mpi_scaling.sh [--build DIR] [--work DIR] — the MPI build on this machine (README "Many
+# bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--workloads "digits cnn"] — the MPI build on this machine (README "Many
 # machines (MPI)"): one rank with one thread against `mpirun -n 2` (one thread each), measured in
 # the same run on the same traces, and the cost model's terms.
 #
@@ -16,11 +16,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build-mpi
 work=""
+steps=200
+workloads="digits cnn"
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
-    *) echo "usage: bench/mpi_scaling.sh [--build DIR] [--work DIR]" >&2; exit 2 ;;
+    --steps) steps="$2"; shift 2 ;;  # fewer steps: the per-step figures do not depend on S
+    --workloads) workloads="$2"; shift 2 ;;
+    *) echo "usage: bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--workloads LIST]" >&2; exit 2 ;;
   esac
 done
 [ -n "$work" ] || work="$build/bench-mpi"
@@ -34,9 +38,9 @@ out="$work/mpi.jsonl"
 : > "$out"
 
 make_trace() {  # name shape(hidden widths | model.json) n_test
-  local dir="$work/$1" shape=(--hidden "$2" --activation relu)
+  local dir="$work/$1-$steps" shape=(--hidden "$2" --activation relu)
   case "$2" in *.json) shape=(--model "$2") ;; esac
-  [ -d "$dir" ] || "$epk" train --out "$dir" --data digits "${shape[@]}" --steps 200 --n-train 500 --n-test "$3" \
+  [ -d "$dir" ] || "$epk" train --out "$dir" --data digits "${shape[@]}" --steps "$steps" --n-train 500 --n-test "$3" \
                      --batch-size 100 --lr 0.05 --seed 0 --init-only > /dev/null 2>&1
   echo "$dir"
 }
@@ -49,7 +53,7 @@ seconds() {  # command...: wall seconds (stderr kept in $work/stderr.txt)
 }
 
 printf "%-7s %9s %12s %7s %10s %12s %13s %10s\n" workload "1 rank s" "mpirun -n 2" ratio "a s/step" "b s/step/pt" "bytes to r0" "gather s"
-for w in digits cnn; do
+for w in $workloads; do
   if [ "$w" = digits ]; then shape=128,128; else shape=bench/cnn_digits.json; fi
   t100=$(make_trace "$w-100" "$shape" 100)
   t16=$(make_trace "$w-16" "$shape" 16)
@@ -57,15 +61,15 @@ for w in digits cnn; do
   two=$(EPK_MPI_STATS=1 seconds "$mpirun" --oversubscribe -n 2 "$epk" verify "$t100" --threads 1)
   stats=$(grep -m1 '^epk: mpi:' "$work/stderr.txt" || echo "")
   m16=$(seconds "$epk" verify "$t16" --threads 1)
-  python3 - "$w" "$one" "$two" "$m16" "$out" "$stats" <<'PY'
+  python3 - "$w" "$one" "$two" "$m16" "$out" "$stats" "$steps" <<'PY'
 import json, re, sys
 w, one, two, m16, out, stats = sys.argv[1], *map(float, sys.argv[2:5]), sys.argv[5], sys.argv[6]
-S, M = 200, 100
+S, M = int(sys.argv[7]), 100
 b = (one - m16) / (S * (M - 16))   # one test point's test side, per step
 a = one / S - b * M                # the training side (every rank takes it)
 m = re.search(r"(\d+) bytes to rank 0 in (\d+) rounds, ([\d.]+) s", stats)
 received, gathered = (int(m.group(1)), float(m.group(3))) if m else (float("nan"), float("nan"))
-row = {"workload": w, "one_rank_seconds": one, "two_ranks_seconds": two, "ratio": one / two,
+row = {"workload": w, "steps": S, "one_rank_seconds": one, "two_ranks_seconds": two, "ratio": one / two,
        "training_side_seconds_per_step": a, "test_side_seconds_per_step_per_point": b,
        "bytes_to_rank0": received, "gather_seconds_rank0": gathered}
 open(out, "a").write(json.dumps(row) + "\n")
