@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--workloads "digits cnn"] — the MPI build on this machine (README "Many
+# bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--reps K] [--workloads "digits cnn"] — the MPI build on this machine (README "Many
 # machines (MPI)"): one rank with one thread against `mpirun -n 2` (one thread each), measured in
 # the same run on the same traces, and the cost model's terms.
 #
@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 build=build-mpi
 work=""
 steps=200
+reps=3
 workloads="digits cnn"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,7 +25,8 @@ while [ $# -gt 0 ]; do
     --work) work="$2"; shift 2 ;;
     --steps) steps="$2"; shift 2 ;;  # fewer steps: the per-step figures do not depend on S
     --workloads) workloads="$2"; shift 2 ;;
-    *) echo "usage: bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--workloads LIST]" >&2; exit 2 ;;
+    --reps) reps="$2"; shift 2 ;;  # repetitions of each timing (the median is reported)
+    *) echo "usage: bench/mpi_scaling.sh [--build DIR] [--work DIR] [--steps S] [--reps K] [--workloads LIST]" >&2; exit 2 ;;
   esac
 done
 [ -n "$work" ] || work="$build/bench-mpi"
@@ -52,28 +54,38 @@ seconds() {  # command...: wall seconds (stderr kept in $work/stderr.txt)
   python3 -c "print(f'{$t1 - $t0:.2f}')"
 }
 
-printf "%-7s %9s %12s %7s %10s %12s %13s %10s\n" workload "1 rank s" "mpirun -n 2" ratio "a s/step" "b s/step/pt" "bytes to r0" "gather s"
+printf "%-7s %9s %11s %12s %8s %8s %10s %12s %11s %8s\n" workload "1 proc s" "-n 1 s" "-n 2 s" "ratio" "ratio-n1" "a s/step" "b s/step/pt" "bytes to r0" "gather s"
 for w in $workloads; do
   if [ "$w" = digits ]; then shape=128,128; else shape=bench/cnn_digits.json; fi
   t100=$(make_trace "$w-100" "$shape" 100)
   t16=$(make_trace "$w-16" "$shape" 16)
-  one=$(seconds "$epk" verify "$t100" --threads 1)
-  two=$(EPK_MPI_STATS=1 seconds "$mpirun" --oversubscribe -n 2 "$epk" verify "$t100" --threads 1)
-  stats=$(grep -m1 '^epk: mpi:' "$work/stderr.txt" || echo "")
+  # Interleaved repetitions, the median of each (this machine's timings vary by 10-20 % run to run).
+  ones=(); twos=(); mones=()
+  for _ in $(seq 1 "$reps"); do
+    ones+=("$(seconds "$epk" verify "$t100" --threads 1)")
+    mones+=("$(seconds "$mpirun" -n 1 "$epk" verify "$t100" --threads 1)")
+    twos+=("$(EPK_MPI_STATS=1 seconds "$mpirun" --oversubscribe -n 2 "$epk" verify "$t100" --threads 1)")
+    stats=$(grep -m1 '^epk: mpi:' "$work/stderr.txt" || echo "")
+  done
+  one=$(printf '%s\n' "${ones[@]}" | sort -g | sed -n "$(( (reps + 1) / 2 ))p")
+  two=$(printf '%s\n' "${twos[@]}" | sort -g | sed -n "$(( (reps + 1) / 2 ))p")
+  mone=$(printf '%s\n' "${mones[@]}" | sort -g | sed -n "$(( (reps + 1) / 2 ))p")
+  echo "  $w: one process ${ones[*]} s; mpirun -n 1 ${mones[*]} s; mpirun -n 2 ${twos[*]} s" >&2
   m16=$(seconds "$epk" verify "$t16" --threads 1)
-  python3 - "$w" "$one" "$two" "$m16" "$out" "$stats" "$steps" <<'PY'
+  python3 - "$w" "$one" "$two" "$m16" "$out" "$stats" "$steps" "$mone" <<'PY'
 import json, re, sys
 w, one, two, m16, out, stats = sys.argv[1], *map(float, sys.argv[2:5]), sys.argv[5], sys.argv[6]
-S, M = int(sys.argv[7]), 100
+S, M, mone = int(sys.argv[7]), 100, float(sys.argv[8])
 b = (one - m16) / (S * (M - 16))   # one test point's test side, per step
 a = one / S - b * M                # the training side (every rank takes it)
 m = re.search(r"(\d+) bytes to rank 0 in (\d+) rounds, ([\d.]+) s", stats)
 received, gathered = (int(m.group(1)), float(m.group(3))) if m else (float("nan"), float("nan"))
-row = {"workload": w, "steps": S, "one_rank_seconds": one, "two_ranks_seconds": two, "ratio": one / two,
+row = {"workload": w, "steps": S, "one_process_seconds": one, "mpirun_one_rank_seconds": mone,
+       "two_ranks_seconds": two, "ratio_to_one_process": one / two, "ratio_to_one_rank": mone / two,
        "training_side_seconds_per_step": a, "test_side_seconds_per_step_per_point": b,
        "bytes_to_rank0": received, "gather_seconds_rank0": gathered}
 open(out, "a").write(json.dumps(row) + "\n")
-print(f"{w:<7} {one:9.2f} {two:12.2f} {one / two:7.2f} {a:10.4f} {b:12.5f} {received:13.3g} {gathered:10.2f}")
+print(f"{w:<7} {one:9.2f} {mone:11.2f} {two:12.2f} {one / two:8.2f} {mone / two:8.2f} {a:10.4f} {b:12.5f} {received:11.3g} {gathered:8.2f}")
 PY
 done
-echo "(ratio = one rank, one thread / mpirun -n 2, one thread each: same traces, same run; $out)"
+echo "(ratio: one process, one thread / mpirun -n 2, one thread each; ratio-n1: mpirun -n 1 (one rank, one thread, the same launcher) / mpirun -n 2; medians of $reps interleaved runs, same traces, same run; $out)"

@@ -122,10 +122,18 @@ void expect_same_report(const kernel_report& one, const kernel_report& split, co
     }
     ASSERT_EQ(one.audit.size(), split.audit.size()) << what;
     for (std::size_t s = 0; s < one.audit.size(); ++s) {
-        EXPECT_EQ(one.audit[s].contribution_max_abs, split.audit[s].contribution_max_abs) << what << " audit step " << s;
-        EXPECT_EQ(one.audit[s].deviation_max_abs, split.audit[s].deviation_max_abs) << what << " audit step " << s;
-        EXPECT_EQ(one.audit[s].remainder_max_abs, split.audit[s].remainder_max_abs) << what << " audit step " << s;
+        const auto& a = one.audit[s];
+        const auto& b = split.audit[s];
+        const std::vector<double> x{a.remainder_max_abs, a.remainder_norm2, a.relative, a.deviation_max_abs,
+                                    a.deviation_relative, a.over_recording_u, a.contribution_max_abs};
+        const std::vector<double> y{b.remainder_max_abs, b.remainder_norm2, b.relative, b.deviation_max_abs,
+                                    b.deviation_relative, b.over_recording_u, b.contribution_max_abs};
+        expect_same_values(x, y, what + ": audit step " + std::to_string(s));
     }
+    EXPECT_EQ(one.remainder_max_abs, split.remainder_max_abs) << what;
+    EXPECT_EQ(one.remainder_max_rel, split.remainder_max_rel) << what;
+    EXPECT_EQ(one.remainder_worst_step, split.remainder_worst_step) << what;
+    EXPECT_EQ(one.worst_steps, split.worst_steps) << what;
 }
 
 // An MLP trace: N 24 rows of 4 features, M test points, S full-batch or minibatch steps.
@@ -203,6 +211,33 @@ TEST(WorkSplit, MlpKernelOfEveryPathIsTheSingleProcessKernel) {
         v.structured = c.structured;
         expect_split_equals_one(t, "double", v, what + " (verify)");
     }
+}
+
+// 40 steps (5 blocks) and 2 ranks, or 10 test points (one chunk) and 3: whole step blocks are
+// dealt (point_sink), each rank following the path over the others' blocks by the recorded row
+// or the trainer's step; replayed and recorded paths, stored kernels and coefficients.
+TEST(WorkSplit, WholeStepBlocksDealtGiveTheSingleProcessKernel) {
+    std::uint64_t seed = 17;
+    for (layer_kind act : {layer_kind::tanh, layer_kind::relu}) {
+        for (bool recorded : {false, true}) {
+            trace t = mlp_trace(act, 10, 40, 0.3, seed++, true);
+            if (recorded) t = replay_trace(t, parse_precision("double"));
+            for (bool structured : {true, false}) {
+                kernel_options o;
+                o.threads = 2;
+                o.structured = structured;
+                o.coefficients = true;
+                o.kernel_steps = {3, 8, 39};
+                expect_split_equals_one(t, "double", o,
+                                        std::string(to_string(act)) + (recorded ? " recorded" : " replayed") +
+                                            (structured ? "" : " unstructured"));
+            }
+        }
+    }
+    const trace cnn = read_trace(std::string(EPK_FIXTURES_DIR) + "/torch_resnet_v3");
+    kernel_options o;
+    o.coefficients = true;
+    expect_split_equals_one(cnn, "double", o, "torch_resnet_v3 (whole blocks when 3 ranks share its one chunk)");
 }
 
 TEST(WorkSplit, OtherPrecisionsCarryEveryDigit) {

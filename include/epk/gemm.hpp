@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstddef>
 #include <type_traits>
+#include <vector>
 
 #include "epk/scalar.hpp"
 
@@ -28,6 +29,16 @@ namespace epk {
 template <Real T>
 void gemm_reference(bool b_transposed, std::size_t m, std::size_t n, std::size_t k, const T* a, std::size_t lda,
                     const T* b, std::size_t ldb, T* c, std::size_t ldc, bool accumulate) {
+    if (b_transposed && m > 1 && std::is_floating_point_v<T>) {
+        // op(B) = Bᵀ formed once [k × n], then the streaming loops below (vectorised over j):
+        // the same products added in the same order to each entry (0 + …, p ascending), so the
+        // same bits.  (Hardware types only: an MPFR copy costs about what a product does.)
+        std::vector<T> bt(k * n);
+        for (std::size_t j = 0; j < n; ++j)
+            for (std::size_t p = 0; p < k; ++p) bt[p * n + j] = b[j * ldb + p];
+        gemm_reference<T>(false, m, n, k, a, lda, bt.data(), n, c, ldc, accumulate);
+        return;
+    }
     if (b_transposed) {
         for (std::size_t i = 0; i < m; ++i)
             for (std::size_t j = 0; j < n; ++j) {

@@ -70,6 +70,28 @@ forward_pass<T> forward(const model_spec& m, std::span<const T> w, const matrix<
         if (l.kind == layer_kind::linear) {
             const linear_offsets& o = offsets[li++];
             matrix<T> z(h.rows, o.out);
+            if constexpr (std::is_floating_point_v<T>) {
+                if (h.rows > 1) {  // Wᵀ once, rows of z streamed (vectorised over r); each entry's
+                                   // operations as below, in the same order: the same bits
+                    std::vector<T> wt(o.in * o.out);
+                    for (std::size_t r = 0; r < o.out; ++r)
+                        for (std::size_t j = 0; j < o.in; ++j) wt[j * o.out + r] = w[o.weight + r * o.in + j];
+                    for (std::size_t i = 0; i < h.rows; ++i) {
+                        T* zr = &z(i, 0);
+                        const T h0 = h(i, 0);
+                        for (std::size_t r = 0; r < o.out; ++r) zr[r] = wt[r] * h0;
+                        for (std::size_t j = 1; j < o.in; ++j) {
+                            const T hj = h(i, j);
+                            const T* wj = wt.data() + j * o.out;
+                            for (std::size_t r = 0; r < o.out; ++r) add_product(zr[r], wj[r], hj);
+                        }
+                        if (o.has_bias)
+                            for (std::size_t r = 0; r < o.out; ++r) zr[r] += w[o.bias + r];
+                    }
+                    fp.values.push_back(std::move(z));
+                    continue;
+                }
+            }
             for (std::size_t i = 0; i < h.rows; ++i)
                 for (std::size_t r = 0; r < o.out; ++r) {
                     // z = Σ_j W[r][j] h[j] (j ascending), then + b[r]
@@ -97,9 +119,11 @@ matrix<T> outputs(const model_spec& m, std::span<const T> w, const matrix<T>& x)
 
 // Reverse mode: g += Σ_i J(x_i; w)ᵀ u_i for the batch of `fp`; u is [B × C].
 // Returns the adjoint of the inputs [B × D] as well (for tests).
+// `input_adjoint` false: the adjoint below the first linear layer is not formed (the trainer's
+// gradient needs none; the returned matrix is then empty).
 template <Real T>
 matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const forward_pass<T>& fp,
-                              const matrix<T>& u, std::span<T> g) {
+                              const matrix<T>& u, std::span<T> g, bool input_adjoint = true) {
     const auto offsets = parameter_offsets(m);
     if (g.size() != w.size()) throw usage_error("backward: gradient size != P");
     if (u.rows != fp.outputs().rows || u.cols != fp.outputs().cols) throw usage_error("backward: adjoint shape != outputs");
@@ -137,14 +161,20 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
                     for (std::size_t i = 1; i < h.rows; ++i) acc += adj(i, r);
                     g[o.bias + r] += acc;
                 }
-            // adjoint of h: adj_h[i][j] = Σ_r W[r][j] adj[i][r]   (r ascending)
+            if (!input_adjoint && li == 0) return {};  // no parameters below this layer
+            // adjoint of h: adj_h[i][j] = Σ_r W[r][j] adj[i][r]   (r ascending; the loops run
+            // r outside j so that W's rows stream, each entry's sum in the same order)
             matrix<T> prev(h.rows, o.in);
-            for (std::size_t i = 0; i < h.rows; ++i)
-                for (std::size_t j = 0; j < o.in; ++j) {
-                    T acc = w[o.weight + j] * adj(i, 0);
-                    for (std::size_t r = 1; r < o.out; ++r) add_product(acc, w[o.weight + r * o.in + j], adj(i, r));
-                    prev(i, j) = acc;
+            for (std::size_t i = 0; i < h.rows; ++i) {
+                T* pr = &prev(i, 0);
+                const T& a0 = adj(i, 0);
+                for (std::size_t j = 0; j < o.in; ++j) pr[j] = w[o.weight + j] * a0;
+                for (std::size_t r = 1; r < o.out; ++r) {
+                    const T& ar = adj(i, r);
+                    const T* wr = w.data() + o.weight + r * o.in;
+                    for (std::size_t j = 0; j < o.in; ++j) add_product(pr[j], wr[j], ar);
                 }
+            }
             adj = std::move(prev);
         } else {
             const activation<T> act(l);

@@ -343,7 +343,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
             };
             optimizer_step_structured(rq, st, std::span<const T>(w), std::span<const T>(delta), std::span<const T>(rem),
                                       phi, omega, std::span<const double>(scale), scale_l1, ladder_start, s, add, res);
-            sink.end_of_step(s, false, no_kernel, N, C);
+            sink.end_of_step(s, sd, false, no_kernel, res);
             detail::end_step<T>(sd, point_contribution, false, no_kernel, s, next_kernel, w, w_next, res, progress);
             sink.after_step(s, res, kernel_sum, rule_nodes, converged);
             continue;
@@ -368,7 +368,7 @@ path_kernel_result<T> compute_path_kernel_optimizer(const path_kernel_request<T>
             sink.take(columns, mm, ps, scale_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
         };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
-        sink.end_of_step(s, false, no_kernel, N, C);
+        sink.end_of_step(s, sd, false, no_kernel, res);
         detail::end_step<T>(sd, point_contribution, false, no_kernel, s, next_kernel, w, w_next, res, progress);
         sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }

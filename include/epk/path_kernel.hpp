@@ -241,8 +241,19 @@ template <Real T>
 struct step_difference {
     std::vector<T> delta, rem;
     T delta_l1 = T(0);
+    T rem_inf = T(0), delta_inf = T(0);  // ‖r_s‖_∞, ‖Δ_s‖_∞ (the result's remainder summaries)
     typename path_kernel_result<T>::step_audit audit;
 };
+
+// The remainder's summaries over the steps, step by step (in step order: the first largest wins).
+template <Real T>
+void add_remainder_summary(path_kernel_result<T>& res, std::size_t s, const T& rem_inf, const T& delta_inf) {
+    if (rem_inf > res.remainder_max_abs) {
+        res.remainder_max_abs = rem_inf;
+        res.remainder_worst_step = s;
+    }
+    if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
+}
 
 template <Real T>
 step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector<T>& w_next,
@@ -264,11 +275,9 @@ step_difference<T> difference_of_step(const std::vector<T>& w, const std::vector
         delta_l1 += rm::abs(delta[q]);
         rem_inf = rm::max(rem_inf, rm::abs(rem[q]));
     }
-    if (rem_inf > res.remainder_max_abs) {
-        res.remainder_max_abs = rem_inf;
-        res.remainder_worst_step = s;
-    }
-    if (delta_inf > T(0)) res.remainder_max_rel = rm::max(res.remainder_max_rel, T(rem_inf / delta_inf));
+    sd.rem_inf = rem_inf;
+    sd.delta_inf = delta_inf;
+    add_remainder_summary(res, s, rem_inf, delta_inf);
     {
         T rem_sq(0), w_inf(0);
         for (std::size_t q = 0; q < P; ++q) {
@@ -556,21 +565,56 @@ struct point_record {
     std::vector<T> kernel;  // a stored step's K_s(x, ·) of this point: [N][C][C]
 };
 
+// What a step's training side gives rank 0 when whole step blocks are dealt (point_sink):
+// the loss, the audit entry, the remainder's norms and the coefficients' rows of the step.
+template <Real T>
+struct step_record {
+    std::size_t step = 0;
+    T loss = T(0), rem_inf = T(0), delta_inf = T(0);
+    typename path_kernel_result<T>::step_audit audit;
+    std::vector<T> coefficients;  // [N][C] (when stored)
+};
+
 // Where the test side's point-steps go.  One process: straight into the result
 // (add_point_step).  Split (work_split.hpp): kept, and at a round's end sent to rank 0, which
 // adds every rank's records in (step, point) order — each test point's steps in the order one
 // process adds them, so the sums are the same.  Threads take points: take() writes the
 // point's own slot.
+//
+// Who takes what: test points' chunks interleaved over the ranks at every step (work_split::
+// owns; every rank takes every step's training side), or — plain SGD with at least 2R step
+// blocks, or fewer chunks than ranks — whole step blocks dealt to the ranks: a rank takes the
+// training side of its own steps only and follows the path over the others by the recorded row
+// or the trainer's step (skip_step); the steps' own results reach rank 0 as step records.  Either
+// way rank 0 adds the same records in the same order.
 template <Real T>
 class point_sink {
 public:
-    point_sink(const path_kernel_request<T>& rq, std::size_t points)
+    // `whole_steps`: the caller can skip steps (plain SGD: the path needs no optimizer state).
+    point_sink(const path_kernel_request<T>& rq, std::size_t points, bool whole_steps = false)
         : rq_(rq), split_(rq.split != nullptr && rq.split->distributed() ? rq.split : nullptr),
-          pending_(split_ ? points : 0) {}
+          pending_(split_ ? points : 0) {
+        if (split_ == nullptr) return;
+        const std::size_t R = split_->ranks, S = rq.schedule.steps;
+        const std::size_t blocks = (S + split_block_steps - 1) / split_block_steps;
+        const std::size_t chunks = (points + split_chunk_points - 1) / split_chunk_points;
+        by_blocks_ = whole_steps && (blocks >= 2 * R || chunks < R);
+        if (by_blocks_) {
+            rem_inf_.assign(S, T(0));
+            delta_inf_.assign(S, T(0));
+        }
+    }
 
     bool split() const { return split_ != nullptr; }
+    // Whether this process takes step s's training side (and the test side of its units there).
+    bool takes_step(std::size_t s) const {
+        return !by_blocks_ || (s / split_block_steps) % split_->ranks == split_->rank;
+    }
     // Whether this process takes point `point`'s test side at step `step`.
-    bool owns(std::size_t step, std::size_t point) const { return split_ == nullptr || split_->owns(step, point); }
+    bool owns(std::size_t step, std::size_t point) const {
+        if (split_ == nullptr) return true;
+        return by_blocks_ ? takes_step(step) : split_->owns(step, point);
+    }
     // The smooth ladder restarts at every step block (work_split.hpp), split or not.
     static bool block_starts(std::size_t step) { return step % split_block_steps == 0; }
 
@@ -586,32 +630,93 @@ public:
         r.columns = columns;
         r.delta_l1 = delta_l1;
         r.ps = ps;
+        // Without per-point contributions (verify), add_point_step only sums the batch's columns,
+        // 0 + c_1 + c_2 + … in column order: the owner sends that sum as one column, the same
+        // value, instead of all of them.
+        const std::size_t C = ps.remainder.size(), b = columns.size();
+        if (!rq_.store_contributions && rq_.split_layers.empty() && !rq_.split_steps && b > 1 &&
+            ps.contribution.size() == C * b) {
+            std::vector<T> sum(C, T(0));
+            for (std::size_t k = 0; k < b; ++k)
+                for (std::size_t c = 0; c < C; ++c) sum[c] += ps.contribution[c * b + k];
+            r.ps.contribution = std::move(sum);
+            r.columns.resize(1);
+        }
         pending_[mm].push_back(std::move(r));
     }
 
     // After the step's test side, before end_step takes the stored kernel: the step's records
     // (with their points' kernel rows) into the round.
-    void end_of_step(std::size_t s, bool store_kernel, const std::vector<T>& kernel, std::size_t n, std::size_t c) {
+    void end_of_step(std::size_t s, const step_difference<T>& sd, bool store_kernel, const std::vector<T>& kernel,
+                     const path_kernel_result<T>& res) {
         if (split_ == nullptr) return;
+        const std::size_t N = res.n, C = res.c;
         for (std::size_t mm = 0; mm < pending_.size(); ++mm) {
             for (std::size_t k = 0; k < pending_[mm].size(); ++k) {
                 point_record<T>& r = pending_[mm][k];
                 r.step = s;
                 if (store_kernel && k == 0) {
-                    const auto first = kernel.begin() + static_cast<std::ptrdiff_t>(mm * n * c * c);
-                    r.kernel.assign(first, first + static_cast<std::ptrdiff_t>(n * c * c));
+                    const auto first = kernel.begin() + static_cast<std::ptrdiff_t>(mm * N * C * C);
+                    r.kernel.assign(first, first + static_cast<std::ptrdiff_t>(N * C * C));
                 }
                 round_.push_back(std::move(r));
             }
             pending_[mm].clear();
         }
+        if (!by_blocks_) return;
+        step_record<T> st;
+        st.step = s;
+        st.loss = res.losses.at(s);
+        st.rem_inf = sd.rem_inf;
+        st.delta_inf = sd.delta_inf;
+        st.audit = sd.audit;
+        if (rq_.store_coefficients)
+            st.coefficients.assign(res.coefficients.begin() + static_cast<std::ptrdiff_t>(s * N * C),
+                                   res.coefficients.begin() + static_cast<std::ptrdiff_t>((s + 1) * N * C));
+        steps_.push_back(std::move(st));
     }
 
-    // After end_step: at a round's end, every rank's records to rank 0, added there.
+    // A step another rank takes: the path's next point — the recorded row, or the trainer's step
+    // (next_point's, from the batch's forward pass at w[s]) — and the result's places for the
+    // step, which rank 0 fills from the owner's records.
+    void skip_step(std::size_t s, std::vector<T>& w, path_kernel_result<T>& res, std::size_t& next_kernel,
+                   const std::function<void(std::size_t, std::size_t)>& progress) {
+        const training_problem<T>& pr = *rq_.problem;
+        if (rq_.recorded_row) {
+            std::vector<T> w_next = rq_.recorded_row(s + 1);
+            if (w_next.size() != w.size()) throw usage_error("compute_path_kernel: recorded row has the wrong size");
+            w = std::move(w_next);
+        } else {
+            const std::vector<std::size_t> batch = rq_.schedule.batch(s);
+            const forward_pass<T> fp = forward(pr.model, std::span<const T>(w), gather_rows(pr.x, batch));
+            const matrix<T> g_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
+            sgd_update<T>(pr, w, fp, g_out, T(rq_.schedule.learning_rates[s]));
+        }
+        res.losses.push_back(T(0));
+        res.audit.emplace_back();
+        if (next_kernel < rq_.kernel_steps.size() && rq_.kernel_steps[next_kernel] == s) {
+            res.step_kernels.emplace_back(s, std::vector<T>(split_->rank == 0 ? res.m * res.n * res.c * res.c : 0, T(0)));
+            ++next_kernel;
+        }
+        if (progress) progress(s + 1, res.steps);
+    }
+
+    // After end_step (or skip_step): at a round's end, every rank's records to rank 0, added there.
     void after_step(std::size_t s, path_kernel_result<T>& res, matrix<T>& kernel_sum, std::vector<std::size_t>& rule_nodes,
                     std::vector<char>& converged) {
         if (split_ == nullptr || !split_->round_ends(s, res.steps)) return;
         byte_writer out;
+        out.put(steps_.size());
+        for (const step_record<T>& st : steps_) {
+            out.put(st.step);
+            out.put_real(st.loss);
+            out.put_real(st.rem_inf);
+            out.put_real(st.delta_inf);
+            const auto& a = st.audit;
+            out.put_vector(std::vector<double>{a.remainder_max_abs, a.remainder_norm2, a.step_max_abs, a.weight_max_abs,
+                                               a.contribution_max_abs, a.deviation_max_abs});
+            out.put_vector(st.coefficients);
+        }
         out.put(round_.size());
         for (const point_record<T>& r : round_) {
             out.put(r.step);
@@ -633,12 +738,39 @@ public:
             out.put_real(p.estimate);
             out.put_vector(p.estimate_by_output);
         }
+        steps_.clear();
         round_.clear();
         const std::vector<std::vector<unsigned char>> all = split_->gather(std::move(out.bytes));
         if (split_->rank != 0) return;
+        const std::size_t N = res.n, C = res.c;
         std::vector<point_record<T>> records;
         for (const std::vector<unsigned char>& bytes : all) {  // rank by rank; each rank's in its order
             byte_reader in(bytes.data(), bytes.size());
+            const std::size_t step_count = in.get_size();
+            for (std::size_t k = 0; k < step_count; ++k) {  // a step's results: each step has one owner
+                const std::size_t step = in.get_size();
+                if (step >= res.audit.size() || !by_blocks_)
+                    throw usage_error("work_split: a rank's step record names no step of this computation");
+                res.losses[step] = in.get_real<T>();
+                rem_inf_[step] = in.get_real<T>();
+                delta_inf_[step] = in.get_real<T>();
+                const std::vector<double> a = in.get_vector<double>();
+                if (a.size() != 6) throw usage_error("work_split: a rank's step record is malformed");
+                auto& au = res.audit[step];
+                au.remainder_max_abs = a[0];
+                au.remainder_norm2 = a[1];
+                au.step_max_abs = a[2];
+                au.weight_max_abs = a[3];
+                au.contribution_max_abs = std::max(au.contribution_max_abs, a[4]);
+                au.deviation_max_abs = a[5];
+                const std::vector<T> coefficients = in.get_vector<T>();
+                if (!coefficients.empty()) {
+                    if (coefficients.size() != N * C || !rq_.store_coefficients)
+                        throw usage_error("work_split: a rank's step record is malformed");
+                    std::copy(coefficients.begin(), coefficients.end(),
+                              res.coefficients.begin() + static_cast<std::ptrdiff_t>(step * N * C));
+                }
+            }
             const std::size_t count = in.get_size();
             for (std::size_t k = 0; k < count; ++k) {
                 point_record<T> r;
@@ -670,7 +802,6 @@ public:
         std::stable_sort(records.begin(), records.end(), [](const point_record<T>& a, const point_record<T>& b) {
             return a.step != b.step ? a.step < b.step : a.point < b.point;
         });
-        const std::size_t N = res.n, C = res.c;
         for (const point_record<T>& r : records) {
             double contribution = 0;
             add_point_step<T>(rq_, r.columns, r.point, r.ps, r.delta_l1, res, kernel_sum, rule_nodes, converged, contribution);
@@ -680,13 +811,22 @@ public:
                 if (step == r.step)
                     std::copy(r.kernel.begin(), r.kernel.end(), kern.begin() + static_cast<std::ptrdiff_t>(r.point * N * C * C));
         }
+        if (by_blocks_ && s + 1 == res.steps) {  // the remainder's summaries over all steps, in step order
+            res.remainder_max_abs = T(0);
+            res.remainder_max_rel = T(0);
+            res.remainder_worst_step = 0;
+            for (std::size_t k = 0; k < res.steps; ++k) add_remainder_summary(res, k, rem_inf_[k], delta_inf_[k]);
+        }
     }
 
 private:
     const path_kernel_request<T>& rq_;
     const work_split* split_;
+    bool by_blocks_ = false;
     std::vector<std::vector<point_record<T>>> pending_;  // this step's, per point
     std::vector<point_record<T>> round_;                 // this round's, in (step, point) order
+    std::vector<step_record<T>> steps_;                  // this round's steps (whole blocks dealt)
+    std::vector<T> rem_inf_, delta_inf_;                 // rank 0: every step's (whole blocks dealt)
 };
 }  // namespace detail
 
@@ -710,8 +850,13 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
     std::size_t next_kernel = 0;
     std::vector<std::size_t> rule_nodes(M, 0);
     std::vector<char> converged(M, 1);
-    detail::point_sink<T> sink(rq, M);
+    detail::point_sink<T> sink(rq, M, true);  // plain SGD: whole step blocks may be dealt
     for (std::size_t s = 0; s < sch.steps; ++s) {
+        if (!sink.takes_step(s)) {  // another rank's block (point_sink): follow the path only
+            sink.skip_step(s, w, res, next_kernel, progress);
+            sink.after_step(s, res, kernel_sum, rule_nodes, converged);
+            continue;
+        }
         // Coefficients a_{i,s} = −η ρ ∂ℓ/∂f at w[s], and the training side g_{i,s}.
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
         const std::vector<std::size_t>& batch = st0.batch;
@@ -757,7 +902,7 @@ path_kernel_result<T> compute_path_kernel_unstructured(const path_kernel_request
             sink.take(batch, mm, ps, delta_l1, res, kernel_sum, rule_nodes, converged, point_contribution[mm]);
         };
         detail::for_each_point_t<T>(M, rq.threads, process_point);
-        sink.end_of_step(s, store_kernel, kernel, N, C);
+        sink.end_of_step(s, sd, store_kernel, kernel, res);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
         sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }

@@ -971,9 +971,14 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
     const std::size_t chunk = ladder ? structured::ladder_chunk_points : structured::chunk_points;
     const std::size_t chunks = (M + chunk - 1) / chunk;
     std::vector<std::size_t> ladder_start(M);
-    detail::point_sink<T> sink(rq, M);
+    detail::point_sink<T> sink(rq, M, true);  // plain SGD: whole step blocks may be dealt
     for (std::size_t s = 0; s < sch.steps; ++s) {
         if (detail::point_sink<T>::block_starts(s)) std::fill(ladder_start.begin(), ladder_start.end(), qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+        if (!sink.takes_step(s)) {  // another rank's block (point_sink): follow the path only
+            sink.skip_step(s, w, res, next_kernel, progress);
+            sink.after_step(s, res, kernel_sum, rule_nodes, converged);
+            continue;
+        }
         const std::vector<std::size_t> batch = sch.batch(s);
         const std::size_t b = batch.size();
         const T eta(sch.learning_rates[s]);
@@ -1106,7 +1111,7 @@ path_kernel_result<T> compute_path_kernel_structured(const path_kernel_request<T
             res.gemm_seconds += counters[ch].seconds;
             res.elementwise_madds += elementwise[ch];
         }
-        sink.end_of_step(s, store_kernel, kernel, N, C);
+        sink.end_of_step(s, sd, store_kernel, kernel, res);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
         sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }

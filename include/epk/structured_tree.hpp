@@ -1131,9 +1131,14 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
     const bool ladder = !st.piecewise_linear && !st.kinks_behind_smooth && qo.fixed_nodes == 0 &&
                         qo.composite == quadrature_options::simple_rule::none;
     std::vector<std::size_t> ladder_start(M);
-    detail::point_sink<T> sink(rq, M);
+    detail::point_sink<T> sink(rq, M, true);  // plain SGD: whole step blocks may be dealt
     for (std::size_t s = 0; s < sch.steps; ++s) {
         if (detail::point_sink<T>::block_starts(s)) std::fill(ladder_start.begin(), ladder_start.end(), qo.first_nodes > 3 ? qo.first_nodes - 1 : 2);
+        if (!sink.takes_step(s)) {  // another rank's block (point_sink): follow the path only
+            sink.skip_step(s, w, res, next_kernel, progress);
+            sink.after_step(s, res, kernel_sum, rule_nodes, converged);
+            continue;
+        }
         // The training side, as the unstructured path: a_{i,s}, g_{i,s} (one vjp per row), Σ_i g_{i,s}.
         const detail::step_start<T> st0 = detail::begin_step<T>(rq, w, s, res);
         const std::vector<std::size_t>& batch = st0.batch;
@@ -1227,7 +1232,7 @@ path_kernel_result<T> compute_path_kernel_structured_tree(const path_kernel_requ
             res.gemm_seconds += counters[mm].seconds;
             res.elementwise_madds += elementwise[mm];
         }
-        sink.end_of_step(s, store_kernel, kernel, N, C);
+        sink.end_of_step(s, sd, store_kernel, kernel, res);
         detail::end_step<T>(sd, point_contribution, store_kernel, kernel, s, next_kernel, w, w_next, res, progress);
         sink.after_step(s, res, kernel_sum, rule_nodes, converged);
     }

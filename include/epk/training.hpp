@@ -68,7 +68,7 @@ std::vector<T> loss_gradient(const training_problem<T>& pr, std::span<const T> w
     if (loss_out != nullptr) *loss_out = loss_value(pr.loss, fp.outputs(), pr.y, batch);
     const matrix<T> g_out = output_gradient(pr.loss, fp.outputs(), pr.y, batch);
     std::vector<T> g(w.size(), T(0));
-    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    backward_accumulate<T>(pr.model, w, fp, g_out, g, false);
     return g;
 }
 
@@ -79,7 +79,7 @@ template <Real T>
 void sgd_update(const training_problem<T>& pr, std::vector<T>& w, const forward_pass<T>& fp, const matrix<T>& g_out,
                 const T& eta) {
     std::vector<T> g(w.size(), T(0));
-    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    backward_accumulate<T>(pr.model, w, fp, g_out, g, false);
     for (std::size_t p = 0; p < w.size(); ++p) w[p] = w[p] - eta * g[p];
 }
 
@@ -109,7 +109,7 @@ void optimizer_update(const training_problem<T>& pr, const sgd_schedule& sch, op
         return;
     }
     std::vector<T> g(w.size(), T(0));
-    backward_accumulate<T>(pr.model, w, fp, g_out, g);
+    backward_accumulate<T>(pr.model, w, fp, g_out, g, false);
     optimizer_step<T>(sch.optimizer, state, w, g, eta);
 }
 
