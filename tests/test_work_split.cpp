@@ -234,6 +234,12 @@ TEST(WorkSplit, WholeStepBlocksDealtGiveTheSingleProcessKernel) {
             }
         }
     }
+    // 10 steps (2 blocks) and 40 points (3 chunks): 3 ranks interleave the chunks instead.
+    trace few = mlp_trace(layer_kind::tanh, 40, 10, 0.3, seed++, true);
+    kernel_options k;
+    k.coefficients = true;
+    k.kernel_steps = {2, 9};
+    expect_split_equals_one(few, "double", k, "tanh sgd, 2 blocks, 3 chunks");
     const trace cnn = read_trace(std::string(EPK_FIXTURES_DIR) + "/torch_resnet_v3");
     kernel_options o;
     o.coefficients = true;

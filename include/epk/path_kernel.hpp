@@ -582,8 +582,8 @@ struct step_record {
 // point's own slot.
 //
 // Who takes what: test points' chunks interleaved over the ranks at every step (work_split::
-// owns; every rank takes every step's training side), or — plain SGD with at least 2R step
-// blocks, or fewer chunks than ranks — whole step blocks dealt to the ranks: a rank takes the
+// owns; every rank takes every step's training side), or — plain SGD, unless the blocks would
+// balance worse than the chunks — whole step blocks dealt to the ranks: a rank takes the
 // training side of its own steps only and follows the path over the others by the recorded row
 // or the trainer's step (skip_step); the steps' own results reach rank 0 as step records.  Either
 // way rank 0 adds the same records in the same order.
@@ -598,7 +598,13 @@ public:
         const std::size_t R = split_->ranks, S = rq.schedule.steps;
         const std::size_t blocks = (S + split_block_steps - 1) / split_block_steps;
         const std::size_t chunks = (points + split_chunk_points - 1) / split_chunk_points;
-        by_blocks_ = whole_steps && (blocks >= 2 * R || chunks < R);
+        // Whole blocks unless they would leave ranks idle for long: the share of the busiest
+        // rank's time the others work, blocks against chunks (interleaving also repeats the
+        // training side on every rank, so blocks win a tie and anything from 3/4 up).
+        auto balance = [R](std::size_t units) {
+            return static_cast<double>(units) / static_cast<double>(R * ((units + R - 1) / R));
+        };
+        by_blocks_ = whole_steps && (chunks < R || balance(blocks) >= balance(chunks) || balance(blocks) >= 0.75);
         if (by_blocks_) {
             rem_inf_.assign(S, T(0));
             delta_inf_.assign(S, T(0));

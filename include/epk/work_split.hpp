@@ -7,8 +7,10 @@
 //   * steps in blocks of `split_block_steps` (8).  The smooth ladder's starting rule, which a
 //     point otherwise carries from step to step, restarts at every block: a block's arithmetic
 //     depends on nothing computed in another block's test side.
-// Unit (chunk j, block k) belongs to rank (j + k) mod R.  Every rank takes every step's training
-// side (the optimizer's state needs all earlier gradients); its test side only for its units.
+// Unit (chunk j, block k) belongs to rank (j + k) mod R, every rank taking every step's training
+// side (the optimizer's state needs all earlier gradients) and the test side of its units; or,
+// for plain SGD, whole blocks are dealt and a rank takes only its own steps (point_sink, in
+// path_kernel.hpp).
 // Each point-step record (what one step adds at one test point) goes to rank 0, which adds the
 // records of every test point in step order — the order one process adds them in.  So every sum
 // has one association, fixed by (step, point) alone: results are bit-identical for any R and any

@@ -53,6 +53,8 @@ train() {
 }
 mlp=(--n-train 40 --n-test 20 --hidden 8 --batch-size 10 --steps 20)
 train t_tanh_sgd "${mlp[@]}" --activation tanh --lr 0.3
+# 10 steps (2 blocks), 40 test points (3 chunks): 3 ranks interleave the chunks (the others deal blocks).
+train t_tanh_interleaved --n-train 40 --n-test 40 --hidden 8 --batch-size 10 --steps 10 --activation tanh --lr 0.3
 train t_relu_momentum "${mlp[@]}" --activation relu --lr 0.1 --momentum 0.9
 train t_gelu_adam "${mlp[@]}" --activation gelu --lr 0.01 --optimizer adam
 train t_sigmoid_adamw "${mlp[@]}" --activation sigmoid --lr 0.01 --optimizer adamw --weight-decay 0.1
@@ -101,7 +103,7 @@ same_dir() {
     done
 }
 
-for t in t_tanh_sgd t_relu_momentum t_gelu_adam t_sigmoid_adamw t_softplus_nesterov t_leaky_wd_replayed t_identity_mse \
+for t in t_tanh_sgd t_tanh_interleaved t_relu_momentum t_gelu_adam t_sigmoid_adamw t_softplus_nesterov t_leaky_wd_replayed t_identity_mse \
          t_cnn t_resnet_adam t_prenorm t_transformer; do
     [ -d "$W/$t" ] || continue
     same "verify $t" verify "$W/$t" --json
@@ -115,6 +117,7 @@ same "verify t_cnn mpfr:64" verify "$W/t_cnn" --json --precision mpfr:64
 same "verify t_transformer mpfr:64" verify "$W/t_transformer" --json --precision mpfr:64
 same_dir "kernel t_tanh_sgd --steps" "$W/t_tanh_sgd" --steps 0,9,19
 same_dir "kernel t_relu_momentum" "$W/t_relu_momentum"
+same_dir "kernel t_tanh_interleaved --steps" "$W/t_tanh_interleaved" --steps 0,9
 same_dir "kernel t_gelu_adam" "$W/t_gelu_adam"
 same_dir "kernel t_leaky_wd_replayed" "$W/t_leaky_wd_replayed"
 same_dir "kernel t_cnn --steps" "$W/t_cnn" --steps 3,11
