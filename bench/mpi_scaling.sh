@@ -4,8 +4,9 @@
 # the same run on the same traces, and the cost model's terms.
 #
 # Workloads (bench/README.md, as bench/run.sh makes them; 200 SGD steps, batch 100, 500 training
-# rows, 100 held-out test points):
+# rows, 100 held-out test points; replayed traces, init_params.npy):
 #   digits  MLP 64-128-128-10, ReLU            cnn  bench/cnn_digits.json (7 770 parameters)
+#   digits-recorded  the digits run with its path recorded (params.npy): no rank replays
 # For each: `epk verify --threads 1` as one process, then under `mpirun -n 2`; the ratio of the
 # two wall times is the speed-up (the issue's bar: >= 1.7 on digits).  Then the cost model of
 # one step, t(M) = a + b*M (a: the training side every rank takes; b: one test point's test side),
@@ -18,7 +19,7 @@ build=build-mpi
 work=""
 steps=200
 reps=3
-workloads="digits cnn"
+workloads="digits digits-recorded cnn"
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
@@ -34,16 +35,19 @@ epk="$build/epk"
 [ -x "$epk" ] || { echo "bench/mpi_scaling.sh: $epk missing (cmake -S . -B $build -DEPK_MPI=ON && cmake --build $build --target epk)" >&2; exit 2; }
 mpirun=$(command -v mpirun) || { echo "bench/mpi_scaling.sh: mpirun missing (Debian: openmpi-bin)" >&2; exit 2; }
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
+# One machine: shared memory between the ranks (vader) and the ob1 messaging layer (Debian's default,
+# UCX, spends 0.2 s of every start probing for a network; both runs below pay the same start).
+export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_pml=ob1
 mkdir -p "$work"
 out="$work/mpi.jsonl"
 : > "$out"
 
-make_trace() {  # name shape(hidden widths | model.json) n_test
-  local dir="$work/$1-$steps" shape=(--hidden "$2" --activation relu)
+make_trace() {  # name shape(hidden widths | model.json) n_test [recorded]: init-only (replayed) or params.npy
+  local dir="$work/$1-$steps${4:+-recorded}" shape=(--hidden "$2" --activation relu) init=(--init-only)
   case "$2" in *.json) shape=(--model "$2") ;; esac
+  [ -n "${4:-}" ] && init=()
   [ -d "$dir" ] || "$epk" train --out "$dir" --data digits "${shape[@]}" --steps "$steps" --n-train 500 --n-test "$3" \
-                     --batch-size 100 --lr 0.05 --seed 0 --init-only > /dev/null 2>&1
+                     --batch-size 100 --lr 0.05 --seed 0 "${init[@]}" > /dev/null 2>&1
   echo "$dir"
 }
 seconds() {  # command...: wall seconds (stderr kept in $work/stderr.txt)
@@ -54,11 +58,17 @@ seconds() {  # command...: wall seconds (stderr kept in $work/stderr.txt)
   python3 -c "print(f'{$t1 - $t0:.2f}')"
 }
 
-printf "%-7s %9s %11s %12s %8s %8s %10s %12s %11s %8s\n" workload "1 proc s" "-n 1 s" "-n 2 s" "ratio" "ratio-n1" "a s/step" "b s/step/pt" "bytes to r0" "gather s"
+printf "%-15s %9s %11s %12s %8s %8s %10s %12s %11s %8s\n" workload "1 proc s" "-n 1 s" "-n 2 s" "ratio" "ratio-n1" "a s/step" "b s/step/pt" "bytes to r0" "gather s"
 for w in $workloads; do
-  if [ "$w" = digits ]; then shape=128,128; else shape=bench/cnn_digits.json; fi
-  t100=$(make_trace "$w-100" "$shape" 100)
-  t16=$(make_trace "$w-16" "$shape" 16)
+  rec=""
+  case "$w" in
+    digits) shape=128,128 ;;
+    digits-recorded) shape=128,128; rec=1 ;;  # the same run with its path recorded (params.npy)
+    cnn) shape=bench/cnn_digits.json ;;
+    *) echo "bench/mpi_scaling.sh: unknown workload $w" >&2; exit 2 ;;
+  esac
+  t100=$(make_trace "$w-100" "$shape" 100 $rec)
+  t16=$(make_trace "$w-16" "$shape" 16 $rec)
   # Interleaved repetitions, the median of each (this machine's timings vary by 10-20 % run to run).
   ones=(); twos=(); mones=()
   for _ in $(seq 1 "$reps"); do
@@ -85,7 +95,7 @@ row = {"workload": w, "steps": S, "one_process_seconds": one, "mpirun_one_rank_s
        "training_side_seconds_per_step": a, "test_side_seconds_per_step_per_point": b,
        "bytes_to_rank0": received, "gather_seconds_rank0": gathered}
 open(out, "a").write(json.dumps(row) + "\n")
-print(f"{w:<7} {one:9.2f} {mone:11.2f} {two:12.2f} {one / two:8.2f} {mone / two:8.2f} {a:10.4f} {b:12.5f} {received:11.3g} {gathered:8.2f}")
+print(f"{w:<15} {one:9.2f} {mone:11.2f} {two:12.2f} {one / two:8.2f} {mone / two:8.2f} {a:10.4f} {b:12.5f} {received:11.3g} {gathered:8.2f}")
 PY
 done
 echo "(ratio: one process, one thread / mpirun -n 2, one thread each; ratio-n1: mpirun -n 1 (one rank, one thread, the same launcher) / mpirun -n 2; medians of $reps interleaved runs, same traces, same run; $out)"

@@ -145,13 +145,18 @@ matrix<T> backward_accumulate(const model_spec& m, std::span<const T> w, const f
                 std::vector<T> acc(o.out * o.in);
                 for (std::size_t r = 0; r < o.out; ++r)
                     for (std::size_t j = 0; j < o.in; ++j) acc[r * o.in + j] = adj(0, r) * h(0, j);
-                for (std::size_t i = 1; i < h.rows; ++i)
-                    for (std::size_t r = 0; r < o.out; ++r) {
-                        const T& ar = adj(i, r);
-                        T* row = acc.data() + r * o.in;
-                        const T* hi = &h(i, 0);
-                        for (std::size_t j = 0; j < o.in; ++j) add_product(row[j], ar, hi[j]);
-                    }
+                // Rows of ∂W in blocks that stay in cache while the batch streams past them.
+                const std::size_t rows_per_block = std::max<std::size_t>(1, 2048 / std::max<std::size_t>(1, o.in));
+                for (std::size_t r0 = 0; r0 < o.out; r0 += rows_per_block) {
+                    const std::size_t r1 = std::min(o.out, r0 + rows_per_block);
+                    for (std::size_t i = 1; i < h.rows; ++i)
+                        for (std::size_t r = r0; r < r1; ++r) {
+                            const T& ar = adj(i, r);
+                            T* row = acc.data() + r * o.in;
+                            const T* hi = &h(i, 0);
+                            for (std::size_t j = 0; j < o.in; ++j) add_product(row[j], ar, hi[j]);
+                        }
+                }
                 for (std::size_t e = 0; e < acc.size(); ++e) g[o.weight + e] += acc[e];
             }
             // ∂b[r] += Σ_i adj[i][r]

@@ -576,7 +576,7 @@ struct step_record {
 };
 
 // Where the test side's point-steps go.  One process: straight into the result
-// (add_point_step).  Split (work_split.hpp): kept, and at a round's end sent to rank 0, which
+// (add_point_step).  Split (work_split.hpp): kept, and every few rounds sent to rank 0, which
 // adds every rank's records in (step, point) order — each test point's steps in the order one
 // process adds them, so the sums are the same.  Threads take points: take() writes the
 // point's own slot.
@@ -596,6 +596,23 @@ public:
           pending_(split_ ? points : 0) {
         if (split_ == nullptr) return;
         const std::size_t R = split_->ranks, S = rq.schedule.steps;
+        // The records go to rank 0 every few rounds of R blocks (each rank's share of them), as
+        // many as keep a rank's held records near 64 MiB — for verify usually only at the end:
+        // ranks that are ahead or behind for a while even out instead of waiting for each other.
+        {
+            const training_problem<T>& pr = *rq.problem;
+            const std::size_t C = pr.model.output_dim();
+            const sgd_schedule& sch = rq.schedule;  // the largest batch (start_result's max_batch)
+            std::size_t b = sch.batch_reader ? sch.batch_size : (sch.batches.empty() ? sch.n_train : 0);
+            for (const auto& row : sch.batches) b = std::max(b, row.size());
+            const bool columns = rq.store_contributions || !rq.split_layers.empty() || rq.split_steps;
+            const double per_step = static_cast<double>(points) * static_cast<double>(C * (columns ? b : 1) + 3 * C + 12) * 8.0 / R;
+            const double round = per_step * static_cast<double>(split_block_steps * R);
+            const double rounds = std::max(1.0, std::floor(64.0 * 1024 * 1024 / std::max(round, 1.0)));
+            exchange_steps_ = rounds * static_cast<double>(split_block_steps * R) >= static_cast<double>(S)
+                                  ? S
+                                  : split_block_steps * R * static_cast<std::size_t>(rounds);
+        }
         const std::size_t blocks = (S + split_block_steps - 1) / split_block_steps;
         const std::size_t chunks = (points + split_chunk_points - 1) / split_chunk_points;
         // Whole blocks unless they would leave ranks idle for long: the share of the busiest
@@ -605,6 +622,10 @@ public:
             return static_cast<double>(units) / static_cast<double>(R * ((units + R - 1) / R));
         };
         by_blocks_ = whole_steps && (chunks < R || balance(blocks) >= balance(chunks) || balance(blocks) >= 0.75);
+        // The blocks past the last whole round (blocks mod R of them) are not dealt whole, which
+        // would leave R − (blocks mod R) ranks idle: every rank takes their training side and
+        // their chunks are interleaved (when there are at least as many chunks as ranks).
+        if (by_blocks_ && chunks >= R) first_shared_step_ = blocks / R * R * split_block_steps;
         if (by_blocks_) {
             rem_inf_.assign(S, T(0));
             delta_inf_.assign(S, T(0));
@@ -614,12 +635,12 @@ public:
     bool split() const { return split_ != nullptr; }
     // Whether this process takes step s's training side (and the test side of its units there).
     bool takes_step(std::size_t s) const {
-        return !by_blocks_ || (s / split_block_steps) % split_->ranks == split_->rank;
+        return !by_blocks_ || shared_step(s) || (s / split_block_steps) % split_->ranks == split_->rank;
     }
     // Whether this process takes point `point`'s test side at step `step`.
     bool owns(std::size_t step, std::size_t point) const {
         if (split_ == nullptr) return true;
-        return by_blocks_ ? takes_step(step) : split_->owns(step, point);
+        return by_blocks_ && !shared_step(step) ? takes_step(step) : split_->owns(step, point);
     }
     // The smooth ladder restarts at every step block (work_split.hpp), split or not.
     static bool block_starts(std::size_t step) { return step % split_block_steps == 0; }
@@ -669,7 +690,7 @@ public:
             }
             pending_[mm].clear();
         }
-        if (!by_blocks_) return;
+        if (!by_blocks_ || (shared_step(s) && split_->rank != 0)) return;  // a shared step's: rank 0's
         step_record<T> st;
         st.step = s;
         st.loss = res.losses.at(s);
@@ -707,10 +728,11 @@ public:
         if (progress) progress(s + 1, res.steps);
     }
 
-    // After end_step (or skip_step): at a round's end, every rank's records to rank 0, added there.
+    // After end_step (or skip_step): at an exchange (every few rounds), every rank's records to
+    // rank 0, added there.
     void after_step(std::size_t s, path_kernel_result<T>& res, matrix<T>& kernel_sum, std::vector<std::size_t>& rule_nodes,
                     std::vector<char>& converged) {
-        if (split_ == nullptr || !split_->round_ends(s, res.steps)) return;
+        if (split_ == nullptr || ((s + 1) % exchange_steps_ != 0 && s + 1 != res.steps)) return;
         byte_writer out;
         out.put(steps_.size());
         for (const step_record<T>& st : steps_) {
@@ -829,6 +851,9 @@ private:
     const path_kernel_request<T>& rq_;
     const work_split* split_;
     bool by_blocks_ = false;
+    std::size_t exchange_steps_ = 1;  // the records go to rank 0 after every this many steps (and the last)
+    std::size_t first_shared_step_ = static_cast<std::size_t>(-1);  // whole blocks: every rank takes the steps from here on
+    bool shared_step(std::size_t s) const { return s >= first_shared_step_; }
     std::vector<std::vector<point_record<T>>> pending_;  // this step's, per point
     std::vector<point_record<T>> round_;                 // this round's, in (step, point) order
     std::vector<step_record<T>> steps_;                  // this round's steps (whole blocks dealt)

@@ -44,11 +44,6 @@ struct work_split {
         return (step / split_block_steps + point / split_chunk_points) % ranks;
     }
     bool owns(std::size_t step, std::size_t point) const { return ranks <= 1 || owner(step, point) == rank; }
-    // The records go to rank 0 after every R blocks (a round: each rank's share of R blocks
-    // of every chunk) and after the last step.
-    bool round_ends(std::size_t step, std::size_t steps) const {
-        return step + 1 == steps || (step + 1) % (split_block_steps * ranks) == 0;
-    }
 };
 
 // The split the engine's computations on this thread take (null: one process, the default).
