@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstdint>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -28,8 +29,10 @@ double gather_seconds = 0;
 constexpr int tag_size = 1, tag_bytes = 2;
 constexpr std::size_t piece = std::size_t{1} << 30;  // MPI counts are ints: bytes in pieces of 1 GiB
 
+// An MPI call that fails (another rank gone, the transport broken) is an internal error (exit 3),
+// not bad input.
 void check(int rc, const char* what) {
-    if (rc != MPI_SUCCESS) throw usage_error(std::string("MPI: ") + what + " failed");
+    if (rc != MPI_SUCCESS) throw std::runtime_error(std::string("MPI: ") + what + " failed");
 }
 
 // Every rank's bytes to rank 0, rank by rank (point to point, so any size).
