@@ -70,7 +70,21 @@ std::vector<std::vector<unsigned char>> gather_to_root(std::vector<unsigned char
 
 }  // namespace
 
+namespace {
+// Whether a launcher started this process as a rank (OpenMPI's mpirun, a PMIx or PMI launcher
+// such as srun --mpi=pmix or MPICH's mpiexec).  Started by hand it is the single-process tool
+// and does not initialise MPI at all: a singleton MPI_Init starts a daemon and resolves the
+// host name, which takes seconds where the name does not resolve.
+bool launched_as_rank() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+        if (std::getenv(name) != nullptr) return true;
+    return false;
+}
+}  // namespace
+
 mpi_session::mpi_session(int* argc, char*** argv) {
+    if (!launched_as_rank()) return;  // one process: no MPI
+    initialized_ = true;
     MPI_Init(argc, argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
@@ -97,7 +111,7 @@ mpi_session::~mpi_session() {
         std::fprintf(stderr, "epk: mpi: %d ranks, %zu bytes to rank 0 in %zu rounds, %.3f s in the gathers at rank 0\n",
                      ranks_, bytes_received, rounds, gather_seconds);
     set_active_work_split(nullptr);
-    MPI_Finalize();
+    if (initialized_) MPI_Finalize();
 }
 
 void mpi_session::fail(const std::string& line, int code) const {

@@ -8,8 +8,10 @@ namespace epk::cli {
 
 class mpi_session {
 public:
-    // MPI_Init; with more than one rank, sets the engine's work split, and sends the output of
-    // every rank but 0 to /dev/null (rank 0 prints and writes; errors keep a way out).
+    // MPI_Init when a launcher started this process (mpirun, srun, mpiexec; not when started by
+    // hand: then it is the single-process tool, with no MPI); with more than one rank, sets the
+    // engine's work split, and sends the output of every rank but 0 to /dev/null (rank 0 prints
+    // and writes; errors keep a way out).
     mpi_session(int* argc, char*** argv);
     ~mpi_session();  // MPI_Finalize
     mpi_session(const mpi_session&) = delete;
@@ -25,6 +27,7 @@ public:
 
 private:
     int rank_ = 0, ranks_ = 1;
+    bool initialized_ = false;
     int err_fd_ = 2;
 };
 
